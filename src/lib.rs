@@ -1,0 +1,19 @@
+//! argocd-gateway: an outbound-only link from an Argo CD instance to a central hub.
+//!
+//! The crate is organised by responsibility; each folder has its own module doc:
+//! - `argocd`: the Argo CD REST client and its converging view of applications and clusters;
+//! - `tunnel`: the gateway's connection to the hub (dial, trust, session, keepalive, reconnect);
+//! - `identity`: registration, certificates and the identity store;
+//! - `hub`: the central server (registration, sessions, HTTP API, store);
+//! - [`cli`]: command-line definitions and dispatch.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod proto;
+pub mod secret;
+pub mod telemetry;
+pub mod tls;
+pub mod util;
+
+/// The version of this build, as in Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,17 @@
+//! The `argocd-gateway` binary: install the crypto provider, parse flags, start logging, dispatch.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    argocd_gateway::tls::install_crypto_provider();
+    let cli = argocd_gateway::cli::Cli::parse();
+    argocd_gateway::telemetry::init(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(argocd_gateway::cli::dispatch(cli))
+}

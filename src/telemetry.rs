@@ -1,0 +1,44 @@
+//! Logging setup: `tracing` with JSON (the in-cluster default) or text output, `--debug` for more.
+
+/// Log output format (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable lines, for terminals.
+    Text,
+}
+
+/// Logging flags shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format: json (default in a cluster) or text.
+    #[arg(long, env = "ARGOCD_GATEWAY_LOG_FORMAT", value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
+    /// Log at debug level (Helm gateway.debug).
+    #[arg(long, env = "ARGOCD_GATEWAY_DEBUG", global = true)]
+    pub debug: bool,
+}
+
+/// Installs the global subscriber. Without `--log-format`, JSON is used inside Kubernetes and
+/// text elsewhere; `RUST_LOG` overrides the level when set.
+pub fn init(args: &LogArgs) {
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let format = args
+        .log_format
+        .unwrap_or(if in_cluster { LogFormat::Json } else { LogFormat::Text });
+    let default_level = if args.debug {
+        "argocd_gateway=debug,info"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
+    };
+}

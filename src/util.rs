@@ -1,0 +1,152 @@
+//! Small shared helpers: duration flags, atomic private files, jittered backoff, time.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+/// Parses a duration flag: a bare number means seconds (`30`), otherwise humantime (`500ms`, `5m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = s.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Ok(Duration::from_secs_f64(secs));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?} ({e}); use seconds like 30 or units like 500ms, 30s, 5m"))
+}
+
+/// Writes `data` to `path` atomically with mode 0600: a temporary file in the same directory is
+/// written, synced and renamed over the target, so a crash never leaves a half-written file.
+pub fn write_private_file_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // Make the rename itself durable.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reconnect backoff: exponential from `base` to `max` with full jitter, as in SPEC §3.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A backoff starting at `base` and capped at `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self { base, max, attempt: 0 }
+    }
+
+    /// The ceiling of the next delay, before jitter.
+    pub fn ceiling(&self) -> Duration {
+        let factor = 1u64.checked_shl(self.attempt.min(30)).unwrap_or(u64::MAX);
+        let ms = (self.base.as_millis() as u64).saturating_mul(factor);
+        Duration::from_millis(ms).min(self.max)
+    }
+
+    /// The next delay: uniform in `[0, ceiling]` (full jitter), then the ceiling doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        jitter(Duration::ZERO, ceiling)
+    }
+
+    /// Starts over from `base`, after a healthy period.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// A uniformly random duration in `[lo, hi]`.
+pub fn jitter(lo: Duration, hi: Duration) -> Duration {
+    use rand::Rng;
+    if hi <= lo {
+        return lo;
+    }
+    let span = (hi - lo).as_millis() as u64;
+    lo + Duration::from_millis(rand::rng().random_range(0..=span))
+}
+
+/// Now as Unix milliseconds.
+pub fn unix_ms_now() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("0.25").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("soon").unwrap_err().contains("500ms"));
+    }
+
+    #[test]
+    fn backoff_grows_to_cap_with_full_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        let mut ceilings = vec![];
+        for _ in 0..12 {
+            let c = b.ceiling();
+            let d = b.next_delay();
+            assert!(d <= c);
+            ceilings.push(c.as_millis());
+        }
+        assert_eq!(&ceilings[..4], &[500, 1000, 2000, 4000]);
+        assert_eq!(*ceilings.last().unwrap(), 60_000);
+        b.reset();
+        assert_eq!(b.ceiling(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn atomic_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/id.json");
+        write_private_file_atomic(&p, b"one").unwrap();
+        write_private_file_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+}
