@@ -9,10 +9,13 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod hub;
+pub mod identity;
 pub mod proto;
 pub mod secret;
 pub mod telemetry;
 pub mod tls;
+pub mod tunnel;
 pub mod util;
 
 /// The version of this build, as in Cargo.toml.

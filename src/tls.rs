@@ -130,13 +130,17 @@ pub fn parse_key_pem(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, T
     })
 }
 
-/// The operating system's trusted roots; unreadable entries are skipped (logged at debug).
-pub fn system_roots() -> Vec<CertificateDer<'static>> {
-    let result = rustls_native_certs::load_native_certs();
-    for e in &result.errors {
-        tracing::debug!(error = %e, "skipping unreadable system root certificate");
-    }
-    result.certs
+/// The operating system's trusted roots, read once per process (every dial needs them and the
+/// bundle does not change under a running process); unreadable entries are skipped.
+pub fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let result = rustls_native_certs::load_native_certs();
+        for e in &result.errors {
+            tracing::debug!(error = %e, "skipping unreadable system root certificate");
+        }
+        result.certs
+    })
 }
 
 /// Builds a root store from the given certificates, skipping ones webpki cannot use.

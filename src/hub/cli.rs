@@ -1,0 +1,333 @@
+//! `argocd-gateway hub …`: `serve` runs the hub; the other subcommands are thin clients of its
+//! HTTP API, so anything they do can also be scripted with curl.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use super::ServeArgs;
+use crate::secret::Secret;
+
+/// The hub subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum HubCommand {
+    /// Run the hub.
+    Serve(ServeArgs),
+    /// Manage registration tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List registered gateways.
+    Gateways(ApiArgs),
+    /// Show or delete one gateway.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+}
+
+/// Token subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a registration token and print the helm command that uses it.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Token lifetime (default 1h, at most 24h).
+        #[arg(long, value_parser = crate::util::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Name for the gateway that registers with it.
+        #[arg(long)]
+        name: Option<String>,
+        /// Environment for that gateway (repeatable).
+        #[arg(long = "environment", value_delimiter = ',')]
+        environments: Vec<String>,
+    },
+    /// List registration tokens (never their secrets).
+    List(ApiArgs),
+    /// Revoke an unused registration token.
+    Revoke {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Token id.
+        id: String,
+    },
+}
+
+/// Gateway subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum GatewayCommand {
+    /// Show one gateway.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Gateway id.
+        id: String,
+    },
+    /// Delete (revoke) a gateway; its live session is closed at once.
+    Delete {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Gateway id.
+        id: String,
+    },
+}
+
+/// How to reach the hub API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// Hub HTTP API address.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_API", default_value = "http://127.0.0.1:8080")]
+    pub hub_api: String,
+    /// File holding the admin token (the hub writes it to its data directory).
+    #[arg(
+        long,
+        env = "ARGOCD_GATEWAY_ADMIN_TOKEN_FILE",
+        default_value = "./hub-data/admin-token"
+    )]
+    pub admin_token_file: PathBuf,
+    /// The admin token itself (overrides --admin-token-file).
+    #[arg(long, env = "ARGOCD_GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+    /// Print raw JSON instead of a table.
+    #[arg(long, short = 'o', value_parser = ["table", "json"], default_value = "table")]
+    pub output: String,
+}
+
+/// A small client of the hub API.
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    token: Secret,
+}
+
+impl ApiClient {
+    /// A client from the flags.
+    pub fn new(args: &ApiArgs) -> anyhow::Result<Self> {
+        let token = match &args.admin_token {
+            Some(t) if !t.is_empty() => t.clone(),
+            _ => Secret::new(
+                std::fs::read_to_string(&args.admin_token_file)
+                    .with_context(|| {
+                        format!(
+                            "cannot read the admin token file {} (flag --admin-token-file; the hub prints its path at start)",
+                            args.admin_token_file.display()
+                        )
+                    })?
+                    .trim(),
+            ),
+        };
+        let http = reqwest::Client::builder()
+            .user_agent(format!("argocd-gateway/{}", crate::VERSION))
+            .timeout(std::time::Duration::from_secs(60))
+            .build()?;
+        Ok(Self {
+            http,
+            base: args.hub_api.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    /// Sends a request and returns the JSON answer (null for 204).
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url).bearer_auth(self.token.expose());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the hub API at {} (flag --hub-api)", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or(text);
+            bail!("hub API {} {}: {}", status.as_u16(), path, msg);
+        }
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).with_context(|| format!("hub API {path} returned invalid JSON"))
+    }
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Prints rows as an aligned table.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
+    for r in rows {
+        println!("{}", line(r.clone()));
+    }
+}
+
+fn print_gateways(items: &[Value]) {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|g| {
+            vec![
+                s(g, "id"),
+                s(g, "name"),
+                s(g, "environments"),
+                if g.get("connected").and_then(Value::as_bool) == Some(true) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                s(g, "lastSeenAt"),
+                s(g, "version"),
+                s(g, "certificateExpiresAt"),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "NAME",
+            "ENVIRONMENTS",
+            "CONNECTED",
+            "LAST SEEN",
+            "VERSION",
+            "CERT EXPIRES",
+        ],
+        &rows,
+    );
+}
+
+/// Runs a hub subcommand.
+pub async fn run(cmd: HubCommand, shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<ExitCode> {
+    use reqwest::Method;
+    match cmd {
+        HubCommand::Serve(args) => {
+            let hub = super::start(args).await?;
+            eprintln!(
+                "hub gRPC listening on {} (CA fingerprint {})",
+                hub.grpc_addr, hub.ca_fingerprint
+            );
+            eprintln!("hub API listening on http://{}", hub.http_addr);
+            eprintln!("admin token: {}", hub.admin_token_path.display());
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: draining gateway sessions");
+            hub.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::Token(TokenCommand::Create {
+            api,
+            ttl,
+            name,
+            environments,
+        }) => {
+            let client = ApiClient::new(&api)?;
+            let mut body = serde_json::json!({});
+            if let Some(t) = ttl {
+                body["ttlSeconds"] = t.as_secs().into();
+            }
+            if let Some(n) = name {
+                body["name"] = n.into();
+            }
+            if !environments.is_empty() {
+                body["environments"] = environments.into();
+            }
+            let v = client
+                .call(Method::POST, "/api/v1/registration-tokens", Some(body))
+                .await?;
+            if api.output == "json" {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("token:           {}", s(&v, "token"));
+                println!("id:              {}", s(&v, "id"));
+                println!("expires at:      {}", s(&v, "expiresAt"));
+                println!("CA fingerprint:  {}", s(&v, "caFingerprint"));
+                println!("\nInstall the gateway with:\n\n  {}\n", s(&v, "helmCommand"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::Token(TokenCommand::List(api)) => {
+            let v = ApiClient::new(&api)?
+                .call(Method::GET, "/api/v1/registration-tokens", None)
+                .await?;
+            if api.output == "json" {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let items = v.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                let rows: Vec<Vec<String>> = items
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            s(t, "id"),
+                            s(t, "state"),
+                            s(t, "name"),
+                            s(t, "environments"),
+                            s(t, "expiresAt"),
+                            s(t, "gatewayId"),
+                        ]
+                    })
+                    .collect();
+                print_table(&["ID", "STATE", "NAME", "ENVIRONMENTS", "EXPIRES", "GATEWAY"], &rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::Token(TokenCommand::Revoke { api, id }) => {
+            ApiClient::new(&api)?
+                .call(Method::DELETE, &format!("/api/v1/registration-tokens/{id}"), None)
+                .await?;
+            println!("revoked registration token {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::Gateways(api) => {
+            let v = ApiClient::new(&api)?
+                .call(Method::GET, "/api/v1/gateways", None)
+                .await?;
+            if api.output == "json" {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_gateways(&v.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::Gateway(GatewayCommand::Show { api, id }) => {
+            let v = ApiClient::new(&api)?
+                .call(Method::GET, &format!("/api/v1/gateways/{id}"), None)
+                .await?;
+            if api.output == "json" {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_gateways(&[v]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::Gateway(GatewayCommand::Delete { api, id }) => {
+            ApiClient::new(&api)?
+                .call(Method::DELETE, &format!("/api/v1/gateways/{id}"), None)
+                .await?;
+            println!("deleted gateway {id}; it must register again with a new token");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The hub's SQLite store: registration tokens (hashed), gateways and the certificates issued to
+//! them. SQLite runs on blocking threads so the async runtime never waits on disk.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("hub database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The blocking task died.
+    #[error("hub database task failed: {0}")]
+    Task(String),
+    /// Stored JSON is unreadable.
+    #[error("hub database holds invalid data: {0}")]
+    Corrupt(String),
+}
+
+/// Outcome of trying to consume a registration token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// Valid and now used; carries the name and environments it was created with.
+    Consumed {
+        /// Name given at creation.
+        name: String,
+        /// Environments given at creation.
+        environments: Vec<String>,
+    },
+    /// No such token.
+    Unknown,
+    /// Past its expiry.
+    Expired,
+    /// Used before.
+    Used,
+}
+
+/// A registration token as listed (never the secret).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    /// Public id (the part before the dot).
+    pub id: String,
+    /// Name for the gateway that registers with it.
+    pub name: String,
+    /// Environments for that gateway.
+    pub environments: Vec<String>,
+    /// Creation time, Unix seconds.
+    #[serde(skip)]
+    pub created_at: i64,
+    /// Expiry, Unix seconds.
+    #[serde(skip)]
+    pub expires_at: i64,
+    /// When it was used, Unix seconds.
+    #[serde(skip)]
+    pub used_at: Option<i64>,
+    /// The gateway that used it.
+    pub gateway_id: Option<String>,
+}
+
+/// A registered gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRecord {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Environments.
+    pub environments: Vec<String>,
+    /// Argo CD web UI URL.
+    pub argocd_web_url: String,
+    /// Registration time, Unix seconds.
+    pub created_at: i64,
+    /// Last contact, Unix seconds.
+    pub last_seen_at: Option<i64>,
+    /// Gateway build version.
+    pub version: String,
+    /// Protocol version of the last session.
+    pub protocol_version: u32,
+    /// Expiry of the newest certificate, Unix seconds.
+    pub certificate_expires_at: Option<i64>,
+}
+
+/// A certificate issued to a gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRecord {
+    /// SHA-256 hex.
+    pub fingerprint: String,
+    /// Owner.
+    pub gateway_id: String,
+    /// Raw public key (uncompressed P-256 point).
+    pub public_key: Vec<u8>,
+    /// Expiry, Unix seconds.
+    pub not_after: i64,
+}
+
+/// A new gateway and its first certificate.
+#[derive(Debug, Clone)]
+pub struct NewGateway {
+    /// The gateway row.
+    pub gateway: GatewayRecord,
+    /// Its certificate.
+    pub cert: CertRecord,
+}
+
+/// The hub database.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+PRAGMA foreign_keys = ON;
+CREATE TABLE IF NOT EXISTS registration_tokens (
+    id TEXT PRIMARY KEY,
+    secret_hash BLOB NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    environments TEXT NOT NULL DEFAULT '[]',
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    gateway_id TEXT
+);
+CREATE TABLE IF NOT EXISTS gateways (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    environments TEXT NOT NULL DEFAULT '[]',
+    argocd_web_url TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL,
+    last_seen_at INTEGER,
+    version TEXT NOT NULL DEFAULT '',
+    protocol_version INTEGER NOT NULL DEFAULT 0,
+    certificate_expires_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    fingerprint TEXT PRIMARY KEY,
+    gateway_id TEXT NOT NULL REFERENCES gateways(id) ON DELETE CASCADE,
+    public_key BLOB NOT NULL,
+    not_after INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS certificates_gateway ON certificates(gateway_id);
+";
+
+/// A token row as read for registration: hash, name, environments, expiry, use time.
+type TokenRow = (Vec<u8>, String, String, i64, Option<i64>);
+
+fn envs_to_json(envs: &[String]) -> String {
+    serde_json::to_string(envs).unwrap_or_else(|_| "[]".into())
+}
+
+fn envs_from_json(s: &str) -> Vec<String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn gateway_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GatewayRecord> {
+    Ok(GatewayRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        environments: envs_from_json(&r.get::<_, String>(2)?),
+        argocd_web_url: r.get(3)?,
+        created_at: r.get(4)?,
+        last_seen_at: r.get(5)?,
+        version: r.get(6)?,
+        protocol_version: r.get(7)?,
+        certificate_expires_at: r.get(8)?,
+    })
+}
+
+const GATEWAY_COLUMNS: &str = "id, name, environments, argocd_web_url, created_at, last_seen_at, version, protocol_version, certificate_expires_at";
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Task("database lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Saves a new registration token by its id and secret hash.
+    pub async fn insert_token(&self, record: TokenRecord, secret_hash: Vec<u8>) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO registration_tokens (id, secret_hash, name, environments, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![record.id, secret_hash, record.name, envs_to_json(&record.environments), record.created_at, record.expires_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every token, newest first.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.call(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, name, environments, created_at, expires_at, used_at, gateway_id FROM registration_tokens ORDER BY created_at DESC, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(TokenRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    environments: envs_from_json(&r.get::<_, String>(2)?),
+                    created_at: r.get(3)?,
+                    expires_at: r.get(4)?,
+                    used_at: r.get(5)?,
+                    gateway_id: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Deletes a token; false when there was none.
+    pub async fn delete_token(&self, id: String) -> Result<bool, StoreError> {
+        self.call(move |c| Ok(c.execute("DELETE FROM registration_tokens WHERE id = ?1", params![id])? > 0))
+            .await
+    }
+
+    /// Checks a token and, when valid, atomically marks it used and creates the gateway built by
+    /// `make` from the token's name and environments. Two registrations racing with one token
+    /// cannot both succeed: the check and the update share one immediate transaction.
+    pub async fn register_with_token<F>(
+        &self,
+        id: String,
+        secret_hash: Vec<u8>,
+        now: i64,
+        make: F,
+    ) -> Result<(TokenCheck, Option<NewGateway>), StoreError>
+    where
+        F: FnOnce(&str, &[String]) -> Result<NewGateway, StoreError> + Send + 'static,
+    {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let row: Option<TokenRow> = tx
+                .query_row(
+                    "SELECT secret_hash, name, environments, expires_at, used_at FROM registration_tokens WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()?;
+            let Some((hash, name, envs, expires_at, used_at)) = row else {
+                return Ok((TokenCheck::Unknown, None));
+            };
+            if !constant_time_eq(&hash, &secret_hash) {
+                return Ok((TokenCheck::Unknown, None));
+            }
+            if used_at.is_some() {
+                return Ok((TokenCheck::Used, None));
+            }
+            if expires_at <= now {
+                return Ok((TokenCheck::Expired, None));
+            }
+            let environments = envs_from_json(&envs);
+            let new = make(&name, &environments)?;
+            let g = &new.gateway;
+            tx.execute(
+                &format!("INSERT INTO gateways ({GATEWAY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![g.id, g.name, envs_to_json(&g.environments), g.argocd_web_url, g.created_at, g.last_seen_at, g.version, g.protocol_version, g.certificate_expires_at],
+            )?;
+            insert_cert(&tx, &new.cert)?;
+            tx.execute("UPDATE registration_tokens SET used_at = ?2, gateway_id = ?3 WHERE id = ?1", params![id, now, g.id])?;
+            tx.commit()?;
+            Ok((TokenCheck::Consumed { name, environments }, Some(new)))
+        })
+        .await
+    }
+
+    /// Records a renewed certificate.
+    pub async fn add_certificate(&self, cert: CertRecord) -> Result<(), StoreError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            insert_cert(&tx, &cert)?;
+            tx.execute(
+                "UPDATE gateways SET certificate_expires_at = max(coalesce(certificate_expires_at, 0), ?2) WHERE id = ?1",
+                params![cert.gateway_id, cert.not_after],
+            )?;
+            // Certificates long expired can never authenticate again.
+            tx.execute("DELETE FROM certificates WHERE gateway_id = ?1 AND not_after < ?2", params![cert.gateway_id, cert.not_after - 400 * 86400])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A certificate by fingerprint.
+    pub async fn certificate(&self, fingerprint: String) -> Result<Option<CertRecord>, StoreError> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT fingerprint, gateway_id, public_key, not_after FROM certificates WHERE fingerprint = ?1",
+                params![fingerprint],
+                |r| {
+                    Ok(CertRecord {
+                        fingerprint: r.get(0)?,
+                        gateway_id: r.get(1)?,
+                        public_key: r.get(2)?,
+                        not_after: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// A gateway by id.
+    pub async fn gateway(&self, id: String) -> Result<Option<GatewayRecord>, StoreError> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE id = ?1"),
+                params![id],
+                gateway_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Every gateway, by name then id.
+    pub async fn gateways(&self) -> Result<Vec<GatewayRecord>, StoreError> {
+        self.call(|c| {
+            let mut stmt = c.prepare(&format!("SELECT {GATEWAY_COLUMNS} FROM gateways ORDER BY name, id"))?;
+            let rows = stmt.query_map([], gateway_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Deletes a gateway and its certificates; false when there was none.
+    pub async fn delete_gateway(&self, id: String) -> Result<bool, StoreError> {
+        self.call(move |c| Ok(c.execute("DELETE FROM gateways WHERE id = ?1", params![id])? > 0))
+            .await
+    }
+
+    /// Records a session start.
+    pub async fn record_hello(
+        &self,
+        id: String,
+        version: String,
+        protocol_version: u32,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE gateways SET version = ?2, protocol_version = ?3, last_seen_at = ?4 WHERE id = ?1",
+                params![id, version, protocol_version, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records the last contact.
+    pub async fn record_seen(&self, id: String, now: i64) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute("UPDATE gateways SET last_seen_at = ?2 WHERE id = ?1", params![id, now])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn insert_cert(c: &Connection, cert: &CertRecord) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT OR REPLACE INTO certificates (fingerprint, gateway_id, public_key, not_after) VALUES (?1, ?2, ?3, ?4)",
+        params![cert.fingerprint, cert.gateway_id, cert.public_key, cert.not_after],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! Where the identity lives between restarts. A file (mode 0600, atomically replaced) outside a
+//! cluster; the Kubernetes Secret backend plugs in behind the same trait.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::Identity;
+
+/// Errors reading or writing the identity.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be read or written.
+    #[error("identity file {path}: {source} (flag --identity)")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The stored identity is not valid JSON of the expected shape.
+    #[error("identity in {location} is corrupt: {reason}; delete it and register again with a new token")]
+    Corrupt {
+        /// Which store.
+        location: String,
+        /// Why.
+        reason: String,
+    },
+    /// The `--identity` value has an unknown form.
+    #[error("invalid --identity {value:?}: expected file:PATH")]
+    BadLocation {
+        /// The value given.
+        value: String,
+    },
+}
+
+/// A place that keeps one gateway identity.
+pub trait IdentityStore: Send + Sync {
+    /// Where the identity is kept, for messages.
+    fn describe(&self) -> String;
+    /// The stored identity, if any.
+    fn load(&self) -> BoxFuture<'_, Result<Option<Identity>, StoreError>>;
+    /// Stores a newly registered identity unless one is already there, and returns the identity
+    /// that is stored afterwards: when another replica got there first, its identity wins.
+    fn create<'a>(&'a self, identity: &'a Identity) -> BoxFuture<'a, Result<Identity, StoreError>>;
+    /// Replaces the stored identity, after a certificate renewal.
+    fn replace<'a>(&'a self, identity: &'a Identity) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Forgets the identity with this gateway id (after the hub revoked it), leaving any other
+    /// identity in place.
+    fn remove<'a>(&'a self, gateway_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// A parsed `--identity` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityLocation {
+    /// `file:PATH`.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for IdentityLocation {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("file", path)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+            _ => Err(StoreError::BadLocation { value: s.to_owned() }),
+        }
+    }
+}
+
+impl std::fmt::Display for IdentityLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+impl IdentityLocation {
+    /// Opens the store this location names.
+    pub fn open(&self) -> Arc<dyn IdentityStore> {
+        match self {
+            Self::File(p) => Arc::new(FileStore::new(p.clone())),
+        }
+    }
+}
+
+/// An identity kept in a JSON file with mode 0600.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    /// A store at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    async fn read(&self) -> Result<Option<Identity>, StoreError> {
+        let bytes = match tokio::fs::read(&self.path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                location: self.describe(),
+                reason: e.to_string(),
+            })
+    }
+
+    async fn write(&self, identity: &Identity) -> Result<(), StoreError> {
+        let data = serde_json::to_vec_pretty(identity).map_err(|e| StoreError::Corrupt {
+            location: self.describe(),
+            reason: e.to_string(),
+        })?;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || crate::util::write_private_file_atomic(&path, &data))
+            .await
+            .map_err(|e| StoreError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| StoreError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+impl IdentityStore for FileStore {
+    fn describe(&self) -> String {
+        format!("file:{}", self.path.display())
+    }
+
+    fn load(&self) -> BoxFuture<'_, Result<Option<Identity>, StoreError>> {
+        Box::pin(self.read())
+    }
+
+    fn create<'a>(&'a self, identity: &'a Identity) -> BoxFuture<'a, Result<Identity, StoreError>> {
+        Box::pin(async move {
+            // A file has one writer in practice (one process per file), so check-then-write is
+            // enough here; the Secret backend uses resourceVersion preconditions instead.
+            if let Some(existing) = self.read().await? {
+                return Ok(existing);
+            }
+            self.write(identity).await?;
+            Ok(identity.clone())
+        })
+    }
+
+    fn replace<'a>(&'a self, identity: &'a Identity) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.write(identity))
+    }
+
+    fn remove<'a>(&'a self, gateway_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            match self.read().await {
+                Ok(Some(existing)) if existing.gateway_id != gateway_id => return Ok(()),
+                Ok(None) => return Ok(()),
+                _ => {}
+            }
+            match tokio::fs::remove_file(&self.path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(StoreError::Io {
+                    path: self.path.clone(),
+                    source,
+                }),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn identity(id: &str) -> Identity {
+        Identity {
+            gateway_id: id.into(),
+            name: "n".into(),
+            environments: vec!["prod".into()],
+            hub_url: "https://hub:8443".into(),
+            key_pem: Secret::new("KEY"),
+            cert_pem: "CERT".into(),
+            ca_pem: "CA".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn file_store_round_trip_first_writer_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc: IdentityLocation = format!("file:{}", dir.path().join("id.json").display())
+            .parse()
+            .unwrap();
+        let store = loc.open();
+        assert!(store.load().await.unwrap().is_none());
+        assert_eq!(store.create(&identity("gw-1")).await.unwrap().gateway_id, "gw-1");
+        assert_eq!(store.create(&identity("gw-2")).await.unwrap().gateway_id, "gw-1");
+        store.replace(&identity("gw-3")).await.unwrap();
+        assert_eq!(store.load().await.unwrap().unwrap().gateway_id, "gw-3");
+        store.remove("gw-1").await.unwrap();
+        assert!(
+            store.load().await.unwrap().is_some(),
+            "another gateway's identity stays"
+        );
+        store.remove("gw-3").await.unwrap();
+        assert!(store.load().await.unwrap().is_none());
+        assert!(!format!("{:?}", identity("x")).contains("KEY"));
+        assert!("secret:ns/name".parse::<IdentityLocation>().is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! Hub connection settings: the URL forms of SPEC §3, TLS or plaintext, pins and trust.
+
+use std::time::Duration;
+
+use crate::tls::{Fingerprint, TlsError};
+
+/// Flags that say how to reach and trust the hub.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HubArgs {
+    /// Hub gRPC address: https://host:port, grpc://host:port, host:port, or http://host:port
+    /// with --hub-plaintext (Helm gateway.hub.serverGrpcUrl).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_URL")]
+    pub hub_url: Option<String>,
+    /// Speak plaintext HTTP/2 to the hub, for hubs behind a TLS-terminating proxy on a trusted
+    /// network (Helm gateway.hub.plaintext).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_PLAINTEXT")]
+    pub hub_plaintext: bool,
+    /// Pin the hub's leaf certificate by SHA-256; with a pin the chain is not checked (Helm
+    /// gateway.hub.serverThumbprint).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_FINGERPRINT")]
+    pub hub_fingerprint: Option<String>,
+    /// SHA-256 of the hub CA, as printed when the registration token was created; verifies
+    /// first contact with a self-signed hub (Helm registration.caFingerprint).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_CA_FINGERPRINT")]
+    pub hub_ca_fingerprint: Option<String>,
+    /// Give up a dial step (DNS, TCP, TLS, HTTP/2) after this long.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_CONNECT_TIMEOUT", default_value = "10s", value_parser = crate::util::parse_duration)]
+    pub hub_connect_timeout: Duration,
+}
+
+/// A configuration error about the hub settings.
+#[derive(Debug, thiserror::Error)]
+pub enum HubConfigError {
+    /// No URL.
+    #[error("no hub URL: set --hub-url (Helm gateway.hub.serverGrpcUrl)")]
+    MissingUrl,
+    /// Unparseable URL.
+    #[error("invalid hub URL {url:?}: {reason} (flag --hub-url, Helm gateway.hub.serverGrpcUrl)")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// `http://` without plaintext.
+    #[error(
+        "hub URL {url:?} is http:// but --hub-plaintext is not set: use https:// for TLS, or set --hub-plaintext (Helm gateway.hub.plaintext=true) if TLS really ends at a proxy in front of the hub"
+    )]
+    HttpWithoutPlaintext {
+        /// The URL given.
+        url: String,
+    },
+    /// `https://` with plaintext.
+    #[error(
+        "hub URL {url:?} is https:// but --hub-plaintext is set: unset --hub-plaintext (Helm gateway.hub.plaintext=false), or use an http:// URL"
+    )]
+    HttpsWithPlaintext {
+        /// The URL given.
+        url: String,
+    },
+    /// A pin or CA fingerprint with plaintext makes no sense.
+    #[error(
+        "--hub-fingerprint / --hub-ca-fingerprint cannot apply with --hub-plaintext: there is no certificate to check (Helm gateway.hub.serverThumbprint, registration.caFingerprint, gateway.hub.plaintext)"
+    )]
+    PinWithPlaintext,
+    /// Bad fingerprint text.
+    #[error(transparent)]
+    Fingerprint(#[from] TlsError),
+}
+
+/// Where the hub is, parsed and validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubEndpoint {
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// True for plaintext HTTP/2.
+    pub plaintext: bool,
+}
+
+impl HubEndpoint {
+    /// Parses a hub URL in any of the SPEC §3 forms.
+    pub fn parse(url: &str, plaintext: bool) -> Result<Self, HubConfigError> {
+        let bad = |reason: &str| HubConfigError::BadUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let trimmed = url.trim();
+        if trimmed.is_empty() {
+            return Err(HubConfigError::MissingUrl);
+        }
+        let (scheme, rest) = match trimmed.split_once("://") {
+            Some((s, r)) => (Some(s.to_ascii_lowercase()), r),
+            None => (None, trimmed),
+        };
+        match scheme.as_deref() {
+            None | Some("grpc") | Some("grpcs") => {}
+            Some("https") if plaintext => return Err(HubConfigError::HttpsWithPlaintext { url: url.to_owned() }),
+            Some("https") => {}
+            Some("http") if !plaintext => return Err(HubConfigError::HttpWithoutPlaintext { url: url.to_owned() }),
+            Some("http") => {}
+            Some(other) => {
+                return Err(bad(&format!(
+                    "unsupported scheme {other}://; use https://, grpc:// or http://"
+                )));
+            }
+        }
+        let authority = rest.trim_end_matches('/');
+        if authority.contains('/') {
+            return Err(bad("a hub URL takes no path"));
+        }
+        let parsed = url::Url::parse(&format!("scheme://{authority}")).map_err(|e| bad(&e.to_string()))?;
+        let host = match parsed.host() {
+            Some(url::Host::Domain(d)) => d.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err(bad("no host")),
+        };
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(bad("credentials do not belong in the hub URL"));
+        }
+        let port = parsed.port().unwrap_or(if plaintext { 80 } else { 443 });
+        Ok(Self { host, port, plaintext })
+    }
+
+    /// `host:port`, with brackets around IPv6 literals.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The canonical URL, for display and for request URIs.
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.plaintext { "http" } else { "https" },
+            self.authority()
+        )
+    }
+}
+
+/// Validated hub settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Where to dial.
+    pub endpoint: HubEndpoint,
+    /// Leaf pin, if any.
+    pub pin: Option<Fingerprint>,
+    /// CA fingerprint for first contact, if any.
+    pub ca_fingerprint: Option<Fingerprint>,
+    /// Per-step dial timeout.
+    pub connect_timeout: Duration,
+}
+
+impl HubArgs {
+    /// Validates the flags before any I/O.
+    pub fn validate(&self) -> Result<HubConfig, HubConfigError> {
+        let url = self.hub_url.as_deref().ok_or(HubConfigError::MissingUrl)?;
+        let endpoint = HubEndpoint::parse(url, self.hub_plaintext)?;
+        let pin = nonempty(&self.hub_fingerprint)
+            .map(|v| Fingerprint::parse(v, "--hub-fingerprint (Helm gateway.hub.serverThumbprint)"))
+            .transpose()?;
+        let ca_fingerprint = nonempty(&self.hub_ca_fingerprint)
+            .map(|v| Fingerprint::parse(v, "--hub-ca-fingerprint (Helm registration.caFingerprint)"))
+            .transpose()?;
+        if endpoint.plaintext && (pin.is_some() || ca_fingerprint.is_some()) {
+            return Err(HubConfigError::PinWithPlaintext);
+        }
+        Ok(HubConfig {
+            endpoint,
+            pin,
+            ca_fingerprint,
+            connect_timeout: self.hub_connect_timeout,
+        })
+    }
+}
+
+fn nonempty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        let ep = |u: &str, p: bool| HubEndpoint::parse(u, p);
+        assert_eq!(
+            ep("hub.example.com:8443", false).unwrap().url(),
+            "https://hub.example.com:8443"
+        );
+        assert_eq!(ep("grpc://hub:9000", false).unwrap().port, 9000);
+        assert_eq!(ep("https://hub", false).unwrap().port, 443);
+        assert_eq!(ep("http://hub", true).unwrap().port, 80);
+        assert_eq!(ep("[::1]:8443", false).unwrap().authority(), "[::1]:8443");
+        assert!(matches!(
+            ep("http://hub:80", false),
+            Err(HubConfigError::HttpWithoutPlaintext { .. })
+        ));
+        assert!(matches!(
+            ep("https://hub:80", true),
+            Err(HubConfigError::HttpsWithPlaintext { .. })
+        ));
+        assert!(matches!(ep("ftp://hub", false), Err(HubConfigError::BadUrl { .. })));
+        assert!(matches!(
+            ep("https://hub/path", false),
+            Err(HubConfigError::BadUrl { .. })
+        ));
+        assert!(matches!(ep("", false), Err(HubConfigError::MissingUrl)));
+        let msg = ep("http://hub", false).unwrap_err().to_string();
+        assert!(msg.contains("--hub-plaintext") && msg.contains("gateway.hub.plaintext"));
+    }
+}

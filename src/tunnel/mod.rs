@@ -1,0 +1,302 @@
+//! The gateway's connection to the hub: dialing (DNS, TCP, proxy, TLS, HTTP/2), deciding to
+//! trust the hub, the session (hello, keepalive, renewal, goodbye), and the reconnect loop with
+//! full-jitter backoff. Only outbound connections are ever made.
+
+pub mod config;
+pub mod dial;
+pub mod session;
+pub mod trust;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::Identity;
+use crate::identity::register::{RegistrationArgs, register};
+use crate::identity::store::{IdentityLocation, IdentityStore};
+use crate::util::Backoff;
+use config::{HubArgs, HubConfig};
+use session::{Ended, SessionCtx};
+
+/// Where the identity is kept.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdentityArgs {
+    /// Identity store: file:PATH (mode 0600).
+    #[arg(
+        long = "identity",
+        env = "ARGOCD_GATEWAY_IDENTITY",
+        default_value = "file:argocd-gateway-identity.json"
+    )]
+    pub identity: String,
+}
+
+impl IdentityArgs {
+    /// Parses the location.
+    pub fn location(&self) -> Result<IdentityLocation, crate::identity::store::StoreError> {
+        self.identity.parse()
+    }
+}
+
+/// Flags of `argocd-gateway run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub hub: HubArgs,
+    #[command(flatten)]
+    pub trust: crate::tls::TrustArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub registration: RegistrationArgs,
+    /// Application-level keepalive interval; 0 turns it off (Helm gateway.hub.keepAlive.intervalSeconds).
+    #[arg(long, env = "ARGOCD_GATEWAY_KEEPALIVE_INTERVAL", default_value = "30", value_parser = crate::util::parse_duration)]
+    pub keepalive_interval: Duration,
+    /// Exit non-zero after this many consecutive unanswered keepalives (Helm
+    /// gateway.hub.keepAlive.maxConsecutiveFailures).
+    #[arg(long, env = "ARGOCD_GATEWAY_KEEPALIVE_MAX_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keepalive_max_failures: u32,
+}
+
+/// A configuration error found before any I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Hub settings.
+    #[error(transparent)]
+    Hub(#[from] config::HubConfigError),
+    /// Trust material.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// Identity location.
+    #[error(transparent)]
+    Store(#[from] crate::identity::store::StoreError),
+}
+
+/// Validated settings of the tunnel.
+#[derive(Clone)]
+pub struct RunConfig {
+    /// Hub endpoint and trust.
+    pub hub: HubConfig,
+    /// Extra trusted CAs.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// The identity store.
+    pub store: Arc<dyn IdentityStore>,
+    /// How to register when no identity exists.
+    pub registration: RegistrationArgs,
+    /// Keepalive interval (zero = off).
+    pub keepalive_interval: Duration,
+    /// Consecutive keepalive failures before exiting.
+    pub keepalive_max_failures: u32,
+    /// First reconnect delay ceiling.
+    pub backoff_base: Duration,
+    /// Largest reconnect delay ceiling.
+    pub backoff_max: Duration,
+    /// A session this long resets the backoff.
+    pub healthy_after: Duration,
+    /// How long to wait for the hub after a goodbye.
+    pub drain_grace: Duration,
+    /// How soon to retry a failed renewal.
+    pub renew_retry: Duration,
+}
+
+impl RunArgs {
+    /// Validates flags and loads trust material, before any network I/O.
+    pub fn validate(&self) -> Result<RunConfig, ConfigError> {
+        Ok(RunConfig {
+            hub: self.hub.validate()?,
+            extra_roots: self.trust.load()?,
+            store: self.identity.location()?.open(),
+            registration: self.registration.clone(),
+            keepalive_interval: self.keepalive_interval,
+            keepalive_max_failures: self.keepalive_max_failures,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            healthy_after: Duration::from_secs(60),
+            drain_grace: Duration::from_secs(5),
+            renew_retry: Duration::from_secs(60),
+        })
+    }
+}
+
+/// The tunnel's observable state, for readiness, metrics and tests.
+#[derive(Debug, Clone, Default)]
+pub struct TunnelStatus {
+    /// A session is established.
+    pub connected: bool,
+    /// The registered gateway id.
+    pub gateway_id: Option<String>,
+    /// The current or last session id.
+    pub session_id: Option<String>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Reconnect attempts so far.
+    pub reconnects: u64,
+    /// Consecutive unanswered keepalives.
+    pub keepalive_failures: u32,
+    /// Last keepalive round trip.
+    pub last_rtt: Option<Duration>,
+    /// Client certificate expiry.
+    pub cert_not_after: Option<jiff::Timestamp>,
+}
+
+/// Why the tunnel gave up for good.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Keepalive failed too often in a row.
+    #[error(
+        "the hub did not answer {failures} consecutive keepalives (every {interval:?}); exiting so the gateway is restarted (flags --keepalive-interval / --keepalive-max-failures, Helm gateway.hub.keepAlive.intervalSeconds / maxConsecutiveFailures)"
+    )]
+    KeepaliveFailed {
+        /// Failures counted.
+        failures: u32,
+        /// The interval.
+        interval: Duration,
+    },
+}
+
+/// Sleeps unless shutdown comes first; returns false on shutdown.
+async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Keeps a session with the hub until shutdown: registers when there is no identity, reconnects
+/// with full-jitter backoff, follows drain hints, and forgets a revoked identity.
+pub async fn run(
+    cfg: RunConfig,
+    shutdown: CancellationToken,
+    status: watch::Sender<TunnelStatus>,
+) -> Result<(), RunError> {
+    let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
+    let mut keepalive_failures = 0u32;
+    let mut identity: Option<Identity> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let mut id = match identity.take() {
+            Some(id) => id,
+            None => match acquire_identity(&cfg, &status).await {
+                Ok(id) => id,
+                Err(delay) => {
+                    if !pause(&shutdown, delay).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            },
+        };
+        status.send_modify(|s| {
+            s.gateway_id = Some(id.gateway_id.clone());
+            s.cert_not_after = id.cert_info().ok().map(|c| c.not_after);
+        });
+        let started = Instant::now();
+        let ctx = SessionCtx {
+            cfg: &cfg,
+            keepalive_failures: &mut keepalive_failures,
+            status: &status,
+            shutdown: &shutdown,
+        };
+        let ended = session::run_once(ctx, &mut id).await;
+        status.send_modify(|s| {
+            s.connected = false;
+            s.reconnects += 1;
+        });
+        if started.elapsed() >= cfg.healthy_after {
+            backoff.reset();
+        }
+        let delay = match ended {
+            Ended::Shutdown => {
+                tracing::info!("said goodbye to the hub");
+                return Ok(());
+            }
+            Ended::KeepaliveExhausted => {
+                return Err(RunError::KeepaliveFailed {
+                    failures: keepalive_failures,
+                    interval: cfg.keepalive_interval,
+                });
+            }
+            Ended::Drained(after) => {
+                backoff.reset();
+                identity = Some(id);
+                after
+            }
+            Ended::Revoked(msg) => {
+                tracing::error!(
+                    gateway_id = %id.gateway_id,
+                    hub_said = %msg,
+                    store = %cfg.store.describe(),
+                    "this gateway was revoked at the hub; its identity is removed. Register again with a new token: `argocd-gateway hub token create`, then set --registration-token-file (Helm registration.token)"
+                );
+                status.send_modify(|s| s.last_error = Some(format!("revoked by the hub: {msg}")));
+                if let Err(e) = cfg.store.remove(&id.gateway_id).await {
+                    tracing::error!(error = %e, "could not remove the revoked identity");
+                    identity = Some(id);
+                }
+                // A revoked gateway must not hammer the hub: wait as long as the backoff allows.
+                cfg.backoff_max
+            }
+            Ended::DialFailed(e) => {
+                record_failure(&status, &e.to_string(), e.is_config());
+                identity = Some(id);
+                backoff.next_delay()
+            }
+            Ended::Refused(msg) => {
+                record_failure(&status, &format!("the hub refused the session: {msg}"), true);
+                identity = Some(id);
+                backoff.next_delay()
+            }
+            Ended::Lost(msg) => {
+                record_failure(&status, &format!("lost the hub session: {msg}"), false);
+                identity = Some(id);
+                backoff.next_delay()
+            }
+        };
+        tracing::debug!(?delay, "reconnecting after delay");
+        if !pause(&shutdown, delay).await {
+            return Ok(());
+        }
+    }
+}
+
+fn record_failure(status: &watch::Sender<TunnelStatus>, msg: &str, severe: bool) {
+    if severe {
+        tracing::error!(error = %msg, "hub connection failed");
+    } else {
+        tracing::warn!(error = %msg, "hub connection failed");
+    }
+    status.send_modify(|s| s.last_error = Some(msg.to_owned()));
+}
+
+/// Loads the stored identity or registers; on failure returns how long to wait.
+async fn acquire_identity(cfg: &RunConfig, status: &watch::Sender<TunnelStatus>) -> Result<Identity, Duration> {
+    match cfg.store.load().await {
+        Ok(Some(id)) => return Ok(id),
+        Ok(None) => {}
+        Err(e) => {
+            record_failure(status, &e.to_string(), true);
+            return Err(cfg.backoff_max);
+        }
+    }
+    match register(&cfg.hub, &cfg.extra_roots, cfg.store.as_ref(), &cfg.registration).await {
+        Ok(id) => {
+            tracing::info!(gateway_id = %id.gateway_id, name = %id.name, store = %cfg.store.describe(), "registered with the hub");
+            Ok(id)
+        }
+        Err(e) => {
+            let wait = if e.needs_new_token() {
+                cfg.backoff_max
+            } else {
+                crate::util::jitter(cfg.backoff_base, cfg.backoff_max / 4)
+            };
+            record_failure(status, &e.to_string(), true);
+            Err(wait)
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! One session with the hub: dial, open the stream with a signed assertion, hello/welcome, then
+//! keepalive, certificate renewal and hub messages until the stream ends. The reconnect loop
+//! around it lives in [`super::run`].
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::dial::{DialError, Dialer};
+use super::wire::{ErrorCode, PROTOCOL_VERSION};
+use super::{RunConfig, TunnelStatus};
+use crate::identity::Identity;
+use crate::identity::assertion::{self, Purpose};
+use crate::proto::{GatewayMessage, Goodbye, Hello, Ping, Pong};
+use crate::proto::{gateway_message, hub_message, rejected, tunnel_client::TunnelClient};
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// We shut down and said goodbye.
+    Shutdown,
+    /// The hub is going away and asked us back after this long.
+    Drained(Duration),
+    /// The hub no longer knows this gateway.
+    Revoked(String),
+    /// Keepalive failed too often.
+    KeepaliveExhausted,
+    /// Could not connect.
+    DialFailed(DialError),
+    /// The hub refused the session for a reason retrying may fix later (bad assertion, protocol).
+    Refused(String),
+    /// The stream broke or closed.
+    Lost(String),
+}
+
+/// What the session needs from the run loop.
+pub struct SessionCtx<'a> {
+    /// Settings.
+    pub cfg: &'a RunConfig,
+    /// Consecutive keepalive failures, kept across sessions.
+    pub keepalive_failures: &'a mut u32,
+    /// Published state.
+    pub status: &'a watch::Sender<TunnelStatus>,
+    /// Process shutdown.
+    pub shutdown: &'a CancellationToken,
+}
+
+fn classify_status(status: &tonic::Status) -> Ended {
+    match ErrorCode::from_status(status) {
+        Some(ErrorCode::Revoked) => Ended::Revoked(status.message().to_owned()),
+        Some(_) => Ended::Refused(status.message().to_owned()),
+        None => Ended::Lost(format!("{}: {}", status.code(), status.message())),
+    }
+}
+
+/// Runs one session. `identity` is updated in place when the certificate is renewed.
+pub async fn run_once(ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended {
+    let cfg = ctx.cfg;
+    let dialer = match Dialer::new(&cfg.hub, &cfg.extra_roots, Some(identity)) {
+        Ok(d) => d,
+        Err(e) => return Ended::DialFailed(e),
+    };
+    let channel = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return Ended::Shutdown,
+        r = dialer.connect() => match r {
+            Ok(c) => c,
+            Err(e) => return Ended::DialFailed(e),
+        },
+    };
+    let cert = match identity.cert_info() {
+        Ok(c) => c,
+        Err(e) => return Ended::Refused(format!("stored certificate is unreadable: {e}")),
+    };
+    let token = match identity.key().map_err(|e| e.to_string()).and_then(|k| {
+        assertion::sign(
+            &k,
+            &identity.gateway_id,
+            &cert,
+            Purpose::Tunnel,
+            jiff::Timestamp::now().as_second(),
+        )
+        .map_err(|e| e.to_string())
+    }) {
+        Ok(t) => t,
+        Err(e) => return Ended::Refused(format!("cannot sign the identity assertion: {e}")),
+    };
+
+    let (tx, rx) = mpsc::channel::<GatewayMessage>(64);
+    let hello = GatewayMessage {
+        body: Some(gateway_message::Body::Hello(Hello {
+            gateway_id: identity.gateway_id.clone(),
+            gateway_version: crate::VERSION.to_owned(),
+            protocol_version: PROTOCOL_VERSION,
+            capabilities: vec![],
+        })),
+    };
+    // The channel is fresh and has room: the send cannot fail before the receiver is dropped.
+    let _ = tx.send(hello).await;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    match token.parse() {
+        Ok(v) => {
+            request.metadata_mut().insert(assertion::METADATA_KEY, v);
+        }
+        Err(_) => return Ended::Refused("the identity assertion is not valid metadata".into()),
+    }
+    let mut client = TunnelClient::new(channel.clone());
+    let opened = tokio::time::timeout(cfg.hub.connect_timeout, client.open(request)).await;
+    let mut inbound = match opened {
+        Err(_) => return Ended::Lost("the hub did not answer the stream open in time".into()),
+        Ok(Err(status)) => return classify_status(&status),
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    let welcome = match tokio::time::timeout(cfg.hub.connect_timeout, inbound.message()).await {
+        Err(_) => return Ended::Lost("no welcome from the hub in time".into()),
+        Ok(Err(status)) => return classify_status(&status),
+        Ok(Ok(None)) => return Ended::Lost("the hub closed the stream before welcoming us".into()),
+        Ok(Ok(Some(m))) => m,
+    };
+    match welcome.body {
+        Some(hub_message::Body::Welcome(w)) => {
+            tracing::info!(
+                gateway_id = %identity.gateway_id,
+                session_id = %w.session_id,
+                protocol_version = w.protocol_version,
+                hub = %dialer.endpoint().url(),
+                "connected to hub"
+            );
+            ctx.status.send_modify(|s| {
+                s.connected = true;
+                s.session_id = Some(w.session_id.clone());
+                s.last_error = None;
+            });
+        }
+        Some(hub_message::Body::Rejected(r)) => return rejected(r),
+        other => return Ended::Lost(format!("unexpected first message from the hub: {other:?}")),
+    }
+
+    let keepalive = cfg.keepalive_interval;
+    let mut ticker = tokio::time::interval(if keepalive.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        keepalive
+    });
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let mut outstanding = false;
+    let mut renew_at = renewal_instant(&cert);
+
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => {
+                say_goodbye(&tx, &mut inbound, cfg.drain_grace).await;
+                return Ended::Shutdown;
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => match m.body {
+                    Some(hub_message::Body::Ping(p)) => {
+                        let pong = Pong { seq: p.seq, ping_sent_at_unix_ms: p.sent_at_unix_ms };
+                        if tx.send(GatewayMessage { body: Some(gateway_message::Body::Pong(pong)) }).await.is_err() {
+                            return Ended::Lost("outbound stream closed".into());
+                        }
+                    }
+                    Some(hub_message::Body::Pong(p)) => {
+                        outstanding = false;
+                        *ctx.keepalive_failures = 0;
+                        let rtt = Duration::from_millis(crate::util::unix_ms_now().saturating_sub(p.ping_sent_at_unix_ms).max(0) as u64);
+                        ctx.status.send_modify(|s| { s.keepalive_failures = 0; s.last_rtt = Some(rtt); });
+                    }
+                    Some(hub_message::Body::Drain(d)) => {
+                        tracing::info!(retry_after_ms = d.retry_after_ms, reason = %d.reason, "hub is draining; reconnecting after its suggested delay");
+                        return Ended::Drained(Duration::from_millis(u64::from(d.retry_after_ms)));
+                    }
+                    Some(hub_message::Body::Rejected(r)) => return rejected(r),
+                    Some(hub_message::Body::Welcome(_)) | None => {}
+                },
+                Ok(None) => return Ended::Lost("the hub closed the stream".into()),
+                Err(status) => return classify_status(&status),
+            },
+            _ = ticker.tick(), if !keepalive.is_zero() => {
+                if outstanding {
+                    *ctx.keepalive_failures += 1;
+                    let failures = *ctx.keepalive_failures;
+                    ctx.status.send_modify(|s| s.keepalive_failures = failures);
+                    tracing::warn!(failures, max = cfg.keepalive_max_failures, interval = ?keepalive, "no keepalive answer from the hub");
+                    if failures >= cfg.keepalive_max_failures {
+                        return Ended::KeepaliveExhausted;
+                    }
+                }
+                seq += 1;
+                outstanding = true;
+                let ping = Ping { seq, sent_at_unix_ms: crate::util::unix_ms_now() };
+                if tx.send(GatewayMessage { body: Some(gateway_message::Body::Ping(ping)) }).await.is_err() {
+                    return Ended::Lost("outbound stream closed".into());
+                }
+            }
+            _ = tokio::time::sleep_until(renew_at) => {
+                match crate::identity::register::renew(channel.clone(), identity).await {
+                    Ok(renewed) => match cfg.store.replace(&renewed).await {
+                        Ok(()) => {
+                            let info = renewed.cert_info().ok();
+                            tracing::info!(gateway_id = %renewed.gateway_id, not_after = ?info.as_ref().map(|i| i.not_after), "renewed the gateway certificate");
+                            renew_at = info.as_ref().map(renewal_instant).unwrap_or_else(|| retry_soon(cfg));
+                            ctx.status.send_modify(|s| s.cert_not_after = info.map(|i| i.not_after));
+                            *identity = renewed;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "renewed the certificate but could not store it; will renew again");
+                            renew_at = retry_soon(cfg);
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "certificate renewal failed; retrying");
+                        renew_at = retry_soon(cfg);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn retry_soon(cfg: &RunConfig) -> tokio::time::Instant {
+    tokio::time::Instant::now() + crate::util::jitter(cfg.renew_retry / 2, cfg.renew_retry)
+}
+
+/// When to renew: at 60% of the lifetime (before the two-thirds deadline), as a monotonic instant.
+fn renewal_instant(cert: &crate::identity::certs::CertInfo) -> tokio::time::Instant {
+    let secs_until = cert.renew_at().as_second() - jiff::Timestamp::now().as_second();
+    tokio::time::Instant::now() + Duration::from_secs(secs_until.max(0) as u64)
+}
+
+fn rejected(r: crate::proto::Rejected) -> Ended {
+    match rejected::Reason::try_from(r.reason) {
+        Ok(rejected::Reason::Revoked) => Ended::Revoked(r.message),
+        Ok(rejected::Reason::Replaced) => Ended::Lost(format!("another session took over: {}", r.message)),
+        _ => Ended::Refused(r.message),
+    }
+}
+
+/// Sends a goodbye and waits briefly for the hub to close its side, so it records the
+/// disconnect at once instead of after a timeout.
+async fn say_goodbye(
+    tx: &mpsc::Sender<GatewayMessage>,
+    inbound: &mut tonic::Streaming<crate::proto::HubMessage>,
+    grace: Duration,
+) {
+    let bye = GatewayMessage {
+        body: Some(gateway_message::Body::Goodbye(Goodbye {
+            reason: "shutting down".into(),
+        })),
+    };
+    if tx.send(bye).await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        match tokio::time::timeout(deadline - Instant::now(), inbound.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            _ => break,
+        }
+    }
+}

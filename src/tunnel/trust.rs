@@ -1,0 +1,186 @@
+//! How the gateway decides to trust the hub's certificate.
+//!
+//! In order: a leaf pin (`--hub-fingerprint`) decides alone when set; otherwise the chain is
+//! checked against system roots, `--trust-ca` and the hub CA stored at registration; failing
+//! that, on first contact, the chain must contain a CA whose SHA-256 matches the fingerprint
+//! printed with the registration token (`--hub-ca-fingerprint`) and the leaf must chain to it,
+//! like `kubeadm join --discovery-token-ca-cert-hash`. Whatever refused the hub is recorded so
+//! the dialer can explain it precisely instead of surfacing a generic handshake error.
+
+use std::sync::{Arc, Mutex};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+
+use crate::tls::Fingerprint;
+
+/// Why the hub's certificate was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustFailure {
+    /// The leaf does not match `--hub-fingerprint`.
+    #[error(
+        "hub certificate fingerprint mismatch: pinned {expected}, hub presented {actual} (flag --hub-fingerprint, Helm gateway.hub.serverThumbprint)"
+    )]
+    PinMismatch {
+        /// The pin.
+        expected: Fingerprint,
+        /// The leaf's fingerprint.
+        actual: Fingerprint,
+    },
+    /// No certificate in the chain matches `--hub-ca-fingerprint`.
+    #[error(
+        "hub CA fingerprint mismatch: expected {expected}, hub presented {}; check you are talking to the right hub and use the caFingerprint printed with the registration token (flag --hub-ca-fingerprint, Helm registration.caFingerprint)",
+        presented_list(.presented)
+    )]
+    CaFingerprintMismatch {
+        /// The expected CA fingerprint.
+        expected: Fingerprint,
+        /// Fingerprints of every certificate the hub sent.
+        presented: Vec<Fingerprint>,
+    },
+    /// The chain is not trusted and nothing else vouches for it.
+    #[error(
+        "hub certificate is not trusted ({reason}): pass the CA fingerprint printed with the registration token (flag --hub-ca-fingerprint, Helm registration.caFingerprint), add the hub CA (flag --trust-ca, Helm gateway.serverCertificates), or pin the certificate (flag --hub-fingerprint, Helm gateway.hub.serverThumbprint)"
+    )]
+    Untrusted {
+        /// What webpki said.
+        reason: String,
+    },
+    /// The chain reaches the fingerprinted CA but is otherwise invalid (name, validity).
+    #[error(
+        "hub certificate is invalid ({reason}); check the host name in --hub-url (Helm gateway.hub.serverGrpcUrl) is one of the hub's --hostname names"
+    )]
+    Invalid {
+        /// What webpki said.
+        reason: String,
+    },
+}
+
+fn presented_list(fps: &[Fingerprint]) -> String {
+    if fps.is_empty() {
+        "no CA certificate".into()
+    } else {
+        fps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The slot a verifier writes its refusal into, read by the dialer after a failed handshake.
+pub type FailureSlot = Arc<Mutex<Option<TrustFailure>>>;
+
+/// The hub certificate verifier described in the module doc.
+#[derive(Debug)]
+pub struct HubVerifier {
+    roots: Option<Arc<WebPkiServerVerifier>>,
+    pin: Option<Fingerprint>,
+    ca_fingerprint: Option<Fingerprint>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    failure: FailureSlot,
+}
+
+impl HubVerifier {
+    /// A verifier trusting `roots` (may be empty), with an optional pin and CA fingerprint.
+    pub fn new(
+        roots: &[CertificateDer<'static>],
+        pin: Option<Fingerprint>,
+        ca_fingerprint: Option<Fingerprint>,
+        failure: FailureSlot,
+    ) -> Result<Self, rustls::Error> {
+        let provider = crate::tls::provider();
+        let store = crate::tls::root_store(roots);
+        let roots = if store.is_empty() {
+            None
+        } else {
+            Some(
+                WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?,
+            )
+        };
+        Ok(Self {
+            roots,
+            pin,
+            ca_fingerprint,
+            provider,
+            failure,
+        })
+    }
+
+    fn refuse(&self, failure: TrustFailure) -> rustls::Error {
+        if let Ok(mut slot) = self.failure.lock() {
+            *slot = Some(failure);
+        }
+        rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+    }
+}
+
+impl ServerCertVerifier for HubVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(pin) = &self.pin {
+            let actual = Fingerprint::of(end_entity);
+            return if &actual == pin {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(self.refuse(TrustFailure::PinMismatch {
+                    expected: pin.clone(),
+                    actual,
+                }))
+            };
+        }
+        let mut reason = "no trusted root certificates are configured".to_owned();
+        if let Some(roots) = &self.roots {
+            match roots.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+                Ok(v) => return Ok(v),
+                Err(e) => reason = e.to_string(),
+            }
+        }
+        let Some(expected) = &self.ca_fingerprint else {
+            return Err(self.refuse(TrustFailure::Untrusted { reason }));
+        };
+        let Some(ca) = intermediates.iter().find(|c| &Fingerprint::of(c) == expected) else {
+            let presented = intermediates.iter().map(|c| Fingerprint::of(c)).collect();
+            return Err(self.refuse(TrustFailure::CaFingerprintMismatch {
+                expected: expected.clone(),
+                presented,
+            }));
+        };
+        let anchor = [ca.clone().into_owned()];
+        let store = crate::tls::root_store(&anchor);
+        let pinned_ca = WebPkiServerVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
+            .build()
+            .map_err(|e| self.refuse(TrustFailure::Invalid { reason: e.to_string() }))?;
+        pinned_ca
+            .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+            .map_err(|e| self.refuse(TrustFailure::Invalid { reason: e.to_string() }))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}

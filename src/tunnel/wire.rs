@@ -1,0 +1,100 @@
+//! Wire-level conventions shared by gateway and hub beyond the protobuf messages: protocol
+//! versions and the machine-readable error codes the hub attaches to refusals, so the gateway
+//! reacts to a code, never to message text.
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The oldest protocol version this build still accepts (the current and the previous one).
+pub const MIN_PROTOCOL_VERSION: u32 = if PROTOCOL_VERSION > 1 { PROTOCOL_VERSION - 1 } else { 1 };
+
+/// Metadata key carrying a [`ErrorCode`] on a refused call.
+pub const ERROR_CODE_KEY: &str = "x-argocd-gateway-error";
+
+/// Why the hub refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The registration token does not exist (never did, revoked, or mistyped).
+    TokenUnknown,
+    /// The registration token is past its expiry.
+    TokenExpired,
+    /// The registration token was already used.
+    TokenUsed,
+    /// The gateway was deleted at the hub.
+    Revoked,
+    /// The certificate is not one the hub issued to this gateway.
+    UnknownCertificate,
+    /// The identity assertion is missing, malformed, expired or replayed.
+    BadAssertion,
+    /// The gateway's protocol version is not supported.
+    UnsupportedProtocol,
+}
+
+impl ErrorCode {
+    /// The code as sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TokenUnknown => "token-unknown",
+            Self::TokenExpired => "token-expired",
+            Self::TokenUsed => "token-used",
+            Self::Revoked => "revoked",
+            Self::UnknownCertificate => "unknown-certificate",
+            Self::BadAssertion => "bad-assertion",
+            Self::UnsupportedProtocol => "unsupported-protocol",
+        }
+    }
+
+    /// Parses a wire code.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::TokenUnknown,
+            Self::TokenExpired,
+            Self::TokenUsed,
+            Self::Revoked,
+            Self::UnknownCertificate,
+            Self::BadAssertion,
+            Self::UnsupportedProtocol,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+
+    /// Reads the code attached to a refused call, if any.
+    pub fn from_status(status: &tonic::Status) -> Option<Self> {
+        status
+            .metadata()
+            .get(ERROR_CODE_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::parse)
+    }
+
+    /// A status with this code attached.
+    pub fn status(self, code: tonic::Code, message: impl Into<String>) -> tonic::Status {
+        let mut status = tonic::Status::new(code, message);
+        status.metadata_mut().insert(
+            ERROR_CODE_KEY,
+            tonic::metadata::MetadataValue::from_static(self.as_str()),
+        );
+        status
+    }
+}
+
+/// True when the hub accepts this protocol version.
+pub fn protocol_supported(version: u32) -> bool {
+    (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_through_status() {
+        let s = ErrorCode::TokenUsed.status(tonic::Code::PermissionDenied, "used");
+        assert_eq!(ErrorCode::from_status(&s), Some(ErrorCode::TokenUsed));
+        assert_eq!(ErrorCode::from_status(&tonic::Status::internal("x")), None);
+        assert!(
+            protocol_supported(PROTOCOL_VERSION) && !protocol_supported(0) && !protocol_supported(PROTOCOL_VERSION + 1)
+        );
+    }
+}

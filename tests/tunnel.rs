@@ -1,0 +1,789 @@
+//! Tunnel integration tests: a real hub (TLS or plaintext, SQLite, HTTP API) and real gateways
+//! in-process on 127.0.0.1:0, plus the binary run as processes where signals and restarts matter.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use argocd_gateway::hub::{self, Hub, ServeArgs};
+use argocd_gateway::identity::register::{RegisterError, RegistrationArgs, register};
+use argocd_gateway::identity::store::{FileStore, IdentityStore};
+use argocd_gateway::secret::Secret;
+use argocd_gateway::tls::Fingerprint;
+use argocd_gateway::tunnel::config::{HubConfig, HubEndpoint};
+use argocd_gateway::tunnel::dial::{DialError, Dialer};
+use argocd_gateway::tunnel::trust::TrustFailure;
+use argocd_gateway::tunnel::{RunConfig, RunError, TunnelStatus, run};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct TestHub {
+    hub: Option<Hub>,
+    dir: PathBuf,
+    http: reqwest::Client,
+    admin: String,
+    plaintext: bool,
+    ttl: Duration,
+}
+
+fn serve_args(dir: &Path, plaintext: bool, ttl: Duration, grpc_port: u16) -> ServeArgs {
+    ServeArgs {
+        data_dir: dir.to_owned(),
+        hostnames: vec!["localhost".into(), "127.0.0.1".into()],
+        grpc_addr: format!("127.0.0.1:{grpc_port}").parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        plaintext,
+        client_cert_ttl: ttl,
+        public_url: None,
+        helm_chart: "./charts/argocd-gateway".into(),
+    }
+}
+
+impl TestHub {
+    async fn start(dir: &Path, plaintext: bool, ttl: Duration) -> Self {
+        argocd_gateway::tls::install_crypto_provider();
+        let hub = hub::start(serve_args(dir, plaintext, ttl, 0))
+            .await
+            .expect("hub starts");
+        let admin = std::fs::read_to_string(&hub.admin_token_path)
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            hub: Some(hub),
+            dir: dir.to_owned(),
+            http: reqwest::Client::new(),
+            admin,
+            plaintext,
+            ttl,
+        }
+    }
+
+    fn hub(&self) -> &Hub {
+        self.hub.as_ref().expect("hub running")
+    }
+
+    /// Stops the hub (with drain) and starts it again on the same ports and data directory.
+    async fn restart(&mut self) {
+        let port = self.hub().grpc_addr.port();
+        self.hub.take().unwrap().shutdown().await;
+        self.hub = Some(
+            hub::start(serve_args(&self.dir, self.plaintext, self.ttl, port))
+                .await
+                .expect("hub restarts"),
+        );
+    }
+
+    fn grpc_url(&self) -> String {
+        let scheme = if self.plaintext { "http" } else { "https" };
+        format!("{scheme}://localhost:{}", self.hub().grpc_addr.port())
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        self.hub().ca_fingerprint.clone()
+    }
+
+    async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("http://{}{path}", self.hub().http_addr))
+            .bearer_auth(&self.admin);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap()
+            },
+        )
+    }
+
+    async fn token(&self, body: Value) -> Value {
+        let (status, v) = self
+            .api(reqwest::Method::POST, "/api/v1/registration-tokens", Some(body))
+            .await;
+        assert_eq!(status, 201, "{v}");
+        v
+    }
+
+    async fn gateway(&self, id: &str) -> (u16, Value) {
+        self.api(reqwest::Method::GET, &format!("/api/v1/gateways/{id}"), None)
+            .await
+    }
+
+    async fn connected(&self, id: &str) -> bool {
+        self.gateway(id).await.1["connected"] == json!(true)
+    }
+}
+
+fn hub_config(url: &str, plaintext: bool, ca: Option<Fingerprint>, pin: Option<Fingerprint>) -> HubConfig {
+    HubConfig {
+        endpoint: HubEndpoint::parse(url, plaintext).unwrap(),
+        pin,
+        ca_fingerprint: ca,
+        connect_timeout: Duration::from_secs(3),
+    }
+}
+
+fn reg_args(token: Option<&str>) -> RegistrationArgs {
+    RegistrationArgs {
+        registration_token: token.map(Secret::new),
+        name: Some("edge-1".into()),
+        environments: vec!["prod".into(), "eu".into()],
+        argocd_web_url: Some("https://argocd.example.com".into()),
+        ..Default::default()
+    }
+}
+
+fn run_config(hub: HubConfig, identity: &Path, token: Option<&str>) -> RunConfig {
+    RunConfig {
+        hub,
+        extra_roots: vec![],
+        store: Arc::new(FileStore::new(identity.to_owned())),
+        registration: reg_args(token),
+        keepalive_interval: Duration::from_millis(200),
+        keepalive_max_failures: 10,
+        backoff_base: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        healthy_after: Duration::from_secs(60),
+        drain_grace: Duration::from_secs(2),
+        renew_retry: Duration::from_millis(500),
+    }
+}
+
+struct Gw {
+    task: tokio::task::JoinHandle<Result<(), RunError>>,
+    status: watch::Receiver<TunnelStatus>,
+    stop: CancellationToken,
+}
+
+fn spawn_gateway(cfg: RunConfig) -> Gw {
+    let (tx, status) = watch::channel(TunnelStatus::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run(cfg, stop.clone(), tx));
+    Gw { task, status, stop }
+}
+
+impl Gw {
+    async fn wait_connected(&mut self) -> String {
+        let st = tokio::time::timeout(WAIT, self.status.wait_for(|s| s.connected))
+            .await
+            .expect("connects in time")
+            .unwrap();
+        st.gateway_id.clone().unwrap()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("stops in time")
+            .unwrap()
+            .expect("clean stop");
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test]
+async fn registers_then_restarts_without_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(&dir.path().join("hub"), false, Duration::from_secs(3600)).await;
+    let tok = hub
+        .token(json!({"name": "from-token", "environments": ["staging"]}))
+        .await;
+    assert_eq!(tok["caFingerprint"], json!(hub.fingerprint().to_string()));
+    let helm = tok["helmCommand"].as_str().unwrap();
+    for part in [
+        "helm upgrade --install",
+        "gateway.hub.serverGrpcUrl=https://localhost:",
+        "registration.caFingerprint=sha256:",
+    ] {
+        assert!(helm.contains(part), "{helm}");
+    }
+    assert!(helm.contains(tok["token"].as_str().unwrap()) && helm.contains("registration.name=from-token"));
+    assert!(helm.contains("registration.environments={staging}"), "{helm}");
+    let id_path = dir.path().join("identity.json");
+    let cfg = run_config(
+        hub_config(&hub.grpc_url(), false, Some(hub.fingerprint()), None),
+        &id_path,
+        tok["token"].as_str(),
+    );
+
+    let mut gw = spawn_gateway(cfg.clone());
+    let id = gw.wait_connected().await;
+    let (_, g) = hub.gateway(&id).await;
+    assert_eq!(g["name"], "edge-1");
+    assert_eq!(g["environments"], json!(["prod", "eu"]));
+    assert_eq!(g["connected"], json!(true));
+    assert_eq!(g["protocolVersion"], json!(1));
+    assert_eq!(g["version"], json!(argocd_gateway::VERSION));
+    assert!(g["certificateExpiresAt"].as_str().unwrap().ends_with('Z'));
+    gw.stop().await;
+    eventually("hub sees the goodbye", || async { !hub.connected(&id).await }).await;
+
+    // The key never left the gateway and the file is private.
+    let stored: Value = serde_json::from_slice(&std::fs::read(&id_path).unwrap()).unwrap();
+    assert!(stored["keyPem"].as_str().unwrap().contains("PRIVATE KEY"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&id_path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    // A restart reuses the identity: no token needed, same gateway id, no new gateway.
+    let mut cfg2 = run_config(hub_config(&hub.grpc_url(), false, None, None), &id_path, None);
+    cfg2.hub.ca_fingerprint = None;
+    let mut gw2 = spawn_gateway(cfg2);
+    assert_eq!(gw2.wait_connected().await, id);
+    let (_, list) = hub.api(reqwest::Method::GET, "/api/v1/gateways", None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let (_, tokens) = hub.api(reqwest::Method::GET, "/api/v1/registration-tokens", None).await;
+    let t = &tokens["items"][0];
+    assert_eq!(t["state"], "used");
+    assert_eq!(t["gatewayId"], json!(id));
+    assert!(t.get("token").is_none() && !tokens.to_string().contains(tok["token"].as_str().unwrap()));
+    gw2.stop().await;
+}
+
+#[tokio::test]
+async fn token_errors_name_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(&dir.path().join("hub"), false, Duration::from_secs(3600)).await;
+    let cfg = hub_config(&hub.grpc_url(), false, Some(hub.fingerprint()), None);
+    let reg = |path: PathBuf, token: String| {
+        let cfg = cfg.clone();
+        async move { register(&cfg, &[], &FileStore::new(path), &reg_args(Some(&token))).await }
+    };
+
+    let tok = hub.token(json!({})).await["token"].as_str().unwrap().to_owned();
+    let (id, secret) = tok.split_once('.').unwrap();
+    let err = reg(dir.path().join("a"), format!("{id}.{}x", secret))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegisterError::TokenUnknown), "{err}");
+    let err = reg(dir.path().join("a"), "garbage".into()).await.unwrap_err();
+    assert!(matches!(err, RegisterError::TokenUnknown), "{err}");
+    assert!(err.to_string().contains("registration.token") && err.to_string().contains("--registration-token-file"));
+
+    reg(dir.path().join("b"), tok.clone()).await.expect("first use works");
+    let err = reg(dir.path().join("c"), tok.clone()).await.unwrap_err();
+    assert!(matches!(err, RegisterError::TokenUsed), "{err}");
+    assert!(err.to_string().contains("single-use") && err.to_string().contains("registration.token"));
+
+    let short = hub.token(json!({"ttlSeconds": 1})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let err = reg(dir.path().join("d"), short).await.unwrap_err();
+    assert!(matches!(err, RegisterError::TokenExpired), "{err}");
+    assert!(err.to_string().contains("expired") && err.to_string().contains("registration.token"));
+
+    let revoked = hub.token(json!({})).await;
+    let (status, _) = hub
+        .api(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/registration-tokens/{}", revoked["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let err = reg(dir.path().join("e"), revoked["token"].as_str().unwrap().into())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegisterError::TokenUnknown), "{err}");
+
+    let err = register(&cfg, &[], &FileStore::new(dir.path().join("f")), &reg_args(None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegisterError::NoToken { .. }), "{err}");
+
+    // TTL limits and auth on the API.
+    let (status, v) = hub
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/registration-tokens",
+            Some(json!({"ttlSeconds": 90000})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let resp = hub
+        .http
+        .get(format!("http://{}/api/v1/gateways", hub.hub().http_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn trust_failures_show_both_fingerprints() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(&dir.path().join("hub"), false, Duration::from_secs(3600)).await;
+    let wrong = Fingerprint::parse(&"ab".repeat(32), "test").unwrap();
+
+    let err = Dialer::new(
+        &hub_config(&hub.grpc_url(), false, Some(wrong.clone()), None),
+        &[],
+        None,
+    )
+    .unwrap()
+    .connect()
+    .await
+    .unwrap_err();
+    match &err {
+        DialError::Trust(TrustFailure::CaFingerprintMismatch { expected, presented }) => {
+            assert_eq!(expected, &wrong);
+            assert!(presented.contains(&hub.fingerprint()));
+        }
+        other => panic!("expected a CA fingerprint mismatch, got {other}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(&wrong.to_string())
+            && text.contains(&hub.fingerprint().to_string())
+            && text.contains("registration.caFingerprint")
+    );
+
+    let err = Dialer::new(
+        &hub_config(&hub.grpc_url(), false, None, Some(wrong.clone())),
+        &[],
+        None,
+    )
+    .unwrap()
+    .connect()
+    .await
+    .unwrap_err();
+    let DialError::Trust(TrustFailure::PinMismatch { expected, actual }) = &err else {
+        panic!("expected a pin mismatch, got {err}")
+    };
+    assert_eq!(expected, &wrong);
+    assert!(err.to_string().contains(&actual.to_string()) && err.to_string().contains("gateway.hub.serverThumbprint"));
+
+    // The right pin alone is enough, without any chain.
+    let chain = std::fs::read_to_string(dir.path().join("hub/server.pem")).unwrap();
+    let leaf = argocd_gateway::identity::certs::first_cert_der(&chain).unwrap();
+    Dialer::new(
+        &hub_config(&hub.grpc_url(), false, None, Some(Fingerprint::of(&leaf))),
+        &[],
+        None,
+    )
+    .unwrap()
+    .connect()
+    .await
+    .expect("pinned leaf is trusted");
+
+    // Nothing vouches for the hub: say what to configure.
+    let err = Dialer::new(&hub_config(&hub.grpc_url(), false, None, None), &[], None)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DialError::Trust(TrustFailure::Untrusted { .. })), "{err}");
+    assert!(err.to_string().contains("--hub-ca-fingerprint") && err.to_string().contains("--trust-ca"));
+
+    // --trust-ca with the hub CA also works.
+    let ca = argocd_gateway::identity::certs::first_cert_der(&hub.hub().ca_pem).unwrap();
+    Dialer::new(&hub_config(&hub.grpc_url(), false, None, None), &[ca], None)
+        .unwrap()
+        .connect()
+        .await
+        .expect("trusted CA");
+}
+
+#[tokio::test]
+async fn plaintext_and_tls_mismatches_and_dns_are_diagnosed() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_hub = TestHub::start(&dir.path().join("tls"), false, Duration::from_secs(3600)).await;
+    let plain_hub = TestHub::start(&dir.path().join("plain"), true, Duration::from_secs(3600)).await;
+
+    let url = format!("http://127.0.0.1:{}", tls_hub.hub().grpc_addr.port());
+    let err = Dialer::new(&hub_config(&url, true, None, None), &[], None)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DialError::UnexpectedTls { .. }), "{err}");
+    assert!(err.to_string().contains("gateway.hub.plaintext=false"));
+
+    let url = format!("https://127.0.0.1:{}", plain_hub.hub().grpc_addr.port());
+    let err = Dialer::new(&hub_config(&url, false, None, None), &[], None)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DialError::NotTls { .. }), "{err}");
+    assert!(err.to_string().contains("gateway.hub.plaintext=true"));
+
+    let err = Dialer::new(
+        &hub_config("https://no-such-host.invalid:8443", false, None, None),
+        &[],
+        None,
+    )
+    .unwrap()
+    .connect()
+    .await
+    .unwrap_err();
+    assert!(matches!(err, DialError::Dns { .. }), "{err}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = Dialer::new(
+        &hub_config(&format!("127.0.0.1:{closed}"), false, None, None),
+        &[],
+        None,
+    )
+    .unwrap()
+    .connect()
+    .await
+    .unwrap_err();
+    assert!(matches!(err, DialError::Tcp { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn revocation_closes_the_live_session_and_does_not_hot_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(&dir.path().join("hub"), false, Duration::from_secs(3600)).await;
+    let tok = hub.token(json!({})).await;
+    let id_path = dir.path().join("identity.json");
+    let mut gw = spawn_gateway(run_config(
+        hub_config(&hub.grpc_url(), false, Some(hub.fingerprint()), None),
+        &id_path,
+        tok["token"].as_str(),
+    ));
+    let id = gw.wait_connected().await;
+    let reconnects_before = gw.status.borrow().reconnects;
+
+    let (status, _) = hub
+        .api(reqwest::Method::DELETE, &format!("/api/v1/gateways/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    tokio::time::timeout(Duration::from_secs(1), gw.status.wait_for(|s| !s.connected))
+        .await
+        .expect("the live session closes within a second")
+        .unwrap();
+    eventually("the revoked identity is forgotten", || async { !id_path.exists() }).await;
+    assert!(
+        gw.status
+            .borrow()
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("revoked")
+    );
+    assert_eq!(hub.gateway(&id).await.0, 404);
+
+    // The gateway now waits the full backoff before trying again instead of hammering the hub.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.status.borrow().reconnects, reconnects_before + 1);
+    assert!(!gw.status.borrow().connected);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn certificate_renews_before_two_thirds_of_its_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(&dir.path().join("hub"), false, Duration::from_secs(8)).await;
+    let tok = hub.token(json!({})).await;
+    let id_path = dir.path().join("identity.json");
+    let mut gw = spawn_gateway(run_config(
+        hub_config(&hub.grpc_url(), false, Some(hub.fingerprint()), None),
+        &id_path,
+        tok["token"].as_str(),
+    ));
+    let id = gw.wait_connected().await;
+    let store = FileStore::new(id_path.clone());
+    let first = store.load().await.unwrap().unwrap();
+    let first_info = first.cert_info().unwrap();
+    let session = gw.status.borrow().session_id.clone();
+
+    eventually("the certificate is renewed", || {
+        let store = store.clone();
+        let old = first.cert_pem.clone();
+        async move { store.load().await.unwrap().is_some_and(|i| i.cert_pem != old) }
+    })
+    .await;
+    let renewed = store.load().await.unwrap().unwrap();
+    let info = renewed.cert_info().unwrap();
+    assert!(
+        jiff::Timestamp::now() < first_info.renew_deadline(),
+        "renewed before two thirds of the lifetime"
+    );
+    assert!(info.not_after > first_info.not_after);
+    assert_ne!(
+        renewed.key_pem.expose(),
+        first.key_pem.expose(),
+        "renewal rotates the key"
+    );
+    assert_eq!(gw.status.borrow().session_id, session, "the session survives renewal");
+    assert!(hub.connected(&id).await);
+    let (_, g) = hub.gateway(&id).await;
+    assert_eq!(g["certificateExpiresAt"], json!(info.not_after.to_string()));
+
+    // The renewed certificate authenticates a fresh session.
+    gw.stop().await;
+    let mut gw2 = spawn_gateway(run_config(
+        hub_config(&hub.grpc_url(), false, None, None),
+        &id_path,
+        None,
+    ));
+    assert_eq!(gw2.wait_connected().await, id);
+    gw2.stop().await;
+}
+
+#[tokio::test]
+async fn hub_restart_drains_and_gateway_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = TestHub::start(&dir.path().join("hub"), false, Duration::from_secs(3600)).await;
+    let tok = hub.token(json!({})).await;
+    let mut gw = spawn_gateway(run_config(
+        hub_config(&hub.grpc_url(), false, Some(hub.fingerprint()), None),
+        &dir.path().join("identity.json"),
+        tok["token"].as_str(),
+    ));
+    let id = gw.wait_connected().await;
+    let first_session = gw.status.borrow().session_id.clone();
+    hub.restart().await;
+    tokio::time::timeout(
+        WAIT,
+        gw.status.wait_for(|s| s.connected && s.session_id != first_session),
+    )
+    .await
+    .expect("reconnects after the hub restart")
+    .unwrap();
+    eventually("the restarted hub shows the gateway connected", || async {
+        hub.connected(&id).await
+    })
+    .await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn proxy_terminated_plaintext_hub_authenticates_by_assertion() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(&dir.path().join("hub"), true, Duration::from_secs(3600)).await;
+    let tok = hub.token(json!({"name": "behind-proxy"})).await;
+    let helm = tok["helmCommand"].as_str().unwrap();
+    assert!(
+        helm.contains("gateway.hub.plaintext=true") && !helm.contains("caFingerprint"),
+        "{helm}"
+    );
+    let id_path = dir.path().join("identity.json");
+    let mut gw = spawn_gateway(run_config(
+        hub_config(&hub.grpc_url(), true, None, None),
+        &id_path,
+        tok["token"].as_str(),
+    ));
+    let id = gw.wait_connected().await;
+    assert!(hub.connected(&id).await);
+
+    // Without TLS the assertion is all there is: a stream without one is refused...
+    let channel = Dialer::new(&hub_config(&hub.grpc_url(), true, None, None), &[], None)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    drop(tx);
+    let err = argocd_gateway::proto::tunnel_client::TunnelClient::new(channel.clone())
+        .open(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    // ...and one signed by another key for this gateway's certificate is refused too.
+    let identity = FileStore::new(id_path).load().await.unwrap().unwrap();
+    let other_key = argocd_gateway::identity::certs::generate_key().unwrap();
+    let forged = argocd_gateway::identity::assertion::sign(
+        &other_key,
+        &id,
+        &identity.cert_info().unwrap(),
+        argocd_gateway::identity::assertion::Purpose::Renew,
+        jiff::Timestamp::now().as_second(),
+    )
+    .unwrap();
+    let mut req = tonic::Request::new(argocd_gateway::proto::RenewRequest {
+        csr_pem: argocd_gateway::identity::certs::csr_pem(&other_key, "x").unwrap(),
+    });
+    req.metadata_mut().insert(
+        argocd_gateway::identity::assertion::METADATA_KEY,
+        forged.parse().unwrap(),
+    );
+    let err = argocd_gateway::proto::registration_client::RegistrationClient::new(channel)
+        .renew(req)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn unsupported_protocol_gets_an_upgrade_message() {
+    use argocd_gateway::identity::assertion::{self, Purpose};
+    use argocd_gateway::proto::{GatewayMessage, Hello, gateway_message, hub_message, rejected};
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(&dir.path().join("hub"), false, Duration::from_secs(3600)).await;
+    let tok = hub.token(json!({})).await;
+    let cfg = hub_config(&hub.grpc_url(), false, Some(hub.fingerprint()), None);
+    let store = FileStore::new(dir.path().join("identity.json"));
+    let identity = register(&cfg, &[], &store, &reg_args(tok["token"].as_str()))
+        .await
+        .unwrap();
+    for (version, hint) in [(99, "upgrade the hub"), (0, "upgrade the gateway")] {
+        let channel = Dialer::new(&cfg, &[], Some(&identity))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(GatewayMessage {
+            body: Some(gateway_message::Body::Hello(Hello {
+                gateway_id: identity.gateway_id.clone(),
+                gateway_version: "9.9.9".into(),
+                protocol_version: version,
+                capabilities: vec![],
+            })),
+        })
+        .await
+        .unwrap();
+        let token = assertion::sign(
+            &identity.key().unwrap(),
+            &identity.gateway_id,
+            &identity.cert_info().unwrap(),
+            Purpose::Tunnel,
+            jiff::Timestamp::now().as_second(),
+        )
+        .unwrap();
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        req.metadata_mut()
+            .insert(assertion::METADATA_KEY, token.parse().unwrap());
+        let mut stream = argocd_gateway::proto::tunnel_client::TunnelClient::new(channel)
+            .open(req)
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        let Some(hub_message::Body::Rejected(r)) = first.body else {
+            panic!("expected a rejection, got {first:?}")
+        };
+        assert_eq!(r.reason, rejected::Reason::UnsupportedProtocol as i32);
+        assert!(r.message.contains(hint), "{}", r.message);
+    }
+}
+
+/// A stand-in hub that welcomes and then never answers keepalives, like a load balancer that
+/// black-holes a connection it still holds open. Built on the wire contract only.
+mod silent_hub {
+    use argocd_gateway::proto::tunnel_server::{Tunnel, TunnelServer};
+    use argocd_gateway::proto::{GatewayMessage, HubMessage, Welcome, hub_message};
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::{Request, Response, Status, Streaming};
+
+    pub struct Silent;
+
+    #[tonic::async_trait]
+    impl Tunnel for Silent {
+        type OpenStream = ReceiverStream<Result<HubMessage, Status>>;
+        async fn open(
+            &self,
+            request: Request<Streaming<GatewayMessage>>,
+        ) -> Result<Response<Self::OpenStream>, Status> {
+            let mut inbound = request.into_inner();
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(Ok(HubMessage {
+                body: Some(hub_message::Body::Welcome(Welcome {
+                    session_id: "silent".into(),
+                    protocol_version: 1,
+                    hub_version: "test".into(),
+                })),
+            }))
+            .await
+            .unwrap();
+            tokio::spawn(async move {
+                // Read and drop everything; keep the sender alive so the stream stays open.
+                while let Ok(Some(_)) = inbound.message().await {}
+                drop(tx);
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+    }
+
+    pub async fn start() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(TunnelServer::new(Silent))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+}
+
+#[tokio::test]
+async fn keepalive_failures_end_the_run_with_an_error() {
+    argocd_gateway::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = argocd_gateway::identity::certs::CertAuthority::generate("test").unwrap();
+    let key = argocd_gateway::identity::certs::generate_key().unwrap();
+    let cert = ca
+        .sign_client_csr(
+            &argocd_gateway::identity::certs::csr_pem(&key, "x").unwrap(),
+            "gw-silent",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let id_path = dir.path().join("identity.json");
+    FileStore::new(id_path.clone())
+        .create(&argocd_gateway::identity::Identity {
+            gateway_id: "gw-silent".into(),
+            name: "silent".into(),
+            environments: vec![],
+            hub_url: String::new(),
+            key_pem: Secret::new(key.serialize_pem()),
+            cert_pem: cert.pem,
+            ca_pem: ca.cert_pem().to_owned(),
+        })
+        .await
+        .unwrap();
+    let addr = silent_hub::start().await;
+    let mut cfg = run_config(hub_config(&format!("http://{addr}"), true, None, None), &id_path, None);
+    cfg.keepalive_interval = Duration::from_millis(100);
+    cfg.keepalive_max_failures = 3;
+    let gw = spawn_gateway(cfg);
+    let result = tokio::time::timeout(WAIT, gw.task)
+        .await
+        .expect("gives up in time")
+        .unwrap();
+    let err = result.expect_err("keepalive exhaustion is an error");
+    assert!(matches!(err, RunError::KeepaliveFailed { failures: 3, .. }), "{err}");
+    assert!(err.to_string().contains("gateway.hub.keepAlive"));
+}
