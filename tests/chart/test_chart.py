@@ -365,7 +365,7 @@ def check_registration_inline(r: Render) -> None:
     assert dep_vol["secretName"] == regular["metadata"]["name"] and dep_vol["optional"] is True
     for c in (gw, job):
         assert one_flag(c, "--registration-token-file") == f"{PATHS['registration_token']}/token"
-        assert one_flag(c, "--name") == "prod-eu-1"
+        assert one_flag(c, "--name") == "prod eu #1: main"
         assert flag_values(c, "--environment") == ["production", "eu-west"]
         assert one_flag(c, "--argocd-web-url") == "https://argocd.example.com"
         assert one_flag(c, "--hub-ca-fingerprint") == "AB:CD:EF"
@@ -588,7 +588,7 @@ CASES = [
         "gateway.serverCertificateSecretName=corp-ca"), check_existing_secrets,
          external={"argocd-gateway-account", "hub-registration", "corp-ca"}),
     Case("registration-inline", deep_merge(REQUIRED, {"registration": {
-        "token": REGISTRATION_TOKEN, "name": "prod-eu-1", "environments": ["production", "eu-west"],
+        "token": REGISTRATION_TOKEN, "name": "prod eu #1: main", "environments": ["production", "eu-west"],
         "argocd": {"webUiUrl": "https://argocd.example.com"}, "caFingerprint": "AB:CD:EF"}}),
          check_registration_inline, secrets=[REGISTRATION_TOKEN]),
     Case("server-certificates", deep_merge(REQUIRED, {"gateway": {

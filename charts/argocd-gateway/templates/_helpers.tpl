@@ -115,20 +115,21 @@ Secrets the chart makes from inline values; empty when the user names an existin
 {{- end }}
 
 {{/*
+Free-form values are quoted so a "#" or ": " in a name or URL cannot end the YAML scalar.
 Flags every subcommand that talks to the hub shares: URL, TLS, trust, identity, logging.
 */}}
 {{- define "argocd-gateway.hubArgs" -}}
 {{- $v := .ctx.Values }}
 {{- $paths := include "argocd-gateway.paths" . | fromYaml }}
-- --hub-url={{ $v.gateway.hub.serverGrpcUrl }}
+- {{ printf "--hub-url=%s" $v.gateway.hub.serverGrpcUrl | quote }}
 {{- if include "argocd-gateway.bool" $v.gateway.hub.plaintext }}
 - --hub-plaintext
 {{- end }}
 {{- with $v.gateway.hub.serverThumbprint }}
-- --hub-fingerprint={{ . }}
+- {{ printf "--hub-fingerprint=%s" . | quote }}
 {{- end }}
 {{- with $v.registration.caFingerprint }}
-- --hub-ca-fingerprint={{ . }}
+- {{ printf "--hub-ca-fingerprint=%s" . | quote }}
 {{- end }}
 {{- if include "argocd-gateway.trustConfigMap" . }}
 - --trust-ca={{ $paths.trustConfigMap }}
@@ -151,13 +152,13 @@ Flags every subcommand that talks to the hub shares: URL, TLS, trust, identity, 
 - --registration-token-file={{ $paths.registrationToken }}/token
 {{- end }}
 {{- with $v.registration.name }}
-- --name={{ . }}
+- {{ printf "--name=%s" . | quote }}
 {{- end }}
 {{- range $v.registration.environments }}
-- --environment={{ . }}
+- {{ printf "--environment=%s" . | quote }}
 {{- end }}
 {{- with $v.registration.argocd.webUiUrl }}
-- --argocd-web-url={{ . }}
+- {{ printf "--argocd-web-url=%s" . | quote }}
 {{- end }}
 {{- end }}
 
