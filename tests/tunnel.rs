@@ -787,3 +787,259 @@ async fn keepalive_failures_end_the_run_with_an_error() {
     assert!(matches!(err, RunError::KeepaliveFailed { failures: 3, .. }), "{err}");
     assert!(err.to_string().contains("gateway.hub.keepAlive"));
 }
+
+/// The binary, run as separate processes: signals, a killed hub, and what reaches the logs.
+mod processes {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use serde_json::Value;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_argocd-gateway");
+
+    struct Proc {
+        child: Child,
+        log: std::path::PathBuf,
+    }
+
+    impl Proc {
+        fn spawn(args: &[&str], log: std::path::PathBuf, cwd: &std::path::Path) -> Self {
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap();
+            let child = Command::new(BIN)
+                .args(args)
+                .current_dir(cwd)
+                .env_remove("HTTPS_PROXY")
+                .env_remove("https_proxy")
+                .env("RUST_LOG", "debug")
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .expect("binary starts");
+            Self { child, log }
+        }
+
+        fn signal(&self, sig: &str) {
+            let status = Command::new("kill")
+                .args([sig, &self.child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+
+        fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+            let deadline = Instant::now() + within;
+            loop {
+                if let Some(s) = self.child.try_wait().unwrap() {
+                    return s;
+                }
+                assert!(Instant::now() < deadline, "process did not exit; log:\n{}", self.text());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        fn text(&self) -> String {
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        }
+
+        /// Waits for a log line containing `needle` and returns the text after it.
+        fn wait_for(&self, needle: &str) -> String {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let text = self.text();
+                if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                    return line[line.find(needle).unwrap() + needle.len()..].to_owned();
+                }
+                assert!(Instant::now() < deadline, "no {needle:?} in log:\n{text}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn start_hub(dir: &std::path::Path, grpc_port: u16, n: usize) -> (Proc, u16, String) {
+        let grpc = format!("127.0.0.1:{grpc_port}");
+        let hub = Proc::spawn(
+            &[
+                "--debug",
+                "hub",
+                "serve",
+                "--data-dir",
+                "hub-data",
+                "--grpc-addr",
+                &grpc,
+                "--http-addr",
+                "127.0.0.1:0",
+            ],
+            dir.join(format!("hub-{n}.log")),
+            dir,
+        );
+        let port: u16 = hub
+            .wait_for("hub gRPC listening on 127.0.0.1:")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let api = hub.wait_for("hub API listening on ").trim().to_owned();
+        (hub, port, api)
+    }
+
+    /// `hub gateways -o json`, through the CLI as a user would call it.
+    fn gateways(api: &str, token: &str) -> Option<Value> {
+        let out = Command::new(BIN)
+            .args([
+                "hub",
+                "gateways",
+                "--hub-api",
+                api,
+                "--admin-token",
+                token,
+                "-o",
+                "json",
+            ])
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn connected(api: &str, token: &str) -> bool {
+        gateways(api, token).is_some_and(|v| {
+            v["items"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|g| g["connected"] == Value::Bool(true)))
+        })
+    }
+
+    fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if f() {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("not within {within:?}: {what}");
+    }
+
+    #[test]
+    fn killed_hub_restart_sigterm_goodbye_and_clean_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (mut hub, port, api) = start_hub(d, 0, 1);
+        let admin = std::fs::read_to_string(d.join("hub-data/admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+
+        let created = Command::new(BIN)
+            .args([
+                "hub",
+                "token",
+                "create",
+                "--hub-api",
+                &api,
+                "--admin-token-file",
+                "hub-data/admin-token",
+                "-o",
+                "json",
+            ])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+        let tok: Value = serde_json::from_slice(&created.stdout).unwrap();
+        let token = tok["token"].as_str().unwrap().to_owned();
+        std::fs::write(d.join("token"), &token).unwrap();
+
+        let hub_url = format!("https://localhost:{port}");
+        let gw_args = [
+            "--debug",
+            "run",
+            "--hub-url",
+            &hub_url,
+            "--hub-ca-fingerprint",
+            tok["caFingerprint"].as_str().unwrap(),
+            "--registration-token-file",
+            "token",
+            "--identity",
+            "file:identity.json",
+            "--keepalive-interval",
+            "1",
+        ];
+        let mut gw = Proc::spawn(&gw_args, d.join("gateway.log"), d);
+        gw.wait_for("connected to hub");
+        wait_until("hub shows the gateway", Duration::from_secs(10), || {
+            connected(&api, &admin)
+        });
+
+        // Kill the hub without a drain, restart it on the same port: back within 5 s.
+        hub.child.kill().unwrap();
+        hub.wait_exit(Duration::from_secs(5));
+        let (mut hub2, port2, api2) = start_hub(d, port, 2);
+        assert_eq!(port2, port);
+        let took = wait_until(
+            "gateway reconnects to the restarted hub",
+            Duration::from_secs(5),
+            || connected(&api2, &admin),
+        );
+        eprintln!("reconnected {took:?} after the hub restarted");
+
+        // SIGTERM: goodbye, exit 0, and the hub shows it disconnected at once.
+        gw.signal("-TERM");
+        let status = gw.wait_exit(Duration::from_secs(7));
+        assert!(status.success(), "gateway exit {status:?}\n{}", gw.text());
+        wait_until("hub marks the gateway disconnected", Duration::from_secs(1), || {
+            !connected(&api2, &admin)
+        });
+        assert!(hub2.text().contains("gateway said goodbye"));
+
+        hub2.signal("-TERM");
+        assert!(hub2.wait_exit(Duration::from_secs(10)).success());
+
+        // Debug logs carry no token, key or certificate body.
+        let identity: Value = serde_json::from_slice(&std::fs::read(d.join("identity.json")).unwrap()).unwrap();
+        let mut secrets = vec![
+            token.clone(),
+            token.split_once('.').unwrap().1.to_owned(),
+            admin.clone(),
+        ];
+        for pem in ["keyPem", "certPem"] {
+            secrets.extend(
+                identity[pem]
+                    .as_str()
+                    .unwrap()
+                    .lines()
+                    .filter(|l| !l.starts_with("-----") && l.len() > 20)
+                    .map(str::to_owned),
+            );
+        }
+        for f in ["hub-data/ca-key.pem", "hub-data/server-key.pem"] {
+            secrets.extend(
+                std::fs::read_to_string(d.join(f))
+                    .unwrap()
+                    .lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .map(str::to_owned),
+            );
+        }
+        let logs = [gw.text(), hub.text(), hub2.text()];
+        assert!(logs[0].contains("DEBUG"), "logs were captured at debug level");
+        for log in &logs {
+            assert!(!log.contains("PRIVATE KEY") && !log.contains("BEGIN CERTIFICATE"));
+            for s in &secrets {
+                assert!(!log.contains(s.as_str()), "a secret reached the logs");
+            }
+        }
+    }
+}
