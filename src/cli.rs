@@ -127,7 +127,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             };
             install_signal_handlers(shutdown.clone());
             let (status, _) = tokio::sync::watch::channel(crate::tunnel::TunnelStatus::default());
-            match crate::tunnel::run(cfg, shutdown, status).await {
+            match crate::tunnel::run(cfg, shutdown, status, crate::tunnel::Attachments::default()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "gateway stopped");

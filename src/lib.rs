@@ -4,6 +4,7 @@
 //! - `argocd`: the Argo CD REST client and its converging view of applications and clusters;
 //! - `tunnel`: the gateway's connection to the hub (dial, trust, session, keepalive, reconnect);
 //! - `identity`: registration, certificates and the identity store;
+//! - `relay`: the state cache and deltas sent to the hub;
 //! - `hub`: the central server (registration, sessions, HTTP API, store);
 //! - [`cli`]: command-line definitions and dispatch.
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod hub;
 pub mod identity;
 pub mod proto;
+pub mod relay;
 pub mod secret;
 pub mod telemetry;
 pub mod tls;

@@ -169,7 +169,7 @@ struct Gw {
 fn spawn_gateway(cfg: RunConfig) -> Gw {
     let (tx, status) = watch::channel(TunnelStatus::default());
     let stop = CancellationToken::new();
-    let task = tokio::spawn(run(cfg, stop.clone(), tx));
+    let task = tokio::spawn(run(cfg, stop.clone(), tx, Default::default()));
     Gw { task, status, stop }
 }
 
@@ -238,7 +238,10 @@ async fn registers_then_restarts_without_token() {
     assert_eq!(g["name"], "edge-1");
     assert_eq!(g["environments"], json!(["prod", "eu"]));
     assert_eq!(g["connected"], json!(true));
-    assert_eq!(g["protocolVersion"], json!(1));
+    assert_eq!(
+        g["protocolVersion"],
+        json!(argocd_gateway::tunnel::wire::PROTOCOL_VERSION)
+    );
     assert_eq!(g["version"], json!(argocd_gateway::VERSION));
     assert!(g["certificateExpiresAt"].as_str().unwrap().ends_with('Z'));
     gw.stop().await;
@@ -721,6 +724,7 @@ mod silent_hub {
                     session_id: "silent".into(),
                     protocol_version: 1,
                     hub_version: "test".into(),
+                    state_digest: vec![],
                 })),
             }))
             .await

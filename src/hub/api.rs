@@ -327,6 +327,7 @@ async fn delete_gateway(
     if !state.hub.store.delete_gateway(id.clone()).await? {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no gateway {id}")));
     }
+    state.hub.entities.forget(&id);
     if let Some(session) = state.hub.sessions.take(&id) {
         let text = format!("gateway {id} was deleted at the hub; register again with a new token");
         close_with(

@@ -21,7 +21,7 @@ use crate::identity::certs::{CertAuthority, CertInfo};
 use crate::proto::registration_server::Registration;
 use crate::proto::tunnel_server::Tunnel;
 use crate::proto::{
-    GatewayMessage, HubMessage, Pong, RegisterRequest, RegisterResponse, Rejected, RenewRequest, RenewResponse,
+    Ack, GatewayMessage, HubMessage, Pong, RegisterRequest, RegisterResponse, Rejected, RenewRequest, RenewResponse,
     Welcome, gateway_message, hub_message, rejected,
 };
 use crate::tls::Fingerprint;
@@ -35,6 +35,8 @@ pub struct HubState {
     pub ca: Arc<CertAuthority>,
     /// Live sessions.
     pub sessions: Sessions,
+    /// Relayed applications and clusters.
+    pub entities: Arc<super::state::EntityState>,
     /// Client certificate lifetime.
     pub client_cert_ttl: Duration,
     /// Seen assertion nonces and their expiry.
@@ -45,11 +47,17 @@ pub struct HubState {
 
 impl HubState {
     /// New state.
-    pub fn new(store: Store, ca: CertAuthority, client_cert_ttl: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        ca: CertAuthority,
+        client_cert_ttl: Duration,
+        entities: Arc<super::state::EntityState>,
+    ) -> Self {
         Self {
             store,
             ca: Arc::new(ca),
             sessions: Sessions::default(),
+            entities,
             client_cert_ttl,
             replay: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
@@ -328,6 +336,8 @@ impl Tunnel for TunnelService {
             version: hello.gateway_version.clone(),
             protocol_version: hello.protocol_version,
             last_seen: Arc::new(AtomicI64::new(now)),
+            broker: Arc::new(super::requests::Broker::default()),
+            rtt_ms: Arc::new(AtomicI64::new(-1)),
         };
         if let Some(old) = self.state.sessions.insert(&gateway_id, session.clone()) {
             tracing::info!(gateway_id = %gateway_id, old_session = %old.session_id, "a new session replaces the old one");
@@ -358,6 +368,7 @@ impl Tunnel for TunnelService {
             session_id: session.session_id.clone(),
             protocol_version: hello.protocol_version,
             hub_version: crate::VERSION.to_owned(),
+            state_digest: self.state.entities.digest(&gateway_id).to_vec(),
         };
         let _ = tx.try_send(msg(hub_message::Body::Welcome(welcome)));
         tracing::info!(gateway_id = %gateway_id, session_id = %session.session_id, version = %hello.gateway_version, "gateway connected");
@@ -411,9 +422,52 @@ async fn read_session(
                 tracing::info!(gateway_id = %gateway_id, reason = %g.reason, "gateway said goodbye");
                 break "goodbye";
             }
-            Some(gateway_message::Body::Pong(_)) | Some(gateway_message::Body::Hello(_)) | None => {}
+            Some(gateway_message::Body::Snapshot(chunk)) => {
+                let seq = chunk.seq;
+                match state.entities.apply_snapshot(&gateway_id, chunk).await {
+                    Ok(digest) => {
+                        let ack = Ack {
+                            seq,
+                            state_digest: digest.map(|d| d.to_vec()).unwrap_or_default(),
+                        };
+                        if tx.send(msg(hub_message::Body::Ack(ack))).await.is_err() {
+                            break "outbound closed";
+                        }
+                    }
+                    Err(e) => {
+                        // Not acknowledging makes the gateway resend after reconnecting.
+                        tracing::error!(gateway_id = %gateway_id, error = %e, "could not store a snapshot; closing the session");
+                        break "storage error";
+                    }
+                }
+            }
+            Some(gateway_message::Body::Delta(delta)) => {
+                let seq = delta.seq;
+                match state.entities.apply_delta(&gateway_id, delta).await {
+                    Ok(digest) => {
+                        let ack = Ack {
+                            seq,
+                            state_digest: digest.to_vec(),
+                        };
+                        if tx.send(msg(hub_message::Body::Ack(ack))).await.is_err() {
+                            break "outbound closed";
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(gateway_id = %gateway_id, error = %e, "could not store a delta; closing the session");
+                        break "storage error";
+                    }
+                }
+            }
+            Some(gateway_message::Body::Response(r)) => session.broker.complete(r),
+            Some(gateway_message::Body::Pong(p)) => {
+                let rtt = crate::util::unix_ms_now().saturating_sub(p.ping_sent_at_unix_ms);
+                session.rtt_ms.store(rtt.max(0), Ordering::Relaxed);
+            }
+            Some(gateway_message::Body::Hello(_)) | None => {}
         }
     };
+    session.broker.close();
     if state.sessions.remove_if_current(&gateway_id, &session.session_id) {
         tracing::info!(gateway_id = %gateway_id, session_id = %session.session_id, reason, "gateway disconnected");
     }

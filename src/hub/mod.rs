@@ -6,7 +6,9 @@ pub mod api;
 pub mod cli;
 pub mod grpc;
 pub mod pki;
+pub mod requests;
 pub mod sessions;
+pub mod state;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -146,7 +148,10 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
 
     let ca_fingerprint = pki.ca.fingerprint();
     let ca_pem = pki.ca.cert_pem().to_owned();
-    let state = Arc::new(HubState::new(store, pki.ca, args.client_cert_ttl));
+    let entities = state::EntityState::load(store.clone())
+        .await
+        .map_err(|e| HubError::Config(format!("cannot load the stored application state: {e}")))?;
+    let state = Arc::new(HubState::new(store, pki.ca, args.client_cert_ttl, Arc::new(entities)));
     let stop = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
 

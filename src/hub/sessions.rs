@@ -24,6 +24,10 @@ pub struct LiveSession {
     pub protocol_version: u32,
     /// Last message from the gateway, Unix seconds.
     pub last_seen: Arc<std::sync::atomic::AtomicI64>,
+    /// Requests awaiting the gateway's answer.
+    pub broker: Arc<super::requests::Broker>,
+    /// Last keepalive round trip seen from the gateway's pings, milliseconds.
+    pub rtt_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The registry of live sessions.
@@ -82,5 +86,6 @@ impl Sessions {
 pub async fn close_with(session: &LiveSession, last: hub_message::Body, status: tonic::Status) {
     let _ = session.tx.try_send(Ok(HubMessage { body: Some(last) }));
     let _ = session.tx.try_send(Err(status));
+    session.broker.close();
     session.cancel.cancel();
 }

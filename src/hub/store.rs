@@ -145,7 +145,21 @@ CREATE TABLE IF NOT EXISTS certificates (
     not_after INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS certificates_gateway ON certificates(gateway_id);
+CREATE TABLE IF NOT EXISTS entities (
+    gateway_id TEXT NOT NULL REFERENCES gateways(id) ON DELETE CASCADE,
+    kind INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    json BLOB NOT NULL,
+    PRIMARY KEY (gateway_id, kind, key)
+);
 ";
+
+/// An entity to write: kind tag, key, content hash, JSON.
+pub type EntityUpsert = (u8, String, Vec<u8>, Arc<Vec<u8>>);
+
+/// One relayed entity as stored: gateway, kind tag, key, content hash, JSON.
+pub type EntityRow = (String, u8, String, Vec<u8>, Vec<u8>);
 
 /// A token row as read for registration: hash, name, environments, expiry, use time.
 type TokenRow = (Vec<u8>, String, String, i64, Option<i64>);
@@ -373,6 +387,49 @@ impl Store {
                 "UPDATE gateways SET version = ?2, protocol_version = ?3, last_seen_at = ?4 WHERE id = ?1",
                 params![id, version, protocol_version, now],
             )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every stored entity of every gateway.
+    pub async fn load_entities(&self) -> Result<Vec<EntityRow>, StoreError> {
+        self.call(|c| {
+            let mut stmt = c.prepare("SELECT gateway_id, kind, key, hash, json FROM entities")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Replaces a gateway's entities (a snapshot), or applies upserts and deletions (a delta),
+    /// in one transaction. Upserts are (kind, key, hash, json); deletions (kind, key).
+    pub async fn write_entities(
+        &self,
+        gateway_id: String,
+        replace: bool,
+        upserts: Vec<EntityUpsert>,
+        deletes: Vec<(u8, String)>,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            if replace {
+                tx.execute("DELETE FROM entities WHERE gateway_id = ?1", params![gateway_id])?;
+            }
+            {
+                let mut up = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO entities (gateway_id, kind, key, hash, json) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for (kind, key, hash, json) in &upserts {
+                    up.execute(params![gateway_id, kind, key, hash, json.as_slice()])?;
+                }
+                let mut del =
+                    tx.prepare_cached("DELETE FROM entities WHERE gateway_id = ?1 AND kind = ?2 AND key = ?3")?;
+                for (kind, key) in &deletes {
+                    del.execute(params![gateway_id, kind, key])?;
+                }
+            }
+            tx.commit()?;
             Ok(())
         })
         .await

@@ -158,6 +158,119 @@ pub enum RunError {
     },
 }
 
+/// Answers the hub's requests (health check, get, sync, …) against Argo CD.
+pub trait Actions: Send + Sync {
+    /// Handles one request; the answer is JSON. The caller enforces the deadline too.
+    fn handle(
+        &self,
+        kind: crate::proto::request::Kind,
+        deadline: Duration,
+    ) -> futures_util::future::BoxFuture<'static, Result<Vec<u8>, crate::proto::RequestError>>;
+}
+
+/// The request's name, for metrics and logs.
+pub fn request_name(kind: &crate::proto::request::Kind) -> &'static str {
+    use crate::proto::request::Kind;
+    match kind {
+        Kind::HealthCheck(_) => "health_check",
+        Kind::Get(_) => "get",
+        Kind::Sync(_) => "sync",
+        Kind::Refresh(_) => "refresh",
+        Kind::ResourceTree(_) => "resource_tree",
+        Kind::ManagedResources(_) => "managed_resources",
+        Kind::Events(_) => "events",
+        Kind::Logs(_) => "logs",
+    }
+}
+
+/// A request error code's name, for metrics.
+pub fn error_code_name(code: i32) -> &'static str {
+    use crate::proto::request_error::Code;
+    match Code::try_from(code).unwrap_or(Code::Unspecified) {
+        Code::NotFound => "not_found",
+        Code::PermissionDenied => "permission_denied",
+        Code::Unavailable => "unavailable",
+        Code::Timeout => "timeout",
+        Code::Invalid => "invalid",
+        Code::Unsupported => "unsupported",
+        Code::Internal | Code::Unspecified => "error",
+    }
+}
+
+/// Labels of the hub-request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Request kind.
+    pub kind: String,
+    /// `ok` or the error code.
+    pub outcome: String,
+}
+
+/// Tunnel metrics, shared with the admin server.
+#[derive(Debug, Clone)]
+pub struct TunnelMetrics {
+    /// 1 while a session is up.
+    pub connected: prometheus_client::metrics::gauge::Gauge,
+    /// Sessions that ended and were retried.
+    pub reconnects: prometheus_client::metrics::counter::Counter,
+    /// Argo CD event to hub acknowledgement, seconds.
+    pub propagation: prometheus_client::metrics::histogram::Histogram,
+    /// Hub requests handled, by kind and outcome.
+    pub requests:
+        prometheus_client::metrics::family::Family<RequestLabels, prometheus_client::metrics::counter::Counter>,
+}
+
+impl Default for TunnelMetrics {
+    fn default() -> Self {
+        Self {
+            connected: Default::default(),
+            reconnects: Default::default(),
+            propagation: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14),
+            ),
+            requests: Default::default(),
+        }
+    }
+}
+
+impl TunnelMetrics {
+    /// Registers the metrics.
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "argocd_gateway_hub_connected",
+            "1 while the hub session is up",
+            self.connected.clone(),
+        );
+        r.register(
+            "argocd_gateway_hub_reconnects",
+            "Hub sessions that ended and were retried",
+            self.reconnects.clone(),
+        );
+        r.register_with_unit(
+            "argocd_gateway_propagation",
+            "Time from an Argo CD change to the hub's acknowledgement",
+            prometheus_client::registry::Unit::Seconds,
+            self.propagation.clone(),
+        );
+        r.register(
+            "argocd_gateway_hub_requests",
+            "Requests from the hub, by kind and outcome",
+            self.requests.clone(),
+        );
+    }
+}
+
+/// What the tunnel carries besides its own session: the relay and the request handler.
+#[derive(Default)]
+pub struct Attachments {
+    /// The state relay.
+    pub relay: Option<crate::relay::engine::Relay>,
+    /// The request handler.
+    pub actions: Option<Arc<dyn Actions>>,
+    /// Metrics.
+    pub metrics: TunnelMetrics,
+}
+
 /// Sleeps unless shutdown comes first; returns false on shutdown.
 async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
@@ -172,6 +285,7 @@ pub async fn run(
     cfg: RunConfig,
     shutdown: CancellationToken,
     status: watch::Sender<TunnelStatus>,
+    mut attach: Attachments,
 ) -> Result<(), RunError> {
     let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
     let mut keepalive_failures = 0u32;
@@ -198,12 +312,17 @@ pub async fn run(
         });
         let started = Instant::now();
         let ctx = SessionCtx {
+            relay: attach.relay.as_mut(),
+            actions: attach.actions.clone(),
+            metrics: &attach.metrics,
             cfg: &cfg,
             keepalive_failures: &mut keepalive_failures,
             status: &status,
             shutdown: &shutdown,
         };
         let ended = session::run_once(ctx, &mut id).await;
+        attach.metrics.connected.set(0);
+        attach.metrics.reconnects.inc();
         status.send_modify(|s| {
             s.connected = false;
             s.reconnects += 1;

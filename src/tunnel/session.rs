@@ -2,6 +2,7 @@
 //! keepalive, certificate renewal and hub messages until the stream ends. The reconnect loop
 //! around it lives in [`super::run`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -15,7 +16,7 @@ use super::wire::{ErrorCode, PROTOCOL_VERSION};
 use super::{RunConfig, TunnelStatus};
 use crate::identity::Identity;
 use crate::identity::assertion::{self, Purpose};
-use crate::proto::{GatewayMessage, Goodbye, Hello, Ping, Pong};
+use crate::proto::{GatewayMessage, Goodbye, Hello, Ping, Pong, RequestError, Response, request_error, response};
 use crate::proto::{gateway_message, hub_message, rejected, tunnel_client::TunnelClient};
 
 /// How a session ended.
@@ -39,6 +40,12 @@ pub enum Ended {
 
 /// What the session needs from the run loop.
 pub struct SessionCtx<'a> {
+    /// The state relay, which outlives sessions.
+    pub relay: Option<&'a mut crate::relay::engine::Relay>,
+    /// Answers hub requests.
+    pub actions: Option<Arc<dyn super::Actions>>,
+    /// Where relay and request figures go.
+    pub metrics: &'a super::TunnelMetrics,
     /// Settings.
     pub cfg: &'a RunConfig,
     /// Consecutive keepalive failures, kept across sessions.
@@ -58,7 +65,7 @@ fn classify_status(status: &tonic::Status) -> Ended {
 }
 
 /// Runs one session. `identity` is updated in place when the certificate is renewed.
-pub async fn run_once(ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended {
+pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended {
     let cfg = ctx.cfg;
     let dialer = match Dialer::new(&cfg.hub, &cfg.extra_roots, Some(identity)) {
         Ok(d) => d,
@@ -134,6 +141,14 @@ pub async fn run_once(ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended {
                 s.session_id = Some(w.session_id.clone());
                 s.last_error = None;
             });
+            ctx.metrics.connected.set(1);
+            if let Some(relay) = ctx.relay.as_deref_mut() {
+                for m in relay.on_welcome(&w.state_digest) {
+                    if tx.send(m).await.is_err() {
+                        return Ended::Lost("outbound stream closed".into());
+                    }
+                }
+            }
         }
         Some(hub_message::Body::Rejected(r)) => return rejected(r),
         other => return Ended::Lost(format!("unexpected first message from the hub: {other:?}")),
@@ -149,9 +164,28 @@ pub async fn run_once(ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended {
     let mut seq = 0u64;
     let mut outstanding = false;
     let mut renew_at = renewal_instant(&cert);
+    let dirty = ctx.relay.as_ref().map(|r| r.dirty().clone());
+    let (answers_tx, mut answers) = mpsc::channel::<Response>(64);
+    let handlers = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    // Hub requests still running when the session ends are abandoned: the hub has given up too.
+    let mut running = tokio::task::JoinSet::new();
 
     loop {
+        if let Some(relay) = ctx.relay.as_deref_mut() {
+            while let Some(m) = relay.next_delta() {
+                if tx.send(m).await.is_err() {
+                    return Ended::Lost("outbound stream closed".into());
+                }
+            }
+        }
         tokio::select! {
+            _ = async { dirty.as_ref().map(|d| d.changed()).expect("guarded").await }, if dirty.is_some() => {}
+            Some(answer) = answers.recv() => {
+                if tx.send(GatewayMessage { body: Some(gateway_message::Body::Response(answer)) }).await.is_err() {
+                    return Ended::Lost("outbound stream closed".into());
+                }
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
             _ = ctx.shutdown.cancelled() => {
                 say_goodbye(&tx, &mut inbound, cfg.drain_grace).await;
                 return Ended::Shutdown;
@@ -175,6 +209,23 @@ pub async fn run_once(ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended {
                         return Ended::Drained(Duration::from_millis(u64::from(d.retry_after_ms)));
                     }
                     Some(hub_message::Body::Rejected(r)) => return rejected(r),
+                    Some(hub_message::Body::Ack(a)) => {
+                        if let Some(relay) = ctx.relay.as_deref_mut() {
+                            for latency in relay.on_ack(a.seq).latencies {
+                                ctx.metrics.propagation.observe(latency.as_secs_f64());
+                            }
+                        }
+                    }
+                    Some(hub_message::Body::Request(req)) => {
+                        let actions = ctx.actions.clone();
+                        let answers = answers_tx.clone();
+                        let permits = handlers.clone();
+                        let requests = ctx.metrics.requests.clone();
+                        running.spawn(async move {
+                            let answer = answer_request(actions, permits, req, &requests).await;
+                            let _ = answers.send(answer).await;
+                        });
+                    }
                     Some(hub_message::Body::Welcome(_)) | None => {}
                 },
                 Ok(None) => return Ended::Lost("the hub closed the stream".into()),
@@ -219,6 +270,74 @@ pub async fn run_once(ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended {
                 }
             }
         }
+    }
+}
+
+/// Hub requests handled at once; more wait for a slot (the hub's deadline still applies).
+const MAX_CONCURRENT_REQUESTS: usize = 8;
+
+fn request_error(code: request_error::Code, message: impl Into<String>) -> RequestError {
+    RequestError {
+        code: code as i32,
+        message: message.into(),
+        missing_policy: String::new(),
+    }
+}
+
+/// Runs one hub request within its deadline and shapes the answer.
+async fn answer_request(
+    actions: Option<Arc<dyn super::Actions>>,
+    permits: Arc<tokio::sync::Semaphore>,
+    req: crate::proto::Request,
+    requests: &prometheus_client::metrics::family::Family<
+        super::RequestLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+) -> Response {
+    let deadline = Duration::from_millis(u64::from(req.deadline_ms.max(1)));
+    let kind_name = req.kind.as_ref().map(super::request_name).unwrap_or("unknown");
+    let result = match (actions, req.kind) {
+        (None, _) => Err(request_error(
+            request_error::Code::Unsupported,
+            "this gateway has no Argo CD connection",
+        )),
+        (_, None) => Err(request_error(
+            request_error::Code::Unsupported,
+            "unknown request kind (upgrade the gateway)",
+        )),
+        (Some(actions), Some(kind)) => {
+            let work = async {
+                let _permit = permits
+                    .acquire()
+                    .await
+                    .map_err(|_| request_error(request_error::Code::Internal, "closing"))?;
+                actions.handle(kind, deadline).await
+            };
+            match tokio::time::timeout(deadline, work).await {
+                Ok(r) => r,
+                Err(_) => Err(request_error(
+                    request_error::Code::Timeout,
+                    format!("no answer from Argo CD within {deadline:?}"),
+                )),
+            }
+        }
+    };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => super::error_code_name(e.code),
+    };
+    requests
+        .get_or_create(&super::RequestLabels {
+            kind: kind_name.to_owned(),
+            outcome: outcome.to_owned(),
+        })
+        .inc();
+    Response {
+        id: req.id,
+        result: Some(match result {
+            Ok(json) => response::Result::Json(json),
+            Err(e) => response::Result::Error(e),
+        }),
     }
 }
 

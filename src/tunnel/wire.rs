@@ -3,7 +3,7 @@
 //! reacts to a code, never to message text.
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The oldest protocol version this build still accepts (the current and the previous one).
 pub const MIN_PROTOCOL_VERSION: u32 = if PROTOCOL_VERSION > 1 { PROTOCOL_VERSION - 1 } else { 1 };

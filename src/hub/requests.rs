@@ -1,0 +1,167 @@
+//! Requests from the hub to a gateway over its stream: each gets an id, a deadline and a permit
+//! (bounded concurrency per gateway); the answer, a typed error, or a timeout comes back —
+//! never a hang, even when the gateway disconnects mid-request.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::proto::{HubMessage, Request, Response, hub_message, request, request_error, response};
+
+/// Requests one gateway may have outstanding at once.
+pub const MAX_CONCURRENT: usize = 16;
+
+/// Why a request failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// The gateway has no live session.
+    #[error("gateway {gateway_id} is not connected{}", .last_seen.as_ref().map(|t| format!(" (last seen {t})")).unwrap_or_default())]
+    Disconnected {
+        /// The gateway.
+        gateway_id: String,
+        /// When it was last seen, RFC 3339.
+        last_seen: Option<String>,
+    },
+    /// No answer before the deadline.
+    #[error("the gateway did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The application or resource does not exist (or is not visible).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Argo CD RBAC denied it.
+    #[error("permission denied: {message}{}", if .missing_policy.is_empty() { String::new() } else { format!("; add to Argo CD's policy.csv: {}", .missing_policy) })]
+    PermissionDenied {
+        /// Argo CD's message.
+        message: String,
+        /// The policy line to add.
+        missing_policy: String,
+    },
+    /// Argo CD could not be reached or failed.
+    #[error("Argo CD unavailable: {0}")]
+    Unavailable(String),
+    /// The request was invalid.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The gateway does not support this request.
+    #[error("unsupported by the gateway: {0}")]
+    Unsupported(String),
+    /// Anything else.
+    #[error("gateway error: {0}")]
+    Internal(String),
+}
+
+impl RequestFailure {
+    fn from_proto(e: crate::proto::RequestError) -> Self {
+        use request_error::Code;
+        match Code::try_from(e.code).unwrap_or(Code::Unspecified) {
+            Code::NotFound => Self::NotFound(e.message),
+            Code::PermissionDenied => Self::PermissionDenied {
+                message: e.message,
+                missing_policy: e.missing_policy,
+            },
+            Code::Unavailable => Self::Unavailable(e.message),
+            Code::Timeout => Self::Unavailable(format!("timed out: {}", e.message)),
+            Code::Invalid => Self::Invalid(e.message),
+            Code::Unsupported => Self::Unsupported(e.message),
+            Code::Internal | Code::Unspecified => Self::Internal(e.message),
+        }
+    }
+}
+
+/// Pending requests of one session.
+#[derive(Debug)]
+pub struct Broker {
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
+    permits: Semaphore,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Self {
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            permits: Semaphore::new(MAX_CONCURRENT),
+        }
+    }
+}
+
+/// Removes the pending entry when the caller gives up (timeout, disconnect, cancelled HTTP call).
+struct PendingGuard<'a> {
+    broker: &'a Broker,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.broker.pending.lock() {
+            p.remove(&self.id);
+        }
+    }
+}
+
+impl Broker {
+    /// Sends a request on `tx` and waits for its answer until `deadline`.
+    pub async fn call(
+        &self,
+        tx: &tokio::sync::mpsc::Sender<Result<HubMessage, tonic::Status>>,
+        kind: request::Kind,
+        deadline: Duration,
+    ) -> Result<serde_json::Value, RequestFailure> {
+        let work = async {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| RequestFailure::Internal("session closed".into()))?;
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (done, answer) = oneshot::channel();
+            self.pending
+                .lock()
+                .map_err(|_| RequestFailure::Internal("lock".into()))?
+                .insert(id, done);
+            let _guard = PendingGuard { broker: self, id };
+            let request = Request {
+                id,
+                deadline_ms: deadline.as_millis().min(u128::from(u32::MAX)) as u32,
+                kind: Some(kind),
+            };
+            tx.send(Ok(HubMessage {
+                body: Some(hub_message::Body::Request(request)),
+            }))
+            .await
+            .map_err(|_| RequestFailure::Internal("the gateway session closed".into()))?;
+            let response = answer
+                .await
+                .map_err(|_| RequestFailure::Internal("the gateway session closed before answering".into()))?;
+            match response.result {
+                Some(response::Result::Json(bytes)) => serde_json::from_slice(&bytes)
+                    .map_err(|e| RequestFailure::Internal(format!("the gateway answered invalid JSON: {e}"))),
+                Some(response::Result::Error(e)) => Err(RequestFailure::from_proto(e)),
+                None => Err(RequestFailure::Internal("empty answer".into())),
+            }
+        };
+        tokio::time::timeout(deadline, work)
+            .await
+            .unwrap_or(Err(RequestFailure::Timeout(deadline)))
+    }
+
+    /// Routes an answer to its waiting caller (late answers are dropped).
+    pub fn complete(&self, response: Response) {
+        let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&response.id));
+        if let Some(w) = waiter {
+            let _ = w.send(response);
+        }
+    }
+
+    /// Fails every waiting caller at once, when the session ends.
+    pub fn close(&self) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.clear();
+        }
+        self.permits.close();
+    }
+}

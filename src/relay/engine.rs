@@ -1,0 +1,544 @@
+//! The gateway side of the relay: decides what to send after a reconnect (nothing, the
+//! difference, or a snapshot), turns changes into deltas with latest-state-wins coalescing,
+//! keeps a small window of unacknowledged messages, and learns what the hub holds from acks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::Notify;
+
+use super::{Entity, EntityKey, Hash, Kind, digest};
+use crate::proto::{Delta, GatewayMessage, SnapshotChunk, gateway_message};
+
+/// Where the relay reads current state from (the Argo CD view).
+pub trait Source: Send + Sync {
+    /// Every entity as it is now.
+    fn entities(&self) -> Vec<Entity>;
+    /// One entity as it is now; `None` when it no longer exists.
+    fn get(&self, kind: Kind, key: &str) -> Option<Entity>;
+}
+
+/// Keys that may have changed since they were last relayed, with when each was first marked
+/// (for propagation latency). Bounded by the number of entities: a key marked twice is one entry.
+#[derive(Default)]
+pub struct Dirty {
+    keys: Mutex<HashMap<EntityKey, Instant>>,
+    notify: Notify,
+}
+
+impl Dirty {
+    /// Marks a key changed.
+    pub fn mark(&self, kind: Kind, key: String) {
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.entry((kind, key)).or_insert_with(Instant::now);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Waits until something is marked.
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+
+    fn take(&self) -> HashMap<EntityKey, Instant> {
+        self.keys
+            .lock()
+            .map(|mut k| std::mem::take(&mut *k))
+            .unwrap_or_default()
+    }
+
+    fn put_back(&self, rest: HashMap<EntityKey, Instant>) {
+        if rest.is_empty() {
+            return;
+        }
+        if let Ok(mut keys) = self.keys.lock() {
+            for (k, t) in rest {
+                keys.entry(k).or_insert(t);
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.lock().map(|k| k.is_empty()).unwrap_or(true)
+    }
+}
+
+/// Counters the admin server exposes (Prometheus counters are shared handles, so the relay
+/// updates the very values `/metrics` reads).
+#[derive(Debug, Default, Clone)]
+pub struct RelayCounters {
+    /// Snapshots started.
+    pub snapshots: Counter,
+    /// Delta messages sent.
+    pub deltas: Counter,
+    /// Application upserts or deletions sent (in snapshots and deltas).
+    pub applications_sent: Counter,
+    /// Cluster upserts or deletions sent.
+    pub clusters_sent: Counter,
+    /// Payload bytes of relay messages.
+    pub bytes_sent: Counter,
+    /// Changes dropped because only noisy fields differed or nothing changed.
+    pub suppressed: Counter,
+}
+
+impl RelayCounters {
+    /// Registers the counters.
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "argocd_gateway_relay_snapshots",
+            "State snapshots sent to the hub",
+            self.snapshots.clone(),
+        );
+        r.register(
+            "argocd_gateway_relay_deltas",
+            "Delta messages sent to the hub",
+            self.deltas.clone(),
+        );
+        r.register(
+            "argocd_gateway_relay_applications_sent",
+            "Application upserts and deletions sent",
+            self.applications_sent.clone(),
+        );
+        r.register(
+            "argocd_gateway_relay_clusters_sent",
+            "Cluster upserts and deletions sent",
+            self.clusters_sent.clone(),
+        );
+        r.register(
+            "argocd_gateway_relay_bytes_sent",
+            "Bytes of relay messages sent",
+            self.bytes_sent.clone(),
+        );
+        r.register(
+            "argocd_gateway_relay_suppressed_changes",
+            "Changes not sent because nothing significant changed",
+            self.suppressed.clone(),
+        );
+    }
+}
+
+/// Largest relay message payload; far below the 4 MiB gRPC limit so headers and one large
+/// entity still fit.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Unacknowledged messages allowed in flight; more changes wait (and coalesce) meanwhile.
+pub const WINDOW: usize = 8;
+
+struct InFlight {
+    seq: u64,
+    /// Changes this message carries: key → hash, `None` for a deletion.
+    changes: Vec<(EntityKey, Option<Hash>)>,
+    /// For a snapshot's last chunk: the whole snapshot, which replaces what the hub holds.
+    snapshot: Option<BTreeMap<EntityKey, Hash>>,
+    /// When the carried changes were first seen, for latency.
+    seen: Vec<Instant>,
+}
+
+/// What happened on an ack.
+#[derive(Debug, Default)]
+pub struct AckOutcome {
+    /// Propagation latencies of the changes acknowledged.
+    pub latencies: Vec<std::time::Duration>,
+}
+
+/// The relay state that outlives sessions.
+pub struct Relay {
+    source: Arc<dyn Source>,
+    dirty: Arc<Dirty>,
+    /// What the hub confirmed holding (valid only when `acked_known`).
+    acked: BTreeMap<EntityKey, Hash>,
+    acked_known: bool,
+    /// What the hub will hold once everything in flight is applied.
+    projected: BTreeMap<EntityKey, Hash>,
+    in_flight: VecDeque<InFlight>,
+    next_seq: u64,
+    /// Counters.
+    pub counters: RelayCounters,
+}
+
+fn bump(c: &Counter, by: u64) {
+    c.inc_by(by);
+}
+
+impl Relay {
+    /// A relay reading from `source`, told about changes through `dirty`.
+    pub fn new(source: Arc<dyn Source>, dirty: Arc<Dirty>) -> Self {
+        Self {
+            source,
+            dirty,
+            acked: BTreeMap::new(),
+            acked_known: false,
+            projected: BTreeMap::new(),
+            in_flight: VecDeque::new(),
+            next_seq: 1,
+            counters: RelayCounters::default(),
+        }
+    }
+
+    /// The change set this relay drains.
+    pub fn dirty(&self) -> &Arc<Dirty> {
+        &self.dirty
+    }
+
+    fn count(&self, kind: Kind, n: u64) {
+        match kind {
+            Kind::Application => bump(&self.counters.applications_sent, n),
+            Kind::Cluster => bump(&self.counters.clusters_sent, n),
+        }
+    }
+
+    /// Starts a session: compares digests with the hub and returns the snapshot chunks to send,
+    /// if one is needed. Deltas for any difference follow through [`Relay::next_delta`].
+    pub fn on_welcome(&mut self, hub_digest: &[u8]) -> Vec<GatewayMessage> {
+        self.in_flight.clear();
+        let current: BTreeMap<EntityKey, Entity> = self
+            .source
+            .entities()
+            .into_iter()
+            .map(|e| ((e.kind, e.key.clone()), e))
+            .collect();
+        let acked_digest = digest(self.acked.iter().map(|((k, key), h)| (*k, key.as_str(), h)));
+        if self.acked_known && acked_digest.as_slice() == hub_digest {
+            // The hub holds exactly what it last acknowledged: send only what changed since.
+            self.projected = self.acked.clone();
+            let mut rest = HashMap::new();
+            let now = Instant::now();
+            for key in current.keys().chain(self.acked.keys()) {
+                rest.insert(key.clone(), now);
+            }
+            self.dirty.put_back(rest);
+            tracing::debug!("hub state matches the last acknowledged state; sending differences only");
+            return vec![];
+        }
+        let current_digest = digest(current.iter().map(|((k, key), e)| (*k, key.as_str(), &e.hash)));
+        if current_digest.as_slice() == hub_digest {
+            self.acked = current.iter().map(|(k, e)| (k.clone(), e.hash)).collect();
+            self.acked_known = true;
+            self.projected = self.acked.clone();
+            tracing::info!(
+                entities = current.len(),
+                "hub already holds this state; no snapshot needed"
+            );
+            return vec![];
+        }
+        tracing::info!(entities = current.len(), "sending a state snapshot to the hub");
+        bump(&self.counters.snapshots, 1);
+        // Everything in the snapshot is current; pending marks for those keys are satisfied.
+        let _ = self.dirty.take();
+        self.snapshot(current)
+    }
+
+    fn snapshot(&mut self, current: BTreeMap<EntityKey, Entity>) -> Vec<GatewayMessage> {
+        let snapshot_hashes: BTreeMap<EntityKey, Hash> = current.iter().map(|(k, e)| (k.clone(), e.hash)).collect();
+        let total_digest = digest(snapshot_hashes.iter().map(|((k, key), h)| (*k, key.as_str(), h)));
+        let mut chunks: Vec<Vec<crate::proto::Entity>> = vec![vec![]];
+        let mut size = 0usize;
+        for e in current.values() {
+            let n = e.json.len() + e.key.len() + 48;
+            if size + n > MAX_MESSAGE_BYTES && !chunks.last().is_some_and(Vec::is_empty) {
+                chunks.push(vec![]);
+                size = 0;
+            }
+            size += n;
+            self.count(e.kind, 1);
+            if let Some(c) = chunks.last_mut() {
+                c.push(e.to_proto());
+            }
+        }
+        let count = chunks.len();
+        let mut out = Vec::with_capacity(count);
+        for (index, entities) in chunks.into_iter().enumerate() {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let last = index + 1 == count;
+            let chunk = SnapshotChunk {
+                seq,
+                index: index as u32,
+                last,
+                entities,
+                digest: if last { total_digest.to_vec() } else { vec![] },
+            };
+            bump(&self.counters.bytes_sent, prost::Message::encoded_len(&chunk) as u64);
+            self.in_flight.push_back(InFlight {
+                seq,
+                changes: vec![],
+                snapshot: last.then(|| snapshot_hashes.clone()),
+                seen: vec![],
+            });
+            out.push(GatewayMessage {
+                body: Some(gateway_message::Body::Snapshot(chunk)),
+            });
+        }
+        self.projected = snapshot_hashes;
+        out
+    }
+
+    /// True when a delta may be sent now.
+    pub fn can_send(&self) -> bool {
+        self.in_flight.len() < WINDOW && !self.dirty.is_empty()
+    }
+
+    /// The next delta to send, or `None` when nothing significant changed or the window is full.
+    pub fn next_delta(&mut self) -> Option<GatewayMessage> {
+        if self.in_flight.len() >= WINDOW {
+            return None;
+        }
+        let mut marked: Vec<(EntityKey, Instant)> = self.dirty.take().into_iter().collect();
+        marked.sort();
+        let mut entities = vec![];
+        let mut changes = vec![];
+        let mut seen = vec![];
+        let mut size = 0usize;
+        let mut rest = HashMap::new();
+        for ((kind, key), t) in marked {
+            if size >= MAX_MESSAGE_BYTES {
+                rest.insert((kind, key), t);
+                continue;
+            }
+            let now = self.source.get(kind, &key);
+            let expected = self.projected.get(&(kind, key.clone()));
+            match (&now, expected) {
+                (Some(e), Some(h)) if &e.hash == h => {
+                    bump(&self.counters.suppressed, 1);
+                    continue;
+                }
+                (None, None) => continue,
+                _ => {}
+            }
+            let entity = match now {
+                Some(e) => {
+                    size += e.json.len() + e.key.len() + 48;
+                    self.projected.insert((kind, key.clone()), e.hash);
+                    changes.push(((kind, key.clone()), Some(e.hash)));
+                    e.to_proto()
+                }
+                None => {
+                    size += key.len() + 16;
+                    self.projected.remove(&(kind, key.clone()));
+                    changes.push(((kind, key.clone()), None));
+                    crate::proto::Entity {
+                        kind: kind.to_proto() as i32,
+                        key: key.clone(),
+                        hash: vec![],
+                        json: vec![],
+                    }
+                }
+            };
+            self.count(kind, 1);
+            seen.push(t);
+            entities.push(entity);
+        }
+        self.dirty.put_back(rest);
+        if entities.is_empty() {
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let delta = Delta { seq, entities };
+        bump(&self.counters.deltas, 1);
+        bump(&self.counters.bytes_sent, prost::Message::encoded_len(&delta) as u64);
+        self.in_flight.push_back(InFlight {
+            seq,
+            changes,
+            snapshot: None,
+            seen,
+        });
+        Some(GatewayMessage {
+            body: Some(gateway_message::Body::Delta(delta)),
+        })
+    }
+
+    /// The hub stored everything up to `seq`.
+    pub fn on_ack(&mut self, seq: u64) -> AckOutcome {
+        let mut outcome = AckOutcome::default();
+        let now = Instant::now();
+        while self.in_flight.front().is_some_and(|f| f.seq <= seq) {
+            let Some(f) = self.in_flight.pop_front() else { break };
+            if let Some(snapshot) = f.snapshot {
+                self.acked = snapshot;
+                self.acked_known = true;
+            }
+            for (key, hash) in f.changes {
+                match hash {
+                    Some(h) => self.acked.insert(key, h),
+                    None => self.acked.remove(&key),
+                };
+            }
+            outcome.latencies.extend(f.seen.iter().map(|t| now.duration_since(*t)));
+        }
+        outcome
+    }
+
+    /// Unacknowledged messages.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Keys currently known to differ from what the hub confirmed (for tests and metrics).
+    pub fn unacknowledged_keys(&self) -> BTreeSet<EntityKey> {
+        let mut keys: BTreeSet<EntityKey> = self
+            .in_flight
+            .iter()
+            .flat_map(|f| f.changes.iter().map(|(k, _)| k.clone()))
+            .collect();
+        if let Ok(d) = self.dirty.keys.lock() {
+            keys.extend(d.keys().cloned());
+        }
+        keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Default)]
+    struct Map(Mutex<BTreeMap<EntityKey, serde_json::Value>>);
+
+    impl Map {
+        fn set(&self, key: &str, v: serde_json::Value) {
+            self.0.lock().unwrap().insert((Kind::Application, key.into()), v);
+        }
+        fn del(&self, key: &str) {
+            self.0.lock().unwrap().remove(&(Kind::Application, key.into()));
+        }
+    }
+
+    impl Source for Map {
+        fn entities(&self) -> Vec<Entity> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|((k, key), v)| Entity::from_value(*k, key.clone(), v))
+                .collect()
+        }
+        fn get(&self, kind: Kind, key: &str) -> Option<Entity> {
+            self.0
+                .lock()
+                .unwrap()
+                .get(&(kind, key.to_owned()))
+                .map(|v| Entity::from_value(kind, key.into(), v))
+        }
+    }
+
+    fn delta_keys(m: &GatewayMessage) -> Vec<(String, bool)> {
+        match &m.body {
+            Some(gateway_message::Body::Delta(d)) => {
+                d.entities.iter().map(|e| (e.key.clone(), e.json.is_empty())).collect()
+            }
+            other => panic!("not a delta: {other:?}"),
+        }
+    }
+
+    fn seq_of(m: &GatewayMessage) -> u64 {
+        match &m.body {
+            Some(gateway_message::Body::Delta(d)) => d.seq,
+            Some(gateway_message::Body::Snapshot(s)) => s.seq,
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn snapshot_then_coalesced_deltas_and_noise_suppression() {
+        let src = Arc::new(Map::default());
+        src.set("ns/a", json!({"health": "Healthy", "reconciledAt": "1"}));
+        src.set("ns/b", json!({"health": "Healthy"}));
+        let dirty = Arc::new(Dirty::default());
+        let mut relay = Relay::new(src.clone(), dirty.clone());
+
+        let snap = relay.on_welcome(&[]);
+        assert_eq!(snap.len(), 1);
+        relay.on_ack(seq_of(&snap[0]));
+        assert_eq!(relay.in_flight(), 0);
+
+        // Ten changes to one app coalesce into one upsert; a noisy-only change sends nothing.
+        for i in 0..10 {
+            src.set("ns/a", json!({"health": format!("H{i}"), "reconciledAt": "1"}));
+            dirty.mark(Kind::Application, "ns/a".into());
+        }
+        src.set("ns/b", json!({"health": "Healthy", "reconciledAt": "later"}));
+        dirty.mark(Kind::Application, "ns/b".into());
+        let d = relay.next_delta().unwrap();
+        assert_eq!(delta_keys(&d), vec![("ns/a".into(), false)]);
+        assert!(relay.next_delta().is_none());
+
+        src.del("ns/b");
+        dirty.mark(Kind::Application, "ns/b".into());
+        let d2 = relay.next_delta().unwrap();
+        assert_eq!(delta_keys(&d2), vec![("ns/b".into(), true)]);
+        relay.on_ack(seq_of(&d2));
+        assert_eq!(relay.unacknowledged_keys().len(), 0);
+    }
+
+    #[test]
+    fn reconnect_sends_nothing_when_digests_match_and_only_differences_otherwise() {
+        let src = Arc::new(Map::default());
+        for i in 0..5 {
+            src.set(&format!("ns/{i}"), json!({"v": i}));
+        }
+        let dirty = Arc::new(Dirty::default());
+        let mut relay = Relay::new(src.clone(), dirty.clone());
+        let snap = relay.on_welcome(&[]);
+        relay.on_ack(seq_of(snap.last().unwrap()));
+        let hub_digest = digest(relay.acked.iter().map(|((k, key), h)| (*k, key.as_str(), h)));
+
+        // Same state: nothing at all.
+        assert!(relay.on_welcome(&hub_digest).is_empty());
+        assert!(relay.next_delta().is_none());
+
+        // A change while disconnected: the hub still holds the acked state, so one delta.
+        src.set("ns/3", json!({"v": 33}));
+        dirty.mark(Kind::Application, "ns/3".into());
+        let lost = relay.next_delta().unwrap(); // sent, never acknowledged
+        assert_eq!(delta_keys(&lost), vec![("ns/3".into(), false)]);
+        assert!(relay.on_welcome(&hub_digest).is_empty());
+        let again = relay.next_delta().unwrap();
+        assert_eq!(
+            delta_keys(&again),
+            vec![("ns/3".into(), false)],
+            "unacknowledged change is resent"
+        );
+
+        // A fresh gateway process (nothing acked) whose state matches the hub: no snapshot.
+        let mut fresh = Relay::new(src.clone(), Arc::new(Dirty::default()));
+        relay.on_ack(seq_of(&again));
+        let d = digest(relay.acked.iter().map(|((k, key), h)| (*k, key.as_str(), h)));
+        assert!(fresh.on_welcome(&d).is_empty());
+        // ...and one whose state differs gets a snapshot.
+        assert_eq!(fresh.on_welcome(&hub_digest).len(), 1);
+    }
+
+    #[test]
+    fn window_bounds_in_flight_and_snapshot_chunks_fit() {
+        let src = Arc::new(Map::default());
+        let big = "x".repeat(300 * 1024);
+        for i in 0..10 {
+            src.set(&format!("ns/{i}"), json!({"blob": big}));
+        }
+        let dirty = Arc::new(Dirty::default());
+        let mut relay = Relay::new(src.clone(), dirty.clone());
+        let snap = relay.on_welcome(&[]);
+        assert!(snap.len() >= 3);
+        for m in &snap {
+            assert!(prost::Message::encoded_len(m) < 4 * 1024 * 1024);
+        }
+        assert!(
+            matches!(&snap.last().unwrap().body, Some(gateway_message::Body::Snapshot(s)) if s.last && !s.digest.is_empty())
+        );
+        relay.on_ack(seq_of(snap.last().unwrap()));
+        let mut sent = 0;
+        for round in 0..(WINDOW + 3) {
+            src.set(&format!("ns/{}", round % 10), json!({"blob": format!("{round}")}));
+            dirty.mark(Kind::Application, format!("ns/{}", round % 10));
+            if relay.next_delta().is_some() {
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, WINDOW);
+        assert!(!relay.unacknowledged_keys().is_empty());
+    }
+}
