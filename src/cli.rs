@@ -35,7 +35,7 @@ pub enum Command {
     Register(Box<RegisterArgs>),
     /// The central server and its API clients.
     #[command(subcommand)]
-    Hub(crate::hub::cli::HubCommand),
+    Hub(Box<crate::hub::cli::HubCommand>),
     /// Print the version and the wire protocol version.
     Version,
 }
@@ -179,10 +179,10 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             }
         }
         Command::Hub(cmd) => {
-            if matches!(cmd, crate::hub::cli::HubCommand::Serve(_)) {
+            if matches!(*cmd, crate::hub::cli::HubCommand::Serve(_)) {
                 install_signal_handlers(shutdown.clone());
             }
-            match crate::hub::cli::run(cmd, shutdown).await {
+            match crate::hub::cli::run(*cmd, shutdown).await {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("error: {e:#}");

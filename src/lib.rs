@@ -6,9 +6,11 @@
 //! - `identity`: registration, certificates and the identity store;
 //! - `relay`: the state cache and deltas sent to the hub;
 //! - `hub`: the central server (registration, sessions, HTTP API, store);
+//! - `admin`: liveness, readiness and Prometheus metrics;
 //! - [`cli`]: command-line definitions and dispatch.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod hub;
 pub mod identity;

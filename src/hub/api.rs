@@ -35,21 +35,38 @@ pub struct ApiState {
     pub plaintext: bool,
     /// Chart reference for the helm command.
     pub helm_chart: String,
+    /// Metrics registry.
+    pub registry: prometheus_client::registry::Registry,
+    /// Last health check result per gateway.
+    pub health: std::sync::Mutex<std::collections::HashMap<String, serde_json::Value>>,
 }
 
-/// An API error.
-pub struct ApiError(StatusCode, String);
+/// An API error: a status and a JSON body with at least `error`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, serde_json::Value);
+
+impl ApiError {
+    /// An error with a message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self(status, serde_json::json!({ "error": message.into() }))
+    }
+
+    /// An error with a prepared body.
+    pub fn with_body(status: StatusCode, body: serde_json::Value) -> Self {
+        Self(status, body)
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        (self.0, Json(self.1)).into_response()
     }
 }
 
 impl From<super::store::StoreError> for ApiError {
     fn from(e: super::store::StoreError) -> Self {
         tracing::error!(error = %e, "hub API storage error");
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "hub storage error".into())
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "hub storage error")
     }
 }
 
@@ -64,7 +81,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
+/// Checks the admin bearer token.
+pub fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -72,10 +90,10 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
         .map(str::trim);
     match given {
         Some(t) if constant_time_eq(t.as_bytes(), state.admin_token.expose().as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError(StatusCode::UNAUTHORIZED, "invalid admin token".into())),
-        None => Err(ApiError(
+        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid admin token")),
+        None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "missing admin token: send Authorization: Bearer <token from the hub's admin-token file>".into(),
+            "missing admin token: send Authorization: Bearer <token from the hub's admin-token file>",
         )),
     }
 }
@@ -84,11 +102,19 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .route("/api/v1/registration-tokens", get(list_tokens).post(create_token))
         .route("/api/v1/registration-tokens/{id}", axum::routing::delete(delete_token))
         .route("/api/v1/gateways", get(list_gateways))
         .route("/api/v1/gateways/{id}", get(get_gateway).delete(delete_gateway))
+        .merge(super::apps::routes())
         .with_state(state)
+}
+
+/// Prometheus metrics; unauthenticated like any scrape target, and free of secrets.
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    state.hub.metrics.connected.set(state.hub.sessions.len() as i64);
+    crate::admin::encode(&state.registry)
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -166,7 +192,7 @@ async fn create_token(
     let req = body.map(|Json(b)| b).unwrap_or_default();
     let ttl = Duration::from_secs(req.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL.as_secs()));
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!(
                 "ttlSeconds must be between 1 and {} (24 hours)",
@@ -183,9 +209,9 @@ async fn create_token(
         .filter(|e| !e.is_empty())
         .collect();
     if environments.iter().any(|e| e.contains(',')) {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "environment names cannot contain commas".into(),
+            "environment names cannot contain commas",
         ));
     }
     // 96 bits of id and 256 bits of secret; only the secret's hash is stored.
@@ -193,7 +219,7 @@ async fn create_token(
     let secret = super::pki::random_token(32);
     let token = format!("{id}.{secret}");
     let (_, hash) =
-        super::grpc::token_parts(&token).ok_or(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "token".into()))?;
+        super::grpc::token_parts(&token).ok_or(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "token"))?;
     let now = jiff::Timestamp::now().as_second();
     let expires_at = now + ttl.as_secs() as i64;
     let record = TokenRecord {
@@ -254,7 +280,10 @@ async fn delete_token(
         tracing::info!(token_id = %id, "revoked a registration token");
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError(StatusCode::NOT_FOUND, format!("no registration token {id}")))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no registration token {id}"),
+        ))
     }
 }
 
@@ -271,6 +300,8 @@ struct GatewayView {
     protocol_version: u32,
     certificate_expires_at: Option<String>,
     registered_at: Option<String>,
+    application_count: usize,
+    health: Option<serde_json::Value>,
 }
 
 fn gateway_view(state: &ApiState, g: GatewayRecord) -> GatewayView {
@@ -286,6 +317,8 @@ fn gateway_view(state: &ApiState, g: GatewayRecord) -> GatewayView {
         protocol_version: live.as_ref().map(|s| s.protocol_version).unwrap_or(g.protocol_version),
         certificate_expires_at: rfc3339(g.certificate_expires_at),
         registered_at: rfc3339(Some(g.created_at)),
+        application_count: state.hub.entities.with(&g.id, |e| e.map(|e| e.apps.len()).unwrap_or(0)),
+        health: state.health.lock().ok().and_then(|h| h.get(&g.id).cloned()),
         id: g.id,
         name: g.name,
         environments: g.environments,
@@ -314,7 +347,7 @@ async fn get_gateway(
     authorize(&state, &headers)?;
     match state.hub.store.gateway(id.clone()).await? {
         Some(g) => Ok(Json(gateway_view(&state, g))),
-        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no gateway {id}"))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no gateway {id}"))),
     }
 }
 
@@ -325,7 +358,7 @@ async fn delete_gateway(
 ) -> ApiResult<StatusCode> {
     authorize(&state, &headers)?;
     if !state.hub.store.delete_gateway(id.clone()).await? {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("no gateway {id}")));
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no gateway {id}")));
     }
     state.hub.entities.forget(&id);
     if let Some(session) = state.hub.sessions.take(&id) {

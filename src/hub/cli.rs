@@ -23,6 +23,113 @@ pub enum HubCommand {
     /// Show or delete one gateway.
     #[command(subcommand)]
     Gateway(GatewayCommand),
+    /// List applications (of one gateway with --gateway, else of all).
+    Apps(AppsArgs),
+    /// Show one application.
+    App(AppArgs),
+    /// Sync an application through its gateway.
+    Sync {
+        #[command(flatten)]
+        app: AppArgs,
+        /// Revision to sync to (single-source apps).
+        #[arg(long)]
+        revision: Option<String>,
+        /// Revisions, one per source (multi-source apps; repeatable).
+        #[arg(long = "revisions", value_delimiter = ',')]
+        revisions: Vec<String>,
+        /// Delete resources no longer in Git.
+        #[arg(long)]
+        prune: bool,
+        /// Only preview.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Refresh an application (compare with Git again).
+    Refresh {
+        #[command(flatten)]
+        app: AppArgs,
+        /// Hard refresh: regenerate manifests.
+        #[arg(long)]
+        hard: bool,
+    },
+    /// Wait until an application is Synced and Healthy (at a revision); exit 0 Synced,
+    /// 1 Failed, 2 Timeout.
+    Wait {
+        #[command(flatten)]
+        app: AppArgs,
+        /// The commit (or prefix) the application must be synced to.
+        #[arg(long)]
+        revision: Option<String>,
+        /// How long to wait.
+        #[arg(long, default_value = "5m", value_parser = crate::util::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Health-check a gateway now.
+    Health {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Gateway id.
+        gateway: String,
+    },
+}
+
+/// Flags of `hub apps`.
+#[derive(Debug, clap::Args)]
+pub struct AppsArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Only this gateway's applications.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Label selector (k=v, k!=v, k, !k, k in (a,b)).
+    #[arg(long, short = 'l')]
+    pub selector: Option<String>,
+    /// Annotation filter key=value (repeatable).
+    #[arg(long = "annotation")]
+    pub annotations: Vec<String>,
+    /// Health status.
+    #[arg(long)]
+    pub health: Option<String>,
+    /// Sync status.
+    #[arg(long)]
+    pub sync: Option<String>,
+    /// Project.
+    #[arg(long)]
+    pub project: Option<String>,
+}
+
+/// One application of one gateway.
+#[derive(Debug, clap::Args)]
+pub struct AppArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Gateway id.
+    pub gateway: String,
+    /// The application as namespace/name.
+    pub app: String,
+}
+
+impl AppArgs {
+    fn path(&self, suffix: &str) -> anyhow::Result<String> {
+        let (ns, name) = self
+            .app
+            .split_once('/')
+            .filter(|(n, m)| !n.is_empty() && !m.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("give the application as namespace/name, for example argocd/guestbook"))?;
+        Ok(format!(
+            "/api/v1/gateways/{}/applications/{}/{}{}",
+            enc(&self.gateway),
+            enc(ns),
+            enc(name),
+            suffix
+        ))
+    }
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 /// Token subcommands.
@@ -187,6 +294,44 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+fn print_apps(items: &[Value]) {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|a| {
+            let revision = a
+                .get("sync")
+                .map(|sy| {
+                    let r = s(sy, "revision");
+                    if r == "-" { s(sy, "revisions") } else { r }
+                })
+                .unwrap_or_else(|| "-".into());
+            let short: String = revision.chars().take(12).collect();
+            vec![
+                s(a, "gatewayId"),
+                format!("{}/{}", s(a, "namespace"), s(a, "name")),
+                s(a, "project"),
+                a.get("sync").map(|x| s(x, "status")).unwrap_or_default(),
+                a.get("health").map(|x| s(x, "status")).unwrap_or_default(),
+                short,
+                if a.get("stale").and_then(Value::as_bool) == Some(true) {
+                    "stale".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &["GATEWAY", "APPLICATION", "PROJECT", "SYNC", "HEALTH", "REVISION", ""],
+        &rows,
+    );
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
 fn print_gateways(items: &[Value]) {
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -320,6 +465,116 @@ pub async fn run(cmd: HubCommand, shutdown: tokio_util::sync::CancellationToken)
             } else {
                 print_gateways(&[v]);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::Apps(a) => {
+            let mut query: Vec<(String, String)> = vec![];
+            for (k, v) in [
+                ("selector", &a.selector),
+                ("health", &a.health),
+                ("sync", &a.sync),
+                ("project", &a.project),
+            ] {
+                if let Some(v) = v {
+                    query.push((k.into(), v.clone()));
+                }
+            }
+            query.extend(a.annotations.iter().map(|v| ("annotation".to_owned(), v.clone())));
+            let qs: String = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(query)
+                .finish();
+            let base = match &a.gateway {
+                Some(g) => format!("/api/v1/gateways/{}/applications", enc(g)),
+                None => "/api/v1/applications".into(),
+            };
+            let path = if qs.is_empty() { base } else { format!("{base}?{qs}") };
+            let v = ApiClient::new(&a.api)?.call(Method::GET, &path, None).await?;
+            if a.api.output == "json" {
+                print_json(&v)?;
+            } else {
+                print_apps(&v.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::App(a) => {
+            let v = ApiClient::new(&a.api)?.call(Method::GET, &a.path("")?, None).await?;
+            print_json(&v)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::Sync {
+            app,
+            revision,
+            revisions,
+            prune,
+            dry_run,
+        } => {
+            let mut body = serde_json::json!({ "prune": prune, "dryRun": dry_run });
+            if let Some(r) = revision {
+                body["revision"] = r.into();
+            }
+            if !revisions.is_empty() {
+                body["revisions"] = revisions.into();
+            }
+            let v = ApiClient::new(&app.api)?
+                .call(Method::POST, &app.path("/sync")?, Some(body))
+                .await?;
+            if app.api.output == "json" {
+                print_json(&v)?;
+            } else {
+                println!("sync of {} started through gateway {}", app.app, app.gateway);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::Refresh { app, hard } => {
+            let v = ApiClient::new(&app.api)?
+                .call(
+                    Method::POST,
+                    &app.path("/refresh")?,
+                    Some(serde_json::json!({ "hard": hard })),
+                )
+                .await?;
+            if app.api.output == "json" {
+                print_json(&v)?;
+            } else {
+                println!("refreshed {} through gateway {}", app.app, app.gateway);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::Wait { app, revision, timeout } => {
+            let mut body = serde_json::json!({ "timeoutSeconds": timeout.as_secs().max(1) });
+            if let Some(r) = &revision {
+                body["revision"] = r.clone().into();
+            }
+            let client = ApiClient::new(&app.api)?;
+            let v = client.call(Method::POST, &app.path("/wait")?, Some(body)).await?;
+            let result = v.get("result").and_then(Value::as_str).unwrap_or("");
+            if app.api.output == "json" {
+                print_json(&v)?;
+            } else {
+                let a = v.get("application").cloned().unwrap_or(Value::Null);
+                println!(
+                    "{result}: {} sync={} health={} revision={}",
+                    app.app,
+                    a.get("sync").map(|x| s(x, "status")).unwrap_or_else(|| "-".into()),
+                    a.get("health").map(|x| s(x, "status")).unwrap_or_else(|| "-".into()),
+                    a.get("sync").map(|x| s(x, "revision")).unwrap_or_else(|| "-".into()),
+                );
+            }
+            Ok(match result {
+                "Synced" => ExitCode::SUCCESS,
+                "Failed" => ExitCode::from(1),
+                _ => ExitCode::from(2),
+            })
+        }
+        HubCommand::Health { api, gateway } => {
+            let v = ApiClient::new(&api)?
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/gateways/{}/health-check", enc(&gateway)),
+                    None,
+                )
+                .await?;
+            print_json(&v)?;
             Ok(ExitCode::SUCCESS)
         }
         HubCommand::Gateway(GatewayCommand::Delete { api, id }) => {

@@ -3,6 +3,7 @@
 //! JSON API. `hub serve` needs nothing installed: the data directory is made on first start.
 
 pub mod api;
+pub mod apps;
 pub mod cli;
 pub mod grpc;
 pub mod pki;
@@ -50,6 +51,9 @@ pub struct ServeArgs {
     /// https://<first hostname>:<grpc port>).
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// How often to health-check every connected gateway.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_HEALTH_CHECK_INTERVAL", default_value = "60s", value_parser = crate::util::parse_duration)]
+    pub health_check_interval: Duration,
     /// Chart reference used in the printed helm command.
     #[arg(
         long,
@@ -207,7 +211,19 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
         public_url,
         plaintext: args.plaintext,
         helm_chart: args.helm_chart.clone(),
+        registry: {
+            let mut r = prometheus_client::registry::Registry::default();
+            crate::admin::register_build_info(&mut r);
+            state.metrics.register(&mut r);
+            r
+        },
+        health: Default::default(),
     });
+    servers.spawn(apps::periodic_health_checks(
+        api_state.clone(),
+        args.health_check_interval,
+        stop.clone(),
+    ));
     let app = api::router(api_state);
     let http_stop = stop.clone();
     servers.spawn(async move {
