@@ -29,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the version and the wire protocol version.
     Version,
+    /// Preflight: configuration, DNS, TCP, TLS, Argo CD version, token and permissions.
+    Check(Box<crate::check::CheckArgs>),
 }
 
 /// Runs the parsed command and maps its outcome to a process exit code.
@@ -38,5 +40,12 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             println!("argocd-gateway {}", crate::VERSION);
             ExitCode::SUCCESS
         }
+        Command::Check(args) => match crate::check::run(*args).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -5,12 +5,17 @@
 //! - `tunnel`: the gateway's connection to the hub (dial, trust, session, keepalive, reconnect);
 //! - `identity`: registration, certificates and the identity store;
 //! - `hub`: the central server (registration, sessions, HTTP API, store);
+//! - [`simulator`]: a faithful in-process Argo CD API server for tests, demos and benchmarks;
+//! - [`check`]: the `check` preflight command;
 //! - [`cli`]: command-line definitions and dispatch.
 #![forbid(unsafe_code)]
 
+pub mod argocd;
+pub mod check;
 pub mod cli;
 pub mod proto;
 pub mod secret;
+pub mod simulator;
 pub mod telemetry;
 pub mod tls;
 pub mod util;
