@@ -88,11 +88,11 @@ impl Report {
     pub fn render(&self) -> String {
         let w = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
         let mut out = String::new();
-        let _ = writeln!(out, "{:<w$}  {:<6}DETAIL", "CHECK", "STATUS");
+        let _ = writeln!(out, "{:<w$}  {:<7}DETAIL", "CHECK", "STATUS");
         for r in &self.rows {
-            let _ = writeln!(out, "{:<w$}  {:<6}{}", r.name, r.status.label(), r.detail);
+            let _ = writeln!(out, "{:<w$}  {:<7}{}", r.name, r.status.label(), r.detail);
             if let Some(fix) = &r.fix {
-                let _ = writeln!(out, "{:<w$}  {:<6}fix: {}", "", "", fix);
+                let _ = writeln!(out, "{:<w$}  {:<7}fix: {}", "", "", fix);
             }
         }
         let summary = if self.failed() { "check FAILED" } else { "check passed" };
@@ -452,7 +452,8 @@ async fn token_rows(client: &Client, scope: Option<&str>, label: &str, report: &
                     Some(regenerate.clone()),
                 )
             } else {
-                (Status::Ok, format!("expires {exp}"), None)
+                let days = exp.duration_since(now).as_hours() / 24;
+                (Status::Ok, format!("expires {exp} (in {days} days)"), None)
             }
         }
     };
