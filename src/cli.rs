@@ -38,6 +38,8 @@ pub enum Command {
     Hub(Box<crate::hub::cli::HubCommand>),
     /// Print the version and the wire protocol version.
     Version,
+    /// Preflight: configuration, DNS, TCP, TLS, Argo CD version, token and permissions.
+    Check(Box<crate::check::CheckArgs>),
 }
 
 /// Flags of `argocd-gateway register`.
@@ -190,6 +192,13 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Check(args) => match crate::check::run(*args).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

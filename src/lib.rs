@@ -6,17 +6,22 @@
 //! - `identity`: registration, certificates and the identity store;
 //! - `relay`: the state cache and deltas sent to the hub;
 //! - `hub`: the central server (registration, sessions, HTTP API, store);
+//! - [`simulator`]: a faithful in-process Argo CD API server for tests, demos and benchmarks;
+//! - [`check`]: the `check` preflight command;
 //! - `admin`: liveness, readiness and Prometheus metrics;
 //! - [`cli`]: command-line definitions and dispatch.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod argocd;
+pub mod check;
 pub mod cli;
 pub mod hub;
 pub mod identity;
 pub mod proto;
 pub mod relay;
 pub mod secret;
+pub mod simulator;
 pub mod telemetry;
 pub mod tls;
 pub mod tunnel;

@@ -1,0 +1,21 @@
+//! The Argo CD side of the gateway: flags and validated configuration ([`config`]), the REST
+//! client with classified errors ([`client`], [`error`], [`transport`], [`token`]), the compact
+//! model of applications and clusters ([`model`]) and the converging view over them ([`view`]).
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod token;
+pub mod transport;
+pub mod view;
+
+pub use client::{
+    AppQuery, AppRef, AppWatch, Client, LogsRequest, Refresh, ResourceRef, RetryPolicy, SyncRequest, SyncResource,
+    UserInfo, VersionInfo,
+};
+pub use config::{ArgoCdArgs, ArgoCdConfig, AuthSource, ConfigError, TlsMode};
+pub use error::{ArgoCdError, Permission};
+pub use model::{AppKey, Application, Cluster};
+pub use token::Claims;
+pub use view::{Snapshot, View, ViewEvent, ViewHandle, ViewOptions, ViewStatus};

@@ -1,0 +1,963 @@
+//! The compact, typed model of what the gateway relays, and its tolerant decoding from Argo CD JSON.
+//!
+//! Argo CD objects are decoded through private "wire" structs that mirror only the JSON paths we
+//! read (Go `encoding/json` output: camelCase keys, `null` for empty slices and maps, RFC 3339
+//! times). Every wire field defaults when missing or `null`, unknown fields are ignored and unknown
+//! enum values are kept as strings, so a newer Argo CD does not break decoding. The public types
+//! serialise in camelCase with the field names of the hub API.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+/// Identity of an application: its namespace and name (apps in any namespace).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AppKey {
+    /// The namespace of the Application object (Argo CD's `appNamespace`).
+    pub namespace: String,
+    /// The Application name.
+    pub name: String,
+}
+
+impl AppKey {
+    /// Builds a key from namespace and name.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for AppKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Generates a string-backed status enum that keeps unknown values verbatim.
+macro_rules! status_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+            /// No value was reported.
+            #[default]
+            Empty,
+            /// A value this version does not know, kept as received.
+            Other(String),
+        }
+
+        impl $name {
+            /// The value as Argo CD spells it (empty when none was reported).
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Self::$variant => $text,)+
+                    Self::Empty => "",
+                    Self::Other(s) => s,
+                }
+            }
+
+            /// Parses Argo CD's spelling; unknown values are kept as [`Self::Other`].
+            pub fn parse(s: &str) -> Self {
+                match s {
+                    $($text => Self::$variant,)+
+                    "" => Self::Empty,
+                    other => Self::Other(other.to_owned()),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s: Option<String> = Option::deserialize(d)?;
+                Ok(s.map(|s| Self::parse(&s)).unwrap_or_default())
+            }
+        }
+    };
+}
+
+status_enum! {
+    /// Sync status of an application or resource (`status.sync.status`).
+    SyncStatusCode {
+        /// Live state matches the target state.
+        Synced = "Synced",
+        /// Live state differs from the target state.
+        OutOfSync = "OutOfSync",
+        /// The comparison could not be made.
+        Unknown = "Unknown",
+    }
+}
+
+status_enum! {
+    /// Health status of an application or resource (`status.health.status`).
+    HealthStatusCode {
+        /// All resources are healthy.
+        Healthy = "Healthy",
+        /// Resources are not healthy yet but may become so.
+        Progressing = "Progressing",
+        /// A resource failed or could not become healthy in time.
+        Degraded = "Degraded",
+        /// A resource is paused or waiting.
+        Suspended = "Suspended",
+        /// A resource is missing from the cluster.
+        Missing = "Missing",
+        /// Health could not be assessed.
+        Unknown = "Unknown",
+    }
+}
+
+status_enum! {
+    /// Phase of the last or current operation (`status.operationState.phase`).
+    OperationPhase {
+        /// The operation is in progress.
+        Running = "Running",
+        /// The operation is being terminated.
+        Terminating = "Terminating",
+        /// The operation failed.
+        Failed = "Failed",
+        /// The operation ended with an error.
+        Error = "Error",
+        /// The operation succeeded.
+        Succeeded = "Succeeded",
+    }
+}
+
+/// One source of an application (single-source apps have exactly one).
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Source {
+    /// Git or Helm repository URL.
+    #[serde(rename = "repoURL")]
+    pub repo_url: String,
+    /// Directory within a Git repository.
+    pub path: String,
+    /// Helm chart name (Helm repositories).
+    pub chart: String,
+    /// Branch, tag, commit or chart version to deploy.
+    #[serde(rename = "targetRevision")]
+    pub target_revision: String,
+    /// Reference name used by other sources (`$ref/...`).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Optional name of the source (Argo CD 2.14+).
+    pub name: String,
+}
+
+/// Where the application deploys to.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Destination {
+    /// API server URL of the target cluster.
+    pub server: String,
+    /// Name of the target cluster (alternative to `server`).
+    pub name: String,
+    /// Target namespace.
+    pub namespace: String,
+}
+
+/// Sync status and the revision(s) it was compared against.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SyncState {
+    /// Synced, OutOfSync or Unknown.
+    pub status: SyncStatusCode,
+    /// Revision compared against (single source).
+    pub revision: String,
+    /// Revisions compared against (multi-source, one per source).
+    pub revisions: Vec<String>,
+}
+
+/// A health status with its message.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Health {
+    /// Healthy, Progressing, Degraded, Suspended, Missing or Unknown.
+    pub status: HealthStatusCode,
+    /// Human-readable detail, often empty.
+    pub message: String,
+}
+
+/// The last or current operation (sync) of an application.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// Running, Terminating, Failed, Error or Succeeded.
+    pub phase: OperationPhase,
+    /// Result or progress message.
+    pub message: String,
+    /// When the operation started.
+    pub started_at: Option<jiff::Timestamp>,
+    /// When the operation finished (absent while running).
+    pub finished_at: Option<jiff::Timestamp>,
+    /// Revision synced to (single source): the sync result's, else the requested one.
+    pub revision: String,
+    /// Revisions synced to (multi-source).
+    pub revisions: Vec<String>,
+}
+
+/// Status of one resource the application manages.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ResourceState {
+    /// API group (empty for the core group).
+    pub group: String,
+    /// API version.
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace (empty for cluster-scoped resources).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Sync status of this resource.
+    pub status: SyncStatusCode,
+    /// Health of this resource; absent when Argo CD does not report it (e.g. 3.x lists).
+    pub health: Option<Health>,
+}
+
+impl ResourceState {
+    /// Whether two entries describe the same Kubernetes object.
+    pub fn same_object(&self, other: &ResourceState) -> bool {
+        self.group == other.group
+            && self.kind == other.kind
+            && self.namespace == other.namespace
+            && self.name == other.name
+    }
+}
+
+/// An application condition (warnings and errors reported by Argo CD).
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, e.g. `ComparisonError` or `OrphanedResourceWarning`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Message.
+    pub message: String,
+    /// When the condition last changed.
+    pub last_transition_time: Option<jiff::Timestamp>,
+}
+
+/// The compact state of one Argo CD application, as relayed to the hub.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Application {
+    /// Namespace of the Application object.
+    pub namespace: String,
+    /// Name of the Application object.
+    pub name: String,
+    /// AppProject (`default` when the spec leaves it empty).
+    pub project: String,
+    /// Object annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Object labels.
+    pub labels: BTreeMap<String, String>,
+    /// Sources (`spec.sources`, or `spec.source` as a single entry).
+    pub sources: Vec<Source>,
+    /// Deployment target.
+    pub destination: Destination,
+    /// Sync status.
+    pub sync: SyncState,
+    /// Application health.
+    pub health: Health,
+    /// Last or current operation, if any.
+    pub operation: Option<Operation>,
+    /// When Argo CD last compared live and target state.
+    pub reconciled_at: Option<jiff::Timestamp>,
+    /// Managed resources with their sync and health status.
+    pub resources: Vec<ResourceState>,
+    /// Container images in use (`status.summary.images`).
+    pub images: Vec<String>,
+    /// Conditions (warnings and errors).
+    pub conditions: Vec<Condition>,
+}
+
+impl Application {
+    /// The namespace/name key of this application.
+    pub fn key(&self) -> AppKey {
+        AppKey::new(&self.namespace, &self.name)
+    }
+
+    /// Equality ignoring fields that change without a meaningful state change (`reconciledAt`,
+    /// condition timestamps), for callers that coalesce noisy updates.
+    pub fn eq_ignoring_noise(&self, other: &Application) -> bool {
+        fn strip(a: &Application) -> Application {
+            let mut a = a.clone();
+            a.reconciled_at = None;
+            for c in &mut a.conditions {
+                c.last_transition_time = None;
+            }
+            a
+        }
+        strip(self) == strip(other)
+    }
+}
+
+/// Connection state of a cluster as seen by Argo CD.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConnectionState {
+    /// Successful, Failed or Unknown (kept as received).
+    pub status: String,
+    /// Detail, e.g. the connection error.
+    pub message: String,
+}
+
+/// The compact state of one cluster known to Argo CD (credentials are never part of it).
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    /// API server URL; the key of a cluster.
+    pub server: String,
+    /// Display name.
+    pub name: String,
+    /// Project the cluster is scoped to, if any.
+    pub project: String,
+    /// Namespaces Argo CD may manage (empty: all).
+    pub namespaces: Vec<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Connection state.
+    pub connection_state: ConnectionState,
+    /// Kubernetes version of the cluster.
+    pub server_version: String,
+    /// Number of applications Argo CD manages on it.
+    pub applications_count: i64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire types: the subset of Argo CD's JSON we read. Go emits `null` for nil slices and maps, so
+// every field goes through `nd` (null → default).
+
+/// Deserialises `null` as the default value.
+fn nd<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Parses an RFC 3339 time leniently: an unparsable value counts as absent rather than failing.
+fn lenient_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<jiff::Timestamp>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    Ok(s.and_then(|s| s.parse().ok()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireMeta {
+    #[serde(deserialize_with = "nd")]
+    name: String,
+    #[serde(deserialize_with = "nd")]
+    namespace: String,
+    #[serde(rename = "resourceVersion", deserialize_with = "nd")]
+    resource_version: String,
+    #[serde(deserialize_with = "nd")]
+    annotations: BTreeMap<String, String>,
+    #[serde(deserialize_with = "nd")]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireSource {
+    #[serde(rename = "repoURL", deserialize_with = "nd")]
+    repo_url: String,
+    #[serde(deserialize_with = "nd")]
+    path: String,
+    #[serde(deserialize_with = "nd")]
+    chart: String,
+    #[serde(rename = "targetRevision", deserialize_with = "nd")]
+    target_revision: String,
+    #[serde(rename = "ref", deserialize_with = "nd")]
+    reference: String,
+    #[serde(deserialize_with = "nd")]
+    name: String,
+}
+
+impl From<WireSource> for Source {
+    fn from(w: WireSource) -> Self {
+        Source {
+            repo_url: w.repo_url,
+            path: w.path,
+            chart: w.chart,
+            target_revision: w.target_revision,
+            reference: w.reference,
+            name: w.name,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireDestination {
+    #[serde(deserialize_with = "nd")]
+    server: String,
+    #[serde(deserialize_with = "nd")]
+    name: String,
+    #[serde(deserialize_with = "nd")]
+    namespace: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireSpec {
+    #[serde(deserialize_with = "nd")]
+    project: String,
+    #[serde(deserialize_with = "nd")]
+    source: Option<WireSource>,
+    #[serde(deserialize_with = "nd")]
+    sources: Vec<WireSource>,
+    #[serde(deserialize_with = "nd")]
+    destination: WireDestination,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireSync {
+    status: SyncStatusCode,
+    #[serde(deserialize_with = "nd")]
+    revision: String,
+    #[serde(deserialize_with = "nd")]
+    revisions: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireHealth {
+    status: HealthStatusCode,
+    #[serde(deserialize_with = "nd")]
+    message: String,
+}
+
+impl From<WireHealth> for Health {
+    fn from(w: WireHealth) -> Self {
+        Health {
+            status: w.status,
+            message: w.message,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireRevisions {
+    #[serde(deserialize_with = "nd")]
+    revision: String,
+    #[serde(deserialize_with = "nd")]
+    revisions: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireOperationSpec {
+    #[serde(deserialize_with = "nd")]
+    sync: WireRevisions,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireOperationState {
+    phase: OperationPhase,
+    #[serde(deserialize_with = "nd")]
+    message: String,
+    #[serde(rename = "startedAt", deserialize_with = "lenient_time")]
+    started_at: Option<jiff::Timestamp>,
+    #[serde(rename = "finishedAt", deserialize_with = "lenient_time")]
+    finished_at: Option<jiff::Timestamp>,
+    #[serde(deserialize_with = "nd")]
+    operation: WireOperationSpec,
+    #[serde(rename = "syncResult", deserialize_with = "nd")]
+    sync_result: WireRevisions,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireResource {
+    #[serde(deserialize_with = "nd")]
+    group: String,
+    #[serde(deserialize_with = "nd")]
+    version: String,
+    #[serde(deserialize_with = "nd")]
+    kind: String,
+    #[serde(deserialize_with = "nd")]
+    namespace: String,
+    #[serde(deserialize_with = "nd")]
+    name: String,
+    status: SyncStatusCode,
+    #[serde(deserialize_with = "nd")]
+    health: Option<WireHealth>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireCondition {
+    #[serde(rename = "type", deserialize_with = "nd")]
+    kind: String,
+    #[serde(deserialize_with = "nd")]
+    message: String,
+    #[serde(rename = "lastTransitionTime", deserialize_with = "lenient_time")]
+    last_transition_time: Option<jiff::Timestamp>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireSummary {
+    #[serde(deserialize_with = "nd")]
+    images: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireStatus {
+    #[serde(deserialize_with = "nd")]
+    sync: WireSync,
+    #[serde(deserialize_with = "nd")]
+    health: WireHealth,
+    #[serde(rename = "operationState", deserialize_with = "nd")]
+    operation_state: Option<WireOperationState>,
+    #[serde(rename = "reconciledAt", deserialize_with = "lenient_time")]
+    reconciled_at: Option<jiff::Timestamp>,
+    #[serde(deserialize_with = "nd")]
+    resources: Vec<WireResource>,
+    #[serde(deserialize_with = "nd")]
+    summary: WireSummary,
+    #[serde(deserialize_with = "nd")]
+    conditions: Vec<WireCondition>,
+    #[serde(rename = "resourceHealthSource", deserialize_with = "nd")]
+    resource_health_source: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireApplication {
+    #[serde(deserialize_with = "nd")]
+    metadata: WireMeta,
+    #[serde(deserialize_with = "nd")]
+    spec: WireSpec,
+    #[serde(deserialize_with = "nd")]
+    status: WireStatus,
+}
+
+/// An application decoded from Argo CD, with the bookkeeping the view needs beside the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodedApp {
+    /// The compact model.
+    pub app: Application,
+    /// `metadata.resourceVersion` of the object.
+    pub resource_version: String,
+    /// True when Argo CD keeps per-resource health in its resource tree
+    /// (`status.resourceHealthSource: appTree`), so a list response carries none.
+    pub resource_health_in_tree: bool,
+}
+
+impl From<WireApplication> for DecodedApp {
+    fn from(w: WireApplication) -> Self {
+        let WireApplication { metadata, spec, status } = w;
+        let sources = if !spec.sources.is_empty() {
+            spec.sources.into_iter().map(Source::from).collect()
+        } else {
+            spec.source.into_iter().map(Source::from).collect()
+        };
+        let operation = status.operation_state.map(|op| {
+            // The sync result names what was actually applied; the request is the fallback while running.
+            let (revision, revisions) = if op.sync_result.revision.is_empty() && op.sync_result.revisions.is_empty() {
+                (op.operation.sync.revision, op.operation.sync.revisions)
+            } else {
+                (op.sync_result.revision, op.sync_result.revisions)
+            };
+            Operation {
+                phase: op.phase,
+                message: op.message,
+                started_at: op.started_at,
+                finished_at: op.finished_at,
+                revision,
+                revisions,
+            }
+        });
+        let project = if spec.project.is_empty() {
+            "default".to_owned()
+        } else {
+            spec.project
+        };
+        DecodedApp {
+            app: Application {
+                namespace: metadata.namespace,
+                name: metadata.name,
+                project,
+                annotations: metadata.annotations,
+                labels: metadata.labels,
+                sources,
+                destination: Destination {
+                    server: spec.destination.server,
+                    name: spec.destination.name,
+                    namespace: spec.destination.namespace,
+                },
+                sync: SyncState {
+                    status: status.sync.status,
+                    revision: status.sync.revision,
+                    revisions: status.sync.revisions,
+                },
+                health: status.health.into(),
+                operation,
+                reconciled_at: status.reconciled_at,
+                resources: status
+                    .resources
+                    .into_iter()
+                    .map(|r| ResourceState {
+                        group: r.group,
+                        version: r.version,
+                        kind: r.kind,
+                        namespace: r.namespace,
+                        name: r.name,
+                        status: r.status,
+                        health: r.health.map(Health::from),
+                    })
+                    .collect(),
+                images: status.summary.images,
+                conditions: status
+                    .conditions
+                    .into_iter()
+                    .map(|c| Condition {
+                        kind: c.kind,
+                        message: c.message,
+                        last_transition_time: c.last_transition_time,
+                    })
+                    .collect(),
+            },
+            resource_version: metadata.resource_version,
+            resource_health_in_tree: status.resource_health_source == "appTree",
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireConnectionState {
+    #[serde(deserialize_with = "nd")]
+    status: String,
+    #[serde(deserialize_with = "nd")]
+    message: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireClusterInfo {
+    #[serde(rename = "connectionState", deserialize_with = "nd")]
+    connection_state: Option<WireConnectionState>,
+    #[serde(rename = "serverVersion", deserialize_with = "nd")]
+    server_version: String,
+    #[serde(rename = "applicationsCount", deserialize_with = "nd")]
+    applications_count: i64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireCluster {
+    #[serde(deserialize_with = "nd")]
+    server: String,
+    #[serde(deserialize_with = "nd")]
+    name: String,
+    #[serde(deserialize_with = "nd")]
+    project: String,
+    #[serde(deserialize_with = "nd")]
+    namespaces: Vec<String>,
+    #[serde(deserialize_with = "nd")]
+    labels: BTreeMap<String, String>,
+    #[serde(deserialize_with = "nd")]
+    annotations: BTreeMap<String, String>,
+    #[serde(deserialize_with = "nd")]
+    info: WireClusterInfo,
+    // Deprecated top-level copies, still sent by the server for old clients.
+    #[serde(rename = "connectionState", deserialize_with = "nd")]
+    connection_state: Option<WireConnectionState>,
+    #[serde(rename = "serverVersion", deserialize_with = "nd")]
+    server_version: String,
+}
+
+impl From<WireCluster> for Cluster {
+    fn from(w: WireCluster) -> Self {
+        let cs = w.info.connection_state.or(w.connection_state).unwrap_or_default();
+        let server_version = if w.info.server_version.is_empty() {
+            w.server_version
+        } else {
+            w.info.server_version
+        };
+        Cluster {
+            server: w.server,
+            name: w.name,
+            project: w.project,
+            namespaces: w.namespaces,
+            labels: w.labels,
+            annotations: w.annotations,
+            connection_state: ConnectionState {
+                status: cs.status,
+                message: cs.message,
+            },
+            server_version,
+            applications_count: w.info.applications_count,
+        }
+    }
+}
+
+/// Why one object could not be decoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("cannot decode {what}: {reason}")]
+pub struct DecodeError {
+    /// What was being decoded.
+    pub what: String,
+    /// The JSON error.
+    pub reason: String,
+}
+
+/// Decodes one Argo CD Application object.
+pub fn decode_application(json: &str) -> Result<DecodedApp, DecodeError> {
+    serde_json::from_str::<WireApplication>(json)
+        .map(DecodedApp::from)
+        .map_err(|e| DecodeError {
+            what: "application".into(),
+            reason: e.to_string(),
+        })
+}
+
+/// Decodes one Argo CD Cluster object.
+pub fn decode_cluster(json: &str) -> Result<Cluster, DecodeError> {
+    serde_json::from_str::<WireCluster>(json)
+        .map(Cluster::from)
+        .map_err(|e| DecodeError {
+            what: "cluster".into(),
+            reason: e.to_string(),
+        })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireListMeta {
+    #[serde(rename = "resourceVersion", deserialize_with = "nd")]
+    resource_version: String,
+}
+
+#[derive(Deserialize)]
+struct WireList<'a> {
+    #[serde(default, deserialize_with = "nd")]
+    metadata: WireListMeta,
+    #[serde(borrow, default, deserialize_with = "nd")]
+    items: Vec<&'a RawValue>,
+}
+
+/// A decoded list: the items that decoded, the list's resourceVersion, and the ones skipped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodedList<T> {
+    /// `metadata.resourceVersion` of the list (where a watch starts).
+    pub resource_version: String,
+    /// Items that decoded.
+    pub items: Vec<T>,
+    /// Items that failed to decode (already logged), so one odd object never fails the list.
+    pub skipped: Vec<DecodeError>,
+}
+
+fn decode_list<T, W>(bytes: &[u8], what: &str, convert: impl Fn(W) -> T) -> Result<DecodedList<T>, DecodeError>
+where
+    W: DeserializeOwned,
+{
+    let list: WireList<'_> = serde_json::from_slice(bytes).map_err(|e| DecodeError {
+        what: format!("{what} list"),
+        reason: e.to_string(),
+    })?;
+    let mut items = Vec::with_capacity(list.items.len());
+    let mut skipped = Vec::new();
+    for (i, raw) in list.items.into_iter().enumerate() {
+        match serde_json::from_str::<W>(raw.get()) {
+            Ok(w) => items.push(convert(w)),
+            Err(e) => {
+                tracing::warn!(index = i, error = %e, "skipping an Argo CD {what} that cannot be decoded");
+                skipped.push(DecodeError {
+                    what: format!("{what} #{i}"),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(DecodedList {
+        resource_version: list.metadata.resource_version,
+        items,
+        skipped,
+    })
+}
+
+/// Decodes an `ApplicationList`, skipping (and logging) items that do not decode.
+pub fn decode_application_list(bytes: &[u8]) -> Result<DecodedList<DecodedApp>, DecodeError> {
+    decode_list(bytes, "application", |w: WireApplication| DecodedApp::from(w))
+}
+
+/// Decodes a `ClusterList`, skipping (and logging) items that do not decode.
+pub fn decode_cluster_list(bytes: &[u8]) -> Result<DecodedList<Cluster>, DecodeError> {
+    decode_list(bytes, "cluster", |w: WireCluster| Cluster::from(w))
+}
+
+/// Type of a watch event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEventType {
+    /// The object was added (or is reported at the start of a watch).
+    Added,
+    /// The object changed.
+    Modified,
+    /// The object was deleted.
+    Deleted,
+    /// A type this version does not know; treated like a modification.
+    Other(String),
+}
+
+/// One application watch event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchEvent {
+    /// ADDED, MODIFIED or DELETED.
+    pub kind: WatchEventType,
+    /// The application as of the event.
+    pub app: DecodedApp,
+}
+
+#[derive(Deserialize)]
+struct WireWatchResult {
+    #[serde(rename = "type", default, deserialize_with = "nd")]
+    kind: String,
+    #[serde(default, deserialize_with = "nd")]
+    application: WireApplication,
+}
+
+/// The error chunk of an Argo CD stream (`{"error":{…}}`, grpc-gateway's snake_case keys).
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(default)]
+pub struct StreamError {
+    /// gRPC status code.
+    #[serde(deserialize_with = "nd")]
+    pub grpc_code: i32,
+    /// HTTP status code it maps to.
+    #[serde(deserialize_with = "nd")]
+    pub http_code: u16,
+    /// Message.
+    #[serde(deserialize_with = "nd")]
+    pub message: String,
+    /// HTTP status text.
+    #[serde(deserialize_with = "nd")]
+    pub http_status: String,
+}
+
+#[derive(Deserialize)]
+struct WireStreamChunk<'a> {
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<StreamError>,
+}
+
+/// One chunk of a stream: a result or an error.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamChunk<T> {
+    /// A result.
+    Result(T),
+    /// The server reported an error and will end the stream.
+    Error(StreamError),
+}
+
+/// Decodes one stream chunk, handing the raw `result` to `decode`.
+pub fn decode_stream_chunk<T>(
+    line: &str,
+    decode: impl FnOnce(&str) -> Result<T, DecodeError>,
+) -> Result<StreamChunk<T>, DecodeError> {
+    let chunk: WireStreamChunk<'_> = serde_json::from_str(line).map_err(|e| DecodeError {
+        what: "stream chunk".into(),
+        reason: e.to_string(),
+    })?;
+    match (chunk.error, chunk.result) {
+        (Some(e), _) => Ok(StreamChunk::Error(e)),
+        (None, Some(r)) => decode(r.get()).map(StreamChunk::Result),
+        (None, None) => Err(DecodeError {
+            what: "stream chunk".into(),
+            reason: "neither result nor error".into(),
+        }),
+    }
+}
+
+/// Decodes the `result` of an application watch chunk.
+pub fn decode_watch_result(json: &str) -> Result<WatchEvent, DecodeError> {
+    let w: WireWatchResult = serde_json::from_str(json).map_err(|e| DecodeError {
+        what: "watch event".into(),
+        reason: e.to_string(),
+    })?;
+    let kind = match w.kind.as_str() {
+        "ADDED" => WatchEventType::Added,
+        "MODIFIED" => WatchEventType::Modified,
+        "DELETED" => WatchEventType::Deleted,
+        other => WatchEventType::Other(other.to_owned()),
+    };
+    Ok(WatchEvent {
+        kind,
+        app: w.application.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tolerant_of_nulls_unknown_fields_and_values() {
+        let json = r#"{"metadata":{"name":"a","namespace":"argocd","labels":null,"future":1},
+            "spec":{"sources":null,"source":{"repoURL":"r","path":"p"},"destination":{"server":"s"}},
+            "status":{"sync":{"status":"Drifting","revisions":null},"health":{"status":null},
+            "resources":[{"kind":"Pod","name":"x","health":null,"status":"Synced"}],"conditions":null}}"#;
+        let d = decode_application(json).unwrap();
+        assert_eq!(d.app.sync.status, SyncStatusCode::Other("Drifting".into()));
+        assert_eq!(d.app.health.status, HealthStatusCode::Empty);
+        assert_eq!(d.app.project, "default");
+        assert_eq!(d.app.sources.len(), 1);
+        assert_eq!(d.app.resources[0].health, None);
+        let v = serde_json::to_value(&d.app).unwrap();
+        assert_eq!(v["sync"]["status"], "Drifting");
+        assert_eq!(v["sources"][0]["repoURL"], "r");
+        assert!(v["operation"].is_null());
+    }
+
+    #[test]
+    fn one_odd_item_does_not_fail_the_list() {
+        let json = br#"{"metadata":{"resourceVersion":"7"},"items":[
+            {"metadata":{"name":"good"}},{"metadata":{"name":42}},{"metadata":{"name":"also-good"}}]}"#;
+        let list = decode_application_list(json).unwrap();
+        assert_eq!(list.resource_version, "7");
+        assert_eq!(list.items.len(), 2);
+        assert_eq!(list.skipped.len(), 1);
+    }
+
+    #[test]
+    fn stream_chunks() {
+        let ok = decode_stream_chunk(
+            r#"{"result":{"type":"DELETED","application":{"metadata":{"name":"a"}}}}"#,
+            decode_watch_result,
+        )
+        .unwrap();
+        assert!(matches!(
+            ok,
+            StreamChunk::Result(WatchEvent {
+                kind: WatchEventType::Deleted,
+                ..
+            })
+        ));
+        let err = decode_stream_chunk(
+            r#"{"error":{"grpc_code":7,"http_code":403,"message":"permission denied","http_status":"Forbidden"}}"#,
+            decode_watch_result,
+        )
+        .unwrap();
+        assert!(matches!(err, StreamChunk::Error(StreamError { http_code: 403, .. })));
+    }
+}

@@ -1,0 +1,577 @@
+//! The converging view: Argo CD's applications and clusters kept in memory as the compact model,
+//! plus a stream of the changes.
+//!
+//! Shape:
+//! - [`View::spawn`] starts one application loop per token scope (one for an account token, one
+//!   per project token file) and one cluster loop, all stopped by the given `CancellationToken`.
+//! - An application loop lists (`GET /api/v1/applications`), then watches from the list's
+//!   `resourceVersion`; it re-lists after any watch failure or end and every `resync_interval`
+//!   (Argo CD drops watch events under load). With `watch = false` it lists every
+//!   `poll_interval`. The cluster loop lists every `cluster_interval`.
+//! - [`ViewHandle`] exposes the state (`BTreeMap<AppKey, Arc<Application>>`, clusters by server
+//!   URL), a broadcast of [`ViewEvent`]s, "synced at least once" and a [`ViewStatus`] for
+//!   readiness. Events are sent only when the compact model changed, so a re-list of unchanged
+//!   state emits nothing. [`ViewHandle::snapshot_and_subscribe`] returns a snapshot and a receiver
+//!   taken atomically, so no change falls between them; a receiver that lags behind (broadcast
+//!   `Lagged`) must take a new snapshot.
+//! - Argo CD 3.x lists omit per-resource health (`status.resourceHealthSource: appTree`); the
+//!   view keeps the health it learned from watch events for such list items instead of erasing it,
+//!   and opens its watch without a resourceVersion so Argo CD replays every app with health
+//!   (twice the data per resync on 3.x, but per-resource health converges too).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::client::{AppQuery, Client};
+use super::config::ArgoCdConfig;
+use super::error::ArgoCdError;
+use super::model::{AppKey, Application, Cluster, DecodedApp, WatchEventType};
+use crate::util::Backoff;
+
+/// Settings of the view's loops.
+#[derive(Clone, Debug)]
+pub struct ViewOptions {
+    /// Watch (true) or poll only (false).
+    pub watch: bool,
+    /// List interval when not watching.
+    pub poll_interval: Duration,
+    /// Full re-list interval while watching.
+    pub resync_interval: Duration,
+    /// Cluster list interval.
+    pub cluster_interval: Duration,
+    /// Label selector (applied by Argo CD).
+    pub selector: Option<String>,
+    /// Projects to include (empty: all).
+    pub projects: Vec<String>,
+    /// App namespaces to include (empty: all).
+    pub app_namespaces: Vec<String>,
+    /// First retry delay ceiling after a failure.
+    pub retry_base: Duration,
+    /// Largest retry delay ceiling.
+    pub retry_max: Duration,
+    /// Capacity of the change broadcast.
+    pub channel_capacity: usize,
+}
+
+impl ViewOptions {
+    /// Options from a validated configuration.
+    pub fn from_config(c: &ArgoCdConfig) -> Self {
+        Self {
+            watch: c.watch,
+            poll_interval: c.poll_interval,
+            resync_interval: c.resync_interval,
+            cluster_interval: c.cluster_interval,
+            selector: c.selector.clone(),
+            projects: c.projects.clone(),
+            app_namespaces: c.app_namespaces.clone(),
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            channel_capacity: 16 * 1024,
+        }
+    }
+}
+
+/// A change to the view.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ViewEvent {
+    /// An application appeared or changed.
+    AppUpsert(Arc<Application>),
+    /// An application disappeared.
+    AppDelete(AppKey),
+    /// A cluster appeared or changed.
+    ClusterUpsert(Arc<Cluster>),
+    /// A cluster disappeared (by server URL).
+    ClusterDelete(String),
+}
+
+/// Health of the view, for readiness and the health check.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ViewStatus {
+    /// Every application scope has listed successfully at least once.
+    pub apps_synced: bool,
+    /// The cluster list succeeded at least once.
+    pub clusters_synced: bool,
+    /// Loops whose most recent attempt failed, with that failure.
+    pub failing: BTreeMap<String, ArgoCdError>,
+    /// The most recent failure of any loop.
+    pub last_error: Option<ArgoCdError>,
+    /// When a list last succeeded.
+    pub last_success: Option<jiff::Timestamp>,
+}
+
+impl ViewStatus {
+    /// True when no loop is currently failing.
+    pub fn is_healthy(&self) -> bool {
+        self.failing.is_empty()
+    }
+}
+
+/// A consistent copy of the view.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Applications by namespace/name.
+    pub apps: BTreeMap<AppKey, Arc<Application>>,
+    /// Clusters by server URL.
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+}
+
+struct Entry {
+    app: Arc<Application>,
+    scope: usize,
+}
+
+#[derive(Default)]
+struct State {
+    apps: BTreeMap<AppKey, Entry>,
+    clusters: BTreeMap<String, Arc<Cluster>>,
+    scopes_synced: HashSet<usize>,
+}
+
+struct Shared {
+    state: RwLock<State>,
+    events: broadcast::Sender<ViewEvent>,
+    status: watch::Sender<ViewStatus>,
+    scope_count: RwLock<usize>,
+    filter: Filter,
+}
+
+#[derive(Clone, Debug)]
+struct Filter {
+    projects: Vec<String>,
+    app_namespaces: Vec<String>,
+}
+
+impl Filter {
+    fn admits(&self, app: &Application, scope: Option<&str>) -> bool {
+        (self.projects.is_empty() || self.projects.contains(&app.project))
+            && (self.app_namespaces.is_empty() || self.app_namespaces.contains(&app.namespace))
+            && scope.is_none_or(|s| s == app.project)
+    }
+}
+
+/// Starts the view's loops.
+pub struct View;
+
+/// Access to a running view; cheap to clone.
+#[derive(Clone)]
+pub struct ViewHandle {
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for ViewHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewHandle").finish_non_exhaustive()
+    }
+}
+
+impl View {
+    /// Spawns the loops on the current runtime; they stop when `cancel` is cancelled.
+    pub fn spawn(client: Client, options: ViewOptions, cancel: CancellationToken) -> ViewHandle {
+        let (events, _) = broadcast::channel(options.channel_capacity.max(16));
+        let (status, _) = watch::channel(ViewStatus::default());
+        let shared = Arc::new(Shared {
+            state: RwLock::new(State::default()),
+            events,
+            status,
+            scope_count: RwLock::new(usize::MAX),
+            filter: Filter {
+                projects: options.projects.clone(),
+                app_namespaces: options.app_namespaces.clone(),
+            },
+        });
+        let tracker = TaskTracker::new();
+        {
+            let (shared, client, options, cancel, t2) = (
+                shared.clone(),
+                client.clone(),
+                options.clone(),
+                cancel.clone(),
+                tracker.clone(),
+            );
+            tracker.spawn(async move { start_app_loops(shared, client, options, cancel, t2).await });
+        }
+        tracker.spawn(cluster_loop(shared.clone(), client, options, cancel));
+        tracker.close();
+        ViewHandle { shared, tracker }
+    }
+}
+
+impl ViewHandle {
+    /// All applications.
+    pub fn applications(&self) -> BTreeMap<AppKey, Arc<Application>> {
+        self.shared
+            .read()
+            .apps
+            .iter()
+            .map(|(k, e)| (k.clone(), e.app.clone()))
+            .collect()
+    }
+
+    /// One application.
+    pub fn application(&self, key: &AppKey) -> Option<Arc<Application>> {
+        self.shared.read().apps.get(key).map(|e| e.app.clone())
+    }
+
+    /// Number of applications.
+    pub fn application_count(&self) -> usize {
+        self.shared.read().apps.len()
+    }
+
+    /// All clusters by server URL.
+    pub fn clusters(&self) -> BTreeMap<String, Arc<Cluster>> {
+        self.shared.read().clusters.clone()
+    }
+
+    /// A receiver of subsequent changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<ViewEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// The current state and a receiver of every change after it, taken atomically.
+    pub fn snapshot_and_subscribe(&self) -> (Snapshot, broadcast::Receiver<ViewEvent>) {
+        // Changes are applied and broadcast under the write lock, so holding the read lock here
+        // means no change can fall between the copy and the subscription.
+        let state = self.shared.read();
+        let rx = self.shared.events.subscribe();
+        let snap = Snapshot {
+            apps: state.apps.iter().map(|(k, e)| (k.clone(), e.app.clone())).collect(),
+            clusters: state.clusters.clone(),
+        };
+        (snap, rx)
+    }
+
+    /// Whether every application scope has listed successfully at least once.
+    pub fn has_synced(&self) -> bool {
+        self.shared.status.borrow().apps_synced
+    }
+
+    /// Waits until the applications have been listed once.
+    pub async fn wait_synced(&self) {
+        let mut rx = self.shared.status.subscribe();
+        let _ = rx.wait_for(|s| s.apps_synced).await;
+    }
+
+    /// The current status.
+    pub fn status(&self) -> ViewStatus {
+        self.shared.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn status_watch(&self) -> watch::Receiver<ViewStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// Waits until every loop has stopped (after cancellation).
+    pub async fn stopped(&self) {
+        self.tracker.wait().await;
+    }
+}
+
+impl Shared {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(&self, ev: ViewEvent) {
+        // No receiver is fine: the state is still updated.
+        let _ = self.events.send(ev);
+    }
+
+    /// Upserts under the lock, emitting an event only when the compact model changed.
+    fn upsert_locked(&self, st: &mut State, scope: usize, decoded: DecodedApp, from_list: bool) {
+        let mut app = decoded.app;
+        let key = app.key();
+        if from_list
+            && decoded.resource_health_in_tree
+            && let Some(old) = st.apps.get(&key)
+        {
+            for r in app.resources.iter_mut().filter(|r| r.health.is_none()) {
+                if let Some(o) = old.app.resources.iter().find(|o| o.same_object(r)) {
+                    r.health = o.health.clone();
+                }
+            }
+        }
+        match st.apps.get_mut(&key) {
+            Some(e) if *e.app == app => e.scope = scope,
+            _ => {
+                let app = Arc::new(app);
+                st.apps.insert(
+                    key,
+                    Entry {
+                        app: app.clone(),
+                        scope,
+                    },
+                );
+                self.emit(ViewEvent::AppUpsert(app));
+            }
+        }
+    }
+
+    fn delete_locked(&self, st: &mut State, scope: usize, key: &AppKey) {
+        if st.apps.get(key).is_some_and(|e| e.scope == scope) {
+            st.apps.remove(key);
+            self.emit(ViewEvent::AppDelete(key.clone()));
+        }
+    }
+
+    fn apply_list(&self, scope: usize, scope_name: Option<&str>, items: Vec<DecodedApp>) {
+        let mut st = self.write();
+        let mut seen = HashSet::with_capacity(items.len());
+        for d in items {
+            if !self.filter.admits(&d.app, scope_name) {
+                continue;
+            }
+            seen.insert(d.app.key());
+            self.upsert_locked(&mut st, scope, d, true);
+        }
+        let gone: Vec<AppKey> = st
+            .apps
+            .iter()
+            .filter(|(k, e)| e.scope == scope && !seen.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            self.delete_locked(&mut st, scope, &k);
+        }
+        st.scopes_synced.insert(scope);
+        let all = st.scopes_synced.len() >= *self.scope_count.read().unwrap_or_else(|p| p.into_inner());
+        drop(st);
+        if all {
+            self.status
+                .send_if_modified(|s| !std::mem::replace(&mut s.apps_synced, true));
+        }
+    }
+
+    fn apply_watch(&self, scope: usize, scope_name: Option<&str>, kind: WatchEventType, d: DecodedApp) {
+        let mut st = self.write();
+        let key = d.app.key();
+        if kind == WatchEventType::Deleted || !self.filter.admits(&d.app, scope_name) {
+            self.delete_locked(&mut st, scope, &key);
+        } else {
+            self.upsert_locked(&mut st, scope, d, false);
+        }
+    }
+
+    fn apply_clusters(&self, items: Vec<Cluster>) {
+        let mut st = self.write();
+        let mut seen = HashSet::with_capacity(items.len());
+        for c in items {
+            seen.insert(c.server.clone());
+            if st.clusters.get(&c.server).is_some_and(|old| **old == c) {
+                continue;
+            }
+            let c = Arc::new(c);
+            st.clusters.insert(c.server.clone(), c.clone());
+            self.emit(ViewEvent::ClusterUpsert(c));
+        }
+        let gone: Vec<String> = st.clusters.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        for k in gone {
+            st.clusters.remove(&k);
+            self.emit(ViewEvent::ClusterDelete(k));
+        }
+    }
+
+    fn record_ok(&self, loop_name: &str) {
+        self.status.send_modify(|s| {
+            s.failing.remove(loop_name);
+            s.last_success = Some(jiff::Timestamp::now());
+        });
+    }
+
+    fn record_error(&self, loop_name: &str, e: &ArgoCdError) {
+        tracing::warn!(view_loop = loop_name, error = %e, "Argo CD view loop failed; will retry");
+        self.status.send_modify(|s| {
+            s.failing.insert(loop_name.to_owned(), e.clone());
+            s.last_error = Some(e.clone());
+        });
+    }
+}
+
+/// Sleeps, returning false if cancelled first.
+async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+async fn start_app_loops(
+    shared: Arc<Shared>,
+    client: Client,
+    options: ViewOptions,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut backoff = Backoff::new(options.retry_base, options.retry_max);
+    let scopes = loop {
+        match client.scopes(&options.projects) {
+            Ok(s) => break s,
+            Err(e) => {
+                shared.record_error("applications", &e);
+                if !pause(&cancel, backoff.next_delay()).await {
+                    return;
+                }
+            }
+        }
+    };
+    *shared.scope_count.write().unwrap_or_else(|p| p.into_inner()) = scopes.len();
+    if scopes.is_empty() {
+        tracing::warn!("no project token files in --argocd-project-tokens-dir; no applications will be listed");
+        shared.status.send_modify(|s| s.apps_synced = true);
+    }
+    for (i, scope) in scopes.into_iter().enumerate() {
+        let query = AppQuery {
+            scope: scope.clone(),
+            projects: options.projects.clone(),
+            selector: options.selector.clone(),
+            app_namespace: match options.app_namespaces.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            },
+            name: None,
+        };
+        tracker.spawn(app_loop(
+            shared.clone(),
+            client.clone(),
+            options.clone(),
+            i,
+            scope,
+            query,
+            cancel.clone(),
+        ));
+    }
+}
+
+async fn app_loop(
+    shared: Arc<Shared>,
+    client: Client,
+    options: ViewOptions,
+    scope: usize,
+    scope_name: Option<String>,
+    query: AppQuery,
+    cancel: CancellationToken,
+) {
+    let loop_name = match &scope_name {
+        Some(p) => format!("applications[{p}]"),
+        None => "applications".to_owned(),
+    };
+    let mut list_backoff = Backoff::new(options.retry_base, options.retry_max);
+    let mut watch_backoff = Backoff::new(options.retry_base, options.retry_max);
+    'outer: loop {
+        let listed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = client.list_applications(&query) => r,
+        };
+        let (rv, health_in_tree) = match listed {
+            Ok(list) => {
+                let health_in_tree = list.items.iter().any(|d| d.resource_health_in_tree);
+                shared.apply_list(scope, scope_name.as_deref(), list.items);
+                shared.record_ok(&loop_name);
+                list_backoff.reset();
+                (list.resource_version, health_in_tree)
+            }
+            Err(e) => {
+                shared.record_error(&loop_name, &e);
+                if !pause(&cancel, list_backoff.next_delay()).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if !options.watch {
+            if !pause(&cancel, options.poll_interval).await {
+                return;
+            }
+            continue;
+        }
+        let resync_at = Instant::now() + options.resync_interval;
+        let opened = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(resync_at) => continue 'outer,
+            // Argo CD 3.x lists carry no per-resource health, so a change to it that the watch
+            // dropped could never be repaired from the list. Watching without a resourceVersion
+            // makes Argo CD replay every app (with health) as ADDED first; unchanged ones emit
+            // nothing here, changed ones are repaired.
+            r = client.watch_applications(&query, (!health_in_tree).then_some(rv.as_str())) => r,
+        };
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                shared.record_error(&loop_name, &e);
+                if !pause(&cancel, watch_backoff.next_delay()).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(resync_at) => {
+                    tracing::debug!(view_loop = %loop_name, "periodic re-list");
+                    continue 'outer;
+                }
+                ev = stream.next() => match ev {
+                    Some(Ok(ev)) => {
+                        watch_backoff.reset();
+                        shared.apply_watch(scope, scope_name.as_deref(), ev.kind, ev.app);
+                    }
+                    Some(Err(e)) => {
+                        shared.record_error(&loop_name, &e);
+                        if !pause(&cancel, watch_backoff.next_delay()).await {
+                            return;
+                        }
+                        continue 'outer;
+                    }
+                    None => {
+                        tracing::debug!(view_loop = %loop_name, "watch ended; re-listing");
+                        if !pause(&cancel, watch_backoff.next_delay()).await {
+                            return;
+                        }
+                        continue 'outer;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn cluster_loop(shared: Arc<Shared>, client: Client, options: ViewOptions, cancel: CancellationToken) {
+    let mut backoff = Backoff::new(options.retry_base, options.retry_max);
+    loop {
+        let listed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = client.list_clusters() => r,
+        };
+        let delay = match listed {
+            Ok(list) => {
+                shared.apply_clusters(list.items);
+                shared.record_ok("clusters");
+                shared
+                    .status
+                    .send_if_modified(|s| !std::mem::replace(&mut s.clusters_synced, true));
+                backoff.reset();
+                options.cluster_interval
+            }
+            Err(e) => {
+                shared.record_error("clusters", &e);
+                backoff.next_delay().min(options.cluster_interval)
+            }
+        };
+        if !pause(&cancel, delay).await {
+            return;
+        }
+    }
+}

@@ -1,0 +1,669 @@
+//! A faithful in-process Argo CD API server for tests, the demo and benchmarks.
+//!
+//! It serves argocd-server's REST contract (see `../shared/argocd/API-NOTES.md`): HTTP/1.1,
+//! grpc-gateway error bodies, NDJSON or server-sent-event watch framing, the 415 rule, 401/403
+//! semantics, can-i, version and userinfo, 2.x or 3.x list behaviour, an optional root path, over
+//! self-signed TLS (plain HTTP on the TLS port gets a 307 like argocd-server's cmux) or plaintext.
+//!
+//! It stores raw `serde_json::Value` objects and never uses the gateway's model types, so a model
+//! bug cannot be mirrored here. [`SimHandle`] mutates state, manages tokens, injects faults and
+//! records every request received.
+
+mod http;
+pub mod net;
+pub mod objects;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Transport of the simulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimTls {
+    /// TLS with a fresh self-signed CA (see [`SimHandle::ca_pem`]).
+    SelfSigned,
+    /// No TLS (argocd-server `--insecure`).
+    Plaintext,
+}
+
+/// How to start a simulator.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// TLS or plaintext.
+    pub tls: SimTls,
+    /// Root path (argocd-server `--rootpath`), e.g. `/argo-cd`; empty for none.
+    pub root_path: String,
+    /// Version reported by `/api/version`; a `v2.` version keeps per-resource health in lists,
+    /// `v3.` omits it (Argo CD 3.0 behaviour).
+    pub version: String,
+    /// The control-plane namespace (default `appNamespace`).
+    pub namespace: String,
+    /// Interval of SSE keepalive comments.
+    pub sse_keepalive: Duration,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            tls: SimTls::SelfSigned,
+            root_path: String::new(),
+            version: "v3.5.1".into(),
+            namespace: "argocd".into(),
+            sse_keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What a bearer token may do in the simulator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenSpec {
+    /// JWT `sub`, e.g. `gateway:apiKey` or `proj:team-a:ci`.
+    pub subject: String,
+    /// JWT `exp`; a past value makes the server answer 401.
+    pub expires_at: Option<jiff::Timestamp>,
+    /// Projects whose apps the token can see (None: all).
+    pub projects: Option<BTreeSet<String>>,
+    /// Granted `(resource, action)` pairs.
+    pub permissions: BTreeSet<(String, String)>,
+}
+
+impl TokenSpec {
+    /// An account token with the permissions of SPEC §9 (apps get/sync, clusters get, logs get),
+    /// expiring in 90 days.
+    pub fn account(account: &str) -> Self {
+        let perms = [
+            ("applications", "get"),
+            ("applications", "sync"),
+            ("clusters", "get"),
+            ("logs", "get"),
+        ];
+        Self {
+            subject: format!("{account}:apiKey"),
+            expires_at: jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::from_hours(90 * 24))
+                .ok(),
+            projects: None,
+            permissions: perms.iter().map(|(r, a)| (r.to_string(), a.to_string())).collect(),
+        }
+    }
+
+    /// A project-role token (`proj:<project>:<role>`) that sees and syncs only that project.
+    pub fn project(project: &str, role: &str) -> Self {
+        let mut t = Self::account("unused");
+        t.subject = format!("proj:{project}:{role}");
+        t.projects = Some([project.to_owned()].into());
+        t.permissions.remove(&("clusters".into(), "get".into()));
+        t
+    }
+
+    /// Removes one permission.
+    pub fn without(mut self, resource: &str, action: &str) -> Self {
+        self.permissions.remove(&(resource.to_owned(), action.to_owned()));
+        self
+    }
+
+    /// Sets the expiry (None: never).
+    pub fn expires(mut self, at: Option<jiff::Timestamp>) -> Self {
+        self.expires_at = at;
+        self
+    }
+
+    /// The RBAC subject after Argo CD's rewrite (`gateway:apiKey` → `gateway`).
+    pub fn account_name(&self) -> String {
+        if self.subject.starts_with("proj:") {
+            return self.subject.clone();
+        }
+        self.subject.split(':').next().unwrap_or_default().to_owned()
+    }
+
+    fn can(&self, resource: &str, action: &str) -> bool {
+        self.permissions.contains(&(resource.to_owned(), action.to_owned()))
+    }
+
+    fn sees_project(&self, project: &str) -> bool {
+        self.projects.as_ref().is_none_or(|p| p.contains(project))
+    }
+
+    fn expired(&self) -> bool {
+        self.expires_at.is_some_and(|e| e <= jiff::Timestamp::now())
+    }
+}
+
+/// A request as it reached the simulator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Path as received (including any root path).
+    pub path: String,
+    /// Raw query string.
+    pub query: String,
+    /// HTTP version, e.g. `HTTP/1.1`.
+    pub version: String,
+    /// Headers (lowercase names; repeated headers joined with `, `).
+    pub headers: BTreeMap<String, String>,
+    /// Body as text.
+    pub body: String,
+}
+
+impl RecordedRequest {
+    /// Values of one query parameter, decoded, in order.
+    pub fn query_values(&self, key: &str) -> Vec<String> {
+        url::form_urlencoded::parse(self.query.as_bytes())
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+            .collect()
+    }
+
+    /// The bearer token sent, if any.
+    pub fn bearer(&self) -> Option<&str> {
+        self.headers.get("authorization")?.strip_prefix("Bearer ")
+    }
+}
+
+/// A rule failing matching requests with a status.
+#[derive(Clone, Debug)]
+struct FailRule {
+    path_contains: String,
+    remaining: u32,
+    status: u16,
+}
+
+#[derive(Default)]
+struct Faults {
+    fail: Vec<FailRule>,
+    latency: Duration,
+    drop_events: u32,
+    stalled: bool,
+    malformed_lines: u32,
+    oversized_line: Option<usize>,
+    oversized_body: Option<(String, usize)>,
+}
+
+#[derive(Clone, Debug)]
+struct WatchMsg {
+    kind: &'static str,
+    app: Arc<Value>,
+}
+
+/// How open watches are told to end.
+#[derive(Clone)]
+struct WatchGeneration {
+    cancel: CancellationToken,
+    /// Sent as a stream error chunk before ending, if set when `cancel` fires.
+    error: Arc<Mutex<Option<(u16, String)>>>,
+}
+
+impl WatchGeneration {
+    fn new() -> Self {
+        Self {
+            cancel: CancellationToken::new(),
+            error: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+struct State {
+    apps: BTreeMap<(String, String), Value>,
+    clusters: Vec<Value>,
+    rv: u64,
+    tokens: HashMap<String, TokenSpec>,
+    requests: Vec<RecordedRequest>,
+    faults: Faults,
+    generation: WatchGeneration,
+}
+
+struct Inner {
+    options: SimOptions,
+    addr: SocketAddr,
+    ca_pem: Option<String>,
+    state: Mutex<State>,
+    events: broadcast::Sender<WatchMsg>,
+    cancel: CancellationToken,
+    jwt_key: ring::hmac::Key,
+}
+
+/// Starts simulators.
+pub struct Simulator;
+
+/// Control of a running simulator; cheap to clone. Dropping every clone does not stop it: call
+/// [`SimHandle::shutdown`] (tests usually just let their runtime end).
+#[derive(Clone)]
+pub struct SimHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHandle")
+            .field("url", &self.url())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Simulator {
+    /// Starts a simulator on `127.0.0.1:0` with one default cluster and no applications.
+    pub async fn start(options: SimOptions) -> std::io::Result<SimHandle> {
+        crate::tls::install_crypto_provider();
+        let certs = match options.tls {
+            SimTls::SelfSigned => Some(net::SimCerts::generate().map_err(std::io::Error::other)?),
+            SimTls::Plaintext => None,
+        };
+        let cancel = CancellationToken::new();
+        let (listener, addr) = net::listen(certs.as_ref(), cancel.clone()).await?;
+        let rng = ring::rand::SystemRandom::new();
+        let jwt_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+            .map_err(|_| std::io::Error::other("cannot generate the simulator's signing key"))?;
+        let (events, _) = broadcast::channel(4096);
+        let inner = Arc::new(Inner {
+            addr,
+            ca_pem: certs.map(|c| c.ca_pem),
+            state: Mutex::new(State {
+                apps: BTreeMap::new(),
+                clusters: vec![objects::cluster("https://kubernetes.default.svc", "in-cluster")],
+                rv: 1000,
+                tokens: HashMap::new(),
+                requests: Vec::new(),
+                faults: Faults::default(),
+                generation: WatchGeneration::new(),
+            }),
+            events,
+            cancel: cancel.clone(),
+            jwt_key,
+            options,
+        });
+        let router = http::router(SimHandle { inner: inner.clone() });
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, router);
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                r = serve => if let Err(e) = r { tracing::warn!(error = %e, "simulator server ended") },
+            }
+        });
+        Ok(SimHandle { inner })
+    }
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
+}
+
+impl SimHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The base URL including the root path, e.g. `https://127.0.0.1:41234/argo-cd`.
+    pub fn url(&self) -> String {
+        let scheme = match self.inner.options.tls {
+            SimTls::SelfSigned => "https",
+            SimTls::Plaintext => "http",
+        };
+        format!("{scheme}://{}{}", self.inner.addr, self.root())
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The self-signed CA (PEM) in TLS mode.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.inner.ca_pem.as_deref()
+    }
+
+    /// The options it was started with.
+    pub fn options(&self) -> &SimOptions {
+        &self.inner.options
+    }
+
+    fn root(&self) -> String {
+        let r = self.inner.options.root_path.trim_end_matches('/');
+        if r.is_empty() || r.starts_with('/') {
+            r.to_owned()
+        } else {
+            format!("/{r}")
+        }
+    }
+
+    fn major(&self) -> u64 {
+        self.inner
+            .options
+            .version
+            .trim_start_matches('v')
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(3)
+    }
+
+    /// Stops accepting connections and ends open watches.
+    pub fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.lock().generation.cancel.cancel();
+    }
+
+    // ---- tokens -----------------------------------------------------------------------------
+
+    /// Issues a signed JWT with the spec's `sub`/`exp` and registers what it may do.
+    pub fn add_token(&self, spec: TokenSpec) -> String {
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = jiff::Timestamp::now().as_second();
+        let jti = {
+            use rand::Rng;
+            format!("{:032x}", rand::rng().random::<u128>())
+        };
+        let mut claims = json!({"iss": "argocd", "sub": spec.subject, "iat": now, "nbf": now, "jti": jti});
+        if let Some(exp) = spec.expires_at {
+            claims["exp"] = json!(exp.as_second());
+        }
+        let signing_input = format!(
+            "{}.{}",
+            e.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+            e.encode(claims.to_string())
+        );
+        let sig = ring::hmac::sign(&self.inner.jwt_key, signing_input.as_bytes());
+        let token = format!("{signing_input}.{}", e.encode(sig.as_ref()));
+        self.lock().tokens.insert(token.clone(), spec);
+        token
+    }
+
+    /// Revokes a token (the server then answers 401).
+    pub fn revoke_token(&self, token: &str) {
+        self.lock().tokens.remove(token);
+    }
+
+    /// Replaces what a token may do.
+    pub fn update_token(&self, token: &str, spec: TokenSpec) {
+        if let Some(t) = self.lock().tokens.get_mut(token) {
+            *t = spec;
+        }
+    }
+
+    // ---- applications -----------------------------------------------------------------------
+
+    fn bump(&self, st: &mut State, obj: &mut Value) -> u64 {
+        st.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+        st.rv
+    }
+
+    fn broadcast(&self, st: &mut State, kind: &'static str, obj: &Value) {
+        if st.faults.drop_events > 0 {
+            st.faults.drop_events -= 1;
+            return;
+        }
+        let _ = self.inner.events.send(WatchMsg {
+            kind,
+            app: Arc::new(obj.clone()),
+        });
+    }
+
+    /// Adds or replaces an application object (namespace defaults to the control-plane one).
+    pub fn upsert_app(&self, mut app: Value) -> (String, String) {
+        if !app["metadata"]["namespace"].is_string() {
+            app["metadata"]["namespace"] = json!(self.inner.options.namespace);
+        }
+        let key = (
+            app["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
+            app["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+        );
+        let mut st = self.lock();
+        self.bump(&mut st, &mut app);
+        let kind = if st.apps.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.broadcast(&mut st, kind, &app);
+        st.apps.insert(key.clone(), app);
+        key
+    }
+
+    /// Adds `n` synthetic applications `app-00000…` (see [`objects::synthetic_app`]).
+    pub fn add_synthetic_apps(&self, n: usize) {
+        let ns = self.inner.options.namespace.clone();
+        for i in 0..n {
+            self.upsert_app(objects::synthetic_app(i, &ns));
+        }
+    }
+
+    /// Deletes an application; returns whether it existed.
+    pub fn delete_app(&self, namespace: &str, name: &str) -> bool {
+        let mut st = self.lock();
+        match st.apps.remove(&(namespace.to_owned(), name.to_owned())) {
+            Some(mut app) => {
+                self.bump(&mut st, &mut app);
+                self.broadcast(&mut st, "DELETED", &app);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Changes an application in place with `f` and emits MODIFIED; false if it does not exist.
+    pub fn modify_app(&self, namespace: &str, name: &str, f: impl FnOnce(&mut Value)) -> bool {
+        let mut st = self.lock();
+        let key = (namespace.to_owned(), name.to_owned());
+        let Some(mut app) = st.apps.remove(&key) else {
+            return false;
+        };
+        f(&mut app);
+        self.bump(&mut st, &mut app);
+        self.broadcast(&mut st, "MODIFIED", &app);
+        st.apps.insert(key, app);
+        true
+    }
+
+    /// Sets `status.health`.
+    pub fn set_health(&self, namespace: &str, name: &str, status: &str, message: &str) -> bool {
+        let (status, message) = (status.to_owned(), message.to_owned());
+        self.modify_app(namespace, name, |a| {
+            a["status"]["health"] = json!({"status": status, "message": message, "lastTransitionTime": now_rfc3339()});
+        })
+    }
+
+    /// Sets `status.sync.status`.
+    pub fn set_sync_status(&self, namespace: &str, name: &str, status: &str) -> bool {
+        let status = status.to_owned();
+        self.modify_app(namespace, name, |a| a["status"]["sync"]["status"] = json!(status))
+    }
+
+    /// Sets `status.sync.revision` (and the first of `revisions` for multi-source apps).
+    pub fn set_revision(&self, namespace: &str, name: &str, revision: &str) -> bool {
+        let revision = revision.to_owned();
+        self.modify_app(namespace, name, |a| {
+            if let Some(Value::Array(revs)) = a["status"]["sync"].get_mut("revisions")
+                && let Some(first) = revs.first_mut()
+            {
+                *first = json!(revision);
+                return;
+            }
+            a["status"]["sync"]["revision"] = json!(revision);
+        })
+    }
+
+    /// Sets `status.operationState.phase` (finished phases get `finishedAt` and clear `.operation`).
+    pub fn set_operation_phase(&self, namespace: &str, name: &str, phase: &str) -> bool {
+        let phase = phase.to_owned();
+        self.modify_app(namespace, name, |a| {
+            let now = now_rfc3339();
+            if !a["status"]["operationState"].is_object() {
+                a["status"]["operationState"] = json!({"operation": {"sync": {}}, "startedAt": now});
+            }
+            let op = &mut a["status"]["operationState"];
+            op["phase"] = json!(phase);
+            if phase == "Running" || phase == "Terminating" {
+                if let Some(o) = op.as_object_mut() {
+                    o.remove("finishedAt");
+                }
+                op["message"] = json!("");
+            } else {
+                op["finishedAt"] = json!(now);
+                op["message"] = json!(format!("operation {}", phase.to_lowercase()));
+                if let Some(o) = a.as_object_mut() {
+                    o.remove("operation");
+                }
+            }
+        })
+    }
+
+    /// Sets the health of resource `index` in `status.resources`.
+    pub fn set_resource_health(&self, namespace: &str, name: &str, index: usize, status: &str) -> bool {
+        let status = status.to_owned();
+        self.modify_app(namespace, name, |a| {
+            if let Some(r) = a["status"]["resources"].get_mut(index) {
+                r["health"] = json!({"status": status});
+            }
+        })
+    }
+
+    /// Sets `spec.project`.
+    pub fn set_project(&self, namespace: &str, name: &str, project: &str) -> bool {
+        let project = project.to_owned();
+        self.modify_app(namespace, name, |a| a["spec"]["project"] = json!(project))
+    }
+
+    /// Bumps `status.reconciledAt` only (a noisy change).
+    pub fn touch(&self, namespace: &str, name: &str) -> bool {
+        self.modify_app(namespace, name, |a| a["status"]["reconciledAt"] = json!(now_rfc3339()))
+    }
+
+    /// One application as `GET` returns it (with per-resource health).
+    pub fn app(&self, namespace: &str, name: &str) -> Option<Value> {
+        let st = self.lock();
+        let app = st.apps.get(&(namespace.to_owned(), name.to_owned()))?;
+        Some(self.present(app, false))
+    }
+
+    /// Every application as `GET` returns it, sorted by namespace/name.
+    pub fn apps(&self) -> Vec<Value> {
+        let st = self.lock();
+        st.apps.values().map(|a| self.present(a, false)).collect()
+    }
+
+    /// The current resourceVersion counter.
+    pub fn resource_version(&self) -> u64 {
+        self.lock().rv
+    }
+
+    /// Shapes a stored object for output: 3.x marks health as tree-sourced, and lists omit it.
+    fn present(&self, app: &Value, for_list: bool) -> Value {
+        let mut out = app.clone();
+        if self.major() >= 3 {
+            out["status"]["resourceHealthSource"] = json!("appTree");
+            if for_list && let Some(Value::Array(rs)) = out["status"].get_mut("resources") {
+                for r in rs {
+                    if let Some(o) = r.as_object_mut() {
+                        o.remove("health");
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    // ---- clusters ---------------------------------------------------------------------------
+
+    /// Adds or replaces a cluster (by `server`).
+    pub fn upsert_cluster(&self, cluster: Value) {
+        let mut st = self.lock();
+        let server = cluster["server"].clone();
+        st.clusters.retain(|c| c["server"] != server);
+        st.clusters.push(cluster);
+    }
+
+    /// Removes a cluster by server URL.
+    pub fn remove_cluster(&self, server: &str) {
+        self.lock().clusters.retain(|c| c["server"] != server);
+    }
+
+    /// Every cluster object.
+    pub fn clusters(&self) -> Vec<Value> {
+        self.lock().clusters.clone()
+    }
+
+    // ---- faults -----------------------------------------------------------------------------
+
+    /// Fails the next `count` requests whose path contains `path_contains` with `status` and an
+    /// Argo CD error body.
+    pub fn fail_requests(&self, path_contains: &str, count: u32, status: u16) {
+        self.lock().faults.fail.push(FailRule {
+            path_contains: path_contains.to_owned(),
+            remaining: count,
+            status,
+        });
+    }
+
+    /// Delays every response by `latency`.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().faults.latency = latency;
+    }
+
+    /// Silently drops the next `n` watch events (Argo CD's full-buffer behaviour).
+    pub fn drop_watch_events(&self, n: u32) {
+        self.lock().faults.drop_events += n;
+    }
+
+    /// Cuts every open watch connection abruptly.
+    pub fn disconnect_watches(&self) {
+        self.end_watches(None);
+    }
+
+    /// Ends every open watch with a stream error chunk (`{"error":{…}}`).
+    pub fn fail_watches(&self, http_code: u16, message: &str) {
+        self.end_watches(Some((http_code, message.to_owned())));
+    }
+
+    fn end_watches(&self, error: Option<(u16, String)>) {
+        let old = std::mem::replace(&mut self.lock().generation, WatchGeneration::new());
+        *old.error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+        old.cancel.cancel();
+    }
+
+    /// Stalls (true) or resumes (false) open watches: while stalled they stay open but send nothing.
+    pub fn stall_watches(&self, stalled: bool) {
+        self.lock().faults.stalled = stalled;
+    }
+
+    /// Replaces the next `n` watch events with malformed JSON lines.
+    pub fn malformed_watch_lines(&self, n: u32) {
+        self.lock().faults.malformed_lines += n;
+    }
+
+    /// Sends the next watch event as a line of `bytes` bytes.
+    pub fn oversized_watch_line(&self, bytes: usize) {
+        self.lock().faults.oversized_line = Some(bytes);
+    }
+
+    /// Answers the next request whose path contains `path_contains` with a body of `bytes` bytes.
+    pub fn oversized_body(&self, path_contains: &str, bytes: usize) {
+        self.lock().faults.oversized_body = Some((path_contains.to_owned(), bytes));
+    }
+
+    /// Clears every fault.
+    pub fn clear_faults(&self) {
+        self.lock().faults = Faults::default();
+    }
+
+    // ---- request log ------------------------------------------------------------------------
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.lock().requests.clone()
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear_requests(&self) {
+        self.lock().requests.clear();
+    }
+}

@@ -1,0 +1,136 @@
+//! Synthetic Argo CD objects shaped like what argocd-server returns: the fields of the real
+//! objects in `../shared/argocd/` plus the always-present structs the live API adds
+//! (`status.sync.comparedTo`, `status.summary`, `status.sourceHydrator`, history, resources).
+
+use serde_json::{Value, json};
+
+/// The projects synthetic applications are spread over.
+pub const SYNTHETIC_PROJECTS: [&str; 3] = ["default", "team-a", "team-b"];
+
+fn sha(i: usize, salt: u64) -> String {
+    // A stable 40-hex "commit" per app and salt, so objects look real without randomness.
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut out = String::with_capacity(40);
+    while out.len() < 40 {
+        x ^= x >> 31;
+        x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.push_str(&format!("{:016x}", x));
+    }
+    out.truncate(40);
+    out
+}
+
+/// Synthetic application number `i` in `namespace`: single-source (every seventh multi-source),
+/// Synced/Healthy with a finished sync operation, two managed resources with health.
+pub fn synthetic_app(i: usize, namespace: &str) -> Value {
+    let name = format!("app-{i:05}");
+    let project = SYNTHETIC_PROJECTS[i % SYNTHETIC_PROJECTS.len()];
+    let revision = sha(i, 1);
+    let dest_ns = format!("{name}-ns");
+    let multi = i % 7 == 3;
+    let source = json!({
+        "repoURL": "https://github.com/argoproj/argocd-example-apps.git",
+        "path": "guestbook",
+        "targetRevision": "HEAD"
+    });
+    let sources = json!([
+        {"repoURL": "https://github.com/argoproj/argocd-example-apps.git", "path": "helm-guestbook",
+         "targetRevision": "HEAD", "helm": {"valueFiles": ["$values/guestbook/values.yaml"]}},
+        {"repoURL": "https://github.com/argoproj/argocd-example-apps-values.git", "targetRevision": "main", "ref": "values"}
+    ]);
+    let destination = json!({"server": "https://kubernetes.default.svc", "namespace": dest_ns});
+    let mut spec = json!({
+        "project": project,
+        "destination": destination,
+        "syncPolicy": {"automated": {"prune": true, "selfHeal": true}}
+    });
+    let mut compared = json!({"destination": destination});
+    let mut sync = json!({"status": "Synced"});
+    let mut op_sync = json!({});
+    let mut result = json!({});
+    if multi {
+        let revs = json!([revision.clone(), sha(i, 2)]);
+        spec["sources"] = sources.clone();
+        compared["sources"] = sources.clone();
+        sync["revisions"] = revs.clone();
+        op_sync["revisions"] = revs.clone();
+        result["revisions"] = revs;
+        result["sources"] = sources;
+    } else {
+        spec["source"] = source.clone();
+        compared["source"] = source.clone();
+        sync["revision"] = json!(revision);
+        op_sync["revision"] = json!(revision);
+        result["revision"] = json!(revision);
+        result["source"] = source;
+    }
+    sync["comparedTo"] = compared;
+    result["resources"] = json!([
+        {"group": "", "version": "v1", "kind": "Service", "namespace": dest_ns, "name": "guestbook-ui",
+         "status": "Synced", "message": "service/guestbook-ui unchanged", "hookPhase": "Running", "syncPhase": "Sync"},
+        {"group": "apps", "version": "v1", "kind": "Deployment", "namespace": dest_ns, "name": "guestbook-ui",
+         "status": "Synced", "message": "deployment.apps/guestbook-ui unchanged", "hookPhase": "Running", "syncPhase": "Sync"}
+    ]);
+    json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": format!("{}-{}-{}", &revision[..8], &revision[8..12], &revision[12..24]),
+            "generation": 3,
+            "creationTimestamp": "2026-01-05T09:00:00Z",
+            "labels": {"team": project, "tier": if i.is_multiple_of(2) { "web" } else { "api" }},
+            "annotations": {"argocd.argoproj.io/manifest-generate-paths": "."},
+            "finalizers": ["resources-finalizer.argocd.argoproj.io"]
+        },
+        "spec": spec,
+        "status": {
+            "sync": sync,
+            "health": {"status": "Healthy", "lastTransitionTime": "2026-01-05T09:01:00Z"},
+            "history": [{"id": 0, "revision": revision, "deployedAt": "2026-01-05T09:01:00Z",
+                         "deployStartedAt": "2026-01-05T09:00:30Z",
+                         "initiatedBy": {"automated": true}}],
+            "reconciledAt": "2026-01-05T09:05:00Z",
+            "operationState": {
+                "operation": {"sync": op_sync, "initiatedBy": {"automated": true},
+                              "retry": {"limit": 5}},
+                "phase": "Succeeded",
+                "message": "successfully synced (all tasks run)",
+                "startedAt": "2026-01-05T09:00:30Z",
+                "finishedAt": "2026-01-05T09:01:00Z",
+                "syncResult": result
+            },
+            "resources": [
+                {"version": "v1", "kind": "Service", "namespace": dest_ns, "name": "guestbook-ui",
+                 "status": "Synced", "health": {"status": "Healthy"}},
+                {"group": "apps", "version": "v1", "kind": "Deployment", "namespace": dest_ns,
+                 "name": "guestbook-ui", "status": "Synced", "health": {"status": "Healthy"}}
+            ],
+            "summary": {"images": ["gcr.io/heptio-images/ks-guestbook-demo:0.2"]},
+            "sourceType": if multi { "Helm" } else { "Directory" },
+            "controllerNamespace": "argocd",
+            "sourceHydrator": {}
+        }
+    })
+}
+
+/// A cluster object as `GET /api/v1/clusters` returns it (sanitised: no credentials).
+pub fn cluster(server: &str, name: &str) -> Value {
+    json!({
+        "server": server,
+        "name": name,
+        "config": {"tlsClientConfig": {"insecure": false}},
+        "connectionState": {"status": "Successful", "message": "", "attemptedAt": "2026-01-05T09:00:00Z"},
+        "serverVersion": "1.33",
+        "info": {
+            "connectionState": {"status": "Successful", "message": "", "attemptedAt": "2026-01-05T09:00:00Z"},
+            "serverVersion": "1.33",
+            "cacheInfo": {"resourcesCount": 412, "apisCount": 58, "lastCacheSyncTime": "2026-01-05T09:00:00Z"},
+            "applicationsCount": 0,
+            "apiVersions": ["apps/v1", "v1"]
+        },
+        "labels": null,
+        "annotations": null
+    })
+}

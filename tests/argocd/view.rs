@@ -1,0 +1,409 @@
+//! The converging view against the simulator, including a seeded randomized convergence test.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argocd_gateway::argocd::model::{HealthStatusCode, decode_application};
+use argocd_gateway::argocd::{AppKey, Application, View, ViewEvent, ViewHandle, ViewOptions};
+use argocd_gateway::simulator::{SimHandle, SimTls, TokenSpec};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{Env, Mode, eventually, start, within};
+
+fn fast_options(env: &Env, mode: Mode, extra: &[&str]) -> ViewOptions {
+    let mut o = ViewOptions::from_config(&env.config(mode, extra));
+    o.retry_base = Duration::from_millis(5);
+    o.retry_max = Duration::from_millis(50);
+    o
+}
+
+fn spawn(env: &Env, mode: Mode, extra: &[&str]) -> (ViewHandle, CancellationToken) {
+    let cancel = CancellationToken::new();
+    let view = View::spawn(env.client(mode, extra), fast_options(env, mode, extra), cancel.clone());
+    (view, cancel)
+}
+
+/// The simulator's state as the model sees it (full objects, as Get returns them).
+fn truth(sim: &SimHandle) -> BTreeMap<AppKey, Application> {
+    sim.apps()
+        .into_iter()
+        .map(|v| {
+            let a = decode_application(&v.to_string())
+                .expect("simulator objects decode")
+                .app;
+            (a.key(), a)
+        })
+        .collect()
+}
+
+fn seen(view: &ViewHandle) -> BTreeMap<AppKey, Application> {
+    view.applications()
+        .into_iter()
+        .map(|(k, v)| (k, (*v).clone()))
+        .collect()
+}
+
+fn drain(rx: &mut broadcast::Receiver<ViewEvent>) -> Vec<ViewEvent> {
+    let mut out = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        out.push(ev);
+    }
+    out
+}
+
+fn list_count(sim: &SimHandle) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.path == "/api/v1/applications")
+        .count()
+}
+
+#[tokio::test]
+async fn view_syncs_and_emits_only_real_changes() {
+    let env = start(SimTls::SelfSigned, "v2.14.7").await;
+    env.sim.add_synthetic_apps(5);
+    let (view, cancel) = spawn(&env, Mode::VerifyWithCa, &["--resync-interval", "100ms"]);
+    within(view.wait_synced()).await;
+    assert_eq!(seen(&view), truth(&env.sim));
+    let (snap, mut rx) = view.snapshot_and_subscribe();
+    assert_eq!(snap.apps.len(), 5);
+
+    env.sim.set_health("argocd", "app-00003", "Degraded", "crashloop");
+    eventually("health change seen", || {
+        view.application(&AppKey::new("argocd", "app-00003"))
+            .is_some_and(|a| a.health.status == HealthStatusCode::Degraded)
+    })
+    .await;
+    let evs = drain(&mut rx);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert!(matches!(&evs[0], ViewEvent::AppUpsert(a) if a.name == "app-00003" && a.health.message == "crashloop"));
+
+    // Several full re-lists of unchanged state emit nothing.
+    let lists = list_count(&env.sim);
+    eventually("three more re-lists", || list_count(&env.sim) >= lists + 3).await;
+    assert_eq!(drain(&mut rx), vec![], "re-lists of unchanged state emit nothing");
+
+    env.sim.delete_app("argocd", "app-00001");
+    eventually("delete seen", || {
+        view.application(&AppKey::new("argocd", "app-00001")).is_none()
+    })
+    .await;
+    assert_eq!(
+        drain(&mut rx),
+        vec![ViewEvent::AppDelete(AppKey::new("argocd", "app-00001"))]
+    );
+    assert!(view.status().is_healthy());
+    cancel.cancel();
+    within(view.stopped()).await;
+}
+
+#[tokio::test]
+async fn three_x_relists_keep_resource_health() {
+    let env = start(SimTls::Plaintext, "v3.5.1").await;
+    env.sim.add_synthetic_apps(3);
+    let (view, cancel) = spawn(&env, Mode::Plaintext, &["--resync-interval", "100ms"]);
+    within(view.wait_synced()).await;
+    // The list has no resource health; the watch replay right after it brings it.
+    eventually("watch replay brings resource health", || seen(&view) == truth(&env.sim)).await;
+    let mut rx = view.subscribe();
+    // A watch event brings per-resource health that 3.x lists omit.
+    env.sim.set_resource_health("argocd", "app-00000", 1, "Progressing");
+    let key = AppKey::new("argocd", "app-00000");
+    eventually("resource health via watch", || {
+        view.application(&key).is_some_and(|a| {
+            a.resources[1].health.as_ref().map(|h| h.status.clone()) == Some(HealthStatusCode::Progressing)
+        })
+    })
+    .await;
+    let lists = list_count(&env.sim);
+    eventually("re-lists", || list_count(&env.sim) >= lists + 3).await;
+    let evs = drain(&mut rx);
+    assert_eq!(evs.len(), 1, "only the watch change, no flapping on re-list: {evs:?}");
+    assert_eq!(seen(&view), truth(&env.sim));
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn poll_only_mode_never_watches() {
+    // 2.x: its lists carry everything, so polling alone reaches the full state.
+    let env = start(SimTls::Plaintext, "v2.14.7").await;
+    env.sim.add_synthetic_apps(2);
+    let (view, cancel) = spawn(&env, Mode::Plaintext, &["--watch=false", "--poll-interval", "50ms"]);
+    within(view.wait_synced()).await;
+    env.sim.set_sync_status("argocd", "app-00001", "OutOfSync");
+    eventually("poll picks up the change", || seen(&view) == truth(&env.sim)).await;
+    assert!(env.sim.requests().iter().all(|r| !r.path.contains("/stream/")));
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn clusters_are_listed_and_diffed() {
+    let env = start(SimTls::Plaintext, "v3.5.1").await;
+    let (view, cancel) = spawn(&env, Mode::Plaintext, &["--cluster-interval", "50ms"]);
+    eventually("clusters listed", || view.status().clusters_synced).await;
+    let mut rx = view.subscribe();
+    assert_eq!(view.clusters().len(), 1);
+    env.sim.upsert_cluster(argocd_gateway::simulator::objects::cluster(
+        "https://prod.example:6443",
+        "prod",
+    ));
+    eventually("cluster added", || {
+        view.clusters().contains_key("https://prod.example:6443")
+    })
+    .await;
+    env.sim.remove_cluster("https://kubernetes.default.svc");
+    eventually("cluster removed", || view.clusters().len() == 1).await;
+    let evs = drain(&mut rx);
+    assert!(
+        matches!(&evs[0], ViewEvent::ClusterUpsert(c) if c.name == "prod"),
+        "{evs:?}"
+    );
+    assert_eq!(
+        evs[1],
+        ViewEvent::ClusterDelete("https://kubernetes.default.svc".into())
+    );
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn filters_and_project_tokens() {
+    let env = start(SimTls::Plaintext, "v3.5.1").await;
+    env.sim.add_synthetic_apps(9);
+    let (view, cancel) = spawn(
+        &env,
+        Mode::Plaintext,
+        &["--project", "team-a,team-b", "--selector", "tier=web"],
+    );
+    within(view.wait_synced()).await;
+    let want: Vec<AppKey> = truth(&env.sim)
+        .into_values()
+        .filter(|a| a.project != "default" && a.labels.get("tier").map(String::as_str) == Some("web"))
+        .map(|a| a.key())
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(view.applications().into_keys().collect::<Vec<_>>(), want);
+    cancel.cancel();
+
+    // Project tokens: one loop per project token file, each seeing only its project.
+    let dir = env.dir.path().join("projects");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for p in ["team-a", "team-b"] {
+        std::fs::write(dir.join(p), env.sim.add_token(TokenSpec::project(p, "gw"))).expect("write");
+    }
+    std::fs::write(dir.join("_unscoped"), env.sim.add_token(TokenSpec::account("gw"))).expect("write");
+    let url = env.sim.url();
+    let args = crate::common::parse_args(&[
+        "--argocd-server".into(),
+        url,
+        "--argocd-plaintext".into(),
+        "--argocd-project-tokens-dir".into(),
+        dir.display().to_string(),
+        "--resync-interval".into(),
+        "100ms".into(),
+    ]);
+    let cfg = argocd_gateway::argocd::ArgoCdConfig::from_args(&args, vec![]).expect("config");
+    let mut opts = ViewOptions::from_config(&cfg);
+    opts.retry_base = Duration::from_millis(5);
+    let client = argocd_gateway::argocd::Client::with_retry(cfg, crate::common::fast_retry()).expect("client");
+    let cancel = CancellationToken::new();
+    let view = View::spawn(client, opts, cancel.clone());
+    within(view.wait_synced()).await;
+    let want: BTreeMap<AppKey, Application> = truth(&env.sim)
+        .into_iter()
+        .filter(|(_, a)| a.project != "default")
+        .collect();
+    eventually("project-scoped views converge", || seen(&view) == want).await;
+    // Moving an app between scoped projects: it ends up owned by the other scope.
+    env.sim.set_project("argocd", "app-00001", "team-b");
+    eventually("moved app seen", || {
+        view.application(&AppKey::new("argocd", "app-00001"))
+            .is_some_and(|a| a.project == "team-b")
+    })
+    .await;
+    env.sim.set_project("argocd", "app-00002", "default");
+    eventually("app moved out of scope disappears", || {
+        view.application(&AppKey::new("argocd", "app-00002")).is_none()
+    })
+    .await;
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn failures_show_in_status_and_recover() {
+    let env = start(SimTls::Plaintext, "v3.5.1").await;
+    env.sim.add_synthetic_apps(2);
+    env.sim.revoke_token(&env.token);
+    let (view, cancel) = spawn(&env, Mode::Plaintext, &["--resync-interval", "100ms"]);
+    eventually("401 recorded", || {
+        matches!(
+            view.status().failing.get("applications"),
+            Some(argocd_gateway::argocd::ArgoCdError::Unauthorized { .. })
+        )
+    })
+    .await;
+    assert!(!view.has_synced());
+    let fresh = env.sim.add_token(TokenSpec::account("gateway"));
+    std::fs::write(&env.token_path, fresh).expect("rotate");
+    within(view.wait_synced()).await;
+    eventually("healthy again", || view.status().is_healthy()).await;
+    eventually("converged", || seen(&view) == truth(&env.sim)).await;
+    cancel.cancel();
+}
+
+/// A small reproducible PRNG (xorshift64*), so failures can be replayed from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+async fn converge_with_seed(seed: u64, version: &str) {
+    let env = start(SimTls::Plaintext, version).await;
+    env.sim.add_synthetic_apps(8);
+    let (view, cancel) = spawn(&env, Mode::Plaintext, &["--resync-interval", "150ms"]);
+    within(view.wait_synced()).await;
+    let mut rng = Rng(seed);
+    let mut next_app = 100usize;
+    let healths = [
+        "Healthy",
+        "Progressing",
+        "Degraded",
+        "Suspended",
+        "Missing",
+        "Unknown",
+        "Rebooting",
+    ];
+    let syncs = ["Synced", "OutOfSync", "Unknown"];
+    let phases = ["Running", "Succeeded", "Failed", "Error", "Terminating"];
+    for step in 0..120 {
+        let names: Vec<(String, String)> = env
+            .sim
+            .apps()
+            .iter()
+            .map(|a| {
+                (
+                    a["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
+                    a["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let pick = |rng: &mut Rng| names.get(rng.below(names.len().max(1) as u64) as usize).cloned();
+        match rng.below(16) {
+            0 => {
+                let mut app = argocd_gateway::simulator::objects::synthetic_app(next_app, "argocd");
+                if rng.below(2) == 0 {
+                    app["metadata"]["namespace"] = "other-ns".into();
+                }
+                next_app += 1;
+                env.sim.upsert_app(app);
+            }
+            1 => {
+                if let Some((ns, n)) = pick(&mut rng) {
+                    env.sim.delete_app(&ns, &n);
+                }
+            }
+            2 | 3 => {
+                if let Some((ns, n)) = pick(&mut rng) {
+                    let h = healths[rng.below(healths.len() as u64) as usize];
+                    env.sim.set_health(&ns, &n, h, &format!("step {step}"));
+                }
+            }
+            4 => {
+                if let Some((ns, n)) = pick(&mut rng) {
+                    env.sim.set_sync_status(&ns, &n, syncs[rng.below(3) as usize]);
+                }
+            }
+            5 => {
+                if let Some((ns, n)) = pick(&mut rng) {
+                    env.sim.set_revision(&ns, &n, &format!("{:040x}", rng.next()));
+                }
+            }
+            6 => {
+                if let Some((ns, n)) = pick(&mut rng) {
+                    env.sim.set_operation_phase(&ns, &n, phases[rng.below(5) as usize]);
+                }
+            }
+            7 => {
+                if let Some((ns, n)) = pick(&mut rng) {
+                    env.sim
+                        .set_resource_health(&ns, &n, rng.below(2) as usize, healths[rng.below(6) as usize]);
+                }
+            }
+            8 => env.sim.drop_watch_events(1 + rng.below(3) as u32),
+            9 => env.sim.disconnect_watches(),
+            10 => env.sim.malformed_watch_lines(1),
+            11 => env.sim.fail_watches(503, "injected"),
+            12 => env.sim.stall_watches(rng.below(2) == 0),
+            13 => env
+                .sim
+                .fail_requests("/api/v1/applications", 1 + rng.below(2) as u32, 500),
+            14 => {
+                if let Some((ns, n)) = pick(&mut rng) {
+                    env.sim.touch(&ns, &n);
+                }
+            }
+            _ => tokio::time::sleep(Duration::from_millis(rng.below(30))).await,
+        }
+        if rng.below(4) == 0 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(rng.below(5))).await;
+        }
+    }
+    env.sim.clear_faults();
+    let want = truth(&env.sim);
+    let mut last = BTreeMap::new();
+    let converged = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            last = seen(&view);
+            if last == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if converged.is_err() {
+        let missing: Vec<_> = want.keys().filter(|k| !last.contains_key(*k)).collect();
+        let extra: Vec<_> = last.keys().filter(|k| !want.contains_key(*k)).collect();
+        let differ: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| last.get(*k).is_some_and(|l| l != *v))
+            .map(|(k, _)| k)
+            .collect();
+        panic!("seed {seed}: view did not converge; missing {missing:?} extra {extra:?} differ {differ:?}");
+    }
+    // The last events replayed onto the pre-fault state agree with the view's state too.
+    let (snap, _rx) = view.snapshot_and_subscribe();
+    let snap: BTreeMap<AppKey, Application> = snap
+        .apps
+        .into_iter()
+        .map(|(k, v)| (k, Arc::unwrap_or_clone(v)))
+        .collect();
+    assert_eq!(snap, want, "seed {seed}");
+    cancel.cancel();
+    within(view.stopped()).await;
+}
+
+#[tokio::test]
+async fn randomized_interleavings_converge() {
+    for seed in [0x5EED_0001, 0xC0FF_EE42, 0xDEAD_BEEF_1234] {
+        converge_with_seed(seed, "v2.14.7").await;
+    }
+}
+
+#[tokio::test]
+async fn randomized_interleavings_converge_on_3x() {
+    // 3.x lists omit per-resource health: dropped resource-health changes must still converge.
+    converge_with_seed(0x3333_0003, "v3.5.1").await;
+}
