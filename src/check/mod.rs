@@ -28,7 +28,8 @@ pub struct CheckArgs {
 }
 
 /// Outcome of one check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Fine.
     Ok,
@@ -49,7 +50,7 @@ impl Status {
 }
 
 /// One row of the check table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CheckRow {
     /// What was checked.
     pub name: String,
@@ -58,6 +59,7 @@ pub struct CheckRow {
     /// What was found.
     pub detail: String,
     /// What to change, when not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
 }
 
@@ -221,6 +223,16 @@ pub async fn argocd_rows(args: &ArgoCdArgs, trust: &TrustArgs, report: &mut Repo
             return;
         }
     };
+    if let Some(scopes) = client_rows(&client, &config, report).await {
+        count_rows(&client, &config, &scopes, report).await;
+    }
+}
+
+/// The rows that need only a working client: Argo CD version, then each token scope with its
+/// subject, expiry and permissions. Returns the token scopes when at least one token works (for
+/// callers that go on to count applications), `None` when nothing more can be checked. Shared by
+/// `check` and the hub's health check, so both probe the same way.
+pub async fn client_rows(client: &Client, config: &ArgoCdConfig, report: &mut Report) -> Option<Vec<Option<String>>> {
     match client.version().await {
         Ok(v) => report.push(
             "Argo CD version",
@@ -230,7 +242,7 @@ pub async fn argocd_rows(args: &ArgoCdArgs, trust: &TrustArgs, report: &mut Repo
         ),
         Err(e) => {
             report.push("Argo CD version", Status::Fail, e.to_string(), None);
-            return;
+            return None;
         }
     }
 
@@ -238,7 +250,7 @@ pub async fn argocd_rows(args: &ArgoCdArgs, trust: &TrustArgs, report: &mut Repo
         Ok(s) => s,
         Err(e) => {
             report.push("token", Status::Fail, e.to_string(), None);
-            return;
+            return None;
         }
     };
     if matches!(config.auth, AuthSource::ProjectTokensDir(_)) {
@@ -251,15 +263,12 @@ pub async fn argocd_rows(args: &ArgoCdArgs, trust: &TrustArgs, report: &mut Repo
             None if matches!(config.auth, AuthSource::ProjectTokensDir(_)) => format!("token [{UNSCOPED}]"),
             None => "token".to_owned(),
         };
-        if token_rows(&client, scope.as_deref(), &label, report).await {
+        if token_rows(client, scope.as_deref(), &label, report).await {
             any_token = true;
-            permission_rows(&client, scope.as_deref(), &label, report).await;
+            permission_rows(client, scope.as_deref(), &label, report).await;
         }
     }
-    if !any_token {
-        return;
-    }
-    count_rows(&client, &config, &scopes, report).await;
+    any_token.then_some(scopes)
 }
 
 /// A verifier that records the presented chain before delegating.
