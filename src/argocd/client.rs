@@ -804,7 +804,15 @@ impl Client {
                 .body(bytes);
         }
         let timeout = self.inner.config.request_timeout;
-        let resp = match tokio::time::timeout(timeout, req.send()).await {
+        // argocd-server sends a watch's response headers only with its first event, so a quiet
+        // watch legitimately waits here; streams are bounded by their caller (the view's resync
+        // deadline, the log read's deadline) and by the connect timeout.
+        let sent = if call.stream {
+            Ok(req.send().await)
+        } else {
+            tokio::time::timeout(timeout, req.send()).await
+        };
+        let resp = match sent {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(self.classify(&e, &call.what)),
             Err(_) => {
