@@ -410,8 +410,8 @@ impl Client {
 
     /// `GET /api/v1/applications`: items decoded one by one, broken ones skipped and logged.
     pub async fn list_applications(&self, q: &AppQuery) -> Result<DecodedList<DecodedApp>, ArgoCdError> {
-        let bytes = self
-            .unary_bytes(Call {
+        self.unary_streamed(
+            Call {
                 method: Method::Get,
                 segments: vec!["api", "v1", "applications"],
                 query: Self::app_query(q),
@@ -421,9 +421,10 @@ impl Client {
                 what: "list applications".into(),
                 stream: false,
                 retry: true,
-            })
-            .await?;
-        Ok(model::decode_application_list(&bytes)?)
+            },
+            |r| model::decode_application_list_from(r),
+        )
+        .await
     }
 
     /// `GET /api/v1/stream/applications` from `resource_version` (None: every app is first
@@ -671,8 +672,8 @@ impl Client {
 
     /// `GET /api/v1/clusters` (unscoped token).
     pub async fn list_clusters(&self) -> Result<DecodedList<Cluster>, ArgoCdError> {
-        let bytes = self
-            .unary_bytes(Call {
+        self.unary_streamed(
+            Call {
                 method: Method::Get,
                 segments: vec!["api", "v1", "clusters"],
                 query: vec![],
@@ -682,9 +683,10 @@ impl Client {
                 what: "list clusters".into(),
                 stream: false,
                 retry: true,
-            })
-            .await?;
-        Ok(model::decode_cluster_list(&bytes)?)
+            },
+            |r| model::decode_cluster_list_from(r),
+        )
+        .await
     }
 
     // -----------------------------------------------------------------------------------------
@@ -714,19 +716,19 @@ impl Client {
         })
     }
 
-    /// A unary call with body cap, deadline and retries.
-    async fn unary_bytes(&self, call: Call<'_>) -> Result<Vec<u8>, ArgoCdError> {
+    /// Runs one attempt of `call` per try, under the request deadline, retrying transient
+    /// failures of retryable calls with backoff.
+    async fn retrying<T, Fut>(&self, call: &Call<'_>, mut once: impl FnMut() -> Fut) -> Result<T, ArgoCdError>
+    where
+        Fut: std::future::Future<Output = Result<T, ArgoCdError>>,
+    {
         let policy = &self.inner.retry;
         let mut backoff = Backoff::new(policy.base, policy.max);
         let timeout = self.inner.config.request_timeout;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let once = async {
-                let resp = self.send(&call).await?;
-                self.read_body(resp).await
-            };
-            let result = match tokio::time::timeout(timeout, once).await {
+            let result = match tokio::time::timeout(timeout, once()).await {
                 Ok(r) => r,
                 Err(_) => Err(ArgoCdError::Timeout {
                     what: call.what.clone(),
@@ -742,6 +744,57 @@ impl Client {
                 other => return other,
             }
         }
+    }
+
+    /// A unary call with body cap, deadline and retries.
+    async fn unary_bytes(&self, call: Call<'_>) -> Result<Vec<u8>, ArgoCdError> {
+        self.retrying(&call, || async {
+            let resp = self.send(&call).await?;
+            self.read_body(resp).await
+        })
+        .await
+    }
+
+    /// A unary call whose body is decoded while it arrives (on a blocking thread), so a large
+    /// list is never held whole in memory; the body cap and deadline still apply.
+    async fn unary_streamed<T: Send + 'static>(
+        &self,
+        call: Call<'_>,
+        decode: fn(&mut BodyReader) -> Result<T, model::DecodeError>,
+    ) -> Result<T, ArgoCdError> {
+        self.retrying(&call, || async {
+            let resp = self.send(&call).await?;
+            let limit = self.inner.config.max_body_bytes;
+            if resp.content_length().is_some_and(|n| n > limit) {
+                return Err(ArgoCdError::BodyTooLarge { limit });
+            }
+            let mut reader = BodyReader {
+                handle: tokio::runtime::Handle::current(),
+                resp,
+                buf: hyper::body::Bytes::new(),
+                read: 0,
+                limit,
+                deadline: tokio::time::Instant::now() + self.inner.config.request_timeout,
+                failure: None,
+                client: self.clone(),
+            };
+            let joined = tokio::task::spawn_blocking(move || {
+                let decoded = decode(&mut reader);
+                (decoded, reader.failure.take())
+            })
+            .await;
+            match joined {
+                Ok((Ok(v), _)) => Ok(v),
+                // The reader's own failure (cap, deadline, broken connection) explains a decode error.
+                Ok((Err(_), Some(failure))) => Err(failure),
+                Ok((Err(e), None)) => Err(ArgoCdError::Decode(e)),
+                Err(e) => Err(ArgoCdError::Decode(model::DecodeError {
+                    what: call.what.clone(),
+                    reason: format!("decoding task failed: {e}"),
+                })),
+            }
+        })
+        .await
     }
 
     async fn read_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, ArgoCdError> {
@@ -804,7 +857,15 @@ impl Client {
                 .body(bytes);
         }
         let timeout = self.inner.config.request_timeout;
-        let resp = match tokio::time::timeout(timeout, req.send()).await {
+        // argocd-server sends a watch's response headers only with its first event, so a quiet
+        // watch legitimately waits here; streams are bounded by their caller (the view's resync
+        // deadline, the log read's deadline) and by the connect timeout.
+        let sent = if call.stream {
+            Ok(req.send().await)
+        } else {
+            tokio::time::timeout(timeout, req.send()).await
+        };
+        let resp = match sent {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(self.classify(&e, &call.what)),
             Err(_) => {
@@ -917,6 +978,51 @@ impl Client {
             status: None,
             message: format!("stream broke: {e}"),
         }
+    }
+}
+
+/// A blocking `Read` over a response body, for decoding on a blocking thread while the body
+/// arrives; it enforces the body cap and the deadline and remembers why it failed.
+pub(crate) struct BodyReader {
+    handle: tokio::runtime::Handle,
+    resp: reqwest::Response,
+    buf: hyper::body::Bytes,
+    read: u64,
+    limit: u64,
+    deadline: tokio::time::Instant,
+    failure: Option<ArgoCdError>,
+    client: Client,
+}
+
+impl std::io::Read for BodyReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.buf.is_empty() {
+            let remaining = self.deadline.saturating_duration_since(tokio::time::Instant::now());
+            let next = self.handle.block_on(tokio::time::timeout(remaining, self.resp.chunk()));
+            let failure = match next {
+                Ok(Ok(None)) => return Ok(0),
+                Ok(Ok(Some(chunk))) => {
+                    self.read += chunk.len() as u64;
+                    if self.read > self.limit {
+                        ArgoCdError::BodyTooLarge { limit: self.limit }
+                    } else {
+                        self.buf = chunk;
+                        continue;
+                    }
+                }
+                Ok(Err(e)) => self.client.classify(&e, "read response"),
+                Err(_) => ArgoCdError::Timeout {
+                    what: "read response".into(),
+                    seconds: self.client.inner.config.request_timeout.as_secs_f64(),
+                },
+            };
+            let io = std::io::Error::other(failure.to_string());
+            self.failure = Some(failure);
+            return Err(io);
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf.split_to(n));
+        Ok(n)
     }
 }
 

@@ -747,14 +747,6 @@ struct WireListMeta {
     resource_version: String,
 }
 
-#[derive(Deserialize)]
-struct WireList<'a> {
-    #[serde(default, deserialize_with = "nd")]
-    metadata: WireListMeta,
-    #[serde(borrow, default, deserialize_with = "nd")]
-    items: Vec<&'a RawValue>,
-}
-
 /// A decoded list: the items that decoded, the list's resourceVersion, and the ones skipped.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecodedList<T> {
@@ -766,43 +758,166 @@ pub struct DecodedList<T> {
     pub skipped: Vec<DecodeError>,
 }
 
-fn decode_list<T, W>(bytes: &[u8], what: &str, convert: impl Fn(W) -> T) -> Result<DecodedList<T>, DecodeError>
+/// Visits `{"metadata":…,"items":[…]}`, decoding each item on its own as it is read: only one
+/// item's raw text is held at a time, and a broken item is skipped without failing the list.
+struct ListVisitor<'w, W, T, F> {
+    what: &'w str,
+    convert: F,
+    _types: std::marker::PhantomData<fn(W) -> T>,
+}
+
+impl<'de, W, T, F> serde::de::Visitor<'de> for ListVisitor<'_, W, T, F>
 where
     W: DeserializeOwned,
+    F: Fn(W) -> T,
 {
-    let list: WireList<'_> = serde_json::from_slice(bytes).map_err(|e| DecodeError {
-        what: format!("{what} list"),
-        reason: e.to_string(),
-    })?;
-    let mut items = Vec::with_capacity(list.items.len());
-    let mut skipped = Vec::new();
-    for (i, raw) in list.items.into_iter().enumerate() {
-        match serde_json::from_str::<W>(raw.get()) {
-            Ok(w) => items.push(convert(w)),
-            Err(e) => {
-                tracing::warn!(index = i, error = %e, "skipping an Argo CD {what} that cannot be decoded");
-                skipped.push(DecodeError {
-                    what: format!("{what} #{i}"),
-                    reason: e.to_string(),
-                });
+    type Value = DecodedList<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an Argo CD {} list object", self.what)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = DecodedList {
+            resource_version: String::new(),
+            items: Vec::new(),
+            skipped: Vec::new(),
+        };
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "metadata" => {
+                    let meta: Option<WireListMeta> = map.next_value()?;
+                    out.resource_version = meta.unwrap_or_default().resource_version;
+                }
+                "items" => map.next_value_seed(ItemsSeed {
+                    list: &mut out,
+                    what: self.what,
+                    convert: &self.convert,
+                    _types: std::marker::PhantomData::<fn(W)>,
+                })?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
             }
         }
+        Ok(out)
     }
-    Ok(DecodedList {
-        resource_version: list.metadata.resource_version,
-        items,
-        skipped,
-    })
+}
+
+struct ItemsSeed<'a, W, T, F> {
+    list: &'a mut DecodedList<T>,
+    what: &'a str,
+    convert: &'a F,
+    _types: std::marker::PhantomData<fn(W)>,
+}
+
+impl<'de, W, T, F> serde::de::DeserializeSeed<'de> for ItemsSeed<'_, W, T, F>
+where
+    W: DeserializeOwned,
+    F: Fn(W) -> T,
+{
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, W, T, F> serde::de::Visitor<'de> for ItemsSeed<'_, W, T, F>
+where
+    W: DeserializeOwned,
+    F: Fn(W) -> T,
+{
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of items or null")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
+            match serde_json::from_str::<W>(raw.get()) {
+                Ok(w) => self.list.items.push((self.convert)(w)),
+                Err(e) => {
+                    tracing::warn!(index = i, error = %e, "skipping an Argo CD {} that cannot be decoded", self.what);
+                    self.list.skipped.push(DecodeError {
+                        what: format!("{} #{i}", self.what),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+fn decode_list<'de, R, T, W>(
+    mut de: serde_json::Deserializer<R>,
+    what: &str,
+    convert: impl Fn(W) -> T,
+) -> Result<DecodedList<T>, DecodeError>
+where
+    R: serde_json::de::Read<'de>,
+    W: DeserializeOwned,
+{
+    let err = |e: serde_json::Error| DecodeError {
+        what: format!("{what} list"),
+        reason: e.to_string(),
+    };
+    let visitor = ListVisitor {
+        what,
+        convert,
+        _types: std::marker::PhantomData,
+    };
+    let list = serde::Deserializer::deserialize_map(&mut de, visitor).map_err(err)?;
+    de.end().map_err(err)?;
+    Ok(list)
 }
 
 /// Decodes an `ApplicationList`, skipping (and logging) items that do not decode.
 pub fn decode_application_list(bytes: &[u8]) -> Result<DecodedList<DecodedApp>, DecodeError> {
-    decode_list(bytes, "application", |w: WireApplication| DecodedApp::from(w))
+    decode_list(
+        serde_json::Deserializer::from_slice(bytes),
+        "application",
+        |w: WireApplication| DecodedApp::from(w),
+    )
+}
+
+/// Like [`decode_application_list`], reading incrementally so the whole body is never held.
+pub fn decode_application_list_from(reader: impl std::io::Read) -> Result<DecodedList<DecodedApp>, DecodeError> {
+    decode_list(
+        serde_json::Deserializer::from_reader(reader),
+        "application",
+        |w: WireApplication| DecodedApp::from(w),
+    )
 }
 
 /// Decodes a `ClusterList`, skipping (and logging) items that do not decode.
 pub fn decode_cluster_list(bytes: &[u8]) -> Result<DecodedList<Cluster>, DecodeError> {
-    decode_list(bytes, "cluster", |w: WireCluster| Cluster::from(w))
+    decode_list(
+        serde_json::Deserializer::from_slice(bytes),
+        "cluster",
+        |w: WireCluster| Cluster::from(w),
+    )
+}
+
+/// Like [`decode_cluster_list`], reading incrementally.
+pub fn decode_cluster_list_from(reader: impl std::io::Read) -> Result<DecodedList<Cluster>, DecodeError> {
+    decode_list(
+        serde_json::Deserializer::from_reader(reader),
+        "cluster",
+        |w: WireCluster| Cluster::from(w),
+    )
 }
 
 /// Type of a watch event.
@@ -937,6 +1052,22 @@ mod tests {
         assert_eq!(list.resource_version, "7");
         assert_eq!(list.items.len(), 2);
         assert_eq!(list.skipped.len(), 1);
+    }
+
+    #[test]
+    fn reader_and_slice_decoding_agree() {
+        let json = br#"{"items":[{"metadata":{"name":"a","namespace":"n"},"status":{"health":{"status":"Healthy"}}},
+            {"metadata":{"name":42}},{"metadata":{"name":"b"}}],"extra":{"x":[1,2]},"metadata":{"resourceVersion":"9"}}"#;
+        let a = decode_application_list(json).unwrap();
+        let b = decode_application_list_from(&json[..]).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.resource_version, "9");
+        assert_eq!(a.items.len(), 2);
+        assert_eq!(a.skipped.len(), 1);
+        let empty = decode_cluster_list_from(&br#"{"metadata":{},"items":null}"#[..]).unwrap();
+        assert!(empty.items.is_empty());
+        assert!(decode_application_list(b"[1,2]").is_err());
+        assert!(decode_application_list(br#"{"items":[]} trailing"#).is_err());
     }
 
     #[test]

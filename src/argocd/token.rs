@@ -223,11 +223,15 @@ impl TokenStore {
             flag,
         };
         let st = stamp(path).map_err(unreadable)?;
-        if let Ok(cache) = self.cache.lock()
-            && let Some((cached, tok)) = cache.get(path)
-            && *cached == st
-        {
-            return Ok(tok.clone());
+        let cached = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(path).filter(|(s, _)| *s == st).map(|(_, t)| t.clone()));
+        if let Some(tok) = cached {
+            // Checked on every use: a token that is never rotated still crosses the warning line.
+            self.warn_if_expiring(&tok);
+            return Ok(tok);
         }
         let text = std::fs::read_to_string(path).map_err(unreadable)?;
         let token = text.trim();

@@ -15,9 +15,11 @@
 //!   taken atomically, so no change falls between them; a receiver that lags behind (broadcast
 //!   `Lagged`) must take a new snapshot.
 //! - Argo CD 3.x lists omit per-resource health (`status.resourceHealthSource: appTree`); the
-//!   view keeps the health it learned from watch events for such list items instead of erasing it,
-//!   and opens its watch without a resourceVersion so Argo CD replays every app with health
-//!   (twice the data per resync on 3.x, but per-resource health converges too).
+//!   view keeps the health it learned for such list items instead of erasing it. While watching
+//!   it opens the watch without a resourceVersion so Argo CD replays every app with health
+//!   (twice the data per resync on 3.x, but per-resource health converges too); when polling it
+//!   fetches, with bounded concurrency, the apps whose resourceVersion changed since their last
+//!   complete object.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -29,11 +31,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client::{AppQuery, Client};
+use super::client::{AppQuery, AppRef, Client};
 use super::config::ArgoCdConfig;
 use super::error::ArgoCdError;
 use super::model::{AppKey, Application, Cluster, DecodedApp, WatchEventType};
 use crate::util::Backoff;
+
+/// Parallel Gets when polling Argo CD 3.x for per-resource health.
+const POLL_FETCH_CONCURRENCY: usize = 8;
 
 /// Settings of the view's loops.
 #[derive(Clone, Debug)]
@@ -125,6 +130,9 @@ pub struct Snapshot {
 struct Entry {
     app: Arc<Application>,
     scope: usize,
+    /// resourceVersion of the last complete object applied (with per-resource health); a 3.x
+    /// list item with another resourceVersion changed in ways the list cannot show.
+    full_rv: String,
 }
 
 #[derive(Default)]
@@ -289,22 +297,32 @@ impl Shared {
         let _ = self.events.send(ev);
     }
 
-    /// Upserts under the lock, emitting an event only when the compact model changed.
-    fn upsert_locked(&self, st: &mut State, scope: usize, decoded: DecodedApp, from_list: bool) {
+    /// Upserts under the lock, emitting an event only when the compact model changed. Returns
+    /// true when the item came from a list without per-resource health and changed since the
+    /// last complete object, i.e. its health is unknown.
+    fn upsert_locked(&self, st: &mut State, scope: usize, decoded: DecodedApp, from_list: bool) -> bool {
         let mut app = decoded.app;
         let key = app.key();
-        if from_list
-            && decoded.resource_health_in_tree
-            && let Some(old) = st.apps.get(&key)
-        {
+        let partial = from_list && decoded.resource_health_in_tree;
+        let old = st.apps.get(&key);
+        if partial && let Some(old) = old {
             for r in app.resources.iter_mut().filter(|r| r.health.is_none()) {
                 if let Some(o) = old.app.resources.iter().find(|o| o.same_object(r)) {
                     r.health = o.health.clone();
                 }
             }
         }
+        let full_rv = if partial {
+            old.map(|e| e.full_rv.clone()).unwrap_or_default()
+        } else {
+            decoded.resource_version.clone()
+        };
+        let stale = partial && full_rv != decoded.resource_version;
         match st.apps.get_mut(&key) {
-            Some(e) if *e.app == app => e.scope = scope,
+            Some(e) if *e.app == app => {
+                e.scope = scope;
+                e.full_rv = full_rv;
+            }
             _ => {
                 let app = Arc::new(app);
                 st.apps.insert(
@@ -312,11 +330,13 @@ impl Shared {
                     Entry {
                         app: app.clone(),
                         scope,
+                        full_rv,
                     },
                 );
                 self.emit(ViewEvent::AppUpsert(app));
             }
         }
+        stale
     }
 
     fn delete_locked(&self, st: &mut State, scope: usize, key: &AppKey) {
@@ -326,15 +346,25 @@ impl Shared {
         }
     }
 
-    fn apply_list(&self, scope: usize, scope_name: Option<&str>, items: Vec<DecodedApp>) {
+    /// Applies a full list; returns the apps whose per-resource health the list could not show
+    /// (Argo CD 3.x) and that changed since their last complete object.
+    fn apply_list(&self, scope: usize, scope_name: Option<&str>, items: Vec<DecodedApp>) -> Vec<AppRef> {
         let mut st = self.write();
         let mut seen = HashSet::with_capacity(items.len());
+        let mut stale = Vec::new();
         for d in items {
             if !self.filter.admits(&d.app, scope_name) {
                 continue;
             }
-            seen.insert(d.app.key());
-            self.upsert_locked(&mut st, scope, d, true);
+            let key = d.app.key();
+            let project = d.app.project.clone();
+            seen.insert(key.clone());
+            if self.upsert_locked(&mut st, scope, d, true) {
+                stale.push(AppRef {
+                    key,
+                    project: Some(project),
+                });
+            }
         }
         let gone: Vec<AppKey> = st
             .apps
@@ -352,6 +382,7 @@ impl Shared {
             self.status
                 .send_if_modified(|s| !std::mem::replace(&mut s.apps_synced, true));
         }
+        stale
     }
 
     fn apply_watch(&self, scope: usize, scope_name: Option<&str>, kind: WatchEventType, d: DecodedApp) {
@@ -360,6 +391,18 @@ impl Shared {
         if kind == WatchEventType::Deleted || !self.filter.admits(&d.app, scope_name) {
             self.delete_locked(&mut st, scope, &key);
         } else {
+            self.upsert_locked(&mut st, scope, d, false);
+        }
+    }
+
+    /// Applies a complete object fetched with Get.
+    fn apply_fetched(&self, scope: usize, scope_name: Option<&str>, d: DecodedApp) {
+        if !self.filter.admits(&d.app, scope_name) {
+            return;
+        }
+        let mut st = self.write();
+        // Only refresh an app the list still holds: a concurrent delete must not be undone.
+        if st.apps.get(&d.app.key()).is_some_and(|e| e.scope == scope) {
             self.upsert_locked(&mut st, scope, d, false);
         }
     }
@@ -474,13 +517,13 @@ async fn app_loop(
             _ = cancel.cancelled() => return,
             r = client.list_applications(&query) => r,
         };
-        let (rv, health_in_tree) = match listed {
+        let (rv, health_in_tree, stale) = match listed {
             Ok(list) => {
                 let health_in_tree = list.items.iter().any(|d| d.resource_health_in_tree);
-                shared.apply_list(scope, scope_name.as_deref(), list.items);
+                let stale = shared.apply_list(scope, scope_name.as_deref(), list.items);
                 shared.record_ok(&loop_name);
                 list_backoff.reset();
-                (list.resource_version, health_in_tree)
+                (list.resource_version, health_in_tree, stale)
             }
             Err(e) => {
                 shared.record_error(&loop_name, &e);
@@ -491,6 +534,27 @@ async fn app_loop(
             }
         };
         if !options.watch {
+            // Polling Argo CD 3.x: the list omits per-resource health, so apps that changed
+            // since their last complete object are fetched one by one (bounded concurrency).
+            if !stale.is_empty() {
+                let fetch = futures_util::stream::iter(stale)
+                    .map(|r| {
+                        let client = client.clone();
+                        async move { client.get_application(&r, None).await }
+                    })
+                    .buffer_unordered(POLL_FETCH_CONCURRENCY)
+                    .for_each(|res| {
+                        match res {
+                            Ok(d) => shared.apply_fetched(scope, scope_name.as_deref(), d),
+                            Err(e) => tracing::debug!(view_loop = %loop_name, error = %e, "fetching an app for its resource health failed"),
+                        }
+                        std::future::ready(())
+                    });
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = fetch => {}
+                }
+            }
             if !pause(&cancel, options.poll_interval).await {
                 return;
             }

@@ -8,6 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -147,7 +148,7 @@ async fn handle(State(sim): State<SimHandle>, req: Request) -> Response {
         }
         (Method::GET, ["api", "v1", "applications"]) => with_auth(&sim, &parts.headers, |t| list(&sim, &t, &query)),
         (Method::GET, ["api", "v1", "stream", "applications"]) => match sim.auth(&parts.headers) {
-            Ok(t) => watch(&sim, t, &query, &parts.headers),
+            Ok(t) => watch(&sim, t, &query, &parts.headers).await,
             Err(r) => *r,
         },
         (Method::GET, ["api", "v1", "applications", name]) => {
@@ -539,7 +540,7 @@ fn stream_frame(sse: bool, payload: &str) -> Bytes {
     }
 }
 
-fn watch(sim: &SimHandle, t: TokenSpec, q: &Query, headers: &HeaderMap) -> Response {
+async fn watch(sim: &SimHandle, t: TokenSpec, q: &Query, headers: &HeaderMap) -> Response {
     let sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) == Some("text/event-stream");
     let since: Option<u64> = q_one(q, "resourceVersion").and_then(|v| v.parse().ok());
     let (initial, mut rx, generation) = {
@@ -611,11 +612,16 @@ fn watch(sim: &SimHandle, t: TokenSpec, q: &Query, headers: &HeaderMap) -> Respo
             }
         }
     });
+    // grpc-gateway writes the response headers with the first message, so a quiet watch sends
+    // no headers at all until something happens; clients must not time out waiting for them.
+    let mut body_rx = body_rx;
+    let first = body_rx.recv().await;
+    let body = futures_util::stream::iter(first).chain(ReceiverStream::new(body_rx));
     let content_type = if sse { "text/event-stream" } else { "application/json" };
     Response::builder()
         .header(header::CONTENT_TYPE, content_type)
         .header("X-Content-Type-Options", "nosniff")
-        .body(Body::from_stream(ReceiverStream::new(body_rx)))
+        .body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 

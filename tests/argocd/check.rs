@@ -136,3 +136,40 @@ async fn check_fails_and_says_what_to_change() {
     assert!(out.stdout.contains("REJECTED"), "{}", out.stdout);
     assert!(out.stdout.contains("generate a new token"), "{}", out.stdout);
 }
+
+#[tokio::test]
+async fn check_with_project_tokens() {
+    let env = start(SimTls::Plaintext, "v3.5.1").await;
+    env.sim.add_synthetic_apps(6);
+    let dir = env.dir.path().join("projects");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("team-a"),
+        env.sim.add_token(TokenSpec::project("team-a", "gw")),
+    )
+    .expect("write");
+    std::fs::write(dir.join("_unscoped"), env.sim.add_token(TokenSpec::account("gateway"))).expect("write");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_argocd-gateway"))
+        .args([
+            "check",
+            "--argocd-plaintext",
+            "--argocd-server",
+            &env.sim.url(),
+            "--argocd-project-tokens-dir",
+        ])
+        .arg(&dir)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), child)
+        .await
+        .expect("finished")
+        .expect("ran");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("token [team-a]") && text.contains("subject proj:team-a:gw"),
+        "{text}"
+    );
+    assert!(text.contains("token [_unscoped]"), "{text}");
+    assert!(text.contains("2 visible"), "team-a sees its 2 of 6 apps:\n{text}");
+}

@@ -9,6 +9,27 @@ use futures_util::StreamExt;
 
 use crate::common::{Mode, eventually, start, start_with, within};
 
+/// Starts opening a watch from `rv` and returns once the simulator has it: argocd-server sends a
+/// watch's headers only with its first event, so the open completes after the next change.
+async fn open_watch(
+    env: &crate::common::Env,
+    c: &argocd_gateway::argocd::Client,
+    rv: &str,
+) -> tokio::task::JoinHandle<Result<argocd_gateway::argocd::AppWatch, ArgoCdError>> {
+    let watches = || {
+        env.sim
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/stream/applications"))
+            .count()
+    };
+    let before = watches();
+    let (c, rv) = (c.clone(), rv.to_owned());
+    let task = tokio::spawn(async move { c.watch_applications(&AppQuery::default(), Some(&rv)).await });
+    eventually("watch request reached the simulator", || watches() > before).await;
+    task
+}
+
 #[tokio::test]
 async fn each_tls_mode_works() {
     let tls = start(SimTls::SelfSigned, "v3.5.1").await;
@@ -460,11 +481,10 @@ async fn bodies_and_lines_are_capped() {
         .await
         .expect_err("too large");
     assert!(matches!(err, ArgoCdError::BodyTooLarge { limit: 100_000 }), "{err:?}");
-    let mut w = within(c.watch_applications(&AppQuery::default(), Some("1")))
-        .await
-        .expect("watch");
+    let opening = open_watch(&env, &c, "1").await;
     env.sim.oversized_watch_line(80_000);
     env.sim.set_health("argocd", "app-00000", "Degraded", "");
+    let mut w = within(opening).await.expect("joined").expect("watch");
     let item = within(w.next()).await.expect("an item");
     assert!(
         matches!(item, Err(ArgoCdError::LineTooLong { limit: 50_000 })),
@@ -487,10 +507,9 @@ async fn watch_reports_events_and_error_chunks() {
         let ev = within(all.next()).await.expect("event").expect("ok");
         assert_eq!(ev.kind, WatchEventType::Added);
     }
-    let mut w = within(c.watch_applications(&AppQuery::default(), Some(&list.resource_version)))
-        .await
-        .expect("watch");
+    let opening = open_watch(&env, &c, &list.resource_version).await;
     env.sim.set_health("argocd", "app-00002", "Degraded", "pod crashloop");
+    let mut w = within(opening).await.expect("joined").expect("watch");
     let ev = within(w.next()).await.expect("event").expect("ok");
     assert_eq!(ev.kind, WatchEventType::Modified);
     assert_eq!(ev.app.app.name, "app-00002");

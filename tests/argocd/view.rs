@@ -407,3 +407,32 @@ async fn randomized_interleavings_converge_on_3x() {
     // 3.x lists omit per-resource health: dropped resource-health changes must still converge.
     converge_with_seed(0x3333_0003, "v3.5.1").await;
 }
+
+#[tokio::test]
+async fn polling_three_x_fetches_only_changed_apps_for_resource_health() {
+    let env = start(SimTls::Plaintext, "v3.5.1").await;
+    env.sim.add_synthetic_apps(4);
+    let (view, cancel) = spawn(&env, Mode::Plaintext, &["--watch=false", "--poll-interval", "50ms"]);
+    within(view.wait_synced()).await;
+    eventually("initial per-resource health fetched", || seen(&view) == truth(&env.sim)).await;
+    let gets = |sim: &SimHandle| {
+        sim.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.starts_with("/api/v1/applications/"))
+            .map(|r| r.path.clone())
+            .collect::<Vec<_>>()
+    };
+    env.sim.clear_requests();
+    env.sim.set_resource_health("argocd", "app-00002", 0, "Degraded");
+    eventually("changed resource health polled", || seen(&view) == truth(&env.sim)).await;
+    let lists = list_count(&env.sim);
+    eventually("two more polls", || list_count(&env.sim) >= lists + 2).await;
+    let fetched = gets(&env.sim);
+    assert!(!fetched.is_empty());
+    assert!(
+        fetched.iter().all(|p| p == "/api/v1/applications/app-00002"),
+        "{fetched:?}"
+    );
+    assert!(env.sim.requests().iter().all(|r| !r.path.contains("/stream/")));
+    cancel.cancel();
+}
