@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway: register if needed, then keep a session with the hub.
-    Run(Box<crate::tunnel::RunArgs>),
+    Run(Box<crate::daemon::DaemonArgs>),
     /// Register with the hub using a registration token and store the identity, then exit.
     Register(Box<RegisterArgs>),
     /// The central server and its API clients.
@@ -123,14 +123,10 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => {
-            let cfg = match args.validate() {
-                Ok(c) => c,
-                Err(e) => return config_error(e),
-            };
             install_signal_handlers(shutdown.clone());
-            let (status, _) = tokio::sync::watch::channel(crate::tunnel::TunnelStatus::default());
-            match crate::tunnel::run(cfg, shutdown, status, crate::tunnel::Attachments::default()).await {
+            match crate::daemon::run(*args, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(crate::daemon::DaemonError::Config(e)) => config_error(format!("{e:#}")),
                 Err(e) => {
                     tracing::error!(error = %e, "gateway stopped");
                     eprintln!("error: {e}");

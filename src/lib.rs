@@ -16,6 +16,7 @@ pub mod admin;
 pub mod argocd;
 pub mod check;
 pub mod cli;
+pub mod daemon;
 pub mod hub;
 pub mod identity;
 pub mod proto;

@@ -967,10 +967,36 @@ mod processes {
         let token = tok["token"].as_str().unwrap().to_owned();
         std::fs::write(d.join("token"), &token).unwrap();
 
+        // The gateway needs an Argo CD: a simulator served by a runtime that lives as long as
+        // this test, in this process.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let sim = rt
+            .block_on(argocd_gateway::simulator::Simulator::start(
+                argocd_gateway::simulator::SimOptions {
+                    tls: argocd_gateway::simulator::SimTls::Plaintext,
+                    ..Default::default()
+                },
+            ))
+            .unwrap();
+        sim.add_synthetic_apps(3);
+        std::fs::write(
+            d.join("argocd-token"),
+            sim.add_token(argocd_gateway::simulator::TokenSpec::account("gateway")),
+        )
+        .unwrap();
+        let sim_url = sim.url();
+
         let hub_url = format!("https://localhost:{port}");
         let gw_args = [
             "--debug",
             "run",
+            "--argocd-server",
+            &sim_url,
+            "--argocd-plaintext",
+            "--argocd-token-file",
+            "argocd-token",
+            "--admin-addr",
+            "127.0.0.1:0",
             "--hub-url",
             &hub_url,
             "--hub-ca-fingerprint",
@@ -1018,6 +1044,7 @@ mod processes {
             token.clone(),
             token.split_once('.').unwrap().1.to_owned(),
             admin.clone(),
+            std::fs::read_to_string(d.join("argocd-token")).unwrap(),
         ];
         for pem in ["keyPem", "certPem"] {
             secrets.extend(

@@ -53,6 +53,7 @@ struct Inner {
     config: ArgoCdConfig,
     tokens: TokenStore,
     retry: RetryPolicy,
+    metrics: std::sync::OnceLock<super::metrics::ArgoCdMetrics>,
 }
 
 impl std::fmt::Debug for Client {
@@ -286,8 +287,15 @@ impl Client {
                 config,
                 tokens,
                 retry,
+                metrics: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Records request latency and outcomes into `metrics` from now on (the daemon's admin
+    /// server exposes them); only the first call takes effect.
+    pub fn set_metrics(&self, metrics: super::metrics::ArgoCdMetrics) {
+        let _ = self.inner.metrics.set(metrics);
     }
 
     /// The configuration.
@@ -860,11 +868,29 @@ impl Client {
         // argocd-server sends a watch's response headers only with its first event, so a quiet
         // watch legitimately waits here; streams are bounded by their caller (the view's resync
         // deadline, the log read's deadline) and by the connect timeout.
+        let started = std::time::Instant::now();
         let sent = if call.stream {
             Ok(req.send().await)
         } else {
             tokio::time::timeout(timeout, req.send()).await
         };
+        if let Some(m) = self.inner.metrics.get() {
+            let status = match &sent {
+                Ok(Ok(r)) => r.status().as_u16().to_string(),
+                Ok(Err(_)) => "error".to_owned(),
+                Err(_) => "timeout".to_owned(),
+            };
+            let method = match call.method {
+                Method::Get => "GET",
+                Method::Post => "POST",
+            };
+            m.observe(
+                method,
+                &super::metrics::endpoint(&call.segments),
+                &status,
+                started.elapsed().as_secs_f64(),
+            );
+        }
         let resp = match sent {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(self.classify(&e, &call.what)),

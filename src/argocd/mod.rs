@@ -2,9 +2,11 @@
 //! client with classified errors ([`client`], [`error`], [`transport`], [`token`]), the compact
 //! model of applications and clusters ([`model`]) and the converging view over them ([`view`]).
 
+pub mod actions;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod token;
 pub mod transport;

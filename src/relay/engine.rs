@@ -18,6 +18,12 @@ pub trait Source: Send + Sync {
     fn entities(&self) -> Vec<Entity>;
     /// One entity as it is now; `None` when it no longer exists.
     fn get(&self, kind: Kind, key: &str) -> Option<Entity>;
+    /// Whether the source holds a complete state yet. Until it does, the relay sends nothing:
+    /// comparing a half-loaded state with the hub's would trigger a needless snapshot, and
+    /// sending it would make the hub forget applications that merely have not loaded yet.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// Keys that may have changed since they were last relayed, with when each was first marked
@@ -25,6 +31,9 @@ pub trait Source: Send + Sync {
 #[derive(Default)]
 pub struct Dirty {
     keys: Mutex<HashMap<EntityKey, Instant>>,
+    /// Everything may have changed (the change feed lost events): the relay compares every
+    /// current and every relayed key, so deletions missed meanwhile are found too.
+    all: Mutex<Option<Instant>>,
     notify: Notify,
 }
 
@@ -35,6 +44,23 @@ impl Dirty {
             keys.entry((kind, key)).or_insert_with(Instant::now);
         }
         self.notify.notify_one();
+    }
+
+    /// Marks every key changed, including keys the source no longer has.
+    pub fn mark_all(&self) {
+        if let Ok(mut all) = self.all.lock() {
+            all.get_or_insert_with(Instant::now);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Wakes the relay without marking anything (the source became ready).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    fn take_all(&self) -> Option<Instant> {
+        self.all.lock().ok().and_then(|mut a| a.take())
     }
 
     /// Waits until something is marked.
@@ -62,7 +88,7 @@ impl Dirty {
     }
 
     fn is_empty(&self) -> bool {
-        self.keys.lock().map(|k| k.is_empty()).unwrap_or(true)
+        self.keys.lock().map(|k| k.is_empty()).unwrap_or(true) && self.all.lock().map(|a| a.is_none()).unwrap_or(true)
     }
 }
 
@@ -227,6 +253,7 @@ impl Relay {
         bump(&self.counters.snapshots, 1);
         // Everything in the snapshot is current; pending marks for those keys are satisfied.
         let _ = self.dirty.take();
+        let _ = self.dirty.take_all();
         self.snapshot(current)
     }
 
@@ -277,15 +304,27 @@ impl Relay {
 
     /// True when a delta may be sent now.
     pub fn can_send(&self) -> bool {
-        self.in_flight.len() < WINDOW && !self.dirty.is_empty()
+        self.in_flight.len() < WINDOW && !self.dirty.is_empty() && self.source.ready()
+    }
+
+    /// Whether the source has a complete state to relay.
+    pub fn ready(&self) -> bool {
+        self.source.ready()
     }
 
     /// The next delta to send, or `None` when nothing significant changed or the window is full.
     pub fn next_delta(&mut self) -> Option<GatewayMessage> {
-        if self.in_flight.len() >= WINDOW {
+        if self.in_flight.len() >= WINDOW || !self.source.ready() {
             return None;
         }
-        let mut marked: Vec<(EntityKey, Instant)> = self.dirty.take().into_iter().collect();
+        let mut marked_map = self.dirty.take();
+        if let Some(since) = self.dirty.take_all() {
+            let current = self.source.entities().into_iter().map(|e| (e.kind, e.key));
+            for key in current.chain(self.projected.keys().cloned()) {
+                marked_map.entry(key).or_insert(since);
+            }
+        }
+        let mut marked: Vec<(EntityKey, Instant)> = marked_map.into_iter().collect();
         marked.sort();
         let mut entities = vec![];
         let mut changes = vec![];
@@ -540,5 +579,59 @@ mod tests {
         }
         assert_eq!(sent, WINDOW);
         assert!(!relay.unacknowledged_keys().is_empty());
+    }
+
+    #[test]
+    fn mark_all_finds_changes_and_deletions_the_feed_missed() {
+        let src = Arc::new(Map::default());
+        for i in 0..4 {
+            src.set(&format!("ns/{i}"), json!({"v": i}));
+        }
+        let dirty = Arc::new(Dirty::default());
+        let mut relay = Relay::new(src.clone(), dirty.clone());
+        let snap = relay.on_welcome(&[]);
+        relay.on_ack(seq_of(snap.last().unwrap()));
+
+        // Nothing marked individually: one change, one deletion, one addition, one untouched.
+        src.set("ns/1", json!({"v": 11}));
+        src.del("ns/2");
+        src.set("ns/9", json!({"v": 9}));
+        dirty.mark_all();
+        let d = relay.next_delta().unwrap();
+        let mut keys = delta_keys(&d);
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![("ns/1".into(), false), ("ns/2".into(), true), ("ns/9".into(), false)]
+        );
+        assert!(relay.next_delta().is_none());
+        assert_eq!(relay.counters.suppressed.get(), 2, "the unchanged ns/0 and ns/3");
+    }
+
+    #[test]
+    fn nothing_is_sent_until_the_source_is_ready() {
+        struct NotYet(Map, std::sync::atomic::AtomicBool);
+        impl Source for NotYet {
+            fn entities(&self) -> Vec<Entity> {
+                self.0.entities()
+            }
+            fn get(&self, kind: Kind, key: &str) -> Option<Entity> {
+                self.0.get(kind, key)
+            }
+            fn ready(&self) -> bool {
+                self.1.load(std::sync::atomic::Ordering::SeqCst)
+            }
+        }
+        let src = Arc::new(NotYet(Map::default(), false.into()));
+        src.0.set("ns/a", json!({"v": 1}));
+        let dirty = Arc::new(Dirty::default());
+        let mut relay = Relay::new(src.clone(), dirty.clone());
+        dirty.mark(Kind::Application, "ns/a".into());
+        assert!(!relay.ready());
+        assert!(!relay.can_send());
+        assert!(relay.next_delta().is_none());
+        src.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(relay.can_send());
+        assert_eq!(delta_keys(&relay.next_delta().unwrap()), vec![("ns/a".into(), false)]);
     }
 }

@@ -10,6 +10,7 @@
 //! is sent once, so memory is bounded by the number of entities.
 
 pub mod engine;
+pub mod source;
 
 use std::sync::Arc;
 

@@ -127,7 +127,8 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
         Ok(Ok(None)) => return Ended::Lost("the hub closed the stream before welcoming us".into()),
         Ok(Ok(Some(m))) => m,
     };
-    match welcome.body {
+    // The hub's state digest, kept until the relay has compared it with a complete local state.
+    let mut hub_digest = Some(match welcome.body {
         Some(hub_message::Body::Welcome(w)) => {
             tracing::info!(
                 gateway_id = %identity.gateway_id,
@@ -142,17 +143,11 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
                 s.last_error = None;
             });
             ctx.metrics.connected.set(1);
-            if let Some(relay) = ctx.relay.as_deref_mut() {
-                for m in relay.on_welcome(&w.state_digest) {
-                    if tx.send(m).await.is_err() {
-                        return Ended::Lost("outbound stream closed".into());
-                    }
-                }
-            }
+            w.state_digest
         }
         Some(hub_message::Body::Rejected(r)) => return rejected(r),
         other => return Ended::Lost(format!("unexpected first message from the hub: {other:?}")),
-    }
+    });
 
     let keepalive = cfg.keepalive_interval;
     let mut ticker = tokio::time::interval(if keepalive.is_zero() {
@@ -172,7 +167,20 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
 
     loop {
         if let Some(relay) = ctx.relay.as_deref_mut() {
-            while let Some(m) = relay.next_delta() {
+            // Until the source is complete the relay stays silent; the hub keeps serving what
+            // it last stored (marked stale) instead of a half-loaded state.
+            if relay.ready()
+                && let Some(digest) = hub_digest.take()
+            {
+                for m in relay.on_welcome(&digest) {
+                    if tx.send(m).await.is_err() {
+                        return Ended::Lost("outbound stream closed".into());
+                    }
+                }
+            }
+            while hub_digest.is_none()
+                && let Some(m) = relay.next_delta()
+            {
                 if tx.send(m).await.is_err() {
                     return Ended::Lost("outbound stream closed".into());
                 }
