@@ -5,12 +5,14 @@
 //! - `tunnel`: the gateway's connection to the hub (dial, trust, session, keepalive, reconnect);
 //! - `identity`: registration, certificates and the identity store;
 //! - `hub`: the central server (registration, sessions, HTTP API, store);
+//! - `kube`: the Kubernetes side (identity Secret, Lease leader election, self-update);
 //! - [`cli`]: command-line definitions and dispatch.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod hub;
 pub mod identity;
+pub mod kube;
 pub mod proto;
 pub mod secret;
 pub mod telemetry;

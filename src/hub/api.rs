@@ -38,7 +38,7 @@ pub struct ApiState {
 }
 
 /// An API error.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -64,7 +64,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
+pub(super) fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -88,6 +88,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/registration-tokens/{id}", axum::routing::delete(delete_token))
         .route("/api/v1/gateways", get(list_gateways))
         .route("/api/v1/gateways/{id}", get(get_gateway).delete(delete_gateway))
+        .route("/api/v1/desired-version", super::version::routes())
         .with_state(state)
 }
 

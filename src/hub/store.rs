@@ -145,6 +145,11 @@ CREATE TABLE IF NOT EXISTS certificates (
     not_after INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS certificates_gateway ON certificates(gateway_id);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
 ";
 
 /// A token row as read for registration: hash, name, environments, expiry, use time.
@@ -382,6 +387,29 @@ impl Store {
     pub async fn record_seen(&self, id: String, now: i64) -> Result<(), StoreError> {
         self.call(move |c| {
             c.execute("UPDATE gateways SET last_seen_at = ?2 WHERE id = ?1", params![id, now])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A hub-wide setting (such as the desired gateway version), if set.
+    pub async fn setting(&self, key: &'static str) -> Result<Option<String>, StoreError> {
+        self.call(move |c| {
+            Ok(
+                c.query_row("SELECT value FROM settings WHERE key = ?1", params![key], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
+    /// Sets a hub-wide setting.
+    pub async fn set_setting(&self, key: &'static str, value: String, now: i64) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![key, value, now],
+            )?;
             Ok(())
         })
         .await
