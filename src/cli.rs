@@ -33,6 +33,10 @@ pub enum Command {
     Run(Box<crate::daemon::DaemonArgs>),
     /// Register with the hub using a registration token and store the identity, then exit.
     Register(Box<RegisterArgs>),
+    /// Move this gateway's Deployment and CronJob to the hub's desired version, upward within
+    /// the same major version, and roll back if the rollout fails (run by the self-update
+    /// CronJob); --dry-run prints the plan.
+    SelfUpdate(Box<crate::kube::self_update::SelfUpdateArgs>),
     /// The central server and its API clients.
     #[command(subcommand)]
     Hub(Box<crate::hub::cli::HubCommand>),
@@ -170,6 +174,23 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
+                    eprintln!("error: {e}");
+                    termination_message(&e.to_string());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::SelfUpdate(args) => {
+            use crate::kube::self_update::{Applied, SelfUpdateError, run};
+            match run(&args).await {
+                Ok(Applied::Updated { version }) => {
+                    println!("updated to {version}; the rollout is complete");
+                    ExitCode::SUCCESS
+                }
+                Ok(Applied::Nothing) => ExitCode::SUCCESS,
+                Err(SelfUpdateError::Config(e)) => config_error(e),
+                Err(e) => {
+                    tracing::error!(error = %e, "self-update failed");
                     eprintln!("error: {e}");
                     termination_message(&e.to_string());
                     ExitCode::FAILURE

@@ -9,6 +9,8 @@
 //! - [`simulator`]: a faithful in-process Argo CD API server for tests, demos and benchmarks;
 //! - [`check`]: the `check` preflight command;
 //! - `admin`: liveness, readiness and Prometheus metrics;
+//! - `daemon`: `run`, which wires the Argo CD view, the relay, the tunnel and the admin server;
+//! - `kube`: the Kubernetes side (identity Secret, Lease leader election, self-update);
 //! - [`cli`]: command-line definitions and dispatch.
 #![forbid(unsafe_code)]
 
@@ -19,6 +21,7 @@ pub mod cli;
 pub mod daemon;
 pub mod hub;
 pub mod identity;
+pub mod kube;
 pub mod proto;
 pub mod relay;
 pub mod secret;

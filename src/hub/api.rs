@@ -108,6 +108,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/gateways", get(list_gateways))
         .route("/api/v1/gateways/{id}", get(get_gateway).delete(delete_gateway))
         .merge(super::apps::routes())
+        .route("/api/v1/desired-version", super::version::routes())
         .with_state(state)
 }
 

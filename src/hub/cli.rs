@@ -71,6 +71,24 @@ pub enum HubCommand {
         /// Gateway id.
         gateway: String,
     },
+    /// Show or set the gateway version that `self-update` moves gateways to.
+    #[command(subcommand)]
+    DesiredVersion(DesiredVersionCommand),
+}
+
+/// Desired-version subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum DesiredVersionCommand {
+    /// Print the desired gateway version.
+    Get(ApiArgs),
+    /// Set the desired gateway version; gateways move to it only upward and within their major
+    /// version, at their next self-update run.
+    Set {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// A semantic version such as 1.4.2.
+        version: String,
+    },
 }
 
 /// Flags of `hub apps`.
@@ -582,6 +600,38 @@ pub async fn run(cmd: HubCommand, shutdown: tokio_util::sync::CancellationToken)
                 .call(Method::DELETE, &format!("/api/v1/gateways/{id}"), None)
                 .await?;
             println!("deleted gateway {id}; it must register again with a new token");
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::DesiredVersion(cmd) => {
+            let (api, v) = match cmd {
+                DesiredVersionCommand::Get(api) => {
+                    let v = ApiClient::new(&api)?
+                        .call(Method::GET, "/api/v1/desired-version", None)
+                        .await?;
+                    (api, v)
+                }
+                DesiredVersionCommand::Set { api, version } => {
+                    // Checked here too so a typo fails before any request is made.
+                    super::version::parse(&version)
+                        .with_context(|| format!("{version:?} is not a semantic version such as 1.4.2"))?;
+                    let v = ApiClient::new(&api)?
+                        .call(
+                            Method::PUT,
+                            "/api/v1/desired-version",
+                            Some(serde_json::json!({ "version": version })),
+                        )
+                        .await?;
+                    (api, v)
+                }
+            };
+            if api.output == "json" {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                match v.get("version").and_then(Value::as_str) {
+                    Some(version) => println!("desired gateway version: {version}"),
+                    None => println!("no desired gateway version is set; self-update leaves gateways as they are"),
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -324,6 +324,13 @@ impl Registration for RegistrationService {
             ca_bundle_pem: self.state.ca.cert_pem().to_owned(),
         }))
     }
+
+    async fn get_desired_version(
+        &self,
+        request: Request<crate::proto::GetDesiredVersionRequest>,
+    ) -> Result<Response<crate::proto::GetDesiredVersionResponse>, Status> {
+        super::version::desired_version_rpc(&self.state, request).await
+    }
 }
 
 /// The tunnel service.

@@ -1,6 +1,7 @@
 //! The hub: the central server gateways dial. It issues registration tokens and certificates,
 //! keeps gateway identities in SQLite, holds every live tunnel session, and serves the HTTP
-//! JSON API. `hub serve` needs nothing installed: the data directory is made on first start.
+//! JSON API (including the desired gateway version for `self-update`). `hub serve` needs nothing
+//! installed: the data directory is made on first start.
 
 pub mod api;
 pub mod apps;
@@ -11,6 +12,7 @@ pub mod requests;
 pub mod sessions;
 pub mod state;
 pub mod store;
+pub mod version;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -153,6 +153,11 @@ CREATE TABLE IF NOT EXISTS entities (
     json BLOB NOT NULL,
     PRIMARY KEY (gateway_id, kind, key)
 );
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
 ";
 
 /// An entity to write: kind tag, key, content hash, JSON.
@@ -439,6 +444,29 @@ impl Store {
     pub async fn record_seen(&self, id: String, now: i64) -> Result<(), StoreError> {
         self.call(move |c| {
             c.execute("UPDATE gateways SET last_seen_at = ?2 WHERE id = ?1", params![id, now])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A hub-wide setting (such as the desired gateway version), if set.
+    pub async fn setting(&self, key: &'static str) -> Result<Option<String>, StoreError> {
+        self.call(move |c| {
+            Ok(
+                c.query_row("SELECT value FROM settings WHERE key = ?1", params![key], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
+    /// Sets a hub-wide setting.
+    pub async fn set_setting(&self, key: &'static str, value: String, now: i64) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![key, value, now],
+            )?;
             Ok(())
         })
         .await

@@ -5,7 +5,7 @@
 //!
 //! Format: `base64url(json claims) "." base64url(ECDSA P-256 SHA-256 DER signature)`, the
 //! signature covering the first part's bytes. Claims bind the gateway id, the certificate
-//! fingerprint, the purpose (tunnel or renew), a validity window and a nonce that the hub
+//! fingerprint, the purpose (tunnel, renew or version), a validity window and a nonce that the hub
 //! remembers until expiry, so a captured assertion cannot be replayed.
 
 use std::time::Duration;
@@ -33,6 +33,8 @@ pub enum Purpose {
     Tunnel,
     /// Renewing the certificate.
     Renew,
+    /// Asking for the desired gateway version (`self-update`).
+    Version,
 }
 
 /// The signed claims.
@@ -158,6 +160,19 @@ mod tests {
         assert_eq!(claims.gid, "gw-1");
         assert_eq!(
             verify(&tok, &cert, Purpose::Renew, now),
+            Err(AssertionError::WrongPurpose)
+        );
+        // A version query's assertion cannot open a tunnel or renew a certificate, nor the reverse.
+        let version = sign(&key, "gw-1", &cert, Purpose::Version, now).unwrap();
+        assert_eq!(
+            verify(&version, &cert, Purpose::Version, now).unwrap().aud,
+            Purpose::Version
+        );
+        for other in [Purpose::Tunnel, Purpose::Renew] {
+            assert_eq!(verify(&version, &cert, other, now), Err(AssertionError::WrongPurpose));
+        }
+        assert_eq!(
+            verify(&tok, &cert, Purpose::Version, now),
             Err(AssertionError::WrongPurpose)
         );
         assert_eq!(

@@ -1,5 +1,5 @@
-//! Where the identity lives between restarts. A file (mode 0600, atomically replaced) outside a
-//! cluster; the Kubernetes Secret backend plugs in behind the same trait.
+//! Where the identity lives between restarts: a Kubernetes Secret in a cluster
+//! ([`crate::kube::secret_store`]), a file (mode 0600, atomically replaced) elsewhere.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,10 +28,22 @@ pub enum StoreError {
         reason: String,
     },
     /// The `--identity` value has an unknown form.
-    #[error("invalid --identity {value:?}: expected file:PATH")]
+    #[error("invalid --identity {value:?}: expected secret:NAMESPACE/NAME or file:PATH")]
     BadLocation {
         /// The value given.
         value: String,
+    },
+    /// A Kubernetes API call on the identity Secret failed.
+    #[error(
+        "identity {location}: {action} failed: {reason} (flag --identity; the chart's Role must allow get, create and update on this Secret)"
+    )]
+    Kube {
+        /// Which store.
+        location: String,
+        /// The call that failed (connect, get, create, update).
+        action: &'static str,
+        /// What the API server or the client said.
+        reason: String,
     },
 }
 
@@ -56,6 +68,13 @@ pub trait IdentityStore: Send + Sync {
 pub enum IdentityLocation {
     /// `file:PATH`.
     File(PathBuf),
+    /// `secret:NAMESPACE/NAME`.
+    Secret {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+    },
 }
 
 impl std::str::FromStr for IdentityLocation {
@@ -63,6 +82,13 @@ impl std::str::FromStr for IdentityLocation {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
             Some(("file", path)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+            Some(("secret", rest)) => match rest.split_once('/') {
+                Some((ns, name)) if is_dns_label(ns) && is_dns_subdomain(name) => Ok(Self::Secret {
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                }),
+                _ => Err(StoreError::BadLocation { value: s.to_owned() }),
+            },
             _ => Err(StoreError::BadLocation { value: s.to_owned() }),
         }
     }
@@ -72,6 +98,7 @@ impl std::fmt::Display for IdentityLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::File(p) => write!(f, "file:{}", p.display()),
+            Self::Secret { namespace, name } => write!(f, "secret:{namespace}/{name}"),
         }
     }
 }
@@ -81,8 +108,47 @@ impl IdentityLocation {
     pub fn open(&self) -> Arc<dyn IdentityStore> {
         match self {
             Self::File(p) => Arc::new(FileStore::new(p.clone())),
+            Self::Secret { namespace, name } => Arc::new(crate::kube::secret_store::SecretStore::lazy(
+                namespace.clone(),
+                name.clone(),
+            )),
         }
     }
+
+    /// The default when `--identity` is not given: the Secret `argocd-gateway-identity` in the
+    /// pod's namespace when running in a cluster (`KUBERNETES_SERVICE_HOST` and `POD_NAMESPACE`
+    /// set), else the file `argocd-gateway-identity.json` in the working directory. The chart
+    /// always passes `--identity` explicitly, naming `<fullname>-identity`.
+    pub fn default_from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        match (var("KUBERNETES_SERVICE_HOST"), var(crate::kube::NAMESPACE_ENV)) {
+            (Some(_), Some(namespace)) if is_dns_label(namespace.trim()) => Self::Secret {
+                namespace: namespace.trim().to_owned(),
+                name: DEFAULT_SECRET_NAME.to_owned(),
+            },
+            _ => Self::File(PathBuf::from(DEFAULT_FILE)),
+        }
+    }
+}
+
+/// The identity Secret's name when `--identity` is not given in a cluster.
+pub const DEFAULT_SECRET_NAME: &str = "argocd-gateway-identity";
+/// The identity file when `--identity` is not given outside a cluster.
+pub const DEFAULT_FILE: &str = "argocd-gateway-identity.json";
+
+/// A namespace name: an RFC 1123 label.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A Secret name: an RFC 1123 subdomain.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 /// An identity kept in a JSON file with mode 0600.
@@ -216,6 +282,23 @@ mod tests {
         store.remove("gw-3").await.unwrap();
         assert!(store.load().await.unwrap().is_none());
         assert!(!format!("{:?}", identity("x")).contains("KEY"));
-        assert!("secret:ns/name".parse::<IdentityLocation>().is_err());
+        assert_eq!(
+            "secret:argocd/gw-identity".parse::<IdentityLocation>().unwrap(),
+            IdentityLocation::Secret {
+                namespace: "argocd".into(),
+                name: "gw-identity".into()
+            }
+        );
+        for bad in [
+            "secret:ns",
+            "secret:/name",
+            "secret:Ns/name",
+            "secret:ns/a/b",
+            "vault:x",
+            "file:",
+        ] {
+            let err = bad.parse::<IdentityLocation>().unwrap_err().to_string();
+            assert!(err.contains("secret:NAMESPACE/NAME"), "{bad}: {err}");
+        }
     }
 }

@@ -26,19 +26,20 @@ use session::{Ended, SessionCtx};
 /// Where the identity is kept.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IdentityArgs {
-    /// Identity store: file:PATH (mode 0600).
-    #[arg(
-        long = "identity",
-        env = "ARGOCD_GATEWAY_IDENTITY",
-        default_value = "file:argocd-gateway-identity.json"
-    )]
-    pub identity: String,
+    /// Identity store: secret:NAMESPACE/NAME (a Kubernetes Secret) or file:PATH (mode 0600).
+    /// Default: secret:$POD_NAMESPACE/argocd-gateway-identity in a cluster, else
+    /// file:argocd-gateway-identity.json.
+    #[arg(long = "identity", env = "ARGOCD_GATEWAY_IDENTITY")]
+    pub identity: Option<String>,
 }
 
 impl IdentityArgs {
-    /// Parses the location.
+    /// Parses the location, or picks the default for where the process runs.
     pub fn location(&self) -> Result<IdentityLocation, crate::identity::store::StoreError> {
-        self.identity.parse()
+        match self.identity.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(s) => s.parse(),
+            None => Ok(IdentityLocation::default_from_env()),
+        }
     }
 }
 
