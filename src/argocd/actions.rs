@@ -80,6 +80,26 @@ impl ArgoActions {
     }
 
     async fn answer(&self, kind: request::Kind) -> Result<Value, proto::RequestError> {
+        let app = target(&kind);
+        self.dispatch(kind).await.map_err(|e| match (e, app) {
+            (DispatchError::Request(e), _) => e,
+            // Without a project, Argo CD answers 403 both for an application the token may
+            // not see and for one that does not exist. When the view has never seen the
+            // application either, "not found" is the likelier truth; the policy hint stays.
+            (DispatchError::Argo(ArgoCdError::PermissionDenied { policy_line, .. }), Some(key)) if self.view.application(&key).is_none() => {
+                proto::RequestError {
+                    code: request_error::Code::NotFound as i32,
+                    message: format!(
+                        "application {key} not found: Argo CD knows no such application, or the gateway's token may not see it (then add this RBAC policy line to argocd-rbac-cm: {policy_line})"
+                    ),
+                    missing_policy: policy_line,
+                }
+            }
+            (DispatchError::Argo(e), _) => to_request_error(e),
+        })
+    }
+
+    async fn dispatch(&self, kind: request::Kind) -> Result<Value, DispatchError> {
         use request::Kind;
         match kind {
             Kind::HealthCheck(_) => Ok(self.health_check().await),
@@ -90,16 +110,14 @@ impl ArgoActions {
                     "normal" => Some(Refresh::Normal),
                     "hard" => Some(Refresh::Hard),
                     other => {
-                        return Err(invalid(format!(
-                            "refresh must be \"normal\" or \"hard\", not {other:?}"
-                        )));
+                        return Err(invalid(format!("refresh must be \"normal\" or \"hard\", not {other:?}")).into());
                     }
                 };
                 let d = self
                     .client
                     .get_application(&app, refresh)
                     .await
-                    .map_err(to_request_error)?;
+                    .map_err(DispatchError::from)?;
                 Ok(model_json(&d.app))
             }
             Kind::Refresh(r) => {
@@ -109,14 +127,14 @@ impl ArgoActions {
                     .client
                     .get_application(&app, Some(refresh))
                     .await
-                    .map_err(to_request_error)?;
+                    .map_err(DispatchError::from)?;
                 Ok(model_json(&d.app))
             }
             Kind::Sync(s) => {
                 let app = app_ref(s.app)?;
                 let revision = Some(s.revision).filter(|r| !r.is_empty());
                 if revision.is_some() && !s.revisions.is_empty() {
-                    return Err(invalid("give either revision or revisions, not both"));
+                    return Err(invalid("give either revision or revisions, not both").into());
                 }
                 let positions = (1..=s.revisions.len() as i64).collect();
                 let req = SyncRequest {
@@ -131,19 +149,19 @@ impl ArgoActions {
                     .client
                     .sync_application(&app, &req)
                     .await
-                    .map_err(to_request_error)?;
+                    .map_err(DispatchError::from)?;
                 Ok(model_json(&d.app))
             }
             Kind::ResourceTree(a) => self
                 .client
                 .resource_tree(&app_ref(Some(a))?)
                 .await
-                .map_err(to_request_error),
+                .map_err(DispatchError::from),
             Kind::ManagedResources(a) => self
                 .client
                 .managed_resources(&app_ref(Some(a))?)
                 .await
-                .map_err(to_request_error),
+                .map_err(DispatchError::from),
             Kind::Events(e) => {
                 let app = app_ref(e.app)?;
                 let resource = (!e.resource_name.is_empty()).then(|| ResourceRef {
@@ -154,12 +172,12 @@ impl ArgoActions {
                 self.client
                     .events(&app, resource.as_ref())
                     .await
-                    .map_err(to_request_error)
+                    .map_err(DispatchError::from)
             }
             Kind::Logs(l) => {
                 let app = app_ref(l.app)?;
                 if l.pod_name.is_empty() {
-                    return Err(invalid("logs need a pod name (podName)"));
+                    return Err(invalid("logs need a pod name (podName)").into());
                 }
                 let req = LogsRequest {
                     pod_name: l.pod_name,
@@ -173,7 +191,7 @@ impl ArgoActions {
                     max_bytes: MAX_LOG_BYTES,
                     previous: false,
                 };
-                self.client.logs(&app, &req).await.map_err(to_request_error)
+                self.client.logs(&app, &req).await.map_err(DispatchError::from)
             }
         }
     }
@@ -192,6 +210,39 @@ impl crate::tunnel::Actions for ArgoActions {
         }
         .boxed()
     }
+}
+
+/// A failure before or from Argo CD, kept apart so Argo CD's can be interpreted in context.
+enum DispatchError {
+    Argo(ArgoCdError),
+    Request(proto::RequestError),
+}
+
+impl From<ArgoCdError> for DispatchError {
+    fn from(e: ArgoCdError) -> Self {
+        Self::Argo(e)
+    }
+}
+
+impl From<proto::RequestError> for DispatchError {
+    fn from(e: proto::RequestError) -> Self {
+        Self::Request(e)
+    }
+}
+
+/// The application a request is about, if any.
+fn target(kind: &request::Kind) -> Option<super::model::AppKey> {
+    use request::Kind;
+    let app = match kind {
+        Kind::HealthCheck(_) => return None,
+        Kind::Get(g) => g.app.as_ref(),
+        Kind::Sync(s) => s.app.as_ref(),
+        Kind::Refresh(r) => r.app.as_ref(),
+        Kind::ResourceTree(a) | Kind::ManagedResources(a) => Some(a),
+        Kind::Events(e) => e.app.as_ref(),
+        Kind::Logs(l) => l.app.as_ref(),
+    }?;
+    Some(super::model::AppKey::new(app.namespace.clone(), app.name.clone()))
 }
 
 fn model_json(app: &super::model::Application) -> Value {

@@ -450,11 +450,38 @@ impl Tunnel for TunnelService {
         };
         let _ = tx.try_send(msg(hub_message::Body::Welcome(welcome)));
         tracing::info!(gateway_id = %gateway_id, session_id = %session.session_id, version = %hello.gateway_version, "gateway connected");
+        self.state.tasks.spawn(measure_round_trips(session.clone()));
         let state = self.state.clone();
         self.state
             .tasks
             .spawn(read_session(state, gateway_id, session, tx, inbound));
         Ok(reply)
+    }
+}
+
+/// How often the hub pings a gateway to know the round-trip time it reports in health checks.
+const HUB_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Pings the gateway at once and then periodically, until the session ends; the pong updates
+/// the session's round-trip time.
+async fn measure_round_trips(session: LiveSession) {
+    let mut tick = tokio::time::interval(HUB_PING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = session.cancel.cancelled() => return,
+            _ = session.tx.closed() => return,
+            _ = tick.tick() => {}
+        }
+        seq += 1;
+        let ping = crate::proto::Ping {
+            seq,
+            sent_at_unix_ms: crate::util::unix_ms_now(),
+        };
+        if session.tx.send(msg(hub_message::Body::Ping(ping))).await.is_err() {
+            return;
+        }
     }
 }
 

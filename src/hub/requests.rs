@@ -32,7 +32,7 @@ pub enum RequestFailure {
     #[error("not found: {0}")]
     NotFound(String),
     /// Argo CD RBAC denied it.
-    #[error("permission denied: {message}{}", if .missing_policy.is_empty() { String::new() } else { format!("; add to Argo CD's policy.csv: {}", .missing_policy) })]
+    #[error("permission denied: {message}{}", if .missing_policy.is_empty() || .message.contains(.missing_policy.as_str()) { String::new() } else { format!("; add to Argo CD's policy.csv: {}", .missing_policy) })]
     PermissionDenied {
         /// Argo CD's message.
         message: String,
