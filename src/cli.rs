@@ -44,6 +44,9 @@ pub enum Command {
     Version,
     /// Preflight: configuration, DNS, TCP, TLS, Argo CD version, token and permissions.
     Check(Box<crate::check::CheckArgs>),
+    /// Try the whole system on one machine: a hub, a simulated Argo CD whose applications keep
+    /// changing, and a gateway connected to the hub.
+    Demo(Box<crate::demo::DemoArgs>),
 }
 
 /// Flags of `argocd-gateway register`.
@@ -203,6 +206,16 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             }
             match crate::hub::cli::run(*cmd, shutdown).await {
                 Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo(args) => {
+            install_signal_handlers(shutdown.clone());
+            match crate::demo::run(*args, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE

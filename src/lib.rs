@@ -9,6 +9,7 @@
 //! - [`simulator`]: a faithful in-process Argo CD API server for tests, demos and benchmarks;
 //! - [`check`]: the `check` preflight command;
 //! - `admin`: liveness, readiness and Prometheus metrics;
+//! - `demo`: the whole system in one process (hub, simulated Argo CD, gateway);
 //! - `daemon`: `run`, which wires the Argo CD view, the relay, the tunnel and the admin server;
 //! - `kube`: the Kubernetes side (identity Secret, Lease leader election, self-update);
 //! - [`cli`]: command-line definitions and dispatch.
@@ -19,6 +20,7 @@ pub mod argocd;
 pub mod check;
 pub mod cli;
 pub mod daemon;
+pub mod demo;
 pub mod hub;
 pub mod identity;
 pub mod kube;

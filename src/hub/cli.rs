@@ -306,9 +306,17 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
             .trim_end()
             .to_owned()
     };
-    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
+    // A reader that stops early (`| head`) closes the pipe; that ends the output, not the
+    // process with a panic.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{}", line(headers.iter().map(|h| h.to_string()).collect())).is_err() {
+        return;
+    }
     for r in rows {
-        println!("{}", line(r.clone()));
+        if writeln!(out, "{}", line(r.clone())).is_err() {
+            return;
+        }
     }
 }
 
@@ -346,7 +354,10 @@ fn print_apps(items: &[Value]) {
 }
 
 fn print_json(v: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(v)?;
+    // A closed pipe (`| head`) just ends the output.
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
     Ok(())
 }
 
@@ -421,7 +432,7 @@ pub async fn run(cmd: HubCommand, shutdown: tokio_util::sync::CancellationToken)
                 .call(Method::POST, "/api/v1/registration-tokens", Some(body))
                 .await?;
             if api.output == "json" {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_json(&v)?;
             } else {
                 println!("token:           {}", s(&v, "token"));
                 println!("id:              {}", s(&v, "id"));
@@ -436,7 +447,7 @@ pub async fn run(cmd: HubCommand, shutdown: tokio_util::sync::CancellationToken)
                 .call(Method::GET, "/api/v1/registration-tokens", None)
                 .await?;
             if api.output == "json" {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_json(&v)?;
             } else {
                 let items = v.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
                 let rows: Vec<Vec<String>> = items
@@ -468,7 +479,7 @@ pub async fn run(cmd: HubCommand, shutdown: tokio_util::sync::CancellationToken)
                 .call(Method::GET, "/api/v1/gateways", None)
                 .await?;
             if api.output == "json" {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_json(&v)?;
             } else {
                 print_gateways(&v.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
             }
@@ -479,7 +490,7 @@ pub async fn run(cmd: HubCommand, shutdown: tokio_util::sync::CancellationToken)
                 .call(Method::GET, &format!("/api/v1/gateways/{id}"), None)
                 .await?;
             if api.output == "json" {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_json(&v)?;
             } else {
                 print_gateways(&[v]);
             }
@@ -625,7 +636,7 @@ pub async fn run(cmd: HubCommand, shutdown: tokio_util::sync::CancellationToken)
                 }
             };
             if api.output == "json" {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_json(&v)?;
             } else {
                 match v.get("version").and_then(Value::as_str) {
                     Some(version) => println!("desired gateway version: {version}"),
