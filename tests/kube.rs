@@ -821,3 +821,152 @@ async fn binary_self_update_dry_run_prints_the_plan_and_changes_nothing() {
     assert!(stderr.contains("--deployment") && stderr.contains("404"), "{stderr}");
     r.hub.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Two gateway processes with --leader-elect: one relays, the other stands by and takes over
+
+async fn get_text(url: &str) -> Option<(u16, String)> {
+    let resp = reqwest::get(url).await.ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.text().await.ok()?))
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not within 30s: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_leader_relays_and_the_standby_takes_over_on_sigterm() {
+    use argocd_gateway::simulator::{SimOptions, SimTls, Simulator, TokenSpec};
+    let api = FakeApi::new();
+    let r = registered(&api).await;
+    let server = api.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), &server);
+    let sim = Simulator::start(SimOptions {
+        tls: SimTls::Plaintext,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sim.add_synthetic_apps(4);
+    let token_file = dir.path().join("argocd-token");
+    std::fs::write(&token_file, sim.add_token(TokenSpec::account("gateway"))).unwrap();
+    let hub_url = format!("https://localhost:{}", r.hub.grpc_addr.port());
+    let gateway_id = r.identity.gateway_id.clone();
+
+    let spawn = |pod: &str| {
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_argocd-gateway"));
+        cmd.args(["--log-format", "text", "run", "--hub-url", &hub_url])
+            .args(["--identity", "secret:argocd/gw-identity", "--keepalive-interval", "1"])
+            .args(["--argocd-server", &sim.url(), "--argocd-plaintext"])
+            .arg("--argocd-token-file")
+            .arg(&token_file)
+            .args(["--admin-addr", &admin.to_string()])
+            .args(["--leader-elect", "--lease-name", "gw"])
+            .args([
+                "--lease-duration",
+                "4s",
+                "--lease-renew-deadline",
+                "3s",
+                "--lease-retry-period",
+                "1s",
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAMESPACE", NS)
+            .env("POD_NAME", pod)
+            .env("RUST_LOG", "info")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("ARGOCD_GATEWAY_IDENTITY")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        (cmd.spawn().unwrap(), format!("http://{admin}"))
+    };
+    let connected = || async {
+        let (_, g) = hub_api(
+            &r.hub,
+            &r.admin,
+            reqwest::Method::GET,
+            &format!("/api/v1/gateways/{gateway_id}"),
+            None,
+        )
+        .await;
+        g["connected"] == json!(true)
+    };
+    let holder = || {
+        api.get(LEASES, NS, "gw")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+
+    let (mut a, admin_a) = spawn("pod-a");
+    until("pod-a leads and relays", || async {
+        holder() == "pod-a" && connected().await
+    })
+    .await;
+    let (b, admin_b) = spawn("pod-b");
+    // The standby is ready (its view is warm) but does not lead.
+    until("pod-b is a ready standby", || async {
+        get_text(&format!("{admin_b}/readyz"))
+            .await
+            .is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    let (_, metrics_b) = get_text(&format!("{admin_b}/metrics")).await.unwrap();
+    assert_eq!(metric(&metrics_b, "argocd_gateway_leader"), Some(0.0), "{metrics_b}");
+    assert_eq!(metric(&metrics_b, "argocd_gateway_hub_connected"), Some(0.0));
+    let (_, metrics_a) = get_text(&format!("{admin_a}/metrics")).await.unwrap();
+    assert_eq!(metric(&metrics_a, "argocd_gateway_leader"), Some(1.0), "{metrics_a}");
+    assert_eq!(metric(&metrics_a, "argocd_gateway_leader_transitions"), Some(1.0));
+    assert_eq!(holder(), "pod-a");
+
+    // SIGTERM the leader: it says goodbye, releases the Lease, and the standby takes over at its
+    // next retry rather than after a lease duration.
+    let pid = a.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(15), a.wait())
+        .await
+        .expect("the leader exits on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    until("pod-b leads and relays", || async {
+        holder() == "pod-b" && connected().await
+    })
+    .await;
+    let (_, apps) = hub_api(
+        &r.hub,
+        &r.admin,
+        reqwest::Method::GET,
+        &format!("/api/v1/gateways/{gateway_id}/applications"),
+        None,
+    )
+    .await;
+    assert_eq!(apps["items"].as_array().map(Vec::len), Some(4), "{apps}");
+    drop(b);
+    r.hub.shutdown().await;
+}

@@ -16,6 +16,7 @@ use crate::admin::{Admin, Readiness};
 use crate::argocd::actions::ArgoActions;
 use crate::argocd::metrics::ArgoCdMetrics;
 use crate::argocd::{ArgoCdArgs, ArgoCdConfig, Client, View, ViewHandle, ViewOptions};
+use crate::kube::lease::{LeaderArgs, LeaderElector, LeaderHandle};
 use crate::relay::engine::{Dirty, Relay};
 use crate::relay::source::ViewSource;
 use crate::tunnel::{Attachments, RunArgs, TunnelMetrics, TunnelStatus};
@@ -32,6 +33,9 @@ pub struct DaemonArgs {
     /// Admin HTTP listener for /healthz, /readyz and /metrics (Helm gateway.admin.port).
     #[arg(long, env = "ARGOCD_GATEWAY_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
+    /// Leader election among replicas.
+    #[command(flatten)]
+    pub leader: LeaderArgs,
 }
 
 /// Why the daemon could not start or stopped.
@@ -53,18 +57,27 @@ pub enum DaemonError {
     Tunnel(#[from] crate::tunnel::RunError),
 }
 
+/// This replica's view of the election.
+#[derive(Clone)]
+struct Leadership {
+    leader: watch::Receiver<bool>,
+    stats: Arc<crate::kube::lease::LeaderStats>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ScopeLabels {
     /// `unscoped` or the project a project token serves.
     scope: String,
 }
 
-/// Gauges read from the view and the tokens at scrape time.
+/// Gauges read from the view, the tokens and the elector at scrape time.
 #[derive(Default, Clone)]
 struct ViewGauges {
     applications: Gauge,
     clusters: Gauge,
     token_expiry: Family<ScopeLabels, Gauge>,
+    leader: Gauge,
+    leader_transitions: Gauge,
 }
 
 impl ViewGauges {
@@ -84,9 +97,28 @@ impl ViewGauges {
             "Expiry of each Argo CD token (Unix seconds; absent for tokens that never expire)",
             self.token_expiry.clone(),
         );
+        r.register(
+            "argocd_gateway_leader",
+            "1 while this replica relays to the hub (always 1 without --leader-elect)",
+            self.leader.clone(),
+        );
+        r.register(
+            "argocd_gateway_leader_transitions",
+            "Times this replica became or stopped being the leader",
+            self.leader_transitions.clone(),
+        );
     }
 
-    fn refresh(&self, view: &ViewHandle, client: &Client) {
+    fn refresh(&self, view: &ViewHandle, client: &Client, leader: Option<&Leadership>) {
+        match leader {
+            Some(h) => {
+                self.leader.set(i64::from(h.stats.is_leader()));
+                self.leader_transitions.set(h.stats.transitions() as i64);
+            }
+            None => {
+                self.leader.set(1);
+            }
+        }
         self.applications.set(view.application_count() as i64);
         self.clusters.set(view.clusters().len() as i64);
         let Ok(scopes) = client.scopes(&client.config().projects) else {
@@ -106,11 +138,11 @@ impl ViewGauges {
     }
 }
 
-/// Why the gateway is or is not ready: connected to the hub and Argo CD's state loaded and
-/// current.
-fn readiness(status: &TunnelStatus, view: &ViewHandle) -> Readiness {
+/// Why the gateway is or is not ready: connected to the hub (unless it is a standby) and Argo
+/// CD's state loaded and current.
+fn readiness(status: &TunnelStatus, view: &ViewHandle, standby: bool) -> Readiness {
     let mut reasons = vec![];
-    if !status.connected {
+    if !standby && !status.connected {
         reasons.push(match &status.last_error {
             Some(e) => format!("not connected to the hub: {e}"),
             None => "not connected to the hub yet".to_owned(),
@@ -135,8 +167,20 @@ fn readiness(status: &TunnelStatus, view: &ViewHandle) -> Readiness {
 /// Runs the daemon until `shutdown` or until the tunnel gives up for good.
 pub async fn run(args: DaemonArgs, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let cfg = args.tunnel.validate().map_err(anyhow::Error::from)?;
+    let lease = args.leader.validate().map_err(anyhow::Error::from)?;
     let argocd_config = ArgoCdConfig::from_args(&args.argocd, cfg.extra_roots.clone()).map_err(anyhow::Error::from)?;
     let client = Client::new(argocd_config).map_err(anyhow::Error::from)?;
+    // The elector outlives the tunnel so that, on shutdown, the Lease is released only after
+    // the goodbye: a standby that takes over at once finds the hub session already closed.
+    let elector_stop = CancellationToken::new();
+    let (leader, elector_task) = match lease {
+        None => (None, None),
+        Some(lease) => {
+            let kube = crate::kube::client().await.map_err(anyhow::Error::from)?;
+            let LeaderHandle { leader, stats, task } = LeaderElector::new(kube, lease).spawn(elector_stop.clone());
+            (Some(Leadership { leader, stats }), Some(task))
+        }
+    };
 
     let mut registry = Registry::default();
     crate::admin::register_build_info(&mut registry);
@@ -161,10 +205,15 @@ pub async fn run(args: DaemonArgs, shutdown: CancellationToken) -> Result<(), Da
 
     let (status_tx, status_rx) = watch::channel(TunnelStatus::default());
     let ready_view = view.clone();
-    let readiness_fn = Arc::new(move || readiness(&status_rx.borrow(), &ready_view));
+    let ready_leader = leader.clone();
+    let readiness_fn = Arc::new(move || {
+        let standby = ready_leader.as_ref().is_some_and(|h| !h.stats.is_leader());
+        readiness(&status_rx.borrow(), &ready_view, standby)
+    });
     let refresh_view = view.clone();
     let refresh_client = client.clone();
-    let refresh_fn = Arc::new(move || gauges.refresh(&refresh_view, &refresh_client));
+    let refresh_leader = leader.clone();
+    let refresh_fn = Arc::new(move || gauges.refresh(&refresh_view, &refresh_client, refresh_leader.as_ref()));
     let admin = Admin::new(registry, readiness_fn, Some(refresh_fn));
     let bound = admin
         .serve(args.admin_addr, background.clone())
@@ -176,12 +225,57 @@ pub async fn run(args: DaemonArgs, shutdown: CancellationToken) -> Result<(), Da
     tracing::info!(addr = %bound, "admin server listening (/healthz, /readyz, /metrics)");
 
     let actions = Arc::new(ArgoActions::new(client, view));
-    let attachments = Attachments {
+    let mut attachments = Attachments {
         relay: Some(relay),
         actions: Some(actions),
         metrics: tunnel_metrics,
     };
-    let result = crate::tunnel::run(cfg, shutdown, status_tx, attachments).await;
+    let result = match &leader {
+        None => crate::tunnel::run_with(cfg, shutdown.clone(), status_tx, &mut attachments).await,
+        Some(handle) => lead_when_elected(cfg, &shutdown, status_tx, &mut attachments, handle).await,
+    };
     background.cancel();
+    elector_stop.cancel();
+    if let Some(task) = elector_task {
+        // Wait (briefly) for the elector to release the Lease.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
     result.map_err(DaemonError::from)
+}
+
+/// Runs the tunnel only while this replica is the leader; a standby keeps its view warm and
+/// waits. Demotion ends the session (with a goodbye) and the replica stands by again.
+async fn lead_when_elected(
+    cfg: crate::tunnel::RunConfig,
+    shutdown: &CancellationToken,
+    status_tx: watch::Sender<TunnelStatus>,
+    attachments: &mut Attachments,
+    handle: &Leadership,
+) -> Result<(), crate::tunnel::RunError> {
+    let mut leader = handle.leader.clone();
+    loop {
+        if !*leader.borrow() {
+            tracing::info!("standing by: another replica relays to the hub");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            elected = leader.wait_for(|l| *l) => if elected.is_err() { return Ok(()) },
+        }
+        let term = shutdown.child_token();
+        let demoted = {
+            let mut leader = leader.clone();
+            let term = term.clone();
+            tokio::spawn(async move {
+                let _ = leader.wait_for(|l| !*l).await;
+                term.cancel();
+            })
+        };
+        let result = crate::tunnel::run_with(cfg.clone(), term, status_tx.clone(), attachments).await;
+        demoted.abort();
+        result?;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        tracing::warn!("lost the leadership; closed the hub session");
+    }
 }

@@ -288,6 +288,17 @@ pub async fn run(
     status: watch::Sender<TunnelStatus>,
     mut attach: Attachments,
 ) -> Result<(), RunError> {
+    run_with(cfg, shutdown, status, &mut attach).await
+}
+
+/// Like [`run`], borrowing the attachments so a caller can run the tunnel again later with
+/// the same relay (a leader that was demoted and elected again resumes where it left off).
+pub async fn run_with(
+    cfg: RunConfig,
+    shutdown: CancellationToken,
+    status: watch::Sender<TunnelStatus>,
+    attach: &mut Attachments,
+) -> Result<(), RunError> {
     let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
     let mut keepalive_failures = 0u32;
     let mut identity: Option<Identity> = None;
