@@ -785,3 +785,49 @@ async fn wait_returns_synced_failed_and_timeout() {
     assert!(v["error"].as_str().unwrap().contains(&env.gateway_id), "{v}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
 }
+
+#[derive(Parser)]
+struct CheckCli {
+    #[command(flatten)]
+    args: argocd_gateway::check::CheckArgs,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_registration_and_hub_reachability() {
+    use argocd_gateway::check::{Report, Status, hub_rows};
+    let env = Env::start(1, "5m").await;
+    let hub_url = format!("https://localhost:{}", env.ports.0);
+    let identity = format!("file:{}", env.dir.join("identity.json").display());
+    let rows = |flags: Vec<String>| async move {
+        let cli = CheckCli::try_parse_from(std::iter::once("check".to_owned()).chain(flags)).unwrap();
+        let mut report = Report::default();
+        hub_rows(&cli.args, &mut report).await;
+        report.rows
+    };
+
+    // Registered: the stored identity (and the hub CA in it) is enough.
+    let ok = rows(vec!["--hub-url".into(), hub_url.clone(), "--identity".into(), identity]).await;
+    let reg = ok.iter().find(|r| r.name == "registration").unwrap();
+    assert_eq!(reg.status, Status::Ok, "{ok:?}");
+    assert!(reg.detail.contains(&env.gateway_id), "{reg:?}");
+    let conn = ok.iter().find(|r| r.name == "hub connection").unwrap();
+    assert_eq!(conn.status, Status::Ok, "{ok:?}");
+
+    // Not registered, and a CA fingerprint that does not match: both said plainly.
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let bad = rows(vec![
+        "--hub-url".into(),
+        hub_url,
+        "--hub-ca-fingerprint".into(),
+        wrong,
+        "--identity".into(),
+        format!("file:{}", env.dir.join("none.json").display()),
+    ])
+    .await;
+    let reg = bad.iter().find(|r| r.name == "registration").unwrap();
+    assert_eq!(reg.status, Status::Warn, "{bad:?}");
+    assert!(reg.fix.as_deref().unwrap_or("").contains("registration.token"));
+    let conn = bad.iter().find(|r| r.name == "hub connection").unwrap();
+    assert_eq!(conn.status, Status::Fail, "{bad:?}");
+    assert!(conn.detail.contains("fingerprint"), "{conn:?}");
+}

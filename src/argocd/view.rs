@@ -580,6 +580,11 @@ async fn app_loop(
                 continue;
             }
         };
+        // argocd-server drops watch events for a subscriber whose buffer is full instead of
+        // closing its stream, so a burst can lose changes silently. After a burst, re-list
+        // once the stream has been quiet for a moment rather than at the next periodic resync.
+        let mut window = (Instant::now(), 0usize);
+        let mut relist_after: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -587,10 +592,22 @@ async fn app_loop(
                     tracing::debug!(view_loop = %loop_name, "periodic re-list");
                     continue 'outer;
                 }
+                _ = tokio::time::sleep_until(relist_after.unwrap_or(resync_at)), if relist_after.is_some() => {
+                    tracing::info!(view_loop = %loop_name, "re-listing after a burst of watch events (Argo CD drops events for watchers that fall behind)");
+                    continue 'outer;
+                }
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => {
                         watch_backoff.reset();
                         shared.apply_watch(scope, scope_name.as_deref(), ev.kind, ev.app);
+                        let now = Instant::now();
+                        if now.duration_since(window.0) > BURST_WINDOW {
+                            window = (now, 0);
+                        }
+                        window.1 += 1;
+                        if window.1 >= BURST_EVENTS || relist_after.is_some() {
+                            relist_after = Some(now + BURST_QUIET);
+                        }
                     }
                     Some(Err(e)) => {
                         shared.record_error(&loop_name, &e);
@@ -611,6 +628,14 @@ async fn app_loop(
         }
     }
 }
+
+/// Watch events within [`BURST_WINDOW`] that count as a burst which may have overflowed
+/// argocd-server's per-watcher buffer (1000 events).
+const BURST_EVENTS: usize = 500;
+/// The window of [`BURST_EVENTS`].
+const BURST_WINDOW: Duration = Duration::from_secs(1);
+/// Quiet time after a burst before the re-list.
+const BURST_QUIET: Duration = Duration::from_secs(2);
 
 async fn cluster_loop(shared: Arc<Shared>, client: Client, options: ViewOptions, cancel: CancellationToken) {
     let mut backoff = Backoff::new(options.retry_base, options.retry_max);

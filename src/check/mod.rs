@@ -25,6 +25,12 @@ pub struct CheckArgs {
     /// Extra trusted CAs.
     #[command(flatten)]
     pub trust: TrustArgs,
+    /// Hub connection (checked when --hub-url is given).
+    #[command(flatten)]
+    pub hub: crate::tunnel::config::HubArgs,
+    /// Where the gateway keeps its identity.
+    #[command(flatten)]
+    pub identity: crate::tunnel::IdentityArgs,
 }
 
 /// Outcome of one check.
@@ -107,12 +113,115 @@ impl Report {
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut report = Report::default();
     argocd_rows(&args.argocd, &args.trust, &mut report).await;
+    hub_rows(&args, &mut report).await;
     print!("{}", report.render());
     Ok(if report.failed() {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The hub rows: configuration, registration state (the identity store) and reachability with
+/// the stored identity (DNS, TCP, proxy, TLS and HTTP/2, each diagnosed by the dialer).
+pub async fn hub_rows(args: &CheckArgs, report: &mut Report) {
+    if args.hub.hub_url.is_none() {
+        report.push(
+            "hub",
+            Status::Warn,
+            "not checked: no hub URL",
+            Some("pass --hub-url (Helm gateway.hub.address) to check the hub too".into()),
+        );
+        return;
+    }
+    let cfg = match args.hub.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            report.push("hub configuration", Status::Fail, e.to_string(), None);
+            return;
+        }
+    };
+    let roots = match args.trust.load() {
+        Ok(r) => r,
+        Err(e) => {
+            report.push("hub configuration", Status::Fail, e.to_string(), None);
+            return;
+        }
+    };
+    let identity = match args.identity.location() {
+        Err(e) => {
+            report.push("registration", Status::Fail, e.to_string(), None);
+            None
+        }
+        Ok(location) => {
+            let store = location.open();
+            match store.load().await {
+                Ok(Some(id)) => {
+                    let expiry = id
+                        .cert_info()
+                        .map(|i| format!("certificate expires {}", i.not_after))
+                        .unwrap_or_else(|e| format!("certificate unreadable: {e}"));
+                    report.push(
+                        "registration",
+                        Status::Ok,
+                        format!(
+                            "registered as {} ({}) in {}; {expiry}",
+                            id.gateway_id,
+                            id.name,
+                            store.describe()
+                        ),
+                        None,
+                    );
+                    Some(id)
+                }
+                Ok(None) => {
+                    report.push(
+                        "registration",
+                        Status::Warn,
+                        format!("not registered yet: no identity in {}", store.describe()),
+                        Some(
+                            "the first run registers with a one-hour token: --registration-token-file (Helm registration.token)"
+                                .into(),
+                        ),
+                    );
+                    None
+                }
+                Err(e) => {
+                    report.push("registration", Status::Fail, e.to_string(), None);
+                    None
+                }
+            }
+        }
+    };
+    let dialer = match crate::tunnel::dial::Dialer::new(&cfg, &roots, identity.as_ref()) {
+        Ok(d) => d,
+        Err(e) => {
+            report.push("hub connection", Status::Fail, e.to_string(), None);
+            return;
+        }
+    };
+    match dialer.connect().await {
+        Ok(_) => report.push(
+            "hub connection",
+            Status::Ok,
+            format!(
+                "reachable at {} ({}){}",
+                dialer.endpoint().url(),
+                if cfg.endpoint.plaintext {
+                    "plaintext"
+                } else {
+                    "TLS verified, HTTP/2"
+                },
+                if identity.is_some() {
+                    " with the gateway certificate"
+                } else {
+                    ""
+                }
+            ),
+            None,
+        ),
+        Err(e) => report.push("hub connection", Status::Fail, e.to_string(), None),
+    }
 }
 
 /// The Argo CD rows: configuration, DNS, TCP, TLS, version, token, permissions, counts.

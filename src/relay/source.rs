@@ -1,5 +1,7 @@
-//! The relay's source in the daemon: the Argo CD view's applications and clusters, each
-//! serialized once when it changes (not on every relay pass), fed by the view's change events.
+//! The relay's source in the daemon: the Argo CD view's applications and clusters, fed by the
+//! view's change events. It keeps each entity's significance hash (computed once per change)
+//! and shares the view's objects; the JSON is made only when the relay sends an entity, so a
+//! large Argo CD is not held in memory twice.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{Dirty, Source};
-use super::{Entity, EntityKey, Kind};
+use super::{Entity, EntityKey, Hash, Kind};
 use crate::argocd::model::{AppKey, Application, Cluster};
 use crate::argocd::view::{Snapshot, ViewEvent, ViewHandle};
 
@@ -36,10 +38,43 @@ pub fn cluster_entity(cluster: &Cluster) -> Entity {
     Entity::from_value(Kind::Cluster, cluster.server.clone(), &value)
 }
 
+/// A view object and its significance hash.
+#[derive(Clone)]
+enum Stored {
+    App(Arc<Application>, Hash),
+    Cluster(Arc<Cluster>, Hash),
+}
+
+impl Stored {
+    fn app(app: Arc<Application>) -> (EntityKey, Self) {
+        let e = app_entity(&app);
+        ((e.kind, e.key), Self::App(app, e.hash))
+    }
+
+    fn cluster(cluster: Arc<Cluster>) -> (EntityKey, Self) {
+        let e = cluster_entity(&cluster);
+        ((e.kind, e.key), Self::Cluster(cluster, e.hash))
+    }
+
+    /// The entity as sent: the JSON is made now, the hash was made when the object changed.
+    fn entity(&self, key: &str) -> Entity {
+        let (kind, json, hash) = match self {
+            Self::App(a, h) => (Kind::Application, serde_json::to_vec(a.as_ref()), *h),
+            Self::Cluster(c, h) => (Kind::Cluster, serde_json::to_vec(c.as_ref()), *h),
+        };
+        Entity {
+            kind,
+            key: key.to_owned(),
+            hash,
+            json: Arc::new(json.unwrap_or_default()),
+        }
+    }
+}
+
 /// The view as a relay source.
 #[derive(Default)]
 pub struct ViewSource {
-    entities: RwLock<HashMap<EntityKey, Entity>>,
+    entities: RwLock<HashMap<EntityKey, Stored>>,
     ready: AtomicBool,
 }
 
@@ -47,12 +82,13 @@ impl Source for ViewSource {
     fn entities(&self) -> Vec<Entity> {
         self.entities
             .read()
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.iter().map(|((_, key), s)| s.entity(key)).collect())
             .unwrap_or_default()
     }
 
     fn get(&self, kind: Kind, key: &str) -> Option<Entity> {
-        self.entities.read().ok()?.get(&(kind, key.to_owned())).cloned()
+        let key = (kind, key.to_owned());
+        self.entities.read().ok()?.get(&key).map(|s| s.entity(&key.1))
     }
 
     fn ready(&self) -> bool {
@@ -76,23 +112,16 @@ impl ViewSource {
 
     fn replace_all(&self, snap: Snapshot) {
         let mut map = HashMap::with_capacity(snap.apps.len() + snap.clusters.len());
-        for app in snap.apps.values() {
-            let e = app_entity(app);
-            map.insert((e.kind, e.key.clone()), e);
-        }
-        for cluster in snap.clusters.values() {
-            let e = cluster_entity(cluster);
-            map.insert((e.kind, e.key.clone()), e);
-        }
+        map.extend(snap.apps.into_values().map(Stored::app));
+        map.extend(snap.clusters.into_values().map(Stored::cluster));
         if let Ok(mut m) = self.entities.write() {
             *m = map;
         }
     }
 
-    fn upsert(&self, e: Entity, dirty: &Dirty) {
-        let key = (e.kind, e.key.clone());
+    fn upsert(&self, (key, stored): (EntityKey, Stored), dirty: &Dirty) {
         if let Ok(mut m) = self.entities.write() {
-            m.insert(key.clone(), e);
+            m.insert(key.clone(), stored);
         }
         dirty.mark(key.0, key.1);
     }
@@ -126,9 +155,9 @@ impl ViewSource {
             }
             loop {
                 match events.recv().await {
-                    Ok(ViewEvent::AppUpsert(app)) => self.upsert(app_entity(&app), &dirty),
+                    Ok(ViewEvent::AppUpsert(app)) => self.upsert(Stored::app(app), &dirty),
                     Ok(ViewEvent::AppDelete(key)) => self.remove(Kind::Application, app_key(&key), &dirty),
-                    Ok(ViewEvent::ClusterUpsert(c)) => self.upsert(cluster_entity(&c), &dirty),
+                    Ok(ViewEvent::ClusterUpsert(c)) => self.upsert(Stored::cluster(c), &dirty),
                     Ok(ViewEvent::ClusterDelete(server)) => self.remove(Kind::Cluster, server, &dirty),
                     Err(RecvError::Lagged(n)) => {
                         tracing::warn!(

@@ -436,3 +436,25 @@ async fn polling_three_x_fetches_only_changed_apps_for_resource_health() {
     assert!(env.sim.requests().iter().all(|r| !r.path.contains("/stream/")));
     cancel.cancel();
 }
+
+#[tokio::test]
+async fn a_burst_with_dropped_watch_events_converges_without_waiting_for_the_resync() {
+    // argocd-server drops events for a watcher that falls behind and keeps the stream open;
+    // after a burst the view re-lists on its own instead of waiting for --resync-interval.
+    let env = start(SimTls::Plaintext, "v3.5.1").await;
+    env.sim.add_synthetic_apps(2);
+    let (view, cancel) = spawn(&env, Mode::Plaintext, &["--resync-interval", "10m"]);
+    within(view.wait_synced()).await;
+    // The watch is live once a change arrives through it.
+    env.sim.set_health("argocd", "app-00001", "Degraded", "");
+    eventually("the watch delivers", || seen(&view) == truth(&env.sim)).await;
+    let lists = list_count(&env.sim);
+    env.sim.drop_watch_events(40);
+    env.sim.add_synthetic_apps(700);
+    eventually("the view holds every app of the burst", || {
+        seen(&view) == truth(&env.sim)
+    })
+    .await;
+    assert!(list_count(&env.sim) > lists, "converged by re-listing after the burst");
+    cancel.cancel();
+}
