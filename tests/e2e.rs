@@ -664,6 +664,21 @@ async fn requests_reach_argocd_and_fail_typed() {
         .expect("refresh reached Argo CD");
     assert_eq!(get.query_values("refresh"), vec!["hard"]);
 
+    // Get, refreshed live through the gateway.
+    env.sim.clear_requests();
+    let (status, live) = env.api(Method::GET, &format!("{app}?refresh=normal"), None).await;
+    assert_eq!(status, 200, "{live}");
+    assert_eq!(live["name"], "app-00001");
+    assert_eq!(live["gatewayId"], json!(env.gateway_id));
+    let reqs = env.sim.requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.path == "/api/v1/applications/app-00001" && r.query_values("refresh") == vec!["normal"]),
+        "{reqs:?}"
+    );
+    let (status, _) = env.api(Method::GET, &format!("{app}?refresh=soft"), None).await;
+    assert_eq!(status, 400);
+
     // Pass-through reads.
     for tail in ["resource-tree", "managed-resources", "events"] {
         let (status, v) = env.api(Method::GET, &format!("{app}/{tail}"), None).await;

@@ -309,13 +309,38 @@ fn stored_app(state: &ApiState, id: &str, namespace: &str, name: &str) -> Option
     })
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetQuery {
+    /// `normal` or `hard`: ask Argo CD through the gateway (and have it refresh) instead of
+    /// answering from the relayed state.
+    refresh: Option<String>,
+}
+
 async fn get_app(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path((id, namespace, name)): Path<(String, String, String)>,
+    Query(query): Query<GetQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
     ensure_gateway(&state, &id).await?;
+    if let Some(refresh) = query.refresh {
+        if !matches!(refresh.as_str(), "normal" | "hard") {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("refresh must be normal or hard, not {refresh:?}"),
+            ));
+        }
+        let req = proto::GetApplicationRequest {
+            app: Some(app_ref(&state, &id, &namespace, &name)),
+            refresh,
+        };
+        let live = forward(&state, &id, request::Kind::Get(req), REQUEST_DEADLINE)
+            .await
+            .map_err(failure)?;
+        return Ok(Json(decorate(&live, &id, false)));
+    }
     let stale = state.hub.sessions.get(&id).is_none();
     stored_app(&state, &id, &namespace, &name)
         .map(|a| Json(decorate(&a, &id, stale)))

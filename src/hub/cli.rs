@@ -25,8 +25,14 @@ pub enum HubCommand {
     Gateway(GatewayCommand),
     /// List applications (of one gateway with --gateway, else of all).
     Apps(AppsArgs),
-    /// Show one application.
-    App(AppArgs),
+    /// Show one application (as relayed, or live from Argo CD with --refresh).
+    App {
+        #[command(flatten)]
+        app: AppArgs,
+        /// Ask Argo CD through the gateway, refreshing first: normal or hard.
+        #[arg(long, value_parser = ["normal", "hard"])]
+        refresh: Option<String>,
+    },
     /// Sync an application through its gateway.
     Sync {
         #[command(flatten)]
@@ -525,8 +531,11 @@ pub async fn run(cmd: HubCommand, shutdown: tokio_util::sync::CancellationToken)
             }
             Ok(ExitCode::SUCCESS)
         }
-        HubCommand::App(a) => {
-            let v = ApiClient::new(&a.api)?.call(Method::GET, &a.path("")?, None).await?;
+        HubCommand::App { app: a, refresh } => {
+            let suffix = refresh.map(|r| format!("?refresh={r}")).unwrap_or_default();
+            let v = ApiClient::new(&a.api)?
+                .call(Method::GET, &a.path(&suffix)?, None)
+                .await?;
             print_json(&v)?;
             Ok(ExitCode::SUCCESS)
         }
