@@ -133,6 +133,8 @@ struct Entry {
     /// resourceVersion of the last complete object applied (with per-resource health); a 3.x
     /// list item with another resourceVersion changed in ways the list cannot show.
     full_rv: String,
+    /// The object applied last was complete (not a 3.x list item awaiting its full object).
+    complete: bool,
 }
 
 #[derive(Default)]
@@ -256,6 +258,16 @@ impl ViewHandle {
         (snap, rx)
     }
 
+    /// Applications whose last object came from a 3.x list (no per-resource health) and whose
+    /// complete object has not arrived yet.
+    pub fn incomplete_applications(&self) -> usize {
+        self.shared
+            .state
+            .read()
+            .map(|st| st.apps.values().filter(|e| !e.complete).count())
+            .unwrap_or(0)
+    }
+
     /// Whether every application scope has listed successfully at least once.
     pub fn has_synced(&self) -> bool {
         self.shared.status.borrow().apps_synced
@@ -322,6 +334,7 @@ impl Shared {
             Some(e) if *e.app == app => {
                 e.scope = scope;
                 e.full_rv = full_rv;
+                e.complete = !stale;
             }
             _ => {
                 let app = Arc::new(app);
@@ -331,6 +344,7 @@ impl Shared {
                         app: app.clone(),
                         scope,
                         full_rv,
+                        complete: !stale,
                     },
                 );
                 self.emit(ViewEvent::AppUpsert(app));

@@ -20,6 +20,11 @@ use crate::argocd::view::{Snapshot, ViewEvent, ViewHandle};
 /// an unscoped token, which a project-token-only install may not have; without this bound such
 /// an install would never relay anything.
 const CLUSTER_GRACE: Duration = Duration::from_secs(5);
+/// How long readiness waits for the complete objects of applications an Argo CD 3.x list
+/// showed without per-resource health. Relaying before they arrive would make a restarted
+/// gateway's state differ from the hub's (a needless snapshot); an object that never arrives
+/// must not hold the relay back for good.
+const COMPLETE_GRACE: Duration = Duration::from_secs(10);
 
 /// The key an application travels under.
 pub fn app_key(key: &AppKey) -> String {
@@ -141,6 +146,17 @@ impl ViewSource {
         };
         if tokio::time::timeout(CLUSTER_GRACE, clusters).await.is_err() {
             tracing::info!("the cluster list is not available yet; relaying applications without waiting for it");
+        }
+        let complete = async {
+            while view.incomplete_applications() > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        if tokio::time::timeout(COMPLETE_GRACE, complete).await.is_err() {
+            tracing::info!(
+                incomplete = view.incomplete_applications(),
+                "some applications' resource health has not arrived yet; relaying without waiting longer"
+            );
         }
         loop {
             // Subscribing and copying the state at one instant means no event falls between.
