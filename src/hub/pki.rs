@@ -150,13 +150,20 @@ pub fn load_or_init(dir: &Path, hostnames: &[String]) -> Result<HubPki, PkiError
     })
 }
 
-/// `bytes` random bytes, base64url without padding.
+/// `bytes` random bytes, base64url without padding, never starting with `-`.
 pub fn random_token(bytes: usize) -> String {
     use base64::Engine;
     use rand::RngCore;
     let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+    loop {
+        rand::rng().fill_bytes(&mut buf);
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf);
+        // A token that starts with '-' reads as a flag in `--registration-token TOKEN` or
+        // `--admin-token TOKEN`; drawing again costs nothing and keeps every token pasteable.
+        if !token.starts_with('-') {
+            return token;
+        }
+    }
 }
 
 /// The default server certificate names: localhost, 127.0.0.1 and this machine's host name.
@@ -194,6 +201,15 @@ mod tests {
                 let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
                 assert_eq!(mode & 0o777, 0o600, "{f}");
             }
+        }
+    }
+
+    #[test]
+    fn tokens_never_start_like_a_flag() {
+        for _ in 0..5000 {
+            let t = super::random_token(12);
+            assert!(!t.starts_with('-'), "{t}");
+            assert_eq!(t.len(), 16);
         }
     }
 }
