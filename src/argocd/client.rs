@@ -511,11 +511,7 @@ impl Client {
                 retry: true,
             })
             .await?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| model::DecodeError {
-            what: "application".into(),
-            reason: e.to_string(),
-        })?;
-        Ok(decode_application(text)?)
+        app_from_body(&bytes)
     }
 
     /// `POST /api/v1/applications/{name}/sync`; returns the app with its operation set.
@@ -555,11 +551,7 @@ impl Client {
                 retry: false,
             })
             .await?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| model::DecodeError {
-            what: "application".into(),
-            reason: e.to_string(),
-        })?;
-        Ok(decode_application(text)?)
+        app_from_body(&bytes)
     }
 
     async fn app_json(
@@ -1005,6 +997,15 @@ impl Client {
             message: format!("stream broke: {e}"),
         }
     }
+}
+
+/// Decodes one application from a response body (Get and Sync answer with the object).
+fn app_from_body(bytes: &[u8]) -> Result<DecodedApp, ArgoCdError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| model::DecodeError {
+        what: "application".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(decode_application(text)?)
 }
 
 /// A blocking `Read` over a response body, for decoding on a blocking thread while the body

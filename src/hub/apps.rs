@@ -332,13 +332,13 @@ async fn get_app(
                 format!("refresh must be normal or hard, not {refresh:?}"),
             ));
         }
-        let req = proto::GetApplicationRequest {
-            app: Some(app_ref(&state, &id, &namespace, &name)),
-            refresh,
-        };
-        let live = forward(&state, &id, request::Kind::Get(req), REQUEST_DEADLINE)
-            .await
-            .map_err(failure)?;
+        let live = forward_app(&state, &id, &namespace, &name, |app| {
+            request::Kind::Get(proto::GetApplicationRequest {
+                app: Some(app),
+                refresh,
+            })
+        })
+        .await?;
         return Ok(Json(decorate(&live, &id, false)));
     }
     let stale = state.hub.sessions.get(&id).is_none();
@@ -402,6 +402,19 @@ pub async fn forward(
     result
 }
 
+/// Forwards a request about one application, naming it with the project the hub knows (so the
+/// gateway can pick a project token), and maps a failure to the API's typed error.
+async fn forward_app(
+    state: &ApiState,
+    id: &str,
+    namespace: &str,
+    name: &str,
+    kind: impl FnOnce(proto::AppRef) -> request::Kind,
+) -> Result<Value, ApiError> {
+    let app = app_ref(state, id, namespace, name);
+    forward(state, id, kind(app), REQUEST_DEADLINE).await.map_err(failure)
+}
+
 fn app_ref(state: &ApiState, id: &str, namespace: &str, name: &str) -> proto::AppRef {
     let project = stored_app(state, id, namespace, name)
         .and_then(|a| str_at(&a, &["project"]).map(str::to_owned))
@@ -431,18 +444,19 @@ async fn sync(
     authorize(&state, &headers)?;
     ensure_gateway(&state, &id).await?;
     let b = body.map(|Json(b)| b).unwrap_or_default();
-    let req = proto::SyncRequest {
-        app: Some(app_ref(&state, &id, &namespace, &name)),
-        revision: b.revision.unwrap_or_default(),
-        revisions: b.revisions.unwrap_or_default(),
-        prune: b.prune.unwrap_or(false),
-        dry_run: b.dry_run.unwrap_or(false),
-    };
-    tracing::info!(gateway_id = %id, app = %app_key(&namespace, &name), revision = %req.revision, "sync requested");
-    forward(&state, &id, request::Kind::Sync(req), REQUEST_DEADLINE)
-        .await
-        .map(Json)
-        .map_err(failure)
+    let revision = b.revision.unwrap_or_default();
+    tracing::info!(gateway_id = %id, app = %app_key(&namespace, &name), revision = %revision, "sync requested");
+    forward_app(&state, &id, &namespace, &name, |app| {
+        request::Kind::Sync(proto::SyncRequest {
+            app: Some(app),
+            revision,
+            revisions: b.revisions.unwrap_or_default(),
+            prune: b.prune.unwrap_or(false),
+            dry_run: b.dry_run.unwrap_or(false),
+        })
+    })
+    .await
+    .map(Json)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -460,14 +474,11 @@ async fn refresh(
     authorize(&state, &headers)?;
     ensure_gateway(&state, &id).await?;
     let hard = body.and_then(|Json(b)| b.hard).unwrap_or(false);
-    let req = proto::RefreshRequest {
-        app: Some(app_ref(&state, &id, &namespace, &name)),
-        hard,
-    };
-    forward(&state, &id, request::Kind::Refresh(req), REQUEST_DEADLINE)
-        .await
-        .map(Json)
-        .map_err(failure)
+    forward_app(&state, &id, &namespace, &name, |app| {
+        request::Kind::Refresh(proto::RefreshRequest { app: Some(app), hard })
+    })
+    .await
+    .map(Json)
 }
 
 async fn resource_tree(
@@ -477,11 +488,9 @@ async fn resource_tree(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
     ensure_gateway(&state, &id).await?;
-    let r = app_ref(&state, &id, &namespace, &name);
-    forward(&state, &id, request::Kind::ResourceTree(r), REQUEST_DEADLINE)
+    forward_app(&state, &id, &namespace, &name, request::Kind::ResourceTree)
         .await
         .map(Json)
-        .map_err(failure)
 }
 
 async fn managed_resources(
@@ -491,11 +500,9 @@ async fn managed_resources(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
     ensure_gateway(&state, &id).await?;
-    let r = app_ref(&state, &id, &namespace, &name);
-    forward(&state, &id, request::Kind::ManagedResources(r), REQUEST_DEADLINE)
+    forward_app(&state, &id, &namespace, &name, request::Kind::ManagedResources)
         .await
         .map(Json)
-        .map_err(failure)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -514,16 +521,16 @@ async fn events(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
     ensure_gateway(&state, &id).await?;
-    let req = proto::EventsRequest {
-        app: Some(app_ref(&state, &id, &namespace, &name)),
-        resource_namespace: q.resource_namespace.unwrap_or_default(),
-        resource_name: q.resource_name.unwrap_or_default(),
-        resource_uid: q.resource_uid.unwrap_or_default(),
-    };
-    forward(&state, &id, request::Kind::Events(req), REQUEST_DEADLINE)
-        .await
-        .map(Json)
-        .map_err(failure)
+    forward_app(&state, &id, &namespace, &name, |app| {
+        request::Kind::Events(proto::EventsRequest {
+            app: Some(app),
+            resource_namespace: q.resource_namespace.unwrap_or_default(),
+            resource_name: q.resource_name.unwrap_or_default(),
+            resource_uid: q.resource_uid.unwrap_or_default(),
+        })
+    })
+    .await
+    .map(Json)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -545,16 +552,16 @@ async fn logs(
     let Some(pod_name) = q.pod_name.filter(|p| !p.is_empty()) else {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "podName is required"));
     };
-    let req = proto::LogsRequest {
-        app: Some(app_ref(&state, &id, &namespace, &name)),
-        pod_name,
-        container: q.container.unwrap_or_default(),
-        tail_lines: q.tail_lines.unwrap_or(100).clamp(1, 10_000),
-    };
-    forward(&state, &id, request::Kind::Logs(req), REQUEST_DEADLINE)
-        .await
-        .map(Json)
-        .map_err(failure)
+    forward_app(&state, &id, &namespace, &name, |app| {
+        request::Kind::Logs(proto::LogsRequest {
+            app: Some(app),
+            pod_name,
+            container: q.container.unwrap_or_default(),
+            tail_lines: q.tail_lines.unwrap_or(100).clamp(1, 10_000),
+        })
+    })
+    .await
+    .map(Json)
 }
 
 /// Runs a health check and records the result for the gateway listing.

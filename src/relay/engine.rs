@@ -18,6 +18,10 @@ pub trait Source: Send + Sync {
     fn entities(&self) -> Vec<Entity>;
     /// One entity as it is now; `None` when it no longer exists.
     fn get(&self, kind: Kind, key: &str) -> Option<Entity>;
+    /// The keys of every entity; sources that make JSON on demand answer without making it.
+    fn keys(&self) -> Vec<EntityKey> {
+        self.entities().into_iter().map(|e| (e.kind, e.key)).collect()
+    }
     /// Whether the source holds a complete state yet. Until it does, the relay sends nothing:
     /// comparing a half-loaded state with the hub's would trigger a needless snapshot, and
     /// sending it would make the hub forget applications that merely have not loaded yet.
@@ -319,8 +323,7 @@ impl Relay {
         }
         let mut marked_map = self.dirty.take();
         if let Some(since) = self.dirty.take_all() {
-            let current = self.source.entities().into_iter().map(|e| (e.kind, e.key));
-            for key in current.chain(self.projected.keys().cloned()) {
+            for key in self.source.keys().into_iter().chain(self.projected.keys().cloned()) {
                 marked_map.entry(key).or_insert(since);
             }
         }

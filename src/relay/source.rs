@@ -96,6 +96,13 @@ impl Source for ViewSource {
         self.entities.read().ok()?.get(&key).map(|s| s.entity(&key.1))
     }
 
+    fn keys(&self) -> Vec<EntityKey> {
+        self.entities
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
