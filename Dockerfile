@@ -23,5 +23,9 @@ RUN chmod 0555 /argocd-gateway
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=binary /argocd-gateway /argocd-gateway
 USER 65532:65532
+# glibc gives each thread that allocates its own malloc arena and keeps freed memory in them;
+# after a large Argo CD list is decoded that retention alone cost ~13 MiB at 10,000 apps
+# (cargo bench --bench relay: 106 → 93 MiB). Two arenas are plenty for a mostly idle daemon.
+ENV MALLOC_ARENA_MAX=2
 ENTRYPOINT ["/argocd-gateway"]
 CMD ["--help"]
