@@ -531,13 +531,14 @@ async fn app_loop(
             _ = cancel.cancelled() => return,
             r = client.list_applications(&query) => r,
         };
-        let (rv, health_in_tree, stale) = match listed {
+        let (rv, health_in_tree, stale, listed) = match listed {
             Ok(list) => {
                 let health_in_tree = list.items.iter().any(|d| d.resource_health_in_tree);
+                let listed = list.items.len();
                 let stale = shared.apply_list(scope, scope_name.as_deref(), list.items);
                 shared.record_ok(&loop_name);
                 list_backoff.reset();
-                (list.resource_version, health_in_tree, stale)
+                (list.resource_version, health_in_tree, stale, listed)
             }
             Err(e) => {
                 shared.record_error(&loop_name, &e);
@@ -595,9 +596,15 @@ async fn app_loop(
             }
         };
         // argocd-server drops watch events for a subscriber whose buffer is full instead of
-        // closing its stream, so a burst can lose changes silently. After a burst, re-list
-        // once the stream has been quiet for a moment rather than at the next periodic resync.
-        let mut window = (Instant::now(), 0usize);
+        // closing its stream, so a burst can lose changes silently. Whether that may have
+        // happened is decided from what arrived, not from how fast it arrived: once the watch
+        // has delivered more events since the list than argocd-server's per-watcher buffer
+        // could have held without risk, the view re-lists as soon as the stream has been quiet
+        // for a moment. A slow (CPU-throttled) gateway sees the same count as a fast one.
+        // A watch opened without a resourceVersion first replays every listed app; those
+        // replays are not changes and do not count.
+        let replayed = if health_in_tree { listed } else { 0 };
+        let mut since_list = 0usize;
         let mut relist_after: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -607,20 +614,16 @@ async fn app_loop(
                     continue 'outer;
                 }
                 _ = tokio::time::sleep_until(relist_after.unwrap_or(resync_at)), if relist_after.is_some() => {
-                    tracing::info!(view_loop = %loop_name, "re-listing after a burst of watch events (Argo CD drops events for watchers that fall behind)");
+                    tracing::info!(view_loop = %loop_name, events = since_list, "re-listing after a burst of watch events (Argo CD drops events for watchers that fall behind)");
                     continue 'outer;
                 }
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => {
                         watch_backoff.reset();
                         shared.apply_watch(scope, scope_name.as_deref(), ev.kind, ev.app);
-                        let now = Instant::now();
-                        if now.duration_since(window.0) > BURST_WINDOW {
-                            window = (now, 0);
-                        }
-                        window.1 += 1;
-                        if window.1 >= BURST_EVENTS || relist_after.is_some() {
-                            relist_after = Some(now + BURST_QUIET);
+                        since_list += 1;
+                        if since_list >= replayed + BURST_EVENTS {
+                            relist_after = Some(Instant::now() + BURST_QUIET);
                         }
                     }
                     Some(Err(e)) => {
@@ -643,11 +646,10 @@ async fn app_loop(
     }
 }
 
-/// Watch events within [`BURST_WINDOW`] that count as a burst which may have overflowed
-/// argocd-server's per-watcher buffer (1000 events).
+/// Watch events since the last list after which a burst may have overflowed argocd-server's
+/// per-watcher buffer (1000 events), so the view re-lists once the stream is quiet. At most one
+/// extra list per this many changes; steady churn is covered by the periodic resync anyway.
 const BURST_EVENTS: usize = 500;
-/// The window of [`BURST_EVENTS`].
-const BURST_WINDOW: Duration = Duration::from_secs(1);
 /// Quiet time after a burst before the re-list.
 const BURST_QUIET: Duration = Duration::from_secs(2);
 

@@ -458,3 +458,95 @@ async fn a_burst_with_dropped_watch_events_converges_without_waiting_for_the_res
     assert!(list_count(&env.sim) > lists, "converged by re-listing after the burst");
     cancel.cancel();
 }
+
+/// A TCP proxy to `upstream` that hands the client at most `bytes_per_sec` of what the server
+/// sends: a gateway that reads its watch slowly (a CPU-throttled pod), seen from the network.
+async fn throttled_proxy(upstream: std::net::SocketAddr, bytes_per_sec: usize) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                });
+                // Ten slices a second keep the pace smooth.
+                let slice = (bytes_per_sec / 10).max(1);
+                let mut buf = vec![0u8; slice];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let _ = cw.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_burst_read_slowly_with_dropped_events_still_converges_without_the_resync() {
+    // The same burst as above, but the gateway takes its time reading it (as a pod throttled to
+    // its CPU request would): far fewer than 500 events arrive in any one second, yet what
+    // arrived since the list is enough to know events may have been dropped.
+    let env = start(SimTls::Plaintext, "v3.5.1").await;
+    env.sim.add_synthetic_apps(2);
+    let sim_addr: std::net::SocketAddr = env
+        .sim
+        .url()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("simulator address");
+    let proxy = throttled_proxy(sim_addr, 400 * 1024).await;
+    let flags = vec![
+        "--argocd-server".to_owned(),
+        format!("http://{proxy}"),
+        "--argocd-plaintext".to_owned(),
+        "--argocd-token-file".to_owned(),
+        env.token_path.display().to_string(),
+        "--resync-interval".to_owned(),
+        "10m".to_owned(),
+    ];
+    let cfg = argocd_gateway::argocd::ArgoCdConfig::from_args(&crate::common::parse_args(&flags), vec![])
+        .expect("valid config");
+    let mut options = ViewOptions::from_config(&cfg);
+    options.retry_base = Duration::from_millis(5);
+    options.retry_max = Duration::from_millis(50);
+    let client = argocd_gateway::argocd::Client::with_retry(cfg, crate::common::fast_retry()).expect("client");
+    let cancel = CancellationToken::new();
+    let view = View::spawn(client, options, cancel.clone());
+    within(view.wait_synced()).await;
+    env.sim.set_health("argocd", "app-00001", "Degraded", "");
+    eventually("the watch delivers", || seen(&view) == truth(&env.sim)).await;
+    let lists = list_count(&env.sim);
+    env.sim.drop_watch_events(40);
+    env.sim.add_synthetic_apps(700);
+    // Generous: the throttled link alone needs several seconds for the burst and the re-list.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while seen(&view) != truth(&env.sim) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slowly read burst did not converge: {} of {} apps",
+            seen(&view).len(),
+            truth(&env.sim).len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(list_count(&env.sim) > lists, "converged by re-listing after the burst");
+    cancel.cancel();
+}
