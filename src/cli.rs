@@ -1,16 +1,27 @@
-//! Command-line definitions and dispatch. Every flag can also be set through an
-//! `ARGOCD_GATEWAY_<FLAG>` environment variable, which is how the Helm chart passes settings.
+//! Command-line definitions, dispatch, and the composition root of the gateway commands. Every
+//! flag can also be set through an `ARGOCD_GATEWAY_<FLAG>` environment variable, which is how the
+//! Helm chart passes settings.
+//!
+//! Signals are handled in the main task: the first SIGTERM or SIGINT cancels the command's
+//! shutdown token (readiness turns false and the process drains); a second one returns exit code
+//! 130 at once.
 
+use std::future::Future;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::identity::store::{FileStore, IdentityLocation, IdentityStore};
 use crate::telemetry::LogArgs;
 
 /// Exit code for configuration errors (EX_USAGE), reported before any port is bound.
 pub const EXIT_CONFIG: u8 = 64;
+
+/// Exit code after a second signal aborted the drain.
+pub const EXIT_ABORTED: u8 = 130;
 
 /// The `argocd-gateway` command line.
 #[derive(Debug, Parser)]
@@ -52,52 +63,80 @@ pub enum Command {
 /// Flags of `argocd-gateway register`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegisterArgs {
+    /// Hub address, trust and identity location.
     #[command(flatten)]
-    pub hub: crate::tunnel::config::HubArgs,
+    pub uplink: crate::uplink::UplinkArgs,
+    /// The token and what to register as.
     #[command(flatten)]
-    pub trust: crate::tls::TrustArgs,
-    #[command(flatten)]
-    pub identity: crate::tunnel::IdentityArgs,
-    #[command(flatten)]
-    pub registration: crate::identity::register::RegistrationArgs,
+    pub registration: crate::uplink::register::RegistrationArgs,
 }
 
-/// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.
-pub fn install_signal_handlers(token: CancellationToken) {
-    tokio::spawn(async move {
-        let mut count = 0;
-        loop {
-            wait_for_signal().await;
-            count += 1;
-            if count == 1 {
-                tracing::info!("shutdown requested; draining (send the signal again to abort)");
-                token.cancel();
-            } else {
-                tracing::warn!("second signal: aborting");
-                std::process::exit(130);
-            }
-        }
-    });
+/// Opens the identity store a location names: the choice between a Kubernetes Secret and a
+/// file is made here, so neither `identity` nor `kube` needs to know the other's side.
+pub fn open_identity_store(location: &IdentityLocation) -> Arc<dyn IdentityStore> {
+    match location {
+        IdentityLocation::File(p) => Arc::new(FileStore::new(p.clone())),
+        IdentityLocation::Secret { namespace, name } => Arc::new(crate::kube::secret_store::SecretStore::lazy(
+            namespace.clone(),
+            name.clone(),
+        )),
+    }
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+/// Runs `work` until it ends; the first signal cancels `shutdown` (the command drains and ends
+/// by itself), a second one aborts with [`EXIT_ABORTED`].
+pub async fn run_with_signals(shutdown: CancellationToken, work: impl Future<Output = ExitCode>) -> ExitCode {
+    let mut work = std::pin::pin!(work);
+    let mut signals = Signals::new();
+    let mut count = 0;
+    loop {
+        tokio::select! {
+            code = &mut work => return code,
+            _ = signals.next() => {
+                count += 1;
+                if count == 1 {
+                    tracing::info!("shutdown requested; draining (send the signal again to abort)");
+                    shutdown.cancel();
+                } else {
+                    tracing::warn!("second signal: aborting");
+                    return ExitCode::from(EXIT_ABORTED);
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+/// SIGTERM and SIGINT (Ctrl-C), as one stream of notifications.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let (Some(term), Some(int)) = (self.term.as_mut(), self.int.as_mut()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
@@ -115,6 +154,11 @@ fn termination_message(msg: &str) {
     }
 }
 
+/// Every message of an error's chain, for the one line a failed command prints.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::util::error_chain(e)
+}
+
 /// Runs the parsed command and maps its outcome to a process exit code.
 pub async fn dispatch(cli: Cli) -> ExitCode {
     let shutdown = CancellationToken::new();
@@ -123,66 +167,28 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             println!(
                 "argocd-gateway {} (protocol {}, accepts {}..={})",
                 crate::VERSION,
-                crate::tunnel::wire::PROTOCOL_VERSION,
-                crate::tunnel::wire::MIN_PROTOCOL_VERSION,
-                crate::tunnel::wire::PROTOCOL_VERSION
+                crate::wire::PROTOCOL_VERSION,
+                crate::wire::MIN_PROTOCOL_VERSION,
+                crate::wire::PROTOCOL_VERSION
             );
             ExitCode::SUCCESS
         }
         Command::Run(args) => {
-            install_signal_handlers(shutdown.clone());
-            match crate::daemon::run(*args, shutdown).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(crate::daemon::DaemonError::Config(e)) => config_error(format!("{e:#}")),
-                Err(e) => {
-                    tracing::error!(error = %e, "gateway stopped");
-                    eprintln!("error: {e}");
-                    termination_message(&e.to_string());
-                    ExitCode::FAILURE
+            let work = async {
+                match crate::daemon::run(*args, shutdown.clone()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(crate::daemon::DaemonError::Config(e)) => config_error(e),
+                    Err(e) => {
+                        tracing::error!(error = %e, "gateway stopped");
+                        eprintln!("error: {}", chain(&e));
+                        termination_message(&e.to_string());
+                        ExitCode::FAILURE
+                    }
                 }
-            }
-        }
-        Command::Register(args) => {
-            let (hub, roots, location) = match (args.hub.validate(), args.trust.load(), args.identity.location()) {
-                (Ok(h), Ok(r), Ok(l)) => (h, r, l),
-                (Err(e), _, _) => return config_error(e),
-                (_, Err(e), _) => return config_error(e),
-                (_, _, Err(e)) => return config_error(e),
             };
-            let store = location.open();
-            match store.load().await {
-                Ok(Some(id)) => {
-                    println!(
-                        "already registered as {} ({}) in {}",
-                        id.gateway_id,
-                        id.name,
-                        store.describe()
-                    );
-                    return ExitCode::SUCCESS;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-            match crate::identity::register::register(&hub, &roots, store.as_ref(), &args.registration).await {
-                Ok(id) => {
-                    println!(
-                        "registered as {} ({}); identity stored in {}",
-                        id.gateway_id,
-                        id.name,
-                        store.describe()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    termination_message(&e.to_string());
-                    ExitCode::FAILURE
-                }
-            }
+            run_with_signals(shutdown.clone(), work).await
         }
+        Command::Register(args) => register(*args).await,
         Command::SelfUpdate(args) => {
             use crate::kube::self_update::{Applied, SelfUpdateError, run};
             match run(&args).await {
@@ -201,26 +207,36 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             }
         }
         Command::Hub(cmd) => {
-            if matches!(*cmd, crate::hub::cli::HubCommand::Serve(_)) {
-                install_signal_handlers(shutdown.clone());
-            }
-            match crate::hub::cli::run(*cmd, shutdown).await {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
+            let serve = matches!(*cmd, crate::hub::cli::HubCommand::Serve(_));
+            let work = async {
+                match crate::hub::cli::run(*cmd, shutdown.clone()).await {
+                    Ok(code) => code,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        if serve {
+                            termination_message(&format!("{e:#}"));
+                        }
+                        ExitCode::FAILURE
+                    }
                 }
+            };
+            if serve {
+                run_with_signals(shutdown.clone(), work).await
+            } else {
+                work.await
             }
         }
         Command::Demo(args) => {
-            install_signal_handlers(shutdown.clone());
-            match crate::demo::run(*args, shutdown).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
+            let work = async {
+                match crate::demo::run(*args, shutdown.clone()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::FAILURE
+                    }
                 }
-            }
+            };
+            run_with_signals(shutdown.clone(), work).await
         }
         Command::Check(args) => match crate::check::run(*args).await {
             Ok(code) => code,
@@ -229,6 +245,48 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `argocd-gateway register`: registers unless an identity exists, then exits.
+async fn register(args: RegisterArgs) -> ExitCode {
+    let uplink = match args.uplink.validate() {
+        Ok(u) => u,
+        Err(e) => return config_error(e),
+    };
+    let store = open_identity_store(&uplink.identity);
+    match store.load().await {
+        Ok(Some(id)) => {
+            println!(
+                "already registered as {} ({}) in {}",
+                id.gateway_id,
+                id.name,
+                store.describe()
+            );
+            return ExitCode::SUCCESS;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match crate::uplink::register::register(&uplink.hub, &uplink.extra_roots, store.as_ref(), &args.registration).await
+    {
+        Ok(id) => {
+            println!(
+                "registered as {} ({}); identity stored in {}",
+                id.gateway_id,
+                id.name,
+                store.describe()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            termination_message(&e.to_string());
+            ExitCode::FAILURE
+        }
     }
 }
 

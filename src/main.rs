@@ -13,5 +13,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    runtime.block_on(argocd_gateway::cli::dispatch(cli))
+    let code = runtime.block_on(argocd_gateway::cli::dispatch(cli));
+    // The command has drained what it owns (or was aborted by a second signal): tasks still
+    // running are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
 }

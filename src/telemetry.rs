@@ -1,4 +1,9 @@
-//! Logging setup: `tracing` with JSON (the in-cluster default) or text output, `--debug` for more.
+//! Logs and metrics plumbing shared by gateway and hub: `tracing` with JSON (the in-cluster
+//! default) or text output and `--debug`; Prometheus text encoding and the build-info metric.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::registry::Registry;
 
 /// Log output format (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,4 +46,41 @@ pub fn init(args: &LogArgs) {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
     };
+}
+
+/// Renders a registry in the Prometheus text format.
+pub fn encode(registry: &Registry) -> Response {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            out,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")).into_response(),
+    }
+}
+
+/// Labels of the build-info metric.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct BuildLabels {
+    /// Crate version.
+    pub version: String,
+    /// Wire protocol version.
+    pub protocol: String,
+}
+
+/// Registers `argocd_gateway_build_info` (always 1).
+pub fn register_build_info(r: &mut Registry) {
+    let info: prometheus_client::metrics::family::Family<BuildLabels, prometheus_client::metrics::gauge::Gauge> =
+        Default::default();
+    info.get_or_create(&BuildLabels {
+        version: crate::VERSION.to_owned(),
+        protocol: crate::wire::PROTOCOL_VERSION.to_string(),
+    })
+    .set(1);
+    r.register("argocd_gateway_build_info", "Build information", info);
 }

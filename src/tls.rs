@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::RootCertStore;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
 
 /// Errors loading certificates or keys.
@@ -54,6 +56,101 @@ pub fn install_crypto_provider() {
 /// The ring provider, for configs built explicitly.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// How a custom verifier judges a server's certificate chain. Handshake signatures are always
+/// checked the standard way by [`Verifier`], so an implementation decides trust only.
+pub trait CertCheck: std::fmt::Debug + Send + Sync {
+    /// Accepts or refuses the presented chain for `server_name`.
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error>;
+}
+
+/// A rustls server verifier made of a [`CertCheck`] and the ring provider's signature checks.
+#[derive(Debug)]
+pub struct Verifier<C> {
+    check: C,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl<C: CertCheck> Verifier<C> {
+    /// A verifier deciding trust with `check`.
+    pub fn new(check: C) -> Self {
+        Self {
+            check,
+            provider: provider(),
+        }
+    }
+
+    /// The certificate check.
+    pub fn inner(&self) -> &C {
+        &self.check
+    }
+}
+
+impl<C: CertCheck> ServerCertVerifier for Verifier<C> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check
+            .check(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Accepts any certificate (handshake signatures are still checked): `--argocd-insecure`, and
+/// probes that only want to see what a server presents.
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptAny;
+
+impl CertCheck for AcceptAny {
+    fn check(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+}
+
+/// A verifier that accepts any certificate; see [`AcceptAny`].
+pub fn accept_any() -> Arc<Verifier<AcceptAny>> {
+    Arc::new(Verifier::new(AcceptAny))
 }
 
 /// Trust flags shared by the Argo CD client and the hub connection.

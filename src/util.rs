@@ -100,6 +100,25 @@ pub fn jitter(lo: Duration, hi: Duration) -> Duration {
     lo + Duration::from_millis(rand::rng().random_range(0..=span))
 }
 
+/// Every message of an error's source chain, for errors we cannot classify by type.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let m = s.to_string();
+        if !parts.iter().any(|p| p.contains(&m)) {
+            parts.push(m);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Compares two byte strings in time independent of where they differ (tokens, hashes).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Now as Unix milliseconds.
 pub fn unix_ms_now() -> i64 {
     jiff::Timestamp::now().as_millisecond()

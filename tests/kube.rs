@@ -13,15 +13,16 @@ use std::time::Duration;
 
 use argocd_gateway::hub::{self, Hub, ServeArgs};
 use argocd_gateway::identity::Identity;
-use argocd_gateway::identity::register::{RegistrationArgs, register};
 use argocd_gateway::identity::store::{IdentityStore, StoreError};
 use argocd_gateway::kube::lease::{LeaderElector, LeaderHandle, LeaseConfig};
 use argocd_gateway::kube::secret_store::SecretStore;
 use argocd_gateway::kube::self_update::{
-    Applied, ApplyOptions, Decision, SelfUpdateError, Targets, apply, desired_version, plan, read_current,
+    Applied, ApplyOptions, Decision, SelfUpdateError, Targets, apply, plan, read_current,
 };
 use argocd_gateway::secret::Secret;
-use argocd_gateway::tunnel::config::{HubConfig, HubEndpoint};
+use argocd_gateway::uplink::config::{HubConfig, HubEndpoint};
+use argocd_gateway::uplink::register::{RegistrationArgs, register};
+use argocd_gateway::uplink::version::desired_version;
 use fake_api::{CRONJOBS, DEPLOYMENTS, FakeApi, LEASES, Mode, SECRETS};
 use semver::Version;
 use serde_json::{Value, json};
@@ -711,25 +712,25 @@ async fn hub_desired_version_api_and_authenticated_query() {
     );
 
     // An assertion made for another purpose is refused: it cannot be replayed here.
-    let channel = argocd_gateway::tunnel::dial::Dialer::new(&r.hub_cfg, &[], Some(&r.identity))
+    let channel = argocd_gateway::uplink::dial::Dialer::new(&r.hub_cfg, &[], Some(&r.identity))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let tunnel_assertion = argocd_gateway::identity::assertion::sign(
+    let tunnel_assertion = argocd_gateway::wire::assertion::sign(
         &r.identity.key().unwrap(),
         &r.identity.gateway_id,
         &r.identity.cert_info().unwrap(),
-        argocd_gateway::identity::assertion::Purpose::Tunnel,
+        argocd_gateway::wire::assertion::Purpose::Tunnel,
         jiff::Timestamp::now().as_second(),
     )
     .unwrap();
-    let mut request = tonic::Request::new(argocd_gateway::proto::GetDesiredVersionRequest::default());
+    let mut request = tonic::Request::new(argocd_gateway::wire::proto::GetDesiredVersionRequest::default());
     request.metadata_mut().insert(
-        argocd_gateway::identity::assertion::METADATA_KEY,
+        argocd_gateway::wire::assertion::METADATA_KEY,
         tunnel_assertion.parse().unwrap(),
     );
-    let status = argocd_gateway::proto::registration_client::RegistrationClient::new(channel)
+    let status = argocd_gateway::wire::proto::registration_client::RegistrationClient::new(channel)
         .get_desired_version(request)
         .await
         .unwrap_err();

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use argocd_gateway::hub::{self, Hub, ServeArgs};
-use argocd_gateway::identity::register::{RegisterError, RegistrationArgs, register};
 use argocd_gateway::identity::store::{FileStore, IdentityStore};
 use argocd_gateway::secret::Secret;
 use argocd_gateway::tls::Fingerprint;
-use argocd_gateway::tunnel::config::{HubConfig, HubEndpoint};
-use argocd_gateway::tunnel::dial::{DialError, Dialer};
-use argocd_gateway::tunnel::trust::TrustFailure;
 use argocd_gateway::tunnel::{RunConfig, RunError, TunnelStatus, run};
+use argocd_gateway::uplink::config::{HubConfig, HubEndpoint};
+use argocd_gateway::uplink::dial::{DialError, Dialer};
+use argocd_gateway::uplink::register::{RegisterError, RegistrationArgs, register};
+use argocd_gateway::uplink::trust::TrustFailure;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -239,10 +239,7 @@ async fn registers_then_restarts_without_token() {
     assert_eq!(g["name"], "edge-1");
     assert_eq!(g["environments"], json!(["prod", "eu"]));
     assert_eq!(g["connected"], json!(true));
-    assert_eq!(
-        g["protocolVersion"],
-        json!(argocd_gateway::tunnel::wire::PROTOCOL_VERSION)
-    );
+    assert_eq!(g["protocolVersion"], json!(argocd_gateway::wire::PROTOCOL_VERSION));
     assert_eq!(g["version"], json!(argocd_gateway::VERSION));
     assert!(g["certificateExpiresAt"].as_str().unwrap().ends_with('Z'));
     gw.stop().await;
@@ -389,7 +386,7 @@ async fn trust_failures_show_both_fingerprints() {
 
     // The right pin alone is enough, without any chain.
     let chain = std::fs::read_to_string(dir.path().join("hub/server.pem")).unwrap();
-    let leaf = argocd_gateway::identity::certs::first_cert_der(&chain).unwrap();
+    let leaf = argocd_gateway::certs::first_cert_der(&chain).unwrap();
     Dialer::new(
         &hub_config(&hub.grpc_url(), false, None, Some(Fingerprint::of(&leaf))),
         &[],
@@ -410,7 +407,7 @@ async fn trust_failures_show_both_fingerprints() {
     assert!(err.to_string().contains("--hub-ca-fingerprint") && err.to_string().contains("--trust-ca"));
 
     // --trust-ca with the hub CA also works.
-    let ca = argocd_gateway::identity::certs::first_cert_der(&hub.hub().ca_pem).unwrap();
+    let ca = argocd_gateway::certs::first_cert_der(&hub.hub().ca_pem).unwrap();
     Dialer::new(&hub_config(&hub.grpc_url(), false, None, None), &[ca], None)
         .unwrap()
         .connect()
@@ -615,7 +612,7 @@ async fn proxy_terminated_plaintext_hub_authenticates_by_assertion() {
         .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     drop(tx);
-    let err = argocd_gateway::proto::tunnel_client::TunnelClient::new(channel.clone())
+    let err = argocd_gateway::wire::proto::tunnel_client::TunnelClient::new(channel.clone())
         .open(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .unwrap_err();
@@ -623,23 +620,21 @@ async fn proxy_terminated_plaintext_hub_authenticates_by_assertion() {
 
     // ...and one signed by another key for this gateway's certificate is refused too.
     let identity = FileStore::new(id_path).load().await.unwrap().unwrap();
-    let other_key = argocd_gateway::identity::certs::generate_key().unwrap();
-    let forged = argocd_gateway::identity::assertion::sign(
+    let other_key = argocd_gateway::certs::generate_key().unwrap();
+    let forged = argocd_gateway::wire::assertion::sign(
         &other_key,
         &id,
         &identity.cert_info().unwrap(),
-        argocd_gateway::identity::assertion::Purpose::Renew,
+        argocd_gateway::wire::assertion::Purpose::Renew,
         jiff::Timestamp::now().as_second(),
     )
     .unwrap();
-    let mut req = tonic::Request::new(argocd_gateway::proto::RenewRequest {
-        csr_pem: argocd_gateway::identity::certs::csr_pem(&other_key, "x").unwrap(),
+    let mut req = tonic::Request::new(argocd_gateway::wire::proto::RenewRequest {
+        csr_pem: argocd_gateway::certs::csr_pem(&other_key, "x").unwrap(),
     });
-    req.metadata_mut().insert(
-        argocd_gateway::identity::assertion::METADATA_KEY,
-        forged.parse().unwrap(),
-    );
-    let err = argocd_gateway::proto::registration_client::RegistrationClient::new(channel)
+    req.metadata_mut()
+        .insert(argocd_gateway::wire::assertion::METADATA_KEY, forged.parse().unwrap());
+    let err = argocd_gateway::wire::proto::registration_client::RegistrationClient::new(channel)
         .renew(req)
         .await
         .unwrap_err();
@@ -649,8 +644,8 @@ async fn proxy_terminated_plaintext_hub_authenticates_by_assertion() {
 
 #[tokio::test]
 async fn unsupported_protocol_gets_an_upgrade_message() {
-    use argocd_gateway::identity::assertion::{self, Purpose};
-    use argocd_gateway::proto::{GatewayMessage, Hello, gateway_message, hub_message, rejected};
+    use argocd_gateway::wire::assertion::{self, Purpose};
+    use argocd_gateway::wire::proto::{GatewayMessage, Hello, gateway_message, hub_message, rejected};
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start(&dir.path().join("hub"), false, Duration::from_secs(3600)).await;
     let tok = hub.token(json!({})).await;
@@ -687,7 +682,7 @@ async fn unsupported_protocol_gets_an_upgrade_message() {
         let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         req.metadata_mut()
             .insert(assertion::METADATA_KEY, token.parse().unwrap());
-        let mut stream = argocd_gateway::proto::tunnel_client::TunnelClient::new(channel)
+        let mut stream = argocd_gateway::wire::proto::tunnel_client::TunnelClient::new(channel)
             .open(req)
             .await
             .unwrap()
@@ -704,8 +699,8 @@ async fn unsupported_protocol_gets_an_upgrade_message() {
 /// A stand-in hub that welcomes and then never answers keepalives, like a load balancer that
 /// black-holes a connection it still holds open. Built on the wire contract only.
 mod silent_hub {
-    use argocd_gateway::proto::tunnel_server::{Tunnel, TunnelServer};
-    use argocd_gateway::proto::{GatewayMessage, HubMessage, Welcome, hub_message};
+    use argocd_gateway::wire::proto::tunnel_server::{Tunnel, TunnelServer};
+    use argocd_gateway::wire::proto::{GatewayMessage, HubMessage, Welcome, hub_message};
     use tokio_stream::wrappers::ReceiverStream;
     use tonic::{Request, Response, Status, Streaming};
 
@@ -757,11 +752,11 @@ mod silent_hub {
 async fn keepalive_failures_end_the_run_with_an_error() {
     argocd_gateway::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let (ca, _) = argocd_gateway::identity::certs::CertAuthority::generate("test").unwrap();
-    let key = argocd_gateway::identity::certs::generate_key().unwrap();
+    let (ca, _) = argocd_gateway::certs::CertAuthority::generate("test").unwrap();
+    let key = argocd_gateway::certs::generate_key().unwrap();
     let cert = ca
         .sign_client_csr(
-            &argocd_gateway::identity::certs::csr_pem(&key, "x").unwrap(),
+            &argocd_gateway::certs::csr_pem(&key, "x").unwrap(),
             "gw-silent",
             Duration::from_secs(3600),
         )
@@ -937,23 +932,50 @@ mod processes {
         panic!("not within {within:?}: {what}");
     }
 
-    #[test]
-    fn killed_hub_restart_sigterm_goodbye_and_clean_logs() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let (mut hub, port, api) = start_hub(d, 0, 1);
-        let admin = std::fs::read_to_string(d.join("hub-data/admin-token"))
+    /// Makes the listening socket on `port` of process `pid` fail as a dying network stack
+    /// would: a duplicate of its descriptor is taken with `pidfd_getfd` and shut down, so the
+    /// process's next `accept` fails with EINVAL.
+    fn break_listener(pid: u32, port: u16) {
+        let inode = ["tcp", "tcp6"]
+            .iter()
+            .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+            .flat_map(|table| table.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+            .find_map(|line| {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                let local_port = u16::from_str_radix(cols.get(1)?.rsplit(':').next()?, 16).ok()?;
+                (local_port == port && cols.get(3) == Some(&"0A")).then(|| cols.get(9).map(|s| s.to_string()))?
+            })
+            .expect("the listening socket is in /proc/PID/net/tcp");
+        let target = format!("socket:[{inode}]");
+        let fd: i32 = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
-            .trim()
-            .to_owned();
+            .filter_map(Result::ok)
+            .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == target))
+            .and_then(|e| e.file_name().to_string_lossy().parse().ok())
+            .expect("the listener's descriptor is in /proc/PID/fd");
+        // SAFETY: plain syscalls on descriptors this test owns; every result is checked.
+        unsafe {
+            let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) as libc::c_int;
+            assert!(pidfd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+            let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as libc::c_int;
+            assert!(dup >= 0, "pidfd_getfd: {}", std::io::Error::last_os_error());
+            assert_eq!(libc::shutdown(dup, libc::SHUT_RDWR), 0);
+            libc::close(dup);
+            libc::close(pidfd);
+        }
+    }
 
+    /// A gateway process registered with the hub at `port`, in front of a simulated Argo CD
+    /// that lives in this process (the returned runtime keeps it running). Also returns the
+    /// registration token's JSON.
+    fn start_gateway(d: &std::path::Path, port: u16, api: &str) -> (Proc, Value, tokio::runtime::Runtime) {
         let created = Command::new(BIN)
             .args([
                 "hub",
                 "token",
                 "create",
                 "--hub-api",
-                &api,
+                api,
                 "--admin-token-file",
                 "hub-data/admin-token",
                 "-o",
@@ -1008,7 +1030,57 @@ mod processes {
             "--keepalive-interval",
             "1",
         ];
-        let mut gw = Proc::spawn(&gw_args, d.join("gateway.log"), d);
+        let gw = Proc::spawn(&gw_args, d.join("gateway.log"), d);
+        (gw, tok, rt)
+    }
+
+    #[test]
+    fn a_server_whose_listener_fails_ends_the_process_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (mut hub, _, api) = start_hub(d, 0, 1);
+        let http_port: u16 = api.rsplit(':').next().unwrap().parse().unwrap();
+        break_listener(hub.child.id(), http_port);
+        let status = hub.wait_exit(Duration::from_secs(30));
+        assert!(!status.success(), "the hub exits non-zero: {status:?}");
+        let log = hub.text();
+        assert!(
+            log.contains("hub HTTP listener stopped unexpectedly"),
+            "the message names the failed part:\n{log}"
+        );
+
+        // The gateway's admin server, likewise.
+        let (mut hub, port, api) = start_hub(d, 0, 2);
+        let (mut gw, _, _rt) = start_gateway(d, port, &api);
+        let line = gw.wait_for("admin server listening");
+        let admin: std::net::SocketAddr = line
+            .rfind("127.0.0.1:")
+            .and_then(|i| line[i..].split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("the admin address is logged: {line:?}"));
+        break_listener(gw.child.id(), admin.port());
+        let status = gw.wait_exit(Duration::from_secs(30));
+        assert!(!status.success(), "the gateway exits non-zero: {status:?}");
+        let log = gw.text();
+        assert!(
+            log.contains("admin listener stopped unexpectedly"),
+            "the message names the failed part:\n{log}"
+        );
+        hub.signal("-TERM");
+        hub.wait_exit(Duration::from_secs(10));
+    }
+
+    #[test]
+    fn killed_hub_restart_sigterm_goodbye_and_clean_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (mut hub, port, api) = start_hub(d, 0, 1);
+        let admin = std::fs::read_to_string(d.join("hub-data/admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+
+        let (mut gw, tok, _rt) = start_gateway(d, port, &api);
+        let token = tok["token"].as_str().unwrap().to_owned();
         gw.wait_for("connected to hub");
         wait_until("hub shows the gateway", Duration::from_secs(10), || {
             connected(&api, &admin)

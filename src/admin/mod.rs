@@ -1,16 +1,17 @@
 //! The admin HTTP server (`--admin-addr`, default `0.0.0.0:9090`): `/healthz` for liveness,
-//! `/readyz` for readiness, `/metrics` in the Prometheus text format. The hub serves its own
-//! `/metrics` through the same encoder.
+//! `/readyz` for readiness, `/metrics` in the Prometheus text format (encoded by
+//! [`crate::telemetry::encode`], as the hub's).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
+
+use crate::shutdown::Tree;
 
 /// Why the process is or is not ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,18 +58,18 @@ impl Admin {
             .route("/metrics", get(move || metrics(metrics_state.clone())))
     }
 
-    /// Binds and serves until `shutdown`.
-    pub async fn serve(self, addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+    /// Binds and serves until `tree` drains, as a critical task of it: a server that stops on
+    /// its own (its listener failed) ends the process.
+    pub async fn serve(self, addr: SocketAddr, tree: &Tree) -> std::io::Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let app = self.router();
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
+        let listener = tree.guard("admin listener", listener);
+        let stop = tree.token().clone();
+        tree.spawn_critical("admin server", async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
                 .await
-            {
-                tracing::error!(error = %e, "admin server failed");
-            }
         });
         Ok(bound)
     }
@@ -94,48 +95,11 @@ async fn ready(admin: Admin) -> Response {
     (status, body).into_response()
 }
 
-/// Renders a registry in the Prometheus text format.
-pub fn encode(registry: &Registry) -> Response {
-    let mut out = String::new();
-    match prometheus_client::encoding::text::encode(&mut out, registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            out,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")).into_response(),
-    }
-}
-
 async fn metrics(admin: Admin) -> Response {
     if let Some(refresh) = &admin.refresh {
         refresh();
     }
-    encode(&admin.registry)
-}
-
-/// Labels of the build-info metric.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct BuildLabels {
-    /// Crate version.
-    pub version: String,
-    /// Wire protocol version.
-    pub protocol: String,
-}
-
-/// Registers `argocd_gateway_build_info` (always 1).
-pub fn register_build_info(r: &mut Registry) {
-    let info: prometheus_client::metrics::family::Family<BuildLabels, prometheus_client::metrics::gauge::Gauge> =
-        Default::default();
-    info.get_or_create(&BuildLabels {
-        version: crate::VERSION.to_owned(),
-        protocol: crate::tunnel::wire::PROTOCOL_VERSION.to_string(),
-    })
-    .set(1);
-    r.register("argocd_gateway_build_info", "Build information", info);
+    crate::telemetry::encode(&admin.registry)
 }
 
 #[cfg(test)]
@@ -146,16 +110,16 @@ mod tests {
     async fn probes_and_metrics() {
         crate::tls::install_crypto_provider();
         let mut registry = Registry::default();
-        register_build_info(&mut registry);
+        crate::telemetry::register_build_info(&mut registry);
         let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let f = flag.clone();
         let readiness: ReadinessFn = Arc::new(move || Readiness {
             ready: f.load(std::sync::atomic::Ordering::Relaxed),
             reasons: vec!["hub: connected".into()],
         });
-        let stop = CancellationToken::new();
+        let tree = Tree::new();
         let addr = Admin::new(registry, readiness, None)
-            .serve("127.0.0.1:0".parse().unwrap(), stop.clone())
+            .serve("127.0.0.1:0".parse().unwrap(), &tree)
             .await
             .unwrap();
         let get = |p: &str| reqwest::get(format!("http://{addr}{p}"));
@@ -170,6 +134,7 @@ mod tests {
             m.contains("argocd_gateway_build_info{version=\"") && m.contains("# EOF"),
             "{m}"
         );
-        stop.cancel();
+        assert!(tree.shutdown(std::time::Duration::from_secs(5)).await);
+        assert_eq!(tree.failure(), None);
     }
 }

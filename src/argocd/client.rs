@@ -107,6 +107,23 @@ pub struct AppQuery {
     pub name: Option<String>,
 }
 
+impl AppQuery {
+    /// The list query the configuration's filters ask for, served by `scope`'s token. Argo CD
+    /// filters by one app namespace only; several are filtered after listing.
+    pub fn configured(config: &super::config::ArgoCdConfig, scope: Option<String>) -> Self {
+        Self {
+            scope,
+            projects: config.projects.clone(),
+            selector: config.selector.clone(),
+            app_namespace: match config.app_namespaces.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            },
+            name: None,
+        }
+    }
+}
+
 /// Refresh mode of a get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refresh {

@@ -1,13 +1,15 @@
-//! The Argo CD side of the gateway: flags and validated configuration ([`config`]), the REST
-//! client with classified errors ([`client`], [`error`], [`transport`], [`token`]), the compact
-//! model of applications and clusters ([`model`]) and the converging view over them ([`view`]).
+//! The Argo CD side of the gateway, which knows nothing of the hub: flags and validated
+//! configuration ([`config`]), the REST client with classified errors ([`client`], [`error`],
+//! [`transport`], [`token`]), the compact model of applications and clusters and its decoding
+//! ([`model`]), the converging view over them ([`view`]), and the probes that `check` and the
+//! health check share ([`probes`]).
 
-pub mod actions;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod probes;
 pub mod token;
 pub mod transport;
 pub mod view;

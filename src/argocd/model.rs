@@ -1,17 +1,23 @@
-//! The compact, typed model of what the gateway relays, and its tolerant decoding from Argo CD JSON.
+//! Tolerant decoding of Argo CD JSON into the compact model the gateway keeps and relays.
 //!
-//! Argo CD objects are decoded through private "wire" structs that mirror only the JSON paths we
-//! read (Go `encoding/json` output: camelCase keys, `null` for empty slices and maps, RFC 3339
-//! times). Every wire field defaults when missing or `null`, unknown fields are ignored and unknown
-//! enum values are kept as strings, so a newer Argo CD does not break decoding. The public types
-//! serialise in camelCase with the field names of the hub API.
+//! The model's types are the relayed item schema of [`crate::wire::item`] (re-exported here);
+//! this file owns how Argo CD objects become them. Argo CD objects are decoded through private
+//! "wire" structs that mirror only the JSON paths we read (Go `encoding/json` output: camelCase
+//! keys, `null` for empty slices and maps, RFC 3339 times). Every wire field defaults when
+//! missing or `null`, unknown fields are ignored and unknown enum values are kept as strings, so
+//! a newer Argo CD does not break decoding.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
+
+pub use crate::wire::item::{
+    Application, Cluster, Condition, ConnectionState, Destination, Health, HealthStatusCode, Operation, OperationPhase,
+    ResourceState, Source, SyncState, SyncStatusCode,
+};
 
 /// Identity of an application: its namespace and name (apps in any namespace).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -38,252 +44,6 @@ impl fmt::Display for AppKey {
     }
 }
 
-/// Generates a string-backed status enum that keeps unknown values verbatim.
-macro_rules! status_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)+
-            /// No value was reported.
-            #[default]
-            Empty,
-            /// A value this version does not know, kept as received.
-            Other(String),
-        }
-
-        impl $name {
-            /// The value as Argo CD spells it (empty when none was reported).
-            pub fn as_str(&self) -> &str {
-                match self {
-                    $(Self::$variant => $text,)+
-                    Self::Empty => "",
-                    Self::Other(s) => s,
-                }
-            }
-
-            /// Parses Argo CD's spelling; unknown values are kept as [`Self::Other`].
-            pub fn parse(s: &str) -> Self {
-                match s {
-                    $($text => Self::$variant,)+
-                    "" => Self::Empty,
-                    other => Self::Other(other.to_owned()),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s: Option<String> = Option::deserialize(d)?;
-                Ok(s.map(|s| Self::parse(&s)).unwrap_or_default())
-            }
-        }
-    };
-}
-
-status_enum! {
-    /// Sync status of an application or resource (`status.sync.status`).
-    SyncStatusCode {
-        /// Live state matches the target state.
-        Synced = "Synced",
-        /// Live state differs from the target state.
-        OutOfSync = "OutOfSync",
-        /// The comparison could not be made.
-        Unknown = "Unknown",
-    }
-}
-
-status_enum! {
-    /// Health status of an application or resource (`status.health.status`).
-    HealthStatusCode {
-        /// All resources are healthy.
-        Healthy = "Healthy",
-        /// Resources are not healthy yet but may become so.
-        Progressing = "Progressing",
-        /// A resource failed or could not become healthy in time.
-        Degraded = "Degraded",
-        /// A resource is paused or waiting.
-        Suspended = "Suspended",
-        /// A resource is missing from the cluster.
-        Missing = "Missing",
-        /// Health could not be assessed.
-        Unknown = "Unknown",
-    }
-}
-
-status_enum! {
-    /// Phase of the last or current operation (`status.operationState.phase`).
-    OperationPhase {
-        /// The operation is in progress.
-        Running = "Running",
-        /// The operation is being terminated.
-        Terminating = "Terminating",
-        /// The operation failed.
-        Failed = "Failed",
-        /// The operation ended with an error.
-        Error = "Error",
-        /// The operation succeeded.
-        Succeeded = "Succeeded",
-    }
-}
-
-/// One source of an application (single-source apps have exactly one).
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Source {
-    /// Git or Helm repository URL.
-    #[serde(rename = "repoURL")]
-    pub repo_url: String,
-    /// Directory within a Git repository.
-    pub path: String,
-    /// Helm chart name (Helm repositories).
-    pub chart: String,
-    /// Branch, tag, commit or chart version to deploy.
-    #[serde(rename = "targetRevision")]
-    pub target_revision: String,
-    /// Reference name used by other sources (`$ref/...`).
-    #[serde(rename = "ref")]
-    pub reference: String,
-    /// Optional name of the source (Argo CD 2.14+).
-    pub name: String,
-}
-
-/// Where the application deploys to.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Destination {
-    /// API server URL of the target cluster.
-    pub server: String,
-    /// Name of the target cluster (alternative to `server`).
-    pub name: String,
-    /// Target namespace.
-    pub namespace: String,
-}
-
-/// Sync status and the revision(s) it was compared against.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct SyncState {
-    /// Synced, OutOfSync or Unknown.
-    pub status: SyncStatusCode,
-    /// Revision compared against (single source).
-    pub revision: String,
-    /// Revisions compared against (multi-source, one per source).
-    pub revisions: Vec<String>,
-}
-
-/// A health status with its message.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Health {
-    /// Healthy, Progressing, Degraded, Suspended, Missing or Unknown.
-    pub status: HealthStatusCode,
-    /// Human-readable detail, often empty.
-    pub message: String,
-}
-
-/// The last or current operation (sync) of an application.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Operation {
-    /// Running, Terminating, Failed, Error or Succeeded.
-    pub phase: OperationPhase,
-    /// Result or progress message.
-    pub message: String,
-    /// When the operation started.
-    pub started_at: Option<jiff::Timestamp>,
-    /// When the operation finished (absent while running).
-    pub finished_at: Option<jiff::Timestamp>,
-    /// Revision synced to (single source): the sync result's, else the requested one.
-    pub revision: String,
-    /// Revisions synced to (multi-source).
-    pub revisions: Vec<String>,
-}
-
-/// Status of one resource the application manages.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct ResourceState {
-    /// API group (empty for the core group).
-    pub group: String,
-    /// API version.
-    pub version: String,
-    /// Kind.
-    pub kind: String,
-    /// Namespace (empty for cluster-scoped resources).
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// Sync status of this resource.
-    pub status: SyncStatusCode,
-    /// Health of this resource; absent when Argo CD does not report it (e.g. 3.x lists).
-    pub health: Option<Health>,
-}
-
-impl ResourceState {
-    /// Whether two entries describe the same Kubernetes object.
-    pub fn same_object(&self, other: &ResourceState) -> bool {
-        self.group == other.group
-            && self.kind == other.kind
-            && self.namespace == other.namespace
-            && self.name == other.name
-    }
-}
-
-/// An application condition (warnings and errors reported by Argo CD).
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    /// Condition type, e.g. `ComparisonError` or `OrphanedResourceWarning`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Message.
-    pub message: String,
-    /// When the condition last changed.
-    pub last_transition_time: Option<jiff::Timestamp>,
-}
-
-/// The compact state of one Argo CD application, as relayed to the hub.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Application {
-    /// Namespace of the Application object.
-    pub namespace: String,
-    /// Name of the Application object.
-    pub name: String,
-    /// AppProject (`default` when the spec leaves it empty).
-    pub project: String,
-    /// Object annotations.
-    pub annotations: BTreeMap<String, String>,
-    /// Object labels.
-    pub labels: BTreeMap<String, String>,
-    /// Sources (`spec.sources`, or `spec.source` as a single entry).
-    pub sources: Vec<Source>,
-    /// Deployment target.
-    pub destination: Destination,
-    /// Sync status.
-    pub sync: SyncState,
-    /// Application health.
-    pub health: Health,
-    /// Last or current operation, if any.
-    pub operation: Option<Operation>,
-    /// When Argo CD last compared live and target state.
-    pub reconciled_at: Option<jiff::Timestamp>,
-    /// Managed resources with their sync and health status.
-    pub resources: Vec<ResourceState>,
-    /// Container images in use (`status.summary.images`).
-    pub images: Vec<String>,
-    /// Conditions (warnings and errors).
-    pub conditions: Vec<Condition>,
-}
-
 impl Application {
     /// The namespace/name key of this application.
     pub fn key(&self) -> AppKey {
@@ -303,39 +63,6 @@ impl Application {
         }
         strip(self) == strip(other)
     }
-}
-
-/// Connection state of a cluster as seen by Argo CD.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct ConnectionState {
-    /// Successful, Failed or Unknown (kept as received).
-    pub status: String,
-    /// Detail, e.g. the connection error.
-    pub message: String,
-}
-
-/// The compact state of one cluster known to Argo CD (credentials are never part of it).
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Cluster {
-    /// API server URL; the key of a cluster.
-    pub server: String,
-    /// Display name.
-    pub name: String,
-    /// Project the cluster is scoped to, if any.
-    pub project: String,
-    /// Namespaces Argo CD may manage (empty: all).
-    pub namespaces: Vec<String>,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Annotations.
-    pub annotations: BTreeMap<String, String>,
-    /// Connection state.
-    pub connection_state: ConnectionState,
-    /// Kubernetes version of the cluster.
-    pub server_version: String,
-    /// Number of applications Argo CD manages on it.
-    pub applications_count: i64,
 }
 
 // ---------------------------------------------------------------------------------------------

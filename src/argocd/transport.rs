@@ -1,11 +1,7 @@
 //! The HTTP/1.1 transport to Argo CD: rustls configuration per TLS mode, and the mapping of
 //! transport failures to errors that name the fix.
 
-use std::sync::Arc;
-
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::CertificateError;
 
 use super::config::{ArgoCdConfig, TlsMode};
 use super::error::ArgoCdError;
@@ -24,51 +20,12 @@ pub fn rustls_config(mode: &TlsMode) -> Option<rustls::ClientConfig> {
         }
         TlsMode::Insecure => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(crate::tls::provider())))
+            .with_custom_certificate_verifier(crate::tls::accept_any())
             .with_no_client_auth(),
     };
     // REST must be HTTP/1.1: argocd-server routes HTTP/2 only to its gRPC server.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Some(config)
-}
-
-/// Accepts any certificate but still checks handshake signatures, for `--argocd-insecure`.
-#[derive(Debug)]
-pub struct AcceptAnyCertificate(pub Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// Builds the reqwest client for a configuration.

@@ -32,7 +32,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::{AppQuery, AppRef, Client};
-use super::config::ArgoCdConfig;
 use super::error::ArgoCdError;
 use super::model::{AppKey, Application, Cluster, DecodedApp, WatchEventType};
 use crate::util::Backoff;
@@ -40,23 +39,10 @@ use crate::util::Backoff;
 /// Parallel Gets when polling Argo CD 3.x for per-resource health.
 const POLL_FETCH_CONCURRENCY: usize = 8;
 
-/// Settings of the view's loops.
+/// Tuning of the view's loops; what to read and how often comes from the client's
+/// [`ArgoCdConfig`].
 #[derive(Clone, Debug)]
 pub struct ViewOptions {
-    /// Watch (true) or poll only (false).
-    pub watch: bool,
-    /// List interval when not watching.
-    pub poll_interval: Duration,
-    /// Full re-list interval while watching.
-    pub resync_interval: Duration,
-    /// Cluster list interval.
-    pub cluster_interval: Duration,
-    /// Label selector (applied by Argo CD).
-    pub selector: Option<String>,
-    /// Projects to include (empty: all).
-    pub projects: Vec<String>,
-    /// App namespaces to include (empty: all).
-    pub app_namespaces: Vec<String>,
     /// First retry delay ceiling after a failure.
     pub retry_base: Duration,
     /// Largest retry delay ceiling.
@@ -65,17 +51,9 @@ pub struct ViewOptions {
     pub channel_capacity: usize,
 }
 
-impl ViewOptions {
-    /// Options from a validated configuration.
-    pub fn from_config(c: &ArgoCdConfig) -> Self {
+impl Default for ViewOptions {
+    fn default() -> Self {
         Self {
-            watch: c.watch,
-            poll_interval: c.poll_interval,
-            resync_interval: c.resync_interval,
-            cluster_interval: c.cluster_interval,
-            selector: c.selector.clone(),
-            projects: c.projects.clone(),
-            app_namespaces: c.app_namespaces.clone(),
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             channel_capacity: 16 * 1024,
@@ -193,8 +171,8 @@ impl View {
             status,
             scope_count: RwLock::new(usize::MAX),
             filter: Filter {
-                projects: options.projects.clone(),
-                app_namespaces: options.app_namespaces.clone(),
+                projects: client.config().projects.clone(),
+                app_namespaces: client.config().app_namespaces.clone(),
             },
         });
         let tracker = TaskTracker::new();
@@ -472,8 +450,9 @@ async fn start_app_loops(
     tracker: TaskTracker,
 ) {
     let mut backoff = Backoff::new(options.retry_base, options.retry_max);
+    let config = client.config().clone();
     let scopes = loop {
-        match client.scopes(&options.projects) {
+        match client.scopes(&config.projects) {
             Ok(s) => break s,
             Err(e) => {
                 shared.record_error("applications", &e);
@@ -489,16 +468,7 @@ async fn start_app_loops(
         shared.status.send_modify(|s| s.apps_synced = true);
     }
     for (i, scope) in scopes.into_iter().enumerate() {
-        let query = AppQuery {
-            scope: scope.clone(),
-            projects: options.projects.clone(),
-            selector: options.selector.clone(),
-            app_namespace: match options.app_namespaces.as_slice() {
-                [one] => Some(one.clone()),
-                _ => None,
-            },
-            name: None,
-        };
+        let query = AppQuery::configured(&config, scope.clone());
         tracker.spawn(app_loop(
             shared.clone(),
             client.clone(),
@@ -548,7 +518,7 @@ async fn app_loop(
                 continue;
             }
         };
-        if !options.watch {
+        if !client.config().watch {
             // Polling Argo CD 3.x: the list omits per-resource health, so apps that changed
             // since their last complete object are fetched one by one (bounded concurrency).
             if !stale.is_empty() {
@@ -570,12 +540,12 @@ async fn app_loop(
                     _ = fetch => {}
                 }
             }
-            if !pause(&cancel, options.poll_interval).await {
+            if !pause(&cancel, client.config().poll_interval).await {
                 return;
             }
             continue;
         }
-        let resync_at = Instant::now() + options.resync_interval;
+        let resync_at = Instant::now() + client.config().resync_interval;
         let opened = tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(resync_at) => continue 'outer,
@@ -668,11 +638,11 @@ async fn cluster_loop(shared: Arc<Shared>, client: Client, options: ViewOptions,
                     .status
                     .send_if_modified(|s| !std::mem::replace(&mut s.clusters_synced, true));
                 backoff.reset();
-                options.cluster_interval
+                client.config().cluster_interval
             }
             Err(e) => {
                 shared.record_error("clusters", &e);
-                backoff.next_delay().min(options.cluster_interval)
+                backoff.next_delay().min(client.config().cluster_interval)
             }
         };
         if !pause(&cancel, delay).await {

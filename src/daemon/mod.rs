@@ -1,6 +1,8 @@
-//! `argocd-gateway run`: assembles the daemon. The Argo CD view feeds the relay, the tunnel
-//! carries the relay and answers hub requests through the Argo CD actions, and the admin server
-//! reports liveness, readiness and metrics for all of them.
+//! `argocd-gateway run`: the gateway's composition root. The Argo CD view feeds the relay, the
+//! tunnel carries the relay and answers hub requests through the relay's actions, and the admin
+//! server reports liveness, readiness and metrics for all of them. Everything runs on one
+//! shutdown tree: the view, the relay source, the admin server and the leader elector are
+//! critical tasks, and any of them stopping ends the process with an error naming it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,12 +15,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, Readiness};
-use crate::argocd::actions::ArgoActions;
 use crate::argocd::metrics::ArgoCdMetrics;
 use crate::argocd::{ArgoCdArgs, ArgoCdConfig, Client, View, ViewHandle, ViewOptions};
 use crate::kube::lease::{LeaderArgs, LeaderElector, LeaderHandle};
+use crate::relay::actions::ArgoActions;
 use crate::relay::engine::{Dirty, Relay};
 use crate::relay::source::ViewSource;
+use crate::shutdown::{TaskFailure, Tree};
 use crate::tunnel::{Attachments, RunArgs, TunnelMetrics, TunnelStatus};
 
 /// Flags of `argocd-gateway run`.
@@ -38,12 +41,32 @@ pub struct DaemonArgs {
     pub leader: LeaderArgs,
 }
 
+/// A setting that keeps the daemon from starting; nothing was started.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Hub, trust or identity settings.
+    #[error(transparent)]
+    Uplink(#[from] crate::uplink::ConfigError),
+    /// Leader election settings.
+    #[error(transparent)]
+    Lease(#[from] crate::kube::lease::LeaseConfigError),
+    /// Argo CD settings.
+    #[error(transparent)]
+    ArgoCd(#[from] crate::argocd::ConfigError),
+    /// The Argo CD client could not be built from them.
+    #[error(transparent)]
+    ArgoCdClient(#[from] crate::argocd::ArgoCdError),
+    /// No Kubernetes client for leader election.
+    #[error(transparent)]
+    Kube(#[from] crate::kube::ClientError),
+}
+
 /// Why the daemon could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// A setting is invalid; nothing was started.
     #[error(transparent)]
-    Config(#[from] anyhow::Error),
+    Config(#[from] ConfigError),
     /// The admin listener could not be bound.
     #[error("cannot listen on the admin address {addr}: {source} (flag --admin-addr, Helm gateway.admin.port)")]
     Admin {
@@ -55,6 +78,9 @@ pub enum DaemonError {
     /// The tunnel gave up.
     #[error(transparent)]
     Tunnel(#[from] crate::tunnel::RunError),
+    /// A critical task stopped while the gateway was running.
+    #[error(transparent)]
+    TaskEnded(#[from] TaskFailure),
 }
 
 /// This replica's view of the election.
@@ -140,8 +166,11 @@ impl ViewGauges {
 
 /// Why the gateway is or is not ready: connected to the hub (unless it is a standby) and Argo
 /// CD's state loaded and current.
-fn readiness(status: &TunnelStatus, view: &ViewHandle, standby: bool) -> Readiness {
+fn readiness(status: &TunnelStatus, view: &ViewHandle, standby: bool, draining: bool) -> Readiness {
     let mut reasons = vec![];
+    if draining {
+        reasons.push("shutting down".to_owned());
+    }
     if !standby && !status.connected {
         reasons.push(match &status.last_error {
             Some(e) => format!("not connected to the hub: {e}"),
@@ -164,40 +193,50 @@ fn readiness(status: &TunnelStatus, view: &ViewHandle, standby: bool) -> Readine
     }
 }
 
-/// Runs the daemon until `shutdown` or until the tunnel gives up for good.
+/// Runs the daemon until `shutdown`, until the tunnel gives up for good, or until a critical
+/// task stops (the error names it).
 pub async fn run(args: DaemonArgs, shutdown: CancellationToken) -> Result<(), DaemonError> {
-    let cfg = args.tunnel.validate().map_err(anyhow::Error::from)?;
-    let lease = args.leader.validate().map_err(anyhow::Error::from)?;
-    let argocd_config = ArgoCdConfig::from_args(&args.argocd, cfg.extra_roots.clone()).map_err(anyhow::Error::from)?;
-    let client = Client::new(argocd_config).map_err(anyhow::Error::from)?;
+    let uplink = args.tunnel.uplink.validate().map_err(ConfigError::from)?;
+    let lease = args.leader.validate().map_err(ConfigError::from)?;
+    let argocd_config = ArgoCdConfig::from_args(&args.argocd, uplink.extra_roots.clone()).map_err(ConfigError::from)?;
+    let client = Client::new(argocd_config).map_err(ConfigError::from)?;
+    let store = crate::cli::open_identity_store(&uplink.identity);
+    let cfg = args.tunnel.config(uplink, store);
+    let tree = Tree::with_token(shutdown.clone());
     // The elector outlives the tunnel so that, on shutdown, the Lease is released only after
     // the goodbye: a standby that takes over at once finds the hub session already closed.
     let elector_stop = CancellationToken::new();
-    let (leader, elector_task) = match lease {
-        None => (None, None),
+    let leader = match lease {
+        None => None,
         Some(lease) => {
-            let kube = crate::kube::client().await.map_err(anyhow::Error::from)?;
+            let kube = crate::kube::client().await.map_err(ConfigError::from)?;
             let LeaderHandle { leader, stats, task } = LeaderElector::new(kube, lease).spawn(elector_stop.clone());
-            (Some(Leadership { leader, stats }), Some(task))
+            tree.spawn_critical("leader elector", async move { task.await.map_err(|e| e.to_string()) });
+            Some(Leadership { leader, stats })
         }
     };
 
     let mut registry = Registry::default();
-    crate::admin::register_build_info(&mut registry);
+    crate::telemetry::register_build_info(&mut registry);
     let argocd_metrics = ArgoCdMetrics::default();
     argocd_metrics.register(&mut registry);
     client.set_metrics(argocd_metrics);
     let tunnel_metrics = TunnelMetrics::default();
     tunnel_metrics.register(&mut registry);
 
-    let background = shutdown.child_token();
-    let view = View::spawn(
-        client.clone(),
-        ViewOptions::from_config(client.config()),
-        background.clone(),
-    );
+    let view = View::spawn(client.clone(), ViewOptions::default(), tree.token().clone());
+    {
+        let view = view.clone();
+        let stop = tree.token().clone();
+        tree.spawn_critical("Argo CD view", async move {
+            tokio::select! {
+                _ = stop.cancelled() => Ok(()),
+                _ = view.stopped() => Err("its loops ended"),
+            }
+        });
+    }
     let dirty = Arc::new(Dirty::default());
-    let source = ViewSource::spawn(view.clone(), dirty.clone(), background.clone());
+    let source = ViewSource::spawn(view.clone(), dirty.clone(), &tree);
     let relay = Relay::new(source, dirty);
     relay.counters.register(&mut registry);
     let gauges = ViewGauges::default();
@@ -206,9 +245,10 @@ pub async fn run(args: DaemonArgs, shutdown: CancellationToken) -> Result<(), Da
     let (status_tx, status_rx) = watch::channel(TunnelStatus::default());
     let ready_view = view.clone();
     let ready_leader = leader.clone();
+    let ready_tree = tree.clone();
     let readiness_fn = Arc::new(move || {
         let standby = ready_leader.as_ref().is_some_and(|h| !h.stats.is_leader());
-        readiness(&status_rx.borrow(), &ready_view, standby)
+        readiness(&status_rx.borrow(), &ready_view, standby, ready_tree.is_draining())
     });
     let refresh_view = view.clone();
     let refresh_client = client.clone();
@@ -216,7 +256,7 @@ pub async fn run(args: DaemonArgs, shutdown: CancellationToken) -> Result<(), Da
     let refresh_fn = Arc::new(move || gauges.refresh(&refresh_view, &refresh_client, refresh_leader.as_ref()));
     let admin = Admin::new(registry, readiness_fn, Some(refresh_fn));
     let bound = admin
-        .serve(args.admin_addr, background.clone())
+        .serve(args.admin_addr, &tree)
         .await
         .map_err(|source| DaemonError::Admin {
             addr: args.admin_addr,
@@ -234,11 +274,14 @@ pub async fn run(args: DaemonArgs, shutdown: CancellationToken) -> Result<(), Da
         None => crate::tunnel::run_with(cfg, shutdown.clone(), status_tx, &mut attachments).await,
         Some(handle) => lead_when_elected(cfg, &shutdown, status_tx, &mut attachments, handle).await,
     };
-    background.cancel();
+    // Drain first, so the elector stopping below is not taken for a failure.
+    tree.drain();
     elector_stop.cancel();
-    if let Some(task) = elector_task {
-        // Wait (briefly) for the elector to release the Lease.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    if !tree.shutdown(crate::cli::SHUTDOWN_GRACE).await {
+        tracing::warn!("some tasks did not stop within the shutdown grace");
+    }
+    if let Some(failure) = tree.failure() {
+        return Err(DaemonError::TaskEnded(failure));
     }
     result.map_err(DaemonError::from)
 }

@@ -12,6 +12,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{self, ServeArgs};
+use crate::shutdown::Tree;
 use crate::simulator::{SimHandle, SimOptions, SimTls, Simulator, TokenSpec};
 
 /// Flags of `argocd-gateway demo`.
@@ -110,38 +111,48 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         ]);
     }
     let cli = GatewayCli::try_parse_from(&gateway_flags).context("demo gateway flags")?;
-    let gateway_stop = CancellationToken::new();
-    let gateway = tokio::spawn(crate::daemon::run(cli.args, gateway_stop.clone()));
+    // The demo's own tree: the gateway (a child token, so its failure is the demo's failure and
+    // not a drain) and the churn. The hub has a tree of its own.
+    let tree = Tree::with_token(shutdown.child_token());
+    let gateway_stop = tree.token().child_token();
+    tree.spawn_critical("demo gateway", crate::daemon::run(cli.args, gateway_stop));
 
-    let gateway_id = wait_for_gateway(&api, &admin_token_path).await?;
+    let gateway_id = tokio::select! {
+        r = wait_for_gateway(&api, &admin_token_path) => r,
+        f = tree.failed() => Err(anyhow::Error::new(f)),
+    };
+    let gateway_id = match gateway_id {
+        Ok(id) => id,
+        Err(e) => {
+            tree.shutdown(crate::cli::SHUTDOWN_GRACE).await;
+            hub.shutdown().await;
+            sim.shutdown();
+            return Err(e);
+        }
+    };
     print_banner(&args, &api, &admin_token_path, &gateway_id);
 
-    let churn_stop = shutdown.child_token();
     if !args.change_every.is_zero() {
-        tokio::spawn(churn(
+        tree.spawn(churn(
             sim.clone(),
             args.apps as usize,
             args.change_every,
-            churn_stop.clone(),
+            tree.token().clone(),
         ));
     }
 
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        r = gateway => {
-            hub.shutdown().await;
-            return match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(anyhow::Error::from(e).context("the demo gateway stopped")),
-                Err(e) => Err(anyhow::anyhow!("the demo gateway task failed: {e}")),
-            };
-        }
-    }
-    churn_stop.cancel();
-    gateway_stop.cancel();
+    let failure = tokio::select! {
+        _ = tree.token().cancelled() => tree.failure(),
+        f = hub.failed() => Some(f),
+    };
+    // The gateway says goodbye while its hub still listens; then the hub drains.
+    tree.shutdown(crate::cli::SHUTDOWN_GRACE).await;
     hub.shutdown().await;
     sim.shutdown();
-    Ok(())
+    match failure.or_else(|| tree.failure()) {
+        Some(f) => Err(anyhow::Error::new(f)),
+        None => Ok(()),
+    }
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -243,7 +254,10 @@ fn print_banner(args: &DemoArgs, api: &str, admin_token_path: &Path, gateway_id:
 /// app OutOfSync, a sync runs, the rollout progresses and ends Healthy (now and then Degraded).
 async fn churn(sim: SimHandle, apps: usize, every: Duration, stop: CancellationToken) {
     let ns = sim.options().namespace.clone();
+    // Rollouts in progress; they end with the churn.
+    let mut rollouts = tokio::task::JoinSet::new();
     loop {
+        while rollouts.try_join_next().is_some() {}
         let (pause, i, roll) = {
             let mut rng = rand::rng();
             let jitter = rng.random_range(0.5..1.5);
@@ -254,7 +268,10 @@ async fn churn(sim: SimHandle, apps: usize, every: Duration, stop: CancellationT
             )
         };
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                rollouts.abort_all();
+                return;
+            }
             _ = tokio::time::sleep(pause) => {}
         }
         let name = format!("app-{i:05}");
@@ -263,7 +280,7 @@ async fn churn(sim: SimHandle, apps: usize, every: Duration, stop: CancellationT
         let step = every.mul_f64(0.4).min(Duration::from_secs(2));
         let sim = sim.clone();
         let ns = ns.clone();
-        tokio::spawn(async move {
+        rollouts.spawn(async move {
             sim.set_operation_phase(&ns, &name, "Running");
             tokio::time::sleep(step).await;
             sim.set_revision(&ns, &name, &commit);

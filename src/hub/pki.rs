@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::identity::certs::{CertAuthority, CertError, CertInfo};
+use crate::certs::{CertAuthority, CertError, CertInfo};
 use crate::secret::Secret;
 use crate::util::write_private_file_atomic;
 
@@ -61,7 +61,7 @@ fn write(path: &Path, data: &str) -> Result<(), PkiError> {
 
 /// True when the certificate covers exactly `names` and is not in the last third of its life.
 fn server_cert_fits(pem: &str, names: &[String]) -> bool {
-    let Ok(der) = crate::identity::certs::first_cert_der(pem) else {
+    let Ok(der) = crate::certs::first_cert_der(pem) else {
         return false;
     };
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {

@@ -1,6 +1,6 @@
-//! Requests from the hub to a gateway over its stream: each gets an id, a deadline and a permit
-//! (bounded concurrency per gateway); the answer, a typed error, or a timeout comes back —
-//! never a hang, even when the gateway disconnects mid-request.
+//! Requests from the hub to a gateway over its stream ([`forward`]): each gets an id, a
+//! deadline and a permit (bounded concurrency per gateway); the answer, a typed error, or a
+//! timeout comes back — never a hang, even when the gateway disconnects mid-request.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,13 +9,19 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::proto::{HubMessage, Request, Response, hub_message, request, request_error, response};
+use super::metrics::KindLabel;
+use super::state::HubState;
+use crate::wire::codes::request_name;
+use crate::wire::proto::{self, HubMessage, Request, Response, hub_message, request, request_error, response};
+
+/// Deadline for requests forwarded to a gateway.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Requests one gateway may have outstanding at once.
 pub const MAX_CONCURRENT: usize = 16;
 
 /// Why a request failed.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RequestFailure {
     /// The gateway has no live session.
     #[error("gateway {gateway_id} is not connected{}", .last_seen.as_ref().map(|t| format!(" (last seen {t})")).unwrap_or_default())]
@@ -48,13 +54,16 @@ pub enum RequestFailure {
     /// The gateway does not support this request.
     #[error("unsupported by the gateway: {0}")]
     Unsupported(String),
+    /// The gateway's answer is not JSON.
+    #[error("the gateway answered invalid JSON: {0}")]
+    BadAnswer(#[source] std::sync::Arc<serde_json::Error>),
     /// Anything else.
     #[error("gateway error: {0}")]
     Internal(String),
 }
 
 impl RequestFailure {
-    fn from_proto(e: crate::proto::RequestError) -> Self {
+    fn from_proto(e: proto::RequestError) -> Self {
         use request_error::Code;
         match Code::try_from(e.code).unwrap_or(Code::Unspecified) {
             Code::NotFound => Self::NotFound(e.message),
@@ -138,8 +147,9 @@ impl Broker {
                 .await
                 .map_err(|_| RequestFailure::Internal("the gateway session closed before answering".into()))?;
             match response.result {
-                Some(response::Result::Json(bytes)) => serde_json::from_slice(&bytes)
-                    .map_err(|e| RequestFailure::Internal(format!("the gateway answered invalid JSON: {e}"))),
+                Some(response::Result::Json(bytes)) => {
+                    serde_json::from_slice(&bytes).map_err(|e| RequestFailure::BadAnswer(std::sync::Arc::new(e)))
+                }
                 Some(response::Result::Error(e)) => Err(RequestFailure::from_proto(e)),
                 None => Err(RequestFailure::Internal("empty answer".into())),
             }
@@ -164,4 +174,37 @@ impl Broker {
         }
         self.permits.close();
     }
+}
+
+/// Sends a request to a connected gateway and waits for its answer until `deadline`.
+pub async fn forward(
+    state: &HubState,
+    id: &str,
+    kind: request::Kind,
+    deadline: Duration,
+) -> Result<serde_json::Value, RequestFailure> {
+    let Some(session) = state.sessions.get(id) else {
+        let last_seen = state
+            .store
+            .gateway(id.to_owned())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|g| g.last_seen_at)
+            .and_then(|s| jiff::Timestamp::from_second(s).ok())
+            .map(|t| t.to_string());
+        return Err(RequestFailure::Disconnected {
+            gateway_id: id.to_owned(),
+            last_seen,
+        });
+    };
+    let name = request_name(&kind);
+    let started = std::time::Instant::now();
+    let result = session.broker.call(&session.tx, kind, deadline).await;
+    state
+        .metrics
+        .request_seconds
+        .get_or_create(&KindLabel { kind: name.to_owned() })
+        .observe(started.elapsed().as_secs_f64());
+    result
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::proto::{HubMessage, hub_message};
+use crate::wire::proto::{HubMessage, hub_message};
 
 /// One live session.
 #[derive(Clone)]

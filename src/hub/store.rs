@@ -15,7 +15,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     /// The blocking task died.
     #[error("hub database task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
+    /// A previous database call panicked while holding the connection.
+    #[error("hub database connection is unusable after an earlier failure")]
+    Poisoned,
     /// Stored JSON is unreadable.
     #[error("hub database holds invalid data: {0}")]
     Corrupt(String),
@@ -177,10 +180,6 @@ fn envs_from_json(s: &str) -> Vec<String> {
     serde_json::from_str(s).unwrap_or_default()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn gateway_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GatewayRecord> {
     Ok(GatewayRecord {
         id: r.get(0)?,
@@ -215,13 +214,11 @@ impl Store {
     {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| StoreError::Task("database lock poisoned".into()))?;
+            let mut guard = conn.lock().map_err(|_| StoreError::Poisoned)?;
             f(&mut guard)
         })
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(StoreError::Task)?
     }
 
     /// Saves a new registration token by its id and secret hash.
@@ -289,7 +286,7 @@ impl Store {
             let Some((hash, name, envs, expires_at, used_at)) = row else {
                 return Ok((TokenCheck::Unknown, None));
             };
-            if !constant_time_eq(&hash, &secret_hash) {
+            if !crate::util::constant_time_eq(&hash, &secret_hash) {
                 return Ok((TokenCheck::Unknown, None));
             }
             if used_at.is_some() {

@@ -1,18 +1,17 @@
-//! Gateway identity: registration with a one-hour token, the certificate and key that prove who
-//! the gateway is afterwards, the signed assertion that survives TLS-terminating proxies, and
-//! the store that keeps it all across restarts.
+//! Gateway identity, with no network: the key, certificate and hub CA that prove who the gateway
+//! is, and the store that keeps them across restarts ([`store`]: the trait and the file store;
+//! the Kubernetes Secret store lives with the other Kubernetes code, and which one is used is
+//! decided by the composition root, [`crate::cli::open_identity_store`]).
 //!
-//! The private key is made here and never leaves the gateway; the hub only ever sees CSRs.
+//! The private key is made on the gateway and never leaves it; the hub only ever sees CSRs
+//! (registration and renewal are calls to the hub, in [`crate::uplink::register`]).
 
-pub mod assertion;
-pub mod certs;
-pub mod register;
 pub mod store;
 
 use serde::{Deserialize, Serialize};
 
+use crate::certs::{self, CertError, CertInfo};
 use crate::secret::Secret;
-use certs::{CertError, CertInfo};
 
 /// Everything a registered gateway needs to authenticate to its hub.
 #[derive(Clone, Serialize, Deserialize)]

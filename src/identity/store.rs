@@ -1,8 +1,8 @@
-//! Where the identity lives between restarts: a Kubernetes Secret in a cluster
-//! ([`crate::kube::secret_store`]), a file (mode 0600, atomically replaced) elsewhere.
+//! Where the identity lives between restarts: the store trait, the `--identity` location, and
+//! the file store (mode 0600, atomically replaced). In a cluster the identity is a Kubernetes
+//! Secret, implemented with the other Kubernetes code; the composition root picks which.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
@@ -104,24 +104,13 @@ impl std::fmt::Display for IdentityLocation {
 }
 
 impl IdentityLocation {
-    /// Opens the store this location names.
-    pub fn open(&self) -> Arc<dyn IdentityStore> {
-        match self {
-            Self::File(p) => Arc::new(FileStore::new(p.clone())),
-            Self::Secret { namespace, name } => Arc::new(crate::kube::secret_store::SecretStore::lazy(
-                namespace.clone(),
-                name.clone(),
-            )),
-        }
-    }
-
     /// The default when `--identity` is not given: the Secret `argocd-gateway-identity` in the
     /// pod's namespace when running in a cluster (`KUBERNETES_SERVICE_HOST` and `POD_NAMESPACE`
     /// set), else the file `argocd-gateway-identity.json` in the working directory. The chart
     /// always passes `--identity` explicitly, naming `<fullname>-identity`.
     pub fn default_from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        match (var("KUBERNETES_SERVICE_HOST"), var(crate::kube::NAMESPACE_ENV)) {
+        match (var("KUBERNETES_SERVICE_HOST"), var(NAMESPACE_ENV)) {
             (Some(_), Some(namespace)) if is_dns_label(namespace.trim()) => Self::Secret {
                 namespace: namespace.trim().to_owned(),
                 name: DEFAULT_SECRET_NAME.to_owned(),
@@ -130,6 +119,9 @@ impl IdentityLocation {
         }
     }
 }
+
+/// The pod's namespace, from the downward-API variable the chart sets.
+const NAMESPACE_ENV: &str = "POD_NAMESPACE";
 
 /// The identity Secret's name when `--identity` is not given in a cluster.
 pub const DEFAULT_SECRET_NAME: &str = "argocd-gateway-identity";
@@ -268,7 +260,10 @@ mod tests {
         let loc: IdentityLocation = format!("file:{}", dir.path().join("id.json").display())
             .parse()
             .unwrap();
-        let store = loc.open();
+        let IdentityLocation::File(path) = loc else {
+            panic!("a file location")
+        };
+        let store = FileStore::new(path);
         assert!(store.load().await.unwrap().is_none());
         assert_eq!(store.create(&identity("gw-1")).await.unwrap().gateway_id, "gw-1");
         assert_eq!(store.create(&identity("gw-2")).await.unwrap().gateway_id, "gw-1");

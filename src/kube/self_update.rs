@@ -22,28 +22,19 @@ use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::Container;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use rustls::pki_types::CertificateDer;
 use semver::Version;
 use tokio::time::Instant;
 
-use crate::identity::Identity;
-use crate::identity::assertion::{self, Purpose};
 use crate::identity::store::StoreError;
-use crate::proto::GetDesiredVersionRequest;
-use crate::proto::registration_client::RegistrationClient;
-use crate::tunnel::config::{HubArgs, HubConfig};
-use crate::tunnel::dial::{DialError, Dialer};
-use crate::tunnel::{ConfigError, IdentityArgs};
+use crate::uplink::version::{VersionQueryError, desired_version};
+use crate::uplink::{ConfigError, UplinkArgs};
 
 /// Flags of `argocd-gateway self-update`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SelfUpdateArgs {
+    /// Hub address, trust and identity location.
     #[command(flatten)]
-    pub hub: HubArgs,
-    #[command(flatten)]
-    pub trust: crate::tls::TrustArgs,
-    #[command(flatten)]
-    pub identity: IdentityArgs,
+    pub uplink: UplinkArgs,
     /// The gateway's Deployment (the chart passes the release's full name).
     #[arg(long, env = "ARGOCD_GATEWAY_SELF_UPDATE_DEPLOYMENT")]
     pub deployment: String,
@@ -84,7 +75,8 @@ pub enum SelfUpdateError {
     Client(#[from] crate::kube::ClientError),
     /// The Deployment or CronJob could not be read.
     #[error(
-        "cannot read {kind} {namespace}/{name}: {reason} (flag {flag}; the chart's self-update Role allows get and patch on exactly the Deployment <fullname> and the CronJob <fullname>-self-update)"
+        "cannot read {kind} {namespace}/{name}: {} (flag {flag}; the chart's self-update Role allows get and patch on exactly the Deployment <fullname> and the CronJob <fullname>-self-update)",
+        crate::kube::describe(.source)
     )]
     Read {
         /// Deployment or CronJob.
@@ -96,7 +88,7 @@ pub enum SelfUpdateError {
         /// The flag naming it.
         flag: &'static str,
         /// What the API server said.
-        reason: String,
+        source: Box<kube::Error>,
     },
     /// The named container is not in the pod template.
     #[error("{kind} {name} has no container {container:?} (it has {found:?}); set {flag}")]
@@ -137,25 +129,9 @@ pub enum SelfUpdateError {
     /// The identity store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The stored identity cannot sign a request.
-    #[error("the stored gateway identity is unusable: {0}; register the gateway again")]
-    Identity(String),
-    /// Could not reach or trust the hub.
+    /// The hub could not tell the desired version.
     #[error(transparent)]
-    Dial(#[from] DialError),
-    /// The hub refused the query.
-    #[error("the hub refused the desired-version query: {0}")]
-    Hub(String),
-    /// The hub's answer is not a version.
-    #[error(
-        "the hub's desired version {value:?} is not a semantic version ({reason}); fix it at the hub with `argocd-gateway hub desired-version set X.Y.Z`"
-    )]
-    HubVersion {
-        /// What the hub sent.
-        value: String,
-        /// The parse error.
-        reason: String,
-    },
+    Desired(#[from] VersionQueryError),
     /// A patch was refused.
     #[error("cannot patch {kind} {namespace}/{name}: {reason}")]
     Patch {
@@ -372,7 +348,7 @@ pub async fn read_current(client: &kube::Client, targets: &Targets) -> Result<Cu
         namespace: ns.clone(),
         name: name.to_owned(),
         flag,
-        reason: crate::kube::describe(&e),
+        source: Box::new(e),
     };
     let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
         .get(&targets.deployment)
@@ -772,58 +748,11 @@ async fn wait_for_rollout(
     }
 }
 
-/// Asks the hub, as the registered gateway, for the desired version; `None` when none is set.
-pub async fn desired_version(
-    hub: &HubConfig,
-    extra_roots: &[CertificateDer<'static>],
-    identity: &Identity,
-    current: &Version,
-) -> Result<Option<Version>, SelfUpdateError> {
-    let cert = identity
-        .cert_info()
-        .map_err(|e| SelfUpdateError::Identity(e.to_string()))?;
-    let key = identity.key().map_err(|e| SelfUpdateError::Identity(e.to_string()))?;
-    let token = assertion::sign(
-        &key,
-        &identity.gateway_id,
-        &cert,
-        Purpose::Version,
-        jiff::Timestamp::now().as_second(),
-    )
-    .map_err(|e| SelfUpdateError::Identity(e.to_string()))?;
-    let channel = Dialer::new(hub, extra_roots, Some(identity))?.connect().await?;
-    let mut request = tonic::Request::new(GetDesiredVersionRequest {
-        current_version: current.to_string(),
-    });
-    request.metadata_mut().insert(
-        assertion::METADATA_KEY,
-        token
-            .parse()
-            .map_err(|_| SelfUpdateError::Identity("the assertion is not valid metadata".into()))?,
-    );
-    let answer = RegistrationClient::new(channel)
-        .get_desired_version(request)
-        .await
-        .map_err(|s| SelfUpdateError::Hub(s.message().to_owned()))?
-        .into_inner()
-        .desired_version;
-    if answer.trim().is_empty() {
-        return Ok(None);
-    }
-    crate::hub::version::parse(&answer)
-        .map(Some)
-        .map_err(|e| SelfUpdateError::HubVersion {
-            value: answer.clone(),
-            reason: e.to_string(),
-        })
-}
-
 /// The whole command: read, ask, plan, and unless `--dry-run`, apply. The plan is printed to
 /// stdout before anything changes.
 pub async fn run(args: &SelfUpdateArgs) -> Result<Applied, SelfUpdateError> {
-    let hub = args.hub.validate().map_err(ConfigError::from)?;
-    let roots = args.trust.load().map_err(ConfigError::from)?;
-    let store = args.identity.location().map_err(ConfigError::from)?.open();
+    let uplink = args.uplink.validate()?;
+    let store = crate::cli::open_identity_store(&uplink.identity);
     let client = crate::kube::client().await?;
     let namespace = args
         .namespace
@@ -846,7 +775,7 @@ pub async fn run(args: &SelfUpdateArgs) -> Result<Applied, SelfUpdateError> {
     let identity = store.load().await?.ok_or_else(|| SelfUpdateError::NotRegistered {
         store: store.describe(),
     })?;
-    let desired = desired_version(&hub, &roots, &identity, &current.version).await?;
+    let desired = desired_version(&uplink.hub, &uplink.extra_roots, &identity, &current.version).await?;
     let plan = plan(&namespace, current, desired, args.rollout_timeout);
     if args.dry_run {
         println!("self-update plan (dry run: nothing is changed)\n{plan}");

@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
 use super::{Entity, EntityKey, Hash, Kind, digest};
-use crate::proto::{Delta, GatewayMessage, SnapshotChunk, gateway_message};
+use crate::wire::proto::{self, Delta, GatewayMessage, SnapshotChunk, gateway_message};
 
 /// Where the relay reads current state from (the Argo CD view).
 pub trait Source: Send + Sync {
@@ -264,7 +264,7 @@ impl Relay {
     fn snapshot(&mut self, current: BTreeMap<EntityKey, Entity>) -> Vec<GatewayMessage> {
         let snapshot_hashes: BTreeMap<EntityKey, Hash> = current.iter().map(|(k, e)| (k.clone(), e.hash)).collect();
         let total_digest = digest(snapshot_hashes.iter().map(|((k, key), h)| (*k, key.as_str(), h)));
-        let mut chunks: Vec<Vec<crate::proto::Entity>> = vec![vec![]];
+        let mut chunks: Vec<Vec<proto::Entity>> = vec![vec![]];
         let mut size = 0usize;
         for e in current.values() {
             let n = e.json.len() + e.key.len() + 48;
@@ -360,7 +360,7 @@ impl Relay {
                     size += key.len() + 16;
                     self.projected.remove(&(kind, key.clone()));
                     changes.push(((kind, key.clone()), None));
-                    crate::proto::Entity {
+                    proto::Entity {
                         kind: kind.to_proto() as i32,
                         key: key.clone(),
                         hash: vec![],

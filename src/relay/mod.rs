@@ -8,7 +8,12 @@
 //! difference when the hub holds what the gateway last saw acknowledged, and a chunked snapshot
 //! otherwise. Per entity the latest state wins: a key changed ten times while the hub was slow
 //! is sent once, so memory is bounded by the number of entities.
+//!
+//! Files: [`source`] (the Argo CD view as the relay's source), [`engine`] (what to send after a
+//! reconnect, deltas, acks), [`actions`] (the hub's requests answered against Argo CD). Entity
+//! kinds, hashes and the digest are the wire's ([`crate::wire::entity`]).
 
+pub mod actions;
 pub mod engine;
 pub mod source;
 
@@ -17,48 +22,8 @@ use std::sync::Arc;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::proto::EntityKind;
-
-/// What kind of entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    /// An Argo CD Application, keyed `namespace/name`.
-    Application,
-    /// An Argo CD cluster, keyed by server URL.
-    Cluster,
-}
-
-impl Kind {
-    /// The wire enum.
-    pub fn to_proto(self) -> EntityKind {
-        match self {
-            Self::Application => EntityKind::Application,
-            Self::Cluster => EntityKind::Cluster,
-        }
-    }
-
-    /// From the wire enum.
-    pub fn from_proto(k: i32) -> Option<Self> {
-        match EntityKind::try_from(k).ok()? {
-            EntityKind::Application => Some(Self::Application),
-            EntityKind::Cluster => Some(Self::Cluster),
-            EntityKind::Unspecified => None,
-        }
-    }
-
-    fn tag(self) -> u8 {
-        match self {
-            Self::Application => 1,
-            Self::Cluster => 2,
-        }
-    }
-}
-
-/// A content hash (SHA-256).
-pub type Hash = [u8; 32];
-
-/// An entity's identity.
-pub type EntityKey = (Kind, String);
+pub use crate::wire::entity::{EntityKey, Hash, Kind, digest};
+use crate::wire::proto;
 
 /// One entity as relayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,8 +51,8 @@ impl Entity {
     }
 
     /// The wire form.
-    pub fn to_proto(&self) -> crate::proto::Entity {
-        crate::proto::Entity {
+    pub fn to_proto(&self) -> proto::Entity {
+        proto::Entity {
             kind: self.kind.to_proto() as i32,
             key: self.key.clone(),
             hash: self.hash.to_vec(),
@@ -177,18 +142,6 @@ pub fn significance_hash(kind: Kind, value: &Value) -> Hash {
     h.finalize().into()
 }
 
-/// The state digest over `(kind, key, hash)` entries, which must come in `(kind, key)` order.
-pub fn digest<'a>(entries: impl IntoIterator<Item = (Kind, &'a str, &'a Hash)>) -> Hash {
-    let mut h = Sha256::new();
-    for (kind, key, hash) in entries {
-        h.update([kind.tag()]);
-        h.update((key.len() as u64).to_be_bytes());
-        h.update(key.as_bytes());
-        h.update(hash);
-    }
-    h.finalize().into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,20 +165,6 @@ mod tests {
         assert_eq!(
             significance_hash(Kind::Cluster, &c1),
             significance_hash(Kind::Cluster, &c2)
-        );
-    }
-
-    #[test]
-    fn digest_depends_on_every_entry() {
-        let h1 = [1u8; 32];
-        let h2 = [2u8; 32];
-        let d = digest([(Kind::Application, "a/b", &h1), (Kind::Cluster, "s", &h2)]);
-        assert_ne!(d, digest([(Kind::Application, "a/b", &h2), (Kind::Cluster, "s", &h2)]));
-        assert_ne!(d, digest([(Kind::Application, "a/b", &h1)]));
-        // Keys cannot run into each other.
-        assert_ne!(
-            digest([(Kind::Application, "ab", &h1)]),
-            digest([(Kind::Application, "a", &h1)])
         );
     }
 }

@@ -9,12 +9,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 
 use super::engine::{Dirty, Source};
 use super::{Entity, EntityKey, Hash, Kind};
 use crate::argocd::model::{AppKey, Application, Cluster};
 use crate::argocd::view::{Snapshot, ViewEvent, ViewHandle};
+use crate::shutdown::Tree;
 
 /// How long readiness waits for the cluster list once applications are listed. Clusters need
 /// an unscoped token, which a project-token-only install may not have; without this bound such
@@ -109,14 +109,16 @@ impl Source for ViewSource {
 }
 
 impl ViewSource {
-    /// Starts following `view`, marking what changes in `dirty`, until `cancel`.
-    pub fn spawn(view: ViewHandle, dirty: Arc<Dirty>, cancel: CancellationToken) -> Arc<Self> {
+    /// Starts following `view`, marking what changes in `dirty`, as a critical task of `tree`
+    /// (it runs until the tree drains; the view going away ends it early, and the process).
+    pub fn spawn(view: ViewHandle, dirty: Arc<Dirty>, tree: &Tree) -> Arc<Self> {
         let source = Arc::new(Self::default());
         let feed = source.clone();
-        tokio::spawn(async move {
+        let stop = tree.token().clone();
+        tree.spawn_critical("relay source", async move {
             tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = feed.follow(view, dirty) => {}
+                _ = stop.cancelled() => Ok(()),
+                _ = feed.follow(view, dirty) => Err("the Argo CD view's change feed closed"),
             }
         });
         source

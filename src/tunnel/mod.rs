@@ -1,12 +1,9 @@
-//! The gateway's connection to the hub: dialing (DNS, TCP, proxy, TLS, HTTP/2), deciding to
-//! trust the hub, the session (hello, keepalive, renewal, goodbye), and the reconnect loop with
-//! full-jitter backoff. Only outbound connections are ever made.
+//! The gateway's session with the hub and the reconnect loop around it: registration when there
+//! is no identity, hello and welcome, keepalive, certificate renewal, relay and hub requests
+//! over the stream ([`session`]), and full-jitter backoff, drain hints and revocation between
+//! sessions ([`run`]). Every call it makes to the hub goes through [`crate::uplink`].
 
-pub mod config;
-pub mod dial;
 pub mod session;
-pub mod trust;
-pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,41 +14,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
-use crate::identity::register::{RegistrationArgs, register};
-use crate::identity::store::{IdentityLocation, IdentityStore};
+use crate::identity::store::IdentityStore;
+use crate::uplink::register::{RegistrationArgs, register};
+use crate::uplink::{HubConfig, UplinkArgs, UplinkConfig};
 use crate::util::Backoff;
-use config::{HubArgs, HubConfig};
 use session::{Ended, SessionCtx};
 
-/// Where the identity is kept.
-#[derive(Debug, Clone, clap::Args)]
-pub struct IdentityArgs {
-    /// Identity store: secret:NAMESPACE/NAME (a Kubernetes Secret) or file:PATH (mode 0600).
-    /// Default: secret:$POD_NAMESPACE/argocd-gateway-identity in a cluster, else
-    /// file:argocd-gateway-identity.json.
-    #[arg(long = "identity", env = "ARGOCD_GATEWAY_IDENTITY")]
-    pub identity: Option<String>,
-}
-
-impl IdentityArgs {
-    /// Parses the location, or picks the default for where the process runs.
-    pub fn location(&self) -> Result<IdentityLocation, crate::identity::store::StoreError> {
-        match self.identity.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-            Some(s) => s.parse(),
-            None => Ok(IdentityLocation::default_from_env()),
-        }
-    }
-}
-
-/// Flags of `argocd-gateway run`.
+/// Flags of the tunnel (part of `argocd-gateway run`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
+    /// Hub address, trust and identity location.
     #[command(flatten)]
-    pub hub: HubArgs,
-    #[command(flatten)]
-    pub trust: crate::tls::TrustArgs,
-    #[command(flatten)]
-    pub identity: IdentityArgs,
+    pub uplink: UplinkArgs,
+    /// How to register when there is no identity yet.
     #[command(flatten)]
     pub registration: RegistrationArgs,
     /// Application-level keepalive interval; 0 turns it off (Helm gateway.hub.keepAlive.intervalSeconds).
@@ -61,20 +36,6 @@ pub struct RunArgs {
     /// gateway.hub.keepAlive.maxConsecutiveFailures).
     #[arg(long, env = "ARGOCD_GATEWAY_KEEPALIVE_MAX_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub keepalive_max_failures: u32,
-}
-
-/// A configuration error found before any I/O.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Hub settings.
-    #[error(transparent)]
-    Hub(#[from] config::HubConfigError),
-    /// Trust material.
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    /// Identity location.
-    #[error(transparent)]
-    Store(#[from] crate::identity::store::StoreError),
 }
 
 /// Validated settings of the tunnel.
@@ -105,12 +66,12 @@ pub struct RunConfig {
 }
 
 impl RunArgs {
-    /// Validates flags and loads trust material, before any network I/O.
-    pub fn validate(&self) -> Result<RunConfig, ConfigError> {
-        Ok(RunConfig {
-            hub: self.hub.validate()?,
-            extra_roots: self.trust.load()?,
-            store: self.identity.location()?.open(),
+    /// The tunnel's settings from validated uplink settings and the opened identity store.
+    pub fn config(&self, uplink: UplinkConfig, store: Arc<dyn IdentityStore>) -> RunConfig {
+        RunConfig {
+            hub: uplink.hub,
+            extra_roots: uplink.extra_roots,
+            store,
             registration: self.registration.clone(),
             keepalive_interval: self.keepalive_interval,
             keepalive_max_failures: self.keepalive_max_failures,
@@ -119,7 +80,7 @@ impl RunArgs {
             healthy_after: Duration::from_secs(60),
             drain_grace: Duration::from_secs(5),
             renew_retry: Duration::from_secs(60),
-        })
+        }
     }
 }
 
@@ -157,45 +118,6 @@ pub enum RunError {
         /// The interval.
         interval: Duration,
     },
-}
-
-/// Answers the hub's requests (health check, get, sync, …) against Argo CD.
-pub trait Actions: Send + Sync {
-    /// Handles one request; the answer is JSON. The caller enforces the deadline too.
-    fn handle(
-        &self,
-        kind: crate::proto::request::Kind,
-        deadline: Duration,
-    ) -> futures_util::future::BoxFuture<'static, Result<Vec<u8>, crate::proto::RequestError>>;
-}
-
-/// The request's name, for metrics and logs.
-pub fn request_name(kind: &crate::proto::request::Kind) -> &'static str {
-    use crate::proto::request::Kind;
-    match kind {
-        Kind::HealthCheck(_) => "health_check",
-        Kind::Get(_) => "get",
-        Kind::Sync(_) => "sync",
-        Kind::Refresh(_) => "refresh",
-        Kind::ResourceTree(_) => "resource_tree",
-        Kind::ManagedResources(_) => "managed_resources",
-        Kind::Events(_) => "events",
-        Kind::Logs(_) => "logs",
-    }
-}
-
-/// A request error code's name, for metrics.
-pub fn error_code_name(code: i32) -> &'static str {
-    use crate::proto::request_error::Code;
-    match Code::try_from(code).unwrap_or(Code::Unspecified) {
-        Code::NotFound => "not_found",
-        Code::PermissionDenied => "permission_denied",
-        Code::Unavailable => "unavailable",
-        Code::Timeout => "timeout",
-        Code::Invalid => "invalid",
-        Code::Unsupported => "unsupported",
-        Code::Internal | Code::Unspecified => "error",
-    }
 }
 
 /// Labels of the hub-request counter.
@@ -267,7 +189,7 @@ pub struct Attachments {
     /// The state relay.
     pub relay: Option<crate::relay::engine::Relay>,
     /// The request handler.
-    pub actions: Option<Arc<dyn Actions>>,
+    pub actions: Option<Arc<dyn crate::relay::actions::Actions>>,
     /// Metrics.
     pub metrics: TunnelMetrics,
 }

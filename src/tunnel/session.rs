@@ -8,16 +8,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use super::dial::{DialError, Dialer};
-use super::wire::{ErrorCode, PROTOCOL_VERSION};
 use super::{RunConfig, TunnelStatus};
 use crate::identity::Identity;
-use crate::identity::assertion::{self, Purpose};
-use crate::proto::{GatewayMessage, Goodbye, Hello, Ping, Pong, RequestError, Response, request_error, response};
-use crate::proto::{gateway_message, hub_message, rejected, tunnel_client::TunnelClient};
+use crate::uplink::dial::{DialError, Dialer};
+use crate::uplink::{OpenError, open_tunnel};
+use crate::wire::codes::{error_code_name, request_name};
+use crate::wire::proto::{GatewayMessage, Goodbye, Hello, Ping, Pong, RequestError, Response, request_error, response};
+use crate::wire::proto::{gateway_message, hub_message, rejected};
+use crate::wire::{ErrorCode, PROTOCOL_VERSION};
 
 /// How a session ended.
 #[derive(Debug)]
@@ -43,7 +43,7 @@ pub struct SessionCtx<'a> {
     /// The state relay, which outlives sessions.
     pub relay: Option<&'a mut crate::relay::engine::Relay>,
     /// Answers hub requests.
-    pub actions: Option<Arc<dyn super::Actions>>,
+    pub actions: Option<Arc<dyn crate::relay::actions::Actions>>,
     /// Where relay and request figures go.
     pub metrics: &'a super::TunnelMetrics,
     /// Settings.
@@ -82,20 +82,6 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
         Ok(c) => c,
         Err(e) => return Ended::Refused(format!("stored certificate is unreadable: {e}")),
     };
-    let token = match identity.key().map_err(|e| e.to_string()).and_then(|k| {
-        assertion::sign(
-            &k,
-            &identity.gateway_id,
-            &cert,
-            Purpose::Tunnel,
-            jiff::Timestamp::now().as_second(),
-        )
-        .map_err(|e| e.to_string())
-    }) {
-        Ok(t) => t,
-        Err(e) => return Ended::Refused(format!("cannot sign the identity assertion: {e}")),
-    };
-
     let (tx, rx) = mpsc::channel::<GatewayMessage>(64);
     let hello = GatewayMessage {
         body: Some(gateway_message::Body::Hello(Hello {
@@ -107,19 +93,12 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
     };
     // The channel is fresh and has room: the send cannot fail before the receiver is dropped.
     let _ = tx.send(hello).await;
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    match token.parse() {
-        Ok(v) => {
-            request.metadata_mut().insert(assertion::METADATA_KEY, v);
-        }
-        Err(_) => return Ended::Refused("the identity assertion is not valid metadata".into()),
-    }
-    let mut client = TunnelClient::new(channel.clone());
-    let opened = tokio::time::timeout(cfg.hub.connect_timeout, client.open(request)).await;
+    let opened = tokio::time::timeout(cfg.hub.connect_timeout, open_tunnel(channel.clone(), identity, rx)).await;
     let mut inbound = match opened {
         Err(_) => return Ended::Lost("the hub did not answer the stream open in time".into()),
-        Ok(Err(status)) => return classify_status(&status),
-        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(OpenError::Refused(status))) => return classify_status(&status),
+        Ok(Err(OpenError::Auth(e))) => return Ended::Refused(e.to_string()),
+        Ok(Ok(inbound)) => inbound,
     };
     let welcome = match tokio::time::timeout(cfg.hub.connect_timeout, inbound.message()).await {
         Err(_) => return Ended::Lost("no welcome from the hub in time".into()),
@@ -257,7 +236,7 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
                 }
             }
             _ = tokio::time::sleep_until(renew_at) => {
-                match crate::identity::register::renew(channel.clone(), identity).await {
+                match crate::uplink::register::renew(channel.clone(), identity).await {
                     Ok(renewed) => match cfg.store.replace(&renewed).await {
                         Ok(()) => {
                             let info = renewed.cert_info().ok();
@@ -294,16 +273,16 @@ fn request_error(code: request_error::Code, message: impl Into<String>) -> Reque
 
 /// Runs one hub request within its deadline and shapes the answer.
 async fn answer_request(
-    actions: Option<Arc<dyn super::Actions>>,
+    actions: Option<Arc<dyn crate::relay::actions::Actions>>,
     permits: Arc<tokio::sync::Semaphore>,
-    req: crate::proto::Request,
+    req: crate::wire::proto::Request,
     requests: &prometheus_client::metrics::family::Family<
         super::RequestLabels,
         prometheus_client::metrics::counter::Counter,
     >,
 ) -> Response {
     let deadline = Duration::from_millis(u64::from(req.deadline_ms.max(1)));
-    let kind_name = req.kind.as_ref().map(super::request_name).unwrap_or("unknown");
+    let kind_name = req.kind.as_ref().map(request_name).unwrap_or("unknown");
     let result = match (actions, req.kind) {
         (None, _) => Err(request_error(
             request_error::Code::Unsupported,
@@ -332,7 +311,7 @@ async fn answer_request(
     };
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(e) => super::error_code_name(e.code),
+        Err(e) => error_code_name(e.code),
     };
     requests
         .get_or_create(&super::RequestLabels {
@@ -354,12 +333,12 @@ fn retry_soon(cfg: &RunConfig) -> tokio::time::Instant {
 }
 
 /// When to renew: at 60% of the lifetime (before the two-thirds deadline), as a monotonic instant.
-fn renewal_instant(cert: &crate::identity::certs::CertInfo) -> tokio::time::Instant {
+fn renewal_instant(cert: &crate::certs::CertInfo) -> tokio::time::Instant {
     let secs_until = cert.renew_at().as_second() - jiff::Timestamp::now().as_second();
     tokio::time::Instant::now() + Duration::from_secs(secs_until.max(0) as u64)
 }
 
-fn rejected(r: crate::proto::Rejected) -> Ended {
+fn rejected(r: crate::wire::proto::Rejected) -> Ended {
     match rejected::Reason::try_from(r.reason) {
         Ok(rejected::Reason::Revoked) => Ended::Revoked(r.message),
         Ok(rejected::Reason::Replaced) => Ended::Lost(format!("another session took over: {}", r.message)),
@@ -371,7 +350,7 @@ fn rejected(r: crate::proto::Rejected) -> Ended {
 /// disconnect at once instead of after a timeout.
 async fn say_goodbye(
     tx: &mpsc::Sender<GatewayMessage>,
-    inbound: &mut tonic::Streaming<crate::proto::HubMessage>,
+    inbound: &mut tonic::Streaming<crate::wire::proto::HubMessage>,
     grace: Duration,
 ) {
     let bye = GatewayMessage {

@@ -12,16 +12,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::{Env, Mode, eventually, start, within};
 
-fn fast_options(env: &Env, mode: Mode, extra: &[&str]) -> ViewOptions {
-    let mut o = ViewOptions::from_config(&env.config(mode, extra));
-    o.retry_base = Duration::from_millis(5);
-    o.retry_max = Duration::from_millis(50);
-    o
+fn fast_options() -> ViewOptions {
+    ViewOptions {
+        retry_base: Duration::from_millis(5),
+        retry_max: Duration::from_millis(50),
+        ..ViewOptions::default()
+    }
 }
 
 fn spawn(env: &Env, mode: Mode, extra: &[&str]) -> (ViewHandle, CancellationToken) {
     let cancel = CancellationToken::new();
-    let view = View::spawn(env.client(mode, extra), fast_options(env, mode, extra), cancel.clone());
+    let view = View::spawn(env.client(mode, extra), fast_options(), cancel.clone());
     (view, cancel)
 }
 
@@ -205,8 +206,10 @@ async fn filters_and_project_tokens() {
         "100ms".into(),
     ]);
     let cfg = argocd_gateway::argocd::ArgoCdConfig::from_args(&args, vec![]).expect("config");
-    let mut opts = ViewOptions::from_config(&cfg);
-    opts.retry_base = Duration::from_millis(5);
+    let opts = ViewOptions {
+        retry_base: Duration::from_millis(5),
+        ..ViewOptions::default()
+    };
     let client = argocd_gateway::argocd::Client::with_retry(cfg, crate::common::fast_retry()).expect("client");
     let cancel = CancellationToken::new();
     let view = View::spawn(client, opts, cancel.clone());
@@ -524,9 +527,7 @@ async fn a_burst_read_slowly_with_dropped_events_still_converges_without_the_res
     ];
     let cfg = argocd_gateway::argocd::ArgoCdConfig::from_args(&crate::common::parse_args(&flags), vec![])
         .expect("valid config");
-    let mut options = ViewOptions::from_config(&cfg);
-    options.retry_base = Duration::from_millis(5);
-    options.retry_max = Duration::from_millis(50);
+    let options = fast_options();
     let client = argocd_gateway::argocd::Client::with_retry(cfg, crate::common::fast_retry()).expect("client");
     let cancel = CancellationToken::new();
     let view = View::spawn(client, options, cancel.clone());

@@ -1,12 +1,17 @@
-//! Hub connection settings: the URL forms of SPEC §3, TLS or plaintext, pins and trust.
+//! How to reach and trust the hub, as one flag group that `run`, `register`, `check` and
+//! `self-update` flatten: the URL forms of SPEC §3, TLS or plaintext, pins, extra trusted CAs,
+//! and where the gateway's identity is kept.
 
 use std::time::Duration;
 
-use crate::tls::{Fingerprint, TlsError};
+use rustls_pki_types::CertificateDer;
 
-/// Flags that say how to reach and trust the hub.
+use crate::identity::store::{IdentityLocation, StoreError};
+use crate::tls::{Fingerprint, TlsError, TrustArgs};
+
+/// Flags that say how to reach and trust the hub, and where the identity lives.
 #[derive(Debug, Clone, clap::Args)]
-pub struct HubArgs {
+pub struct UplinkArgs {
     /// Hub gRPC address: https://host:port, grpc://host:port, host:port, or http://host:port
     /// with --hub-plaintext (Helm gateway.hub.serverGrpcUrl).
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_URL")]
@@ -26,6 +31,39 @@ pub struct HubArgs {
     /// Give up a dial step (DNS, TCP, TLS, HTTP/2) after this long.
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_CONNECT_TIMEOUT", default_value = "10s", value_parser = crate::util::parse_duration)]
     pub hub_connect_timeout: Duration,
+    /// Extra trusted CAs, for the hub and for Argo CD.
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Identity store: secret:NAMESPACE/NAME (a Kubernetes Secret) or file:PATH (mode 0600).
+    /// Default: secret:$POD_NAMESPACE/argocd-gateway-identity in a cluster, else
+    /// file:argocd-gateway-identity.json.
+    #[arg(long = "identity", env = "ARGOCD_GATEWAY_IDENTITY")]
+    pub identity: Option<String>,
+}
+
+/// A configuration error found before any I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Hub settings.
+    #[error(transparent)]
+    Hub(#[from] HubConfigError),
+    /// Trust material.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Identity location.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The validated uplink settings.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    /// Hub endpoint, pin and first-contact fingerprint.
+    pub hub: HubConfig,
+    /// Extra trusted CAs from `--trust-ca`.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Where the identity is kept; the composition root opens the store.
+    pub identity: IdentityLocation,
 }
 
 /// A configuration error about the hub settings.
@@ -156,9 +194,26 @@ pub struct HubConfig {
     pub connect_timeout: Duration,
 }
 
-impl HubArgs {
-    /// Validates the flags before any I/O.
-    pub fn validate(&self) -> Result<HubConfig, HubConfigError> {
+impl UplinkArgs {
+    /// Validates every flag and loads the trust material, before any network I/O.
+    pub fn validate(&self) -> Result<UplinkConfig, ConfigError> {
+        Ok(UplinkConfig {
+            hub: self.hub()?,
+            extra_roots: self.trust.load()?,
+            identity: self.identity_location()?,
+        })
+    }
+
+    /// Parses the identity location, or picks the default for where the process runs.
+    pub fn identity_location(&self) -> Result<IdentityLocation, StoreError> {
+        match self.identity.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(s) => s.parse(),
+            None => Ok(IdentityLocation::default_from_env()),
+        }
+    }
+
+    /// Validates the hub flags alone.
+    pub fn hub(&self) -> Result<HubConfig, HubConfigError> {
         let url = self.hub_url.as_deref().ok_or(HubConfigError::MissingUrl)?;
         let endpoint = HubEndpoint::parse(url, self.hub_plaintext)?;
         let pin = nonempty(&self.hub_fingerprint)

@@ -1,7 +1,7 @@
-//! Answers the hub's requests against Argo CD: the health check (the same probes as `check`,
-//! plus the view's counts and state), get, sync, refresh, resource tree, managed resources,
-//! events and logs. Argo CD failures come back as typed request errors carrying Argo CD's
-//! message and, for RBAC denials, the missing policy line.
+//! Answers the hub's requests by mapping each wire request onto the Argo CD client: the health
+//! check (the same probes as `check`, plus the view's counts and state), get, sync, refresh,
+//! resource tree, managed resources, events and logs. Argo CD failures come back as typed
+//! request errors carrying Argo CD's message and, for RBAC denials, the missing policy line.
 
 use std::time::Duration;
 
@@ -9,11 +9,22 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::client::{AppRef, Client, LogsRequest, Refresh, ResourceRef, SyncRequest};
-use super::error::ArgoCdError;
-use super::view::ViewHandle;
-use crate::check::{Report, Status};
-use crate::proto::{self, request, request_error};
+use crate::argocd::client::{AppRef, Client, LogsRequest, Refresh, ResourceRef, SyncRequest};
+use crate::argocd::error::ArgoCdError;
+use crate::argocd::model::{AppKey, Application};
+use crate::argocd::view::ViewHandle;
+use crate::report::{Report, Status};
+use crate::wire::proto::{self, request, request_error};
+
+/// Answers the hub's requests; the tunnel runs each with the hub's deadline.
+pub trait Actions: Send + Sync {
+    /// Handles one request; the answer is JSON. The caller enforces the deadline too.
+    fn handle(
+        &self,
+        kind: request::Kind,
+        deadline: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, proto::RequestError>>;
+}
 
 /// Largest log content returned per request; well below a relay message so the answer always
 /// fits on the stream.
@@ -38,7 +49,7 @@ impl ArgoActions {
     /// expiry, the permission probes, and the view's application and cluster counts.
     pub async fn health_check(&self) -> Value {
         let mut report = Report::default();
-        let reachable = crate::check::client_rows(&self.client, self.client.config(), &mut report)
+        let reachable = crate::argocd::probes::client_rows(&self.client, self.client.config(), &mut report)
             .await
             .is_some();
         let status = self.view.status();
@@ -197,7 +208,7 @@ impl ArgoActions {
     }
 }
 
-impl crate::tunnel::Actions for ArgoActions {
+impl Actions for ArgoActions {
     fn handle(
         &self,
         kind: request::Kind,
@@ -231,7 +242,7 @@ impl From<proto::RequestError> for DispatchError {
 }
 
 /// The application a request is about, if any.
-fn target(kind: &request::Kind) -> Option<super::model::AppKey> {
+fn target(kind: &request::Kind) -> Option<AppKey> {
     use request::Kind;
     let app = match kind {
         Kind::HealthCheck(_) => return None,
@@ -242,10 +253,10 @@ fn target(kind: &request::Kind) -> Option<super::model::AppKey> {
         Kind::Events(e) => e.app.as_ref(),
         Kind::Logs(l) => l.app.as_ref(),
     }?;
-    Some(super::model::AppKey::new(app.namespace.clone(), app.name.clone()))
+    Some(AppKey::new(app.namespace.clone(), app.name.clone()))
 }
 
-fn model_json(app: &super::model::Application) -> Value {
+fn model_json(app: &Application) -> Value {
     serde_json::to_value(app).unwrap_or(Value::Null)
 }
 

@@ -17,6 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::config::{HubConfig, HubEndpoint};
 use super::trust::{FailureSlot, HubVerifier, TrustFailure};
 use crate::identity::Identity;
+use crate::util::error_chain;
 
 /// A dial failure, by step, with the fix in its message.
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +98,8 @@ pub enum DialError {
         timeout: Duration,
     },
     /// The client TLS configuration could not be built (bad identity material).
-    #[error("cannot set up TLS for the hub connection: {0}")]
-    Setup(String),
+    #[error("cannot set up the hub connection: {0}")]
+    Setup(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl DialError {
@@ -152,7 +153,7 @@ impl Dialer {
                 .with_safe_default_protocol_versions()
                 .map_err(setup)?
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier));
+                .with_custom_certificate_verifier(Arc::new(crate::tls::Verifier::new(verifier)));
             let mut config = match identity {
                 Some(id) => {
                     let chain =
@@ -207,15 +208,10 @@ impl Dialer {
         // The connector does TLS itself, so the endpoint URI is http://; the origin makes
         // requests carry the scheme the hub really sees.
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| DialError::Setup(e.to_string()))?
-            .origin(
-                self.endpoint
-                    .url()
-                    .parse()
-                    .map_err(|e: http::uri::InvalidUri| DialError::Setup(e.to_string()))?,
-            )
+            .map_err(setup)?
+            .origin(self.endpoint.url().parse().map_err(setup)?)
             .user_agent(format!("argocd-gateway/{}", crate::VERSION))
-            .map_err(|e| DialError::Setup(e.to_string()))?
+            .map_err(setup)?
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true);
@@ -276,7 +272,7 @@ impl Dialer {
                 .with_safe_default_protocol_versions()
                 .ok()?
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_custom_certificate_verifier(Arc::new(crate::tls::Verifier::new(verifier)))
                 .with_no_client_auth();
             let name = ServerName::try_from(self.endpoint.host.clone()).ok()?;
             // The handshake fails on trust (no roots); only the server's first byte matters.
@@ -306,8 +302,7 @@ impl Dialer {
         let Some(tls) = &self.tls else {
             return Ok(TokioIo::new(tokio_util::either::Either::Left(tcp)));
         };
-        let server_name = ServerName::try_from(self.endpoint.host.clone())
-            .map_err(|e| DialError::Setup(format!("invalid host name {:?}: {e}", self.endpoint.host)))?;
+        let server_name = ServerName::try_from(self.endpoint.host.clone()).map_err(setup)?;
         if let Ok(mut slot) = self.failure.lock() {
             *slot = None;
         }
@@ -459,22 +454,8 @@ impl Dialer {
     }
 }
 
-fn setup(e: impl std::fmt::Display) -> DialError {
-    DialError::Setup(e.to_string())
-}
-
-/// Every message of an error's source chain, for errors we cannot classify by type.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let m = s.to_string();
-        if !parts.iter().any(|p| p.contains(&m)) {
-            parts.push(m);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
+fn setup(e: impl std::error::Error + Send + Sync + 'static) -> DialError {
+    DialError::Setup(Box::new(e))
 }
 
 type Conn = tokio_util::either::Either<Sniff<TcpStream>, Box<tokio_rustls::client::TlsStream<Sniff<TcpStream>>>>;

@@ -1,6 +1,8 @@
-//! Wire-level conventions shared by gateway and hub beyond the protobuf messages: protocol
-//! versions and the machine-readable error codes the hub attaches to refusals, so the gateway
-//! reacts to a code, never to message text.
+//! Wire-level conventions beyond the protobuf messages: protocol versions, the machine-readable
+//! codes the hub attaches to refusals (so the gateway reacts to a code, never to message text),
+//! and the names of request kinds and request-error codes used in metrics and logs.
+
+use super::proto::{request, request_error};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -82,6 +84,35 @@ impl ErrorCode {
 /// True when the hub accepts this protocol version.
 pub fn protocol_supported(version: u32) -> bool {
     (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version)
+}
+
+/// A request kind's name, for metrics and logs.
+pub fn request_name(kind: &request::Kind) -> &'static str {
+    use request::Kind;
+    match kind {
+        Kind::HealthCheck(_) => "health_check",
+        Kind::Get(_) => "get",
+        Kind::Sync(_) => "sync",
+        Kind::Refresh(_) => "refresh",
+        Kind::ResourceTree(_) => "resource_tree",
+        Kind::ManagedResources(_) => "managed_resources",
+        Kind::Events(_) => "events",
+        Kind::Logs(_) => "logs",
+    }
+}
+
+/// A request error code's name, for metrics.
+pub fn error_code_name(code: i32) -> &'static str {
+    use request_error::Code;
+    match Code::try_from(code).unwrap_or(Code::Unspecified) {
+        Code::NotFound => "not_found",
+        Code::PermissionDenied => "permission_denied",
+        Code::Unavailable => "unavailable",
+        Code::Timeout => "timeout",
+        Code::Invalid => "invalid",
+        Code::Unsupported => "unsupported",
+        Code::Internal | Code::Unspecified => "error",
+    }
 }
 
 #[cfg(test)]

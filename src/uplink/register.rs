@@ -1,16 +1,18 @@
-//! Registration: exchange the one-hour token and a CSR for a gateway identity, once.
+//! Registration: exchange the one-hour token and a CSR for a gateway identity, once; and
+//! certificate renewal over an authenticated channel, with a fresh key each time.
 
 use std::path::PathBuf;
 
+use super::dial::{DialError, Dialer};
+use super::{AuthError, HubConfig, authenticated};
+use crate::certs::{self, CertError};
 use crate::identity::Identity;
-use crate::identity::certs::{self, CertError};
 use crate::identity::store::{IdentityStore, StoreError};
-use crate::proto::RegisterRequest;
-use crate::proto::registration_client::RegistrationClient;
 use crate::secret::Secret;
-use crate::tunnel::config::HubConfig;
-use crate::tunnel::dial::{DialError, Dialer};
-use crate::tunnel::wire::ErrorCode;
+use crate::wire::ErrorCode;
+use crate::wire::assertion::Purpose;
+use crate::wire::proto::registration_client::RegistrationClient;
+use crate::wire::proto::{RegisterRequest, RenewRequest};
 
 /// Registration flags.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -73,8 +75,14 @@ pub enum RegisterError {
     #[error(transparent)]
     Dial(#[from] DialError),
     /// The hub refused for another reason.
-    #[error("the hub refused registration: {0}")]
-    Refused(String),
+    #[error("the hub refused registration: {}", .0.message())]
+    Refused(#[source] tonic::Status),
+    /// The hub refused the renewal.
+    #[error("the hub refused to renew the certificate: {}", .0.message())]
+    RenewRefused(#[source] tonic::Status),
+    /// The renewal call could not be prepared.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// The hub answered something unusable.
     #[error("the hub's registration answer is unusable: {0}")]
     BadAnswer(String),
@@ -150,7 +158,7 @@ pub async fn register(
                     }
                     RegisterError::TokenUsed
                 }
-                _ => RegisterError::Refused(status.message().to_owned()),
+                _ => RegisterError::Refused(status),
             });
         }
     };
@@ -179,28 +187,13 @@ pub async fn register(
 /// Renews the certificate over an authenticated channel: a new key, a CSR, and the same
 /// identity otherwise. The caller stores the result.
 pub async fn renew(channel: tonic::transport::Channel, identity: &Identity) -> Result<Identity, RegisterError> {
-    let current = identity.cert_info()?;
     let key = certs::generate_key()?;
     let csr_pem = certs::csr_pem(&key, &identity.gateway_id)?;
-    let mut request = tonic::Request::new(crate::proto::RenewRequest { csr_pem });
-    let assertion = crate::identity::assertion::sign(
-        &identity.key()?,
-        &identity.gateway_id,
-        &current,
-        crate::identity::assertion::Purpose::Renew,
-        jiff::Timestamp::now().as_second(),
-    )
-    .map_err(|e| RegisterError::BadAnswer(e.to_string()))?;
-    request.metadata_mut().insert(
-        crate::identity::assertion::METADATA_KEY,
-        assertion
-            .parse()
-            .map_err(|_| RegisterError::BadAnswer("assertion is not valid metadata".into()))?,
-    );
+    let request = authenticated(identity, Purpose::Renew, RenewRequest { csr_pem })?;
     let response = RegistrationClient::new(channel)
         .renew(request)
         .await
-        .map_err(|s| RegisterError::Refused(s.message().to_owned()))?
+        .map_err(RegisterError::RenewRefused)?
         .into_inner();
     let info = certs::CertInfo::from_pem(&response.certificate_pem)?;
     if info.public_key != key.public_key_raw() || info.common_name != identity.gateway_id {

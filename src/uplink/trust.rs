@@ -9,12 +9,12 @@
 
 use std::sync::{Arc, Mutex};
 
+use rustls::CertificateError;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
-use crate::tls::Fingerprint;
+use crate::tls::{CertCheck, Fingerprint};
 
 /// Why the hub's certificate was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,7 +69,7 @@ fn presented_list(fps: &[Fingerprint]) -> String {
 /// The slot a verifier writes its refusal into, read by the dialer after a failed handshake.
 pub type FailureSlot = Arc<Mutex<Option<TrustFailure>>>;
 
-/// The hub certificate verifier described in the module doc.
+/// The hub certificate check described in the module doc (wrapped in a [`crate::tls::Verifier`]).
 #[derive(Debug)]
 pub struct HubVerifier {
     roots: Option<Arc<WebPkiServerVerifier>>,
@@ -115,8 +115,8 @@ impl HubVerifier {
     }
 }
 
-impl ServerCertVerifier for HubVerifier {
-    fn verify_server_cert(
+impl CertCheck for HubVerifier {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -160,27 +160,5 @@ impl ServerCertVerifier for HubVerifier {
         pinned_ca
             .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
             .map_err(|e| self.refuse(TrustFailure::Invalid { reason: e.to_string() }))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

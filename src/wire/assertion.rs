@@ -14,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::{Deserialize, Serialize};
 
-use super::certs::CertInfo;
+use crate::certs::CertInfo;
 
 /// The gRPC metadata key carrying the assertion.
 pub const METADATA_KEY: &str = "x-argocd-gateway-assertion";
@@ -140,7 +140,7 @@ pub fn verify(token: &str, cert: &CertInfo, purpose: Purpose, now_unix: i64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::certs::{CertAuthority, csr_pem, generate_key};
+    use crate::certs::{CertAuthority, csr_pem, generate_key};
 
     fn setup() -> (rcgen::KeyPair, CertInfo) {
         let (ca, _) = CertAuthority::generate("ca").unwrap();

@@ -1,5 +1,5 @@
-//! Certificate primitives: ECDSA P-256 keys and CSRs on the gateway side, and the hub CA that
-//! issues server and client certificates. Built on rcgen (generation, signing) and x509-parser
+//! Certificate primitives shared by both sides: ECDSA P-256 keys and CSRs (the gateway's
+//! identity), and the hub CA that issues server and client certificates. Built on rcgen (generation, signing) and x509-parser
 //! (reading validity and keys back).
 
 use std::time::Duration;

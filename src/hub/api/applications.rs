@@ -1,0 +1,331 @@
+//! The hub API over relayed state and requests forwarded to gateways: list and filter
+//! applications (per gateway or across all), show one (as relayed, or live from Argo CD), list
+//! clusters, and forward syncs, refreshes and reads (tree, managed resources, events, logs).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::selector::{AppFilter, Matcher};
+use super::{ApiError, ApiState};
+use crate::hub::requests::{REQUEST_DEADLINE, RequestFailure, forward};
+use crate::wire::item::{Application, Cluster};
+use crate::wire::proto::{self, request};
+
+/// The API's typed error for a failed request to a gateway.
+pub(super) fn failure(e: RequestFailure) -> ApiError {
+    let (status, code) = match &e {
+        RequestFailure::Disconnected { .. } => (StatusCode::SERVICE_UNAVAILABLE, "gateway_disconnected"),
+        RequestFailure::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        RequestFailure::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        RequestFailure::PermissionDenied { .. } => (StatusCode::FORBIDDEN, "permission_denied"),
+        RequestFailure::Unavailable(_) => (StatusCode::BAD_GATEWAY, "argocd_unavailable"),
+        RequestFailure::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        RequestFailure::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
+        RequestFailure::Internal(_) | RequestFailure::BadAnswer(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "gateway_error")
+        }
+    };
+    let mut body = json!({ "error": e.to_string(), "code": code });
+    if let RequestFailure::PermissionDenied { missing_policy, .. } = &e
+        && !missing_policy.is_empty()
+    {
+        body["missingPolicy"] = json!(missing_policy);
+    }
+    ApiError::with_body(status, body)
+}
+
+/// An item as served: its JSON plus the gateway it came from and whether that gateway is away.
+pub(super) fn decorate<T: serde::Serialize>(item: &T, gateway_id: &str, stale: bool) -> Value {
+    let mut v = serde_json::to_value(item).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("gatewayId".into(), json!(gateway_id));
+        o.insert("stale".into(), json!(stale));
+    }
+    v
+}
+
+fn known_gateway(state: &ApiState, id: &str) -> bool {
+    state.hub.sessions.get(id).is_some() || state.hub.entities.with(id, |g| g.is_some())
+}
+
+/// 404 unless the hub knows this gateway.
+pub(super) async fn ensure_gateway(state: &ApiState, id: &str) -> Result<(), ApiError> {
+    if known_gateway(state, id) || state.hub.store.gateway(id.to_owned()).await?.is_some() {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, format!("no gateway {id}")))
+    }
+}
+
+pub(super) async fn list_gateway(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    Query(filter): Query<AppFilter>,
+    Query(raw): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    ensure_gateway(&state, &id).await?;
+    let m = Matcher::new(&filter, &raw)?;
+    let stale = state.hub.sessions.get(&id).is_none();
+    let items: Vec<Value> = state.hub.entities.with(&id, |g| {
+        g.map(|g| {
+            g.apps
+                .values()
+                .filter(|s| m.matches(&s.item))
+                .map(|s| decorate(s.item.as_ref(), &id, stale))
+                .collect()
+        })
+        .unwrap_or_default()
+    });
+    Ok(Json(json!({ "items": items })))
+}
+
+pub(super) async fn list_all(
+    State(state): State<Arc<ApiState>>,
+    Query(filter): Query<AppFilter>,
+    Query(raw): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let m = Matcher::new(&filter, &raw)?;
+    // Sorted by gateway, then namespace and name (each gateway's map is in key order already).
+    let mut matched: Vec<(String, bool, Arc<Application>)> = state.hub.entities.with_all(|all| {
+        all.iter()
+            .flat_map(|(gw, g)| {
+                let stale = state.hub.sessions.get(gw).is_none();
+                g.apps
+                    .values()
+                    .filter(|s| m.matches(&s.item))
+                    .map(move |s| (gw.clone(), stale, s.item.clone()))
+            })
+            .collect()
+    });
+    matched.sort_by(|a, b| (&a.0, &a.2.namespace, &a.2.name).cmp(&(&b.0, &b.2.namespace, &b.2.name)));
+    let items: Vec<Value> = matched
+        .iter()
+        .map(|(gw, stale, app)| decorate(app.as_ref(), gw, *stale))
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+fn app_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The relayed state of one application.
+pub(super) fn stored_app(state: &ApiState, id: &str, namespace: &str, name: &str) -> Option<Arc<Application>> {
+    state.hub.entities.app(id, &app_key(namespace, name))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GetQuery {
+    /// `normal` or `hard`: ask Argo CD through the gateway (and have it refresh) instead of
+    /// answering from the relayed state.
+    refresh: Option<String>,
+}
+
+pub(super) async fn get_app(
+    State(state): State<Arc<ApiState>>,
+    Path((id, namespace, name)): Path<(String, String, String)>,
+    Query(query): Query<GetQuery>,
+) -> Result<Json<Value>, ApiError> {
+    ensure_gateway(&state, &id).await?;
+    if let Some(refresh) = query.refresh {
+        if !matches!(refresh.as_str(), "normal" | "hard") {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("refresh must be normal or hard, not {refresh:?}"),
+            ));
+        }
+        let live = forward_app(&state, &id, &namespace, &name, |app| {
+            request::Kind::Get(proto::GetApplicationRequest {
+                app: Some(app),
+                refresh,
+            })
+        })
+        .await?;
+        return Ok(Json(decorate(&live, &id, false)));
+    }
+    let stale = state.hub.sessions.get(&id).is_none();
+    stored_app(&state, &id, &namespace, &name)
+        .map(|a| Json(decorate(a.as_ref(), &id, stale)))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("gateway {id} has no application {namespace}/{name}"),
+            )
+        })
+}
+
+pub(super) async fn clusters(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    ensure_gateway(&state, &id).await?;
+    let stale = state.hub.sessions.get(&id).is_none();
+    let items: Vec<Value> = state.hub.entities.with(&id, |g| {
+        g.map(|g| {
+            g.clusters
+                .values()
+                .map(|s| decorate::<Cluster>(s.item.as_ref(), &id, stale))
+                .collect()
+        })
+        .unwrap_or_default()
+    });
+    Ok(Json(json!({ "items": items })))
+}
+
+/// Forwards a request about one application, naming it with the project the hub knows (so the
+/// gateway can pick a project token), and maps a failure to the API's typed error.
+async fn forward_app(
+    state: &ApiState,
+    id: &str,
+    namespace: &str,
+    name: &str,
+    kind: impl FnOnce(proto::AppRef) -> request::Kind,
+) -> Result<Value, ApiError> {
+    let app = app_ref(state, id, namespace, name);
+    forward(&state.hub, id, kind(app), REQUEST_DEADLINE)
+        .await
+        .map_err(failure)
+}
+
+fn app_ref(state: &ApiState, id: &str, namespace: &str, name: &str) -> proto::AppRef {
+    let project = stored_app(state, id, namespace, name)
+        .map(|a| a.project.clone())
+        .unwrap_or_default();
+    proto::AppRef {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        project,
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct SyncBody {
+    revision: Option<String>,
+    revisions: Option<Vec<String>>,
+    prune: Option<bool>,
+    dry_run: Option<bool>,
+}
+
+pub(super) async fn sync(
+    State(state): State<Arc<ApiState>>,
+    Path((id, namespace, name)): Path<(String, String, String)>,
+    body: Option<Json<SyncBody>>,
+) -> Result<Json<Value>, ApiError> {
+    ensure_gateway(&state, &id).await?;
+    let b = body.map(|Json(b)| b).unwrap_or_default();
+    let revision = b.revision.unwrap_or_default();
+    tracing::info!(gateway_id = %id, app = %app_key(&namespace, &name), revision = %revision, "sync requested");
+    forward_app(&state, &id, &namespace, &name, |app| {
+        request::Kind::Sync(proto::SyncRequest {
+            app: Some(app),
+            revision,
+            revisions: b.revisions.unwrap_or_default(),
+            prune: b.prune.unwrap_or(false),
+            dry_run: b.dry_run.unwrap_or(false),
+        })
+    })
+    .await
+    .map(Json)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RefreshBody {
+    hard: Option<bool>,
+}
+
+pub(super) async fn refresh(
+    State(state): State<Arc<ApiState>>,
+    Path((id, namespace, name)): Path<(String, String, String)>,
+    body: Option<Json<RefreshBody>>,
+) -> Result<Json<Value>, ApiError> {
+    ensure_gateway(&state, &id).await?;
+    let hard = body.and_then(|Json(b)| b.hard).unwrap_or(false);
+    forward_app(&state, &id, &namespace, &name, |app| {
+        request::Kind::Refresh(proto::RefreshRequest { app: Some(app), hard })
+    })
+    .await
+    .map(Json)
+}
+
+pub(super) async fn resource_tree(
+    State(state): State<Arc<ApiState>>,
+    Path((id, namespace, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    ensure_gateway(&state, &id).await?;
+    forward_app(&state, &id, &namespace, &name, request::Kind::ResourceTree)
+        .await
+        .map(Json)
+}
+
+pub(super) async fn managed_resources(
+    State(state): State<Arc<ApiState>>,
+    Path((id, namespace, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    ensure_gateway(&state, &id).await?;
+    forward_app(&state, &id, &namespace, &name, request::Kind::ManagedResources)
+        .await
+        .map(Json)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct EventsQuery {
+    resource_namespace: Option<String>,
+    resource_name: Option<String>,
+    resource_uid: Option<String>,
+}
+
+pub(super) async fn events(
+    State(state): State<Arc<ApiState>>,
+    Path((id, namespace, name)): Path<(String, String, String)>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    ensure_gateway(&state, &id).await?;
+    forward_app(&state, &id, &namespace, &name, |app| {
+        request::Kind::Events(proto::EventsRequest {
+            app: Some(app),
+            resource_namespace: q.resource_namespace.unwrap_or_default(),
+            resource_name: q.resource_name.unwrap_or_default(),
+            resource_uid: q.resource_uid.unwrap_or_default(),
+        })
+    })
+    .await
+    .map(Json)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct LogsQuery {
+    pod_name: Option<String>,
+    container: Option<String>,
+    tail_lines: Option<u32>,
+}
+
+pub(super) async fn logs(
+    State(state): State<Arc<ApiState>>,
+    Path((id, namespace, name)): Path<(String, String, String)>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    ensure_gateway(&state, &id).await?;
+    let Some(pod_name) = q.pod_name.filter(|p| !p.is_empty()) else {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "podName is required"));
+    };
+    forward_app(&state, &id, &namespace, &name, |app| {
+        request::Kind::Logs(proto::LogsRequest {
+            app: Some(app),
+            pod_name,
+            container: q.container.unwrap_or_default(),
+            tail_lines: q.tail_lines.unwrap_or(100).clamp(1, 10_000),
+        })
+    })
+    .await
+    .map(Json)
+}

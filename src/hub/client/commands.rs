@@ -1,0 +1,440 @@
+//! The `hub` subcommands that call the hub's HTTP API: registration tokens, gateways,
+//! applications and their actions, `wait`, health checks and the desired gateway version. Each
+//! prints a table (or JSON with `-o json`) and maps the answer to an exit code.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use super::print::{print_apps, print_gateways, print_json, print_table, s};
+use super::{ApiArgs, ApiClient, enc};
+
+/// The API client subcommands of `hub`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Manage registration tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List registered gateways.
+    Gateways(ApiArgs),
+    /// Show or delete one gateway.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+    /// List applications (of one gateway with --gateway, else of all).
+    Apps(AppsArgs),
+    /// Show one application (as relayed, or live from Argo CD with --refresh).
+    App {
+        #[command(flatten)]
+        app: AppArgs,
+        /// Ask Argo CD through the gateway, refreshing first: normal or hard.
+        #[arg(long, value_parser = ["normal", "hard"])]
+        refresh: Option<String>,
+    },
+    /// Sync an application through its gateway.
+    Sync {
+        #[command(flatten)]
+        app: AppArgs,
+        /// Revision to sync to (single-source apps).
+        #[arg(long)]
+        revision: Option<String>,
+        /// Revisions, one per source (multi-source apps; repeatable).
+        #[arg(long = "revisions", value_delimiter = ',')]
+        revisions: Vec<String>,
+        /// Delete resources no longer in Git.
+        #[arg(long)]
+        prune: bool,
+        /// Only preview.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Refresh an application (compare with Git again).
+    Refresh {
+        #[command(flatten)]
+        app: AppArgs,
+        /// Hard refresh: regenerate manifests.
+        #[arg(long)]
+        hard: bool,
+    },
+    /// Wait until an application is Synced and Healthy (at a revision); exit 0 Synced,
+    /// 1 Failed, 2 Timeout.
+    Wait {
+        #[command(flatten)]
+        app: AppArgs,
+        /// The commit (or prefix) the application must be synced to.
+        #[arg(long)]
+        revision: Option<String>,
+        /// How long to wait.
+        #[arg(long, default_value = "5m", value_parser = crate::util::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Health-check a gateway now.
+    Health {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Gateway id.
+        gateway: String,
+    },
+    /// Show or set the gateway version that `self-update` moves gateways to.
+    #[command(subcommand)]
+    DesiredVersion(DesiredVersionCommand),
+}
+
+/// Desired-version subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum DesiredVersionCommand {
+    /// Print the desired gateway version.
+    Get(ApiArgs),
+    /// Set the desired gateway version; gateways move to it only upward and within their major
+    /// version, at their next self-update run.
+    Set {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// A semantic version such as 1.4.2.
+        version: String,
+    },
+}
+
+/// Flags of `hub apps`.
+#[derive(Debug, clap::Args)]
+pub struct AppsArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Only this gateway's applications.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Label selector (k=v, k!=v, k, !k, k in (a,b)).
+    #[arg(long, short = 'l')]
+    pub selector: Option<String>,
+    /// Annotation filter key=value (repeatable).
+    #[arg(long = "annotation")]
+    pub annotations: Vec<String>,
+    /// Health status.
+    #[arg(long)]
+    pub health: Option<String>,
+    /// Sync status.
+    #[arg(long)]
+    pub sync: Option<String>,
+    /// Project.
+    #[arg(long)]
+    pub project: Option<String>,
+}
+
+/// One application of one gateway.
+#[derive(Debug, clap::Args)]
+pub struct AppArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Gateway id.
+    pub gateway: String,
+    /// The application as namespace/name.
+    pub app: String,
+}
+
+impl AppArgs {
+    fn path(&self, suffix: &str) -> anyhow::Result<String> {
+        let (ns, name) = self
+            .app
+            .split_once('/')
+            .filter(|(n, m)| !n.is_empty() && !m.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("give the application as namespace/name, for example argocd/guestbook"))?;
+        Ok(format!(
+            "/api/v1/gateways/{}/applications/{}/{}{}",
+            enc(&self.gateway),
+            enc(ns),
+            enc(name),
+            suffix
+        ))
+    }
+}
+
+/// Token subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a registration token and print the helm command that uses it.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Token lifetime (default 1h, at most 24h).
+        #[arg(long, value_parser = crate::util::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Name for the gateway that registers with it.
+        #[arg(long)]
+        name: Option<String>,
+        /// Environment for that gateway (repeatable).
+        #[arg(long = "environment", value_delimiter = ',')]
+        environments: Vec<String>,
+    },
+    /// List registration tokens (never their secrets).
+    List(ApiArgs),
+    /// Revoke an unused registration token.
+    Revoke {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Token id.
+        id: String,
+    },
+}
+
+/// Gateway subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum GatewayCommand {
+    /// Show one gateway.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Gateway id.
+        id: String,
+    },
+    /// Delete (revoke) a gateway; its live session is closed at once.
+    Delete {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Gateway id.
+        id: String,
+    },
+}
+
+/// Runs an API client subcommand.
+pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
+    use reqwest::Method;
+    match cmd {
+        ClientCommand::Token(TokenCommand::Create {
+            api,
+            ttl,
+            name,
+            environments,
+        }) => {
+            let client = ApiClient::new(&api)?;
+            let mut body = serde_json::json!({});
+            if let Some(t) = ttl {
+                body["ttlSeconds"] = t.as_secs().into();
+            }
+            if let Some(n) = name {
+                body["name"] = n.into();
+            }
+            if !environments.is_empty() {
+                body["environments"] = environments.into();
+            }
+            let v = client
+                .call(Method::POST, "/api/v1/registration-tokens", Some(body))
+                .await?;
+            if api.output == "json" {
+                print_json(&v)?;
+            } else {
+                println!("token:           {}", s(&v, "token"));
+                println!("id:              {}", s(&v, "id"));
+                println!("expires at:      {}", s(&v, "expiresAt"));
+                println!("CA fingerprint:  {}", s(&v, "caFingerprint"));
+                println!("\nInstall the gateway with:\n\n  {}\n", s(&v, "helmCommand"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Token(TokenCommand::List(api)) => {
+            let v = ApiClient::new(&api)?
+                .call(Method::GET, "/api/v1/registration-tokens", None)
+                .await?;
+            if api.output == "json" {
+                print_json(&v)?;
+            } else {
+                let items = v.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                let rows: Vec<Vec<String>> = items
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            s(t, "id"),
+                            s(t, "state"),
+                            s(t, "name"),
+                            s(t, "environments"),
+                            s(t, "expiresAt"),
+                            s(t, "gatewayId"),
+                        ]
+                    })
+                    .collect();
+                print_table(&["ID", "STATE", "NAME", "ENVIRONMENTS", "EXPIRES", "GATEWAY"], &rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Token(TokenCommand::Revoke { api, id }) => {
+            ApiClient::new(&api)?
+                .call(Method::DELETE, &format!("/api/v1/registration-tokens/{id}"), None)
+                .await?;
+            println!("revoked registration token {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Gateways(api) => {
+            let v = ApiClient::new(&api)?
+                .call(Method::GET, "/api/v1/gateways", None)
+                .await?;
+            if api.output == "json" {
+                print_json(&v)?;
+            } else {
+                print_gateways(&v.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Gateway(GatewayCommand::Show { api, id }) => {
+            let v = ApiClient::new(&api)?
+                .call(Method::GET, &format!("/api/v1/gateways/{id}"), None)
+                .await?;
+            if api.output == "json" {
+                print_json(&v)?;
+            } else {
+                print_gateways(&[v]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Apps(a) => {
+            let mut query: Vec<(String, String)> = vec![];
+            for (k, v) in [
+                ("selector", &a.selector),
+                ("health", &a.health),
+                ("sync", &a.sync),
+                ("project", &a.project),
+            ] {
+                if let Some(v) = v {
+                    query.push((k.into(), v.clone()));
+                }
+            }
+            query.extend(a.annotations.iter().map(|v| ("annotation".to_owned(), v.clone())));
+            let qs: String = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(query)
+                .finish();
+            let base = match &a.gateway {
+                Some(g) => format!("/api/v1/gateways/{}/applications", enc(g)),
+                None => "/api/v1/applications".into(),
+            };
+            let path = if qs.is_empty() { base } else { format!("{base}?{qs}") };
+            let v = ApiClient::new(&a.api)?.call(Method::GET, &path, None).await?;
+            if a.api.output == "json" {
+                print_json(&v)?;
+            } else {
+                print_apps(&v.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::App { app: a, refresh } => {
+            let suffix = refresh.map(|r| format!("?refresh={r}")).unwrap_or_default();
+            let v = ApiClient::new(&a.api)?
+                .call(Method::GET, &a.path(&suffix)?, None)
+                .await?;
+            print_json(&v)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Sync {
+            app,
+            revision,
+            revisions,
+            prune,
+            dry_run,
+        } => {
+            let mut body = serde_json::json!({ "prune": prune, "dryRun": dry_run });
+            if let Some(r) = revision {
+                body["revision"] = r.into();
+            }
+            if !revisions.is_empty() {
+                body["revisions"] = revisions.into();
+            }
+            let v = ApiClient::new(&app.api)?
+                .call(Method::POST, &app.path("/sync")?, Some(body))
+                .await?;
+            if app.api.output == "json" {
+                print_json(&v)?;
+            } else {
+                println!("sync of {} started through gateway {}", app.app, app.gateway);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Refresh { app, hard } => {
+            let v = ApiClient::new(&app.api)?
+                .call(
+                    Method::POST,
+                    &app.path("/refresh")?,
+                    Some(serde_json::json!({ "hard": hard })),
+                )
+                .await?;
+            if app.api.output == "json" {
+                print_json(&v)?;
+            } else {
+                println!("refreshed {} through gateway {}", app.app, app.gateway);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Wait { app, revision, timeout } => {
+            let mut body = serde_json::json!({ "timeoutSeconds": timeout.as_secs().max(1) });
+            if let Some(r) = &revision {
+                body["revision"] = r.clone().into();
+            }
+            let client = ApiClient::new(&app.api)?;
+            let v = client.call(Method::POST, &app.path("/wait")?, Some(body)).await?;
+            let result = v.get("result").and_then(Value::as_str).unwrap_or("");
+            if app.api.output == "json" {
+                print_json(&v)?;
+            } else {
+                let a = v.get("application").cloned().unwrap_or(Value::Null);
+                println!(
+                    "{result}: {} sync={} health={} revision={}",
+                    app.app,
+                    a.get("sync").map(|x| s(x, "status")).unwrap_or_else(|| "-".into()),
+                    a.get("health").map(|x| s(x, "status")).unwrap_or_else(|| "-".into()),
+                    a.get("sync").map(|x| s(x, "revision")).unwrap_or_else(|| "-".into()),
+                );
+            }
+            Ok(match result {
+                "Synced" => ExitCode::SUCCESS,
+                "Failed" => ExitCode::from(1),
+                _ => ExitCode::from(2),
+            })
+        }
+        ClientCommand::Health { api, gateway } => {
+            let v = ApiClient::new(&api)?
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/gateways/{}/health-check", enc(&gateway)),
+                    None,
+                )
+                .await?;
+            print_json(&v)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Gateway(GatewayCommand::Delete { api, id }) => {
+            ApiClient::new(&api)?
+                .call(Method::DELETE, &format!("/api/v1/gateways/{id}"), None)
+                .await?;
+            println!("deleted gateway {id}; it must register again with a new token");
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::DesiredVersion(cmd) => {
+            let (api, v) = match cmd {
+                DesiredVersionCommand::Get(api) => {
+                    let v = ApiClient::new(&api)?
+                        .call(Method::GET, "/api/v1/desired-version", None)
+                        .await?;
+                    (api, v)
+                }
+                DesiredVersionCommand::Set { api, version } => {
+                    // Checked here too so a typo fails before any request is made.
+                    crate::wire::version::parse(&version)
+                        .with_context(|| format!("{version:?} is not a semantic version such as 1.4.2"))?;
+                    let v = ApiClient::new(&api)?
+                        .call(
+                            Method::PUT,
+                            "/api/v1/desired-version",
+                            Some(serde_json::json!({ "version": version })),
+                        )
+                        .await?;
+                    (api, v)
+                }
+            };
+            if api.output == "json" {
+                print_json(&v)?;
+            } else {
+                match v.get("version").and_then(Value::as_str) {
+                    Some(version) => println!("desired gateway version: {version}"),
+                    None => println!("no desired gateway version is set; self-update leaves gateways as they are"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

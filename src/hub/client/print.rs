@@ -1,0 +1,123 @@
+//! How the API client commands print: aligned tables for people, JSON for scripts. A closed
+//! pipe (`| head`) ends the output, never the process with a panic.
+
+use serde_json::Value;
+
+/// A field as a table cell: strings as they are, arrays joined with commas, missing as `-`.
+pub fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Prints rows as an aligned table.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    // A reader that stops early (`| head`) closes the pipe; that ends the output, not the
+    // process with a panic.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{}", line(headers.iter().map(|h| h.to_string()).collect())).is_err() {
+        return;
+    }
+    for r in rows {
+        if writeln!(out, "{}", line(r.clone())).is_err() {
+            return;
+        }
+    }
+}
+
+/// Prints applications as a table.
+pub fn print_apps(items: &[Value]) {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|a| {
+            let revision = a
+                .get("sync")
+                .map(|sy| {
+                    let r = s(sy, "revision");
+                    if r == "-" { s(sy, "revisions") } else { r }
+                })
+                .unwrap_or_else(|| "-".into());
+            let short: String = revision.chars().take(12).collect();
+            vec![
+                s(a, "gatewayId"),
+                format!("{}/{}", s(a, "namespace"), s(a, "name")),
+                s(a, "project"),
+                a.get("sync").map(|x| s(x, "status")).unwrap_or_default(),
+                a.get("health").map(|x| s(x, "status")).unwrap_or_default(),
+                short,
+                if a.get("stale").and_then(Value::as_bool) == Some(true) {
+                    "stale".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &["GATEWAY", "APPLICATION", "PROJECT", "SYNC", "HEALTH", "REVISION", ""],
+        &rows,
+    );
+}
+
+/// Prints JSON, pretty.
+pub fn print_json(v: &Value) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(v)?;
+    // A closed pipe (`| head`) just ends the output.
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    Ok(())
+}
+
+/// Prints gateways as a table.
+pub fn print_gateways(items: &[Value]) {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|g| {
+            vec![
+                s(g, "id"),
+                s(g, "name"),
+                s(g, "environments"),
+                if g.get("connected").and_then(Value::as_bool) == Some(true) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                s(g, "lastSeenAt"),
+                s(g, "version"),
+                s(g, "certificateExpiresAt"),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "NAME",
+            "ENVIRONMENTS",
+            "CONNECTED",
+            "LAST SEEN",
+            "VERSION",
+            "CERT EXPIRES",
+        ],
+        &rows,
+    );
+}

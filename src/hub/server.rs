@@ -1,0 +1,290 @@
+//! `argocd-gateway hub serve`: prepares the data directory, binds the gRPC listener for
+//! gateways and the HTTP listener for the API, starts the services on one shutdown tree, and
+//! drains gateway sessions (with a jittered come-back hint) on shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use super::registration::RegistrationService;
+use super::state::HubState;
+use super::tunnel::TunnelService;
+use super::{api, entities, pki, store};
+use crate::shutdown::{TaskFailure, Tree};
+use crate::wire::proto::{
+    Drain, HubMessage, hub_message, registration_server::RegistrationServer, tunnel_server::TunnelServer,
+};
+
+/// Flags of `argocd-gateway hub serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Directory for the CA, server certificate, admin token and SQLite database.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_DATA_DIR", default_value = "./hub-data")]
+    pub data_dir: PathBuf,
+    /// Names and IP addresses for the server certificate (repeatable; default localhost,
+    /// 127.0.0.1 and this machine's host name).
+    #[arg(long = "hostname", env = "ARGOCD_GATEWAY_HUB_HOSTNAME", value_delimiter = ',')]
+    pub hostnames: Vec<String>,
+    /// gRPC listen address for gateways.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_GRPC_ADDR", default_value = "0.0.0.0:8443")]
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address for the API.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Serve gRPC without TLS, for a proxy or load balancer that terminates TLS in front of the
+    /// hub; gateways then authenticate by their signed assertion alone.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_PLAINTEXT")]
+    pub plaintext: bool,
+    /// Lifetime of gateway client certificates.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_CLIENT_CERT_TTL", default_value = "30d", value_parser = crate::util::parse_duration)]
+    pub client_cert_ttl: Duration,
+    /// The gRPC URL gateways use to reach this hub, for the printed helm command (default:
+    /// https://<first hostname>:<grpc port>).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// How often to health-check every connected gateway.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_HEALTH_CHECK_INTERVAL", default_value = "60s", value_parser = crate::util::parse_duration)]
+    pub health_check_interval: Duration,
+    /// Chart reference used in the printed helm command.
+    #[arg(
+        long,
+        env = "ARGOCD_GATEWAY_HUB_HELM_CHART",
+        default_value = "./charts/argocd-gateway"
+    )]
+    pub helm_chart: String,
+}
+
+/// Errors starting the hub.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Data directory.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// Database.
+    #[error("cannot open the hub database in {dir}: {source} (flag --data-dir)")]
+    Store {
+        /// The data directory.
+        dir: PathBuf,
+        /// The error.
+        source: store::StoreError,
+    },
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source} (flag {flag})")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The flag that set it.
+        flag: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Preparing the data directory did not finish.
+    #[error("preparing the hub data directory failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// The stored application state could not be loaded.
+    #[error("cannot load the stored application state from {dir}: {source} (flag --data-dir)")]
+    LoadState {
+        /// The data directory.
+        dir: PathBuf,
+        /// The error.
+        source: entities::StateError,
+    },
+    /// The gRPC listener's TLS could not be set up from the data directory's certificate.
+    #[error("cannot set up TLS for the gRPC listener: {0} (flag --data-dir holds server.pem and server-key.pem)")]
+    Tls(#[source] tonic::transport::Error),
+}
+
+/// A running hub.
+pub struct Hub {
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    /// The admin token file.
+    pub admin_token_path: PathBuf,
+    /// SHA-256 of the CA.
+    pub ca_fingerprint: crate::tls::Fingerprint,
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    state: Arc<HubState>,
+    tree: Tree,
+}
+
+/// Starts the hub: prepares the data directory, binds both listeners and serves until
+/// [`Hub::shutdown`]. The servers and the periodic health checks are critical tasks of the
+/// hub's own [`Tree`]: if one ends, [`Hub::failed`] says which.
+pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
+    let hostnames = if args.hostnames.is_empty() {
+        pki::default_hostnames()
+    } else {
+        args.hostnames.clone()
+    };
+    let data_dir = args.data_dir.clone();
+    let pki = tokio::task::spawn_blocking(move || pki::load_or_init(&data_dir, &hostnames))
+        .await
+        .map_err(HubError::Task)??;
+    let store = store::Store::open(&args.data_dir.join("hub.db")).map_err(|source| HubError::Store {
+        dir: args.data_dir.clone(),
+        source,
+    })?;
+    let grpc_listener = TcpListener::bind(args.grpc_addr)
+        .await
+        .map_err(|source| HubError::Bind {
+            addr: args.grpc_addr,
+            flag: "--grpc-addr",
+            source,
+        })?;
+    let http_listener = TcpListener::bind(args.http_addr)
+        .await
+        .map_err(|source| HubError::Bind {
+            addr: args.http_addr,
+            flag: "--http-addr",
+            source,
+        })?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| HubError::Bind {
+        addr: args.grpc_addr,
+        flag: "--grpc-addr",
+        source,
+    })?;
+    let http_addr = http_listener.local_addr().map_err(|source| HubError::Bind {
+        addr: args.http_addr,
+        flag: "--http-addr",
+        source,
+    })?;
+
+    let ca_fingerprint = pki.ca.fingerprint();
+    let ca_pem = pki.ca.cert_pem().to_owned();
+    let entities = entities::EntityState::load(store.clone())
+        .await
+        .map_err(|source| HubError::LoadState {
+            dir: args.data_dir.clone(),
+            source,
+        })?;
+    let state = Arc::new(HubState::new(store, pki.ca, args.client_cert_ttl, Arc::new(entities)));
+    let tree = Tree::new();
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<TunnelServer<TunnelService>>().await;
+    health_reporter
+        .set_serving::<RegistrationServer<RegistrationService>>()
+        .await;
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if !args.plaintext {
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &pki.server_chain_pem,
+                pki.server_key_pem.expose(),
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&ca_pem))
+            .client_auth_optional(true)
+            .timeout(Duration::from_secs(10));
+        builder = builder.tls_config(tls).map_err(HubError::Tls)?;
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(RegistrationServer::new(RegistrationService { state: state.clone() }))
+        .add_service(TunnelServer::new(TunnelService { state: state.clone() }));
+    let incoming = tree.guard("hub gRPC listener", grpc_listener).into_stream();
+    let grpc_stop = tree.token().clone();
+    tree.spawn_critical("hub gRPC server", async move {
+        router
+            .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
+            .await
+    });
+
+    let host = if args.hostnames.is_empty() {
+        "localhost".to_owned()
+    } else {
+        args.hostnames[0].clone()
+    };
+    let public_url = args.public_url.clone().unwrap_or_else(|| {
+        let scheme = if args.plaintext { "http" } else { "https" };
+        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        format!("{scheme}://{host}:{}", grpc_addr.port())
+    });
+    let api_state = Arc::new(api::ApiState {
+        hub: state.clone(),
+        admin_token: pki.admin_token.clone(),
+        public_url,
+        plaintext: args.plaintext,
+        helm_chart: args.helm_chart.clone(),
+        registry: {
+            let mut r = prometheus_client::registry::Registry::default();
+            crate::telemetry::register_build_info(&mut r);
+            state.metrics.register(&mut r);
+            r
+        },
+    });
+    let checks = (state.clone(), args.health_check_interval, tree.token().clone());
+    tree.spawn_critical("hub health checks", async move {
+        super::health::periodic_health_checks(checks.0, checks.1, checks.2).await;
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let app = api::router(api_state);
+    let http_listener = tree.guard("hub HTTP listener", http_listener);
+    let http_stop = tree.token().clone();
+    tree.spawn_critical("hub HTTP server", async move {
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await
+    });
+    tracing::info!(
+        grpc = %grpc_addr,
+        http = %http_addr,
+        tls = !args.plaintext,
+        ca_fingerprint = %ca_fingerprint,
+        admin_token_file = %pki.admin_token_path.display(),
+        "hub serving"
+    );
+    Ok(Hub {
+        grpc_addr,
+        http_addr,
+        admin_token_path: pki.admin_token_path,
+        ca_fingerprint,
+        ca_pem,
+        state,
+        tree,
+    })
+}
+
+impl Hub {
+    /// How many gateways are connected now.
+    pub fn connected_gateways(&self) -> usize {
+        self.state.sessions.len()
+    }
+
+    /// Resolves when one of the hub's critical tasks (a server, the health checks) has ended;
+    /// the caller shuts the hub down and exits non-zero.
+    pub async fn failed(&self) -> TaskFailure {
+        self.tree.failed().await
+    }
+
+    /// Tells every gateway to come back after a short jittered delay, closes their streams and
+    /// stops serving.
+    pub async fn shutdown(self) {
+        let sessions = self.state.sessions.all();
+        for (gateway_id, session) in &sessions {
+            // Spread reconnects so a restarted hub is not hit by every gateway at once.
+            let retry_after = crate::util::jitter(Duration::from_millis(500), Duration::from_millis(3000));
+            let drain = Drain {
+                retry_after_ms: retry_after.as_millis() as u32,
+                reason: "hub shutting down".into(),
+            };
+            let _ = session.tx.try_send(Ok(HubMessage {
+                body: Some(hub_message::Body::Drain(drain)),
+            }));
+            session.cancel.cancel();
+            tracing::debug!(gateway_id = %gateway_id, "sent drain");
+        }
+        self.state.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.state.tasks.wait()).await;
+        if !self.tree.shutdown(Duration::from_secs(5)).await {
+            tracing::warn!("some hub tasks did not stop within 5 s");
+        }
+    }
+}

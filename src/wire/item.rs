@@ -1,0 +1,325 @@
+//! The schema of the items the hub stores and serves: one Argo CD application or cluster in the
+//! compact form the gateway relays. The gateway decodes Argo CD's JSON into these types (see
+//! `argocd::model`), the relay sends them as JSON in camelCase, and the hub reads and serves them
+//! as they are. This file is the contract between the two sides; a field added here is relayed
+//! by a gateway of this version and served by a hub of this version.
+//!
+//! Application item (hub API `GET …/applications/{namespace}/{name}`, plus `gatewayId` and
+//! `stale` added by the hub):
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `namespace`, `name` | string | the Application object (apps in any namespace) |
+//! | `project` | string | AppProject, `default` when the spec leaves it empty |
+//! | `annotations`, `labels` | map | object metadata |
+//! | `sources` | [Source] | `spec.sources`, or `spec.source` as one entry |
+//! | `destination` | Destination | target cluster (`server` or `name`) and namespace |
+//! | `sync` | SyncState | `status`, `revision`, `revisions` (one per source) |
+//! | `health` | Health | `status`, `message` |
+//! | `operation` | Operation or null | last or current operation: `phase`, `message`, `startedAt`, `finishedAt`, `revision(s)` |
+//! | `reconciledAt` | RFC 3339 or null | noisy: changes alone are not relayed |
+//! | `resources` | [ResourceState] | managed resources with sync status and health |
+//! | `images` | [string] | container images in use |
+//! | `conditions` | [Condition] | warnings and errors; `lastTransitionTime` is noisy |
+//!
+//! Cluster item: `server` (the key), `name`, `project`, `namespaces`, `labels`, `annotations`,
+//! `connectionState` (`status`, `message`), `serverVersion`, `applicationsCount`. Credentials
+//! are never part of it.
+//!
+//! Status values are Argo CD's spelling; a value this version does not know is kept verbatim.
+//! Readers are tolerant: a missing field takes its default, so an item from a gateway one
+//! protocol version older still reads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Generates a string-backed status enum that keeps unknown values verbatim.
+macro_rules! status_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+            /// No value was reported.
+            #[default]
+            Empty,
+            /// A value this version does not know, kept as received.
+            Other(String),
+        }
+
+        impl $name {
+            /// The value as Argo CD spells it (empty when none was reported).
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Self::$variant => $text,)+
+                    Self::Empty => "",
+                    Self::Other(s) => s,
+                }
+            }
+
+            /// Parses Argo CD's spelling; unknown values are kept as [`Self::Other`].
+            pub fn parse(s: &str) -> Self {
+                match s {
+                    $($text => Self::$variant,)+
+                    "" => Self::Empty,
+                    other => Self::Other(other.to_owned()),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s: Option<String> = Option::deserialize(d)?;
+                Ok(s.map(|s| Self::parse(&s)).unwrap_or_default())
+            }
+        }
+    };
+}
+
+status_enum! {
+    /// Sync status of an application or resource (`status.sync.status`).
+    SyncStatusCode {
+        /// Live state matches the target state.
+        Synced = "Synced",
+        /// Live state differs from the target state.
+        OutOfSync = "OutOfSync",
+        /// The comparison could not be made.
+        Unknown = "Unknown",
+    }
+}
+
+status_enum! {
+    /// Health status of an application or resource (`status.health.status`).
+    HealthStatusCode {
+        /// All resources are healthy.
+        Healthy = "Healthy",
+        /// Resources are not healthy yet but may become so.
+        Progressing = "Progressing",
+        /// A resource failed or could not become healthy in time.
+        Degraded = "Degraded",
+        /// A resource is paused or waiting.
+        Suspended = "Suspended",
+        /// A resource is missing from the cluster.
+        Missing = "Missing",
+        /// Health could not be assessed.
+        Unknown = "Unknown",
+    }
+}
+
+status_enum! {
+    /// Phase of the last or current operation (`status.operationState.phase`).
+    OperationPhase {
+        /// The operation is in progress.
+        Running = "Running",
+        /// The operation is being terminated.
+        Terminating = "Terminating",
+        /// The operation failed.
+        Failed = "Failed",
+        /// The operation ended with an error.
+        Error = "Error",
+        /// The operation succeeded.
+        Succeeded = "Succeeded",
+    }
+}
+
+/// One source of an application (single-source apps have exactly one).
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Source {
+    /// Git or Helm repository URL.
+    #[serde(rename = "repoURL")]
+    pub repo_url: String,
+    /// Directory within a Git repository.
+    pub path: String,
+    /// Helm chart name (Helm repositories).
+    pub chart: String,
+    /// Branch, tag, commit or chart version to deploy.
+    #[serde(rename = "targetRevision")]
+    pub target_revision: String,
+    /// Reference name used by other sources (`$ref/...`).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Optional name of the source (Argo CD 2.14+).
+    pub name: String,
+}
+
+/// Where the application deploys to.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Destination {
+    /// API server URL of the target cluster.
+    pub server: String,
+    /// Name of the target cluster (alternative to `server`).
+    pub name: String,
+    /// Target namespace.
+    pub namespace: String,
+}
+
+/// Sync status and the revision(s) it was compared against.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncState {
+    /// Synced, OutOfSync or Unknown.
+    pub status: SyncStatusCode,
+    /// Revision compared against (single source).
+    pub revision: String,
+    /// Revisions compared against (multi-source, one per source).
+    pub revisions: Vec<String>,
+}
+
+/// A health status with its message.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Health {
+    /// Healthy, Progressing, Degraded, Suspended, Missing or Unknown.
+    pub status: HealthStatusCode,
+    /// Human-readable detail, often empty.
+    pub message: String,
+}
+
+/// The last or current operation (sync) of an application.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// Running, Terminating, Failed, Error or Succeeded.
+    pub phase: OperationPhase,
+    /// Result or progress message.
+    pub message: String,
+    /// When the operation started.
+    pub started_at: Option<jiff::Timestamp>,
+    /// When the operation finished (absent while running).
+    pub finished_at: Option<jiff::Timestamp>,
+    /// Revision synced to (single source): the sync result's, else the requested one.
+    pub revision: String,
+    /// Revisions synced to (multi-source).
+    pub revisions: Vec<String>,
+}
+
+/// Status of one resource the application manages.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResourceState {
+    /// API group (empty for the core group).
+    pub group: String,
+    /// API version.
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace (empty for cluster-scoped resources).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Sync status of this resource.
+    pub status: SyncStatusCode,
+    /// Health of this resource; absent when Argo CD does not report it (e.g. 3.x lists).
+    pub health: Option<Health>,
+}
+
+impl ResourceState {
+    /// Whether two entries describe the same Kubernetes object.
+    pub fn same_object(&self, other: &ResourceState) -> bool {
+        self.group == other.group
+            && self.kind == other.kind
+            && self.namespace == other.namespace
+            && self.name == other.name
+    }
+}
+
+/// An application condition (warnings and errors reported by Argo CD).
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, e.g. `ComparisonError` or `OrphanedResourceWarning`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Message.
+    pub message: String,
+    /// When the condition last changed.
+    pub last_transition_time: Option<jiff::Timestamp>,
+}
+
+/// The compact state of one Argo CD application, as relayed to the hub.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[serde(rename_all = "camelCase")]
+pub struct Application {
+    /// Namespace of the Application object.
+    pub namespace: String,
+    /// Name of the Application object.
+    pub name: String,
+    /// AppProject (`default` when the spec leaves it empty).
+    pub project: String,
+    /// Object annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Object labels.
+    pub labels: BTreeMap<String, String>,
+    /// Sources (`spec.sources`, or `spec.source` as a single entry).
+    pub sources: Vec<Source>,
+    /// Deployment target.
+    pub destination: Destination,
+    /// Sync status.
+    pub sync: SyncState,
+    /// Application health.
+    pub health: Health,
+    /// Last or current operation, if any.
+    pub operation: Option<Operation>,
+    /// When Argo CD last compared live and target state.
+    pub reconciled_at: Option<jiff::Timestamp>,
+    /// Managed resources with their sync and health status.
+    pub resources: Vec<ResourceState>,
+    /// Container images in use (`status.summary.images`).
+    pub images: Vec<String>,
+    /// Conditions (warnings and errors).
+    pub conditions: Vec<Condition>,
+}
+
+/// Connection state of a cluster as seen by Argo CD.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConnectionState {
+    /// Successful, Failed or Unknown (kept as received).
+    pub status: String,
+    /// Detail, e.g. the connection error.
+    pub message: String,
+}
+
+/// The compact state of one cluster known to Argo CD (credentials are never part of it).
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    /// API server URL; the key of a cluster.
+    pub server: String,
+    /// Display name.
+    pub name: String,
+    /// Project the cluster is scoped to, if any.
+    pub project: String,
+    /// Namespaces Argo CD may manage (empty: all).
+    pub namespaces: Vec<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Connection state.
+    pub connection_state: ConnectionState,
+    /// Kubernetes version of the cluster.
+    pub server_version: String,
+    /// Number of applications Argo CD manages on it.
+    pub applications_count: i64,
+}

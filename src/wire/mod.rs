@@ -1,0 +1,18 @@
+//! The protocol both sides share, like the protocol file a tunnel's client and server both
+//! compile: the generated protobuf messages and services ([`proto`]), protocol versions and the
+//! machine-readable refusal and request-error codes ([`codes`]), relayed entities with their
+//! content hash and the state digest ([`entity`]), the documented JSON schema of the items the
+//! hub stores and serves ([`item`]), the signed identity assertion ([`assertion`]) and the
+//! version syntax of the desired gateway version ([`version`]).
+//!
+//! Gateway parts and the hub import this module; it imports neither.
+
+pub mod assertion;
+pub mod codes;
+pub mod entity;
+pub mod item;
+pub mod proto;
+pub mod version;
+
+pub use codes::{ErrorCode, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, protocol_supported};
+pub use entity::{EntityKey, Hash, Kind, digest};
