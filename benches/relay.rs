@@ -46,15 +46,12 @@ async fn main() {
     argocd_gateway::tls::install_crypto_provider();
     let dir = tempfile::tempdir().expect("temp dir");
     let hub = hub::start(ServeArgs {
-        data_dir: dir.path().join("hub"),
         hostnames: vec!["localhost".into()],
         grpc_addr: "127.0.0.1:0".parse().expect("addr"),
         http_addr: "127.0.0.1:0".parse().expect("addr"),
-        plaintext: false,
         client_cert_ttl: Duration::from_secs(86400),
-        public_url: None,
-        helm_chart: "./charts/argocd-gateway".into(),
         health_check_interval: Duration::from_secs(3600),
+        ..ServeArgs::new(dir.path().join("hub"))
     })
     .await
     .expect("hub");

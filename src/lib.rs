@@ -16,7 +16,7 @@
 //! - [`daemon`], [`check`], [`demo`]: the `run`, `check` and `demo` commands;
 //! - [`hub`]: the central server (registration, sessions, store, HTTP API) and its API client;
 //! - [`simulator`]: a faithful in-process Argo CD API server for tests, demos and benchmarks;
-//! - shared helpers: [`cli`], [`shutdown`], [`tls`], [`certs`], [`report`], [`secret`],
+//! - shared helpers: [`cli`], [`shutdown`], [`serve`], [`tls`], [`certs`], [`report`], [`secret`],
 //!   [`telemetry`], [`util`].
 #![forbid(unsafe_code)]
 
@@ -33,6 +33,7 @@ pub mod kube;
 pub mod relay;
 pub mod report;
 pub mod secret;
+pub mod serve;
 pub mod shutdown;
 pub mod simulator;
 pub mod telemetry;

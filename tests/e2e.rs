@@ -32,15 +32,11 @@ fn free_port() -> u16 {
 
 fn serve_args(dir: &Path, grpc_port: u16, http_port: u16) -> ServeArgs {
     ServeArgs {
-        data_dir: dir.to_owned(),
         hostnames: vec!["localhost".into(), "127.0.0.1".into()],
         grpc_addr: format!("127.0.0.1:{grpc_port}").parse().unwrap(),
         http_addr: format!("127.0.0.1:{http_port}").parse().unwrap(),
-        plaintext: false,
-        client_cert_ttl: Duration::from_secs(30 * 24 * 3600),
-        public_url: None,
-        helm_chart: "./charts/argocd-gateway".into(),
         health_check_interval: Duration::from_secs(3600),
+        ..ServeArgs::new(dir)
     }
 }
 

@@ -616,15 +616,12 @@ async fn registered(api: &FakeApi) -> RegisteredHub {
     argocd_gateway::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let hub = hub::start(ServeArgs {
-        data_dir: dir.path().to_owned(),
         hostnames: vec!["localhost".into(), "127.0.0.1".into()],
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
-        plaintext: false,
         client_cert_ttl: Duration::from_secs(3600),
-        public_url: None,
-        helm_chart: "./charts/argocd-gateway".into(),
         health_check_interval: Duration::from_secs(3600),
+        ..ServeArgs::new(dir.path().to_owned())
     })
     .await
     .unwrap();

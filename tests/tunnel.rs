@@ -31,15 +31,13 @@ struct TestHub {
 
 fn serve_args(dir: &Path, plaintext: bool, ttl: Duration, grpc_port: u16) -> ServeArgs {
     ServeArgs {
-        data_dir: dir.to_owned(),
         hostnames: vec!["localhost".into(), "127.0.0.1".into()],
         grpc_addr: format!("127.0.0.1:{grpc_port}").parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         plaintext,
         client_cert_ttl: ttl,
-        public_url: None,
-        helm_chart: "./charts/argocd-gateway".into(),
         health_check_interval: Duration::from_secs(60),
+        ..ServeArgs::new(dir)
     }
 }
 
@@ -153,6 +151,7 @@ fn run_config(hub: HubConfig, identity: &Path, token: Option<&str>) -> RunConfig
         registration: reg_args(token),
         keepalive_interval: Duration::from_millis(200),
         keepalive_max_failures: 10,
+        max_answer_bytes: 64 * 1024 * 1024,
         backoff_base: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
         healthy_after: Duration::from_secs(60),
@@ -666,7 +665,7 @@ async fn unsupported_protocol_gets_an_upgrade_message() {
                 gateway_id: identity.gateway_id.clone(),
                 gateway_version: "9.9.9".into(),
                 protocol_version: version,
-                capabilities: vec![],
+                ..Default::default()
             })),
         })
         .await
@@ -720,7 +719,7 @@ mod silent_hub {
                     session_id: "silent".into(),
                     protocol_version: 1,
                     hub_version: "test".into(),
-                    state_digest: vec![],
+                    ..Default::default()
                 })),
             }))
             .await

@@ -361,6 +361,8 @@ impl From<WireApplication> for DecodedApp {
                         last_transition_time: c.last_transition_time,
                     })
                     .collect(),
+                undecodable: None,
+                too_large: None,
             },
             resource_version: metadata.resource_version,
             resource_health_in_tree: status.resource_health_source == "appTree",
@@ -433,6 +435,8 @@ impl From<WireCluster> for Cluster {
             },
             server_version,
             applications_count: w.info.applications_count,
+            undecodable: None,
+            too_large: None,
         }
     }
 }

@@ -236,7 +236,7 @@ pub async fn run(args: DaemonArgs, shutdown: CancellationToken) -> Result<(), Da
         });
     }
     let dirty = Arc::new(Dirty::default());
-    let source = ViewSource::spawn(view.clone(), dirty.clone(), &tree);
+    let source = ViewSource::spawn(view.clone(), dirty.clone(), &tree, args.tunnel.max_entity_bytes);
     let relay = Relay::new(source, dirty);
     relay.counters.register(&mut registry);
     let gauges = ViewGauges::default();

@@ -57,15 +57,10 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     })?;
     let hub_dir = args.data_dir.join("hub");
     let hub = hub::start(ServeArgs {
-        data_dir: hub_dir.clone(),
         hostnames: vec!["localhost".into(), "127.0.0.1".into()],
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
-        plaintext: false,
-        client_cert_ttl: Duration::from_secs(30 * 24 * 3600),
-        public_url: None,
-        helm_chart: "./charts/argocd-gateway".into(),
-        health_check_interval: Duration::from_secs(60),
+        ..ServeArgs::new(hub_dir.clone())
     })
     .await
     .context("the demo hub could not start (flags --grpc-addr / --http-addr choose other ports)")?;

@@ -1,7 +1,12 @@
 //! How the hub authenticates a gateway's call: the signed assertion in the request metadata,
-//! checked against a certificate the hub issued to that gateway (and against the TLS client
-//! certificate when TLS reaches the hub), for the call's purpose, once (replayed nonces are
-//! refused). This is what still works when a proxy terminates TLS in front of the hub.
+//! checked against a certificate the hub issued to that gateway, for the call's purpose, once
+//! (nonces are kept in the database, so a replay is refused across hub restarts too).
+//!
+//! Where the hub terminates TLS itself, the call must also come with that certificate as the
+//! TLS client certificate: a captured assertion alone is worth nothing. Assertion-only
+//! authentication is accepted only when TLS ends before the hub (`--plaintext`, or
+//! `--assertion-only` for a proxy that re-encrypts). A certificate a renewal replaced stops
+//! working after a short grace; an expired or retired one gets a typed `identity-expired`.
 
 use tonic::{Request, Status};
 
@@ -21,11 +26,21 @@ impl HubState {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| bad("missing identity assertion"))?;
         let claims = assertion::peek(token).map_err(|e| bad(&e.to_string()))?;
-        if let Some(certs) = request.peer_certs()
-            && let Some(leaf) = certs.first()
-            && Fingerprint::of(leaf).hex() != claims.fp
+        match request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|leaf| Fingerprint::of(leaf)))
         {
-            return Err(bad("the identity assertion does not match the client certificate"));
+            Some(leaf) if leaf.hex() != claims.fp => {
+                return Err(bad("the identity assertion does not match the client certificate"));
+            }
+            Some(_) => {}
+            None if self.require_client_cert => {
+                return Err(ErrorCode::CertificateRequired.status(
+                    tonic::Code::Unauthenticated,
+                    "this hub terminates TLS and requires the gateway's client certificate; if a proxy terminates TLS in front of the hub, run the hub with --assertion-only (or --plaintext behind it)",
+                ));
+            }
+            None => {}
         }
         let Some(cert) = self
             .store
@@ -47,8 +62,26 @@ impl HubState {
             return Err(bad("the identity assertion names another gateway"));
         }
         if cert.not_after < now {
-            return Err(ErrorCode::UnknownCertificate
-                .status(tonic::Code::Unauthenticated, "the gateway certificate has expired"));
+            return Err(ErrorCode::IdentityExpired.status(
+                tonic::Code::Unauthenticated,
+                format!(
+                    "the certificate of gateway {} expired at {}",
+                    cert.gateway_id,
+                    jiff::Timestamp::from_second(cert.not_after).unwrap_or_default()
+                ),
+            ));
+        }
+        if let Some(retired) = cert.retire_after
+            && retired < now
+        {
+            return Err(ErrorCode::IdentityExpired.status(
+                tonic::Code::Unauthenticated,
+                format!(
+                    "this certificate of gateway {} was replaced by a renewal and retired at {}",
+                    cert.gateway_id,
+                    jiff::Timestamp::from_second(retired).unwrap_or_default()
+                ),
+            ));
         }
         let info = CertInfo {
             not_before: jiff::Timestamp::UNIX_EPOCH,
@@ -58,15 +91,15 @@ impl HubState {
             public_key: cert.public_key.clone(),
         };
         let claims = assertion::verify(token, &info, purpose, now).map_err(|e| bad(&e.to_string()))?;
+        // Kept until the assertion could no longer pass the time check anyway.
+        let keep_until = claims.exp + assertion::MAX_SKEW.as_secs() as i64;
+        if !self
+            .store
+            .use_nonce(claims.jti.clone(), keep_until, now)
+            .await
+            .map_err(Self::internal)?
         {
-            let mut seen = self.replay.lock().map_err(Self::internal)?;
-            if seen.len() > 4096 {
-                let horizon = now - assertion::MAX_SKEW.as_secs() as i64;
-                seen.retain(|_, exp| *exp >= horizon);
-            }
-            if seen.insert(claims.jti.clone(), claims.exp).is_some() {
-                return Err(bad(&assertion::AssertionError::Replayed.to_string()));
-            }
+            return Err(bad(&assertion::AssertionError::Replayed.to_string()));
         }
         Ok(claims.gid)
     }

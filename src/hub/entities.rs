@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::store::Store;
 use crate::wire::item::{Application, Cluster};
-use crate::wire::proto::{self, Delta, SnapshotChunk};
+use crate::wire::proto::{self, Delta};
 use crate::wire::{Hash, Kind, digest};
 
 /// One stored entity: the gateway's content hash and the typed item.
@@ -39,8 +39,71 @@ pub struct GatewayEntities {
     pub apps: BTreeMap<String, Stored<Application>>,
     /// Clusters by server URL.
     pub clusters: BTreeMap<String, Stored<Cluster>>,
-    /// Snapshot chunks received so far.
-    pending_snapshot: Vec<proto::Entity>,
+    /// JSON bytes held, for the state limit.
+    bytes: usize,
+    /// Entities refused lately, newest last.
+    pub refused: Refusals,
+}
+
+/// Entities the hub refused from a gateway (limits, invalid items): a count and the latest few,
+/// shown on the gateway.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusals {
+    /// Refused since the hub started.
+    pub count: u64,
+    /// The latest refusals.
+    pub recent: std::collections::VecDeque<Refusal>,
+}
+
+/// One refused entity.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusal {
+    /// Its key.
+    pub key: String,
+    /// Why, naming the limit and its flag.
+    pub reason: String,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// Refusals kept per gateway.
+const RECENT_REFUSALS: usize = 16;
+
+impl Refusals {
+    fn record(&mut self, key: &str, reason: String) {
+        self.count += 1;
+        if self.recent.len() == RECENT_REFUSALS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Refusal {
+            key: key.chars().take(256).collect(),
+            reason,
+            at: jiff::Timestamp::now().to_string(),
+        });
+    }
+}
+
+/// What the hub accepts from one gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct EntityLimits {
+    /// Entities per gateway.
+    pub max_entities: usize,
+    /// JSON bytes per entity.
+    pub max_entity_bytes: usize,
+    /// JSON bytes per gateway.
+    pub max_state_bytes: usize,
+}
+
+impl From<&super::limits::Limits> for EntityLimits {
+    fn from(l: &super::limits::Limits) -> Self {
+        Self {
+            max_entities: l.max_entities,
+            max_entity_bytes: l.max_entity_bytes,
+            max_state_bytes: l.max_state_bytes,
+        }
+    }
 }
 
 /// A decoded upsert.
@@ -48,6 +111,9 @@ enum Item {
     App(Stored<Application>),
     Cluster(Stored<Cluster>),
 }
+
+/// Sizes of the stored JSON, by key, so the state limit is checked without re-encoding.
+type Sizes = HashMap<(Kind, String), usize>;
 
 impl GatewayEntities {
     fn insert(&mut self, key: String, item: Item) {
@@ -70,6 +136,23 @@ impl GatewayEntities {
                 self.clusters.remove(key);
             }
         }
+    }
+
+    fn contains(&self, kind: Kind, key: &str) -> bool {
+        match kind {
+            Kind::Application => self.apps.contains_key(key),
+            Kind::Cluster => self.clusters.contains_key(key),
+        }
+    }
+
+    /// How many entities are held.
+    pub fn len(&self) -> usize {
+        self.apps.len() + self.clusters.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The state digest.
@@ -95,50 +178,88 @@ pub enum StateError {
 pub struct EntityState {
     db: Store,
     gateways: RwLock<HashMap<String, GatewayEntities>>,
+    sizes: RwLock<HashMap<String, Sizes>>,
     changed: watch::Sender<u64>,
 }
 
-fn typed<T: DeserializeOwned>(hash: Hash, json: &[u8]) -> Option<Stored<T>> {
-    let item: T = serde_json::from_slice(json).ok()?;
-    Some(Stored {
+fn typed<T: DeserializeOwned>(hash: Hash, json: &[u8]) -> Result<Stored<T>, String> {
+    let item: T = serde_json::from_slice(json).map_err(|e| format!("not an item of the relayed schema: {e}"))?;
+    Ok(Stored {
         hash,
         item: Arc::new(item),
     })
 }
 
-/// Decodes a stored or relayed upsert of `kind`; `None` when it does not match the item schema.
-fn decode_item(kind: Kind, hash: &[u8], json: &[u8]) -> Option<Item> {
-    let hash: Hash = hash.try_into().ok()?;
+/// Decodes a stored or relayed upsert of `kind`, checking it is an object of the item schema
+/// whose key is the one it travels under.
+fn decode_item(kind: Kind, key: &str, hash: &[u8], json: &[u8]) -> Result<Item, String> {
+    let hash: Hash = hash.try_into().map_err(|_| "its hash is not 32 bytes".to_owned())?;
+    if json.first() != Some(&b'{') {
+        return Err("its JSON is not an object".to_owned());
+    }
     match kind {
-        Kind::Application => typed(hash, json).map(Item::App),
-        Kind::Cluster => typed(hash, json).map(Item::Cluster),
+        Kind::Application => {
+            let s: Stored<Application> = typed(hash, json)?;
+            let own = format!("{}/{}", s.item.namespace, s.item.name);
+            if own != key || s.item.name.is_empty() {
+                return Err(format!("it names application {own:?}, not its key"));
+            }
+            Ok(Item::App(s))
+        }
+        Kind::Cluster => {
+            let s: Stored<Cluster> = typed(hash, json)?;
+            if s.item.server != key || key.is_empty() {
+                return Err(format!("it names cluster {:?}, not its key", s.item.server));
+            }
+            Ok(Item::Cluster(s))
+        }
     }
 }
 
-/// A relayed entity: its kind and, unless it is a deletion, the decoded item.
-fn decode(e: &proto::Entity) -> Option<(Kind, Option<Item>)> {
-    let kind = Kind::from_proto(e.kind)?;
+/// A relayed entity's kind and, unless it is a deletion, the decoded item; the error says why
+/// it is refused.
+fn decode(e: &proto::Entity, limits: &EntityLimits) -> Result<(Kind, Option<Item>), String> {
+    let kind = Kind::from_proto(e.kind).ok_or_else(|| format!("unknown entity kind {}", e.kind))?;
     if e.json.is_empty() {
-        return Some((kind, None));
+        return Ok((kind, None));
     }
-    Some((kind, Some(decode_item(kind, &e.hash, &e.json)?)))
+    if e.json.len() > limits.max_entity_bytes {
+        return Err(format!(
+            "its JSON is {} bytes, over the limit of {} (hub flag --max-entity-bytes)",
+            e.json.len(),
+            limits.max_entity_bytes
+        ));
+    }
+    Ok((kind, Some(decode_item(kind, &e.key, &e.hash, &e.json)?)))
 }
 
 impl EntityState {
     /// Loads every gateway's state from the database.
     pub async fn load(db: Store) -> Result<Self, StateError> {
         let mut gateways: HashMap<String, GatewayEntities> = HashMap::new();
+        let mut sizes: HashMap<String, Sizes> = HashMap::new();
         for (gw, tag, key, hash, json) in db.load_entities().await? {
-            let Some(item) = Kind::from_tag(tag).and_then(|kind| decode_item(kind, &hash, &json)) else {
-                tracing::warn!(gateway_id = %gw, key = %key, "skipping an unreadable stored entity");
+            let Some(kind) = Kind::from_tag(tag) else {
+                tracing::warn!(gateway_id = %gw, key = %key, tag, "skipping a stored entity of an unknown kind");
                 continue;
             };
-            gateways.entry(gw).or_default().insert(key, item);
+            let item = match decode_item(kind, &key, &hash, &json) {
+                Ok(item) => item,
+                Err(reason) => {
+                    tracing::warn!(gateway_id = %gw, key = %key, %reason, "skipping an unreadable stored entity");
+                    continue;
+                }
+            };
+            let entry = gateways.entry(gw.clone()).or_default();
+            entry.bytes += json.len();
+            sizes.entry(gw).or_default().insert((kind, key.clone()), json.len());
+            entry.insert(key, item);
         }
         let (changed, _) = watch::channel(0);
         Ok(Self {
             db,
             gateways: RwLock::new(gateways),
+            sizes: RwLock::new(sizes),
             changed,
         })
     }
@@ -177,64 +298,141 @@ impl EntityState {
         self.with(gateway_id, |g| g.and_then(|g| g.apps.get(key)).map(|s| s.item.clone()))
     }
 
-    /// Applies a snapshot chunk; on the last chunk the gateway's state is replaced and the new
-    /// digest returned.
-    pub async fn apply_snapshot(&self, gateway_id: &str, chunk: SnapshotChunk) -> Result<Option<Hash>, StateError> {
-        let entities = {
-            let mut g = self.gateways.write().unwrap_or_else(|e| e.into_inner());
-            let entry = g.entry(gateway_id.to_owned()).or_default();
-            if chunk.index == 0 {
-                entry.pending_snapshot.clear();
-            }
-            entry.pending_snapshot.extend(chunk.entities);
-            if !chunk.last {
-                return Ok(None);
-            }
-            std::mem::take(&mut entry.pending_snapshot)
-        };
+    /// Replaces a gateway's state with a complete snapshot (assembled from its chunks by the
+    /// session); returns the new digest. Entities over the limits or not of the item schema are
+    /// refused one by one (counted, logged and kept on the gateway); the rest is stored.
+    pub async fn apply_snapshot(
+        &self,
+        gateway_id: &str,
+        entities: Vec<proto::Entity>,
+        digest: &[u8],
+        limits: &EntityLimits,
+        refused: &(dyn Fn(&str) + Sync),
+    ) -> Result<Hash, StateError> {
         let mut fresh = GatewayEntities::default();
+        let mut sizes = Sizes::new();
         let mut rows = Vec::with_capacity(entities.len());
-        for e in &entities {
-            match decode(e) {
-                Some((kind, Some(item))) => {
-                    rows.push((kind.tag(), e.key.clone(), e.hash.clone(), Arc::new(e.json.clone())));
+        let mut refusals = vec![];
+        for e in entities {
+            let checked = decode(&e, limits).and_then(|(kind, item)| match item {
+                None => Err("a snapshot carries no deletions".to_owned()),
+                Some(_) if fresh.len() >= limits.max_entities => Err(format!(
+                    "the gateway relays more than {} entities (hub flag --max-entities)",
+                    limits.max_entities
+                )),
+                Some(_) if fresh.bytes + e.json.len() > limits.max_state_bytes => Err(format!(
+                    "the gateway's state is over {} bytes (hub flag --max-state-bytes)",
+                    limits.max_state_bytes
+                )),
+                Some(item) => Ok((kind, item)),
+            });
+            match checked {
+                Ok((kind, item)) => {
+                    fresh.bytes += e.json.len();
+                    sizes.insert((kind, e.key.clone()), e.json.len());
                     fresh.insert(e.key.clone(), item);
+                    rows.push((kind.tag(), e.key, e.hash, Arc::new(e.json)));
                 }
-                _ => tracing::warn!(gateway_id, key = %e.key, "skipping an undecodable entity in a snapshot"),
+                Err(reason) => refusals.push((e.key, reason)),
             }
         }
         let new_digest = fresh.digest();
-        if !chunk.digest.is_empty() && chunk.digest != new_digest {
+        if !digest.is_empty() && digest != new_digest && refusals.is_empty() {
             tracing::warn!(gateway_id, "snapshot digest mismatch; keeping what was received");
         }
+        let count = rows.len();
         self.db
             .write_entities(gateway_id.to_owned(), true, rows, vec![])
             .await?;
-        self.gateways
+        {
+            let mut g = self.gateways.write().unwrap_or_else(|e| e.into_inner());
+            // Refusals seen before stay visible.
+            fresh.refused = g.get(gateway_id).map(|old| old.refused.clone()).unwrap_or_default();
+            for (key, reason) in refusals {
+                tracing::warn!(gateway_id, key = %key, %reason, "refused an entity of a snapshot");
+                refused(&reason);
+                fresh.refused.record(&key, reason);
+            }
+            g.insert(gateway_id.to_owned(), fresh);
+        }
+        self.sizes
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(gateway_id.to_owned(), fresh);
-        tracing::info!(gateway_id, entities = entities.len(), "applied a state snapshot");
+            .insert(gateway_id.to_owned(), sizes);
+        tracing::info!(gateway_id, entities = count, "applied a state snapshot");
         self.bump();
-        Ok(Some(new_digest))
+        Ok(new_digest)
     }
 
-    /// Applies upserts and deletions; returns the new digest.
-    pub async fn apply_delta(&self, gateway_id: &str, delta: Delta) -> Result<Hash, StateError> {
+    /// Applies upserts and deletions; returns the new digest. Refused entities (limits,
+    /// invalid items) keep their previous state and are recorded on the gateway.
+    pub async fn apply_delta(
+        &self,
+        gateway_id: &str,
+        delta: Delta,
+        limits: &EntityLimits,
+        refused: &(dyn Fn(&str) + Sync),
+    ) -> Result<Hash, StateError> {
         let mut upserts = vec![];
         let mut deletes = vec![];
         let mut decoded = vec![];
-        for e in &delta.entities {
-            match decode(e) {
-                Some((kind, Some(item))) => {
-                    upserts.push((kind.tag(), e.key.clone(), e.hash.clone(), Arc::new(e.json.clone())));
-                    decoded.push((kind, e.key.clone(), Some(item)));
+        let mut refusals = vec![];
+        {
+            let g = self.gateways.read().unwrap_or_else(|e| e.into_inner());
+            let sizes = self.sizes.read().unwrap_or_else(|e| e.into_inner());
+            let current = g.get(gateway_id);
+            let sizes = sizes.get(gateway_id);
+            let mut count = current.map(GatewayEntities::len).unwrap_or(0);
+            let mut bytes = current.map(|c| c.bytes).unwrap_or(0);
+            for e in delta.entities {
+                let (kind, item) = match decode(&e, limits) {
+                    Ok(d) => d,
+                    Err(reason) => {
+                        refusals.push((e.key, reason));
+                        continue;
+                    }
+                };
+                let old = sizes.and_then(|s| s.get(&(kind, e.key.clone()))).copied();
+                let exists = current.is_some_and(|c| c.contains(kind, &e.key));
+                match item {
+                    None => {
+                        bytes = bytes.saturating_sub(old.unwrap_or(0));
+                        if exists {
+                            count -= 1;
+                        }
+                        deletes.push((kind.tag(), e.key.clone()));
+                        decoded.push((kind, e.key, None, 0));
+                    }
+                    Some(item) => {
+                        let new_count = count + usize::from(!exists);
+                        let new_bytes = bytes.saturating_sub(old.unwrap_or(0)) + e.json.len();
+                        if new_count > limits.max_entities {
+                            refusals.push((
+                                e.key,
+                                format!(
+                                    "the gateway relays more than {} entities (hub flag --max-entities)",
+                                    limits.max_entities
+                                ),
+                            ));
+                            continue;
+                        }
+                        if new_bytes > limits.max_state_bytes {
+                            refusals.push((
+                                e.key,
+                                format!(
+                                    "the gateway's state would exceed {} bytes (hub flag --max-state-bytes)",
+                                    limits.max_state_bytes
+                                ),
+                            ));
+                            continue;
+                        }
+                        count = new_count;
+                        bytes = new_bytes;
+                        let size = e.json.len();
+                        upserts.push((kind.tag(), e.key.clone(), e.hash, Arc::new(e.json)));
+                        decoded.push((kind, e.key, Some(item), size));
+                    }
                 }
-                Some((kind, None)) => {
-                    deletes.push((kind.tag(), e.key.clone()));
-                    decoded.push((kind, e.key.clone(), None));
-                }
-                None => tracing::warn!(gateway_id, key = %e.key, "skipping an undecodable entity in a delta"),
             }
         }
         self.db
@@ -242,12 +440,26 @@ impl EntityState {
             .await?;
         let new_digest = {
             let mut g = self.gateways.write().unwrap_or_else(|e| e.into_inner());
+            let mut all_sizes = self.sizes.write().unwrap_or_else(|e| e.into_inner());
             let entry = g.entry(gateway_id.to_owned()).or_default();
-            for (kind, key, item) in decoded {
-                match item {
-                    Some(item) => entry.insert(key, item),
-                    None => entry.remove(kind, &key),
-                }
+            let sizes = all_sizes.entry(gateway_id.to_owned()).or_default();
+            for (kind, key, item, size) in decoded {
+                let old = match item {
+                    Some(item) => {
+                        entry.insert(key.clone(), item);
+                        sizes.insert((kind, key), size)
+                    }
+                    None => {
+                        entry.remove(kind, &key);
+                        sizes.remove(&(kind, key))
+                    }
+                };
+                entry.bytes = entry.bytes.saturating_sub(old.unwrap_or(0)) + size;
+            }
+            for (key, reason) in refusals {
+                tracing::warn!(gateway_id, key = %key, %reason, "refused an entity of a delta");
+                refused(&reason);
+                entry.refused.record(&key, reason);
             }
             entry.digest()
         };
@@ -261,6 +473,7 @@ impl EntityState {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(gateway_id);
+        self.sizes.write().unwrap_or_else(|e| e.into_inner()).remove(gateway_id);
         self.bump();
     }
 }

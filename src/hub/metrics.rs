@@ -1,6 +1,16 @@
 //! The hub's own Prometheus metrics (served on its HTTP `/metrics` with the build info).
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::wire::proto::{GatewayMessage, gateway_message};
+
+/// Labels naming why something was refused.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason.
+    pub reason: String,
+}
 
 /// Labels naming a message or request kind.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -19,6 +29,14 @@ pub struct HubMetrics {
     /// Requests to gateways, seconds, by kind.
     pub request_seconds:
         prometheus_client::metrics::family::Family<KindLabel, prometheus_client::metrics::histogram::Histogram>,
+    /// gRPC connections closed before they spoke HTTP/2, by reason.
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    /// HTTP connections closed at once because too many were open.
+    pub http_connections_refused: Counter,
+    /// Session opens and calls refused, by reason (overloaded, copied identity, …).
+    pub sessions_refused: Family<ReasonLabel, Counter>,
+    /// Relayed entities refused, by reason (limits, invalid JSON).
+    pub entities_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Default for HubMetrics {
@@ -31,6 +49,10 @@ impl Default for HubMetrics {
                     prometheus_client::metrics::histogram::exponential_buckets(0.002, 2.0, 14),
                 )
             }),
+            connections_refused: Default::default(),
+            http_connections_refused: Default::default(),
+            sessions_refused: Default::default(),
+            entities_refused: Default::default(),
         }
     }
 }
@@ -54,6 +76,33 @@ impl HubMetrics {
             prometheus_client::registry::Unit::Seconds,
             self.request_seconds.clone(),
         );
+        r.register(
+            "argocd_gateway_hub_connections_refused",
+            "gRPC connections closed before speaking HTTP/2, by reason",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "argocd_gateway_hub_http_connections_refused",
+            "HTTP connections closed because too many were open",
+            self.http_connections_refused.clone(),
+        );
+        r.register(
+            "argocd_gateway_hub_sessions_refused",
+            "Gateway session opens refused, by reason",
+            self.sessions_refused.clone(),
+        );
+        r.register(
+            "argocd_gateway_hub_entities_refused",
+            "Relayed entities refused, by reason",
+            self.entities_refused.clone(),
+        );
+    }
+
+    /// Counts a refused session open.
+    pub fn session_refused(&self, reason: &str) {
+        self.sessions_refused
+            .get_or_create(&ReasonLabel { reason: reason.into() })
+            .inc();
     }
 }
 

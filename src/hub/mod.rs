@@ -4,7 +4,8 @@
 //! shared helpers, never a gateway part.
 //!
 //! Files, in the order a request meets them:
-//! - [`server`]: `hub serve` — data directory, listeners, services, shutdown;
+//! - [`server`]: `hub serve` — data directory, listeners, services, shutdown; [`listen`]: the
+//!   gRPC listener's TLS and its deadlines; [`limits`]: resource bounds;
 //! - [`state`]: what the services share; [`pki`]: the data directory's CA, certificate and admin
 //!   token; [`store`]: SQLite;
 //! - [`auth`]: authenticating a gateway's call; [`registration`] and [`tunnel`]: the two gRPC
@@ -20,6 +21,8 @@ pub mod cli;
 pub mod client;
 pub mod entities;
 pub mod health;
+pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod pki;
 pub mod registration;

@@ -89,6 +89,7 @@ impl Registration for RegistrationService {
                         gateway_id: gid,
                         public_key: info.public_key.clone(),
                         not_after: info.not_after.as_second(),
+                        retire_after: None,
                     },
                 })
             })
@@ -126,12 +127,16 @@ impl Registration for RegistrationService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.state
             .store
-            .add_certificate(CertRecord {
-                fingerprint: issued.info.fingerprint.hex().to_owned(),
-                gateway_id: gateway_id.clone(),
-                public_key: issued.info.public_key.clone(),
-                not_after: issued.info.not_after.as_second(),
-            })
+            .add_certificate(
+                CertRecord {
+                    fingerprint: issued.info.fingerprint.hex().to_owned(),
+                    gateway_id: gateway_id.clone(),
+                    public_key: issued.info.public_key.clone(),
+                    not_after: issued.info.not_after.as_second(),
+                    retire_after: None,
+                },
+                jiff::Timestamp::now().as_second() + self.state.renewal_grace.as_secs() as i64,
+            )
             .await
             .map_err(HubState::internal)?;
         tracing::info!(gateway_id = %gateway_id, not_after = %issued.info.not_after, "renewed a gateway certificate");

@@ -54,6 +54,9 @@ pub enum RequestFailure {
     /// The gateway does not support this request.
     #[error("unsupported by the gateway: {0}")]
     Unsupported(String),
+    /// The answer is larger than the hub or the gateway accepts.
+    #[error("the answer is too large: {0}")]
+    TooLarge(String),
     /// The gateway's answer is not JSON.
     #[error("the gateway answered invalid JSON: {0}")]
     BadAnswer(#[source] std::sync::Arc<serde_json::Error>),
@@ -75,26 +78,31 @@ impl RequestFailure {
             Code::Timeout => Self::Unavailable(format!("timed out: {}", e.message)),
             Code::Invalid => Self::Invalid(e.message),
             Code::Unsupported => Self::Unsupported(e.message),
+            Code::TooLarge => Self::TooLarge(e.message),
             Code::Internal | Code::Unspecified => Self::Internal(e.message),
         }
     }
+}
+
+/// A request awaiting its answer, and the pieces of the answer so far.
+#[derive(Debug)]
+struct Pending {
+    done: oneshot::Sender<Response>,
+    pieces: Vec<u8>,
 }
 
 /// Pending requests of one session.
 #[derive(Debug)]
 pub struct Broker {
     next_id: AtomicU64,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
+    pending: Mutex<HashMap<u64, Pending>>,
     permits: Semaphore,
+    max_answer_bytes: usize,
 }
 
 impl Default for Broker {
     fn default() -> Self {
-        Self {
-            next_id: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
-            permits: Semaphore::new(MAX_CONCURRENT),
-        }
+        Self::new(64 * 1024 * 1024)
     }
 }
 
@@ -112,7 +120,31 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+fn too_large(id: u64, limit: usize) -> Response {
+    Response {
+        id,
+        result: Some(response::Result::Error(proto::RequestError {
+            code: request_error::Code::TooLarge as i32,
+            message: format!(
+                "the gateway's answer exceeds the hub's limit of {limit} bytes (hub flag --max-answer-bytes)"
+            ),
+            missing_policy: String::new(),
+        })),
+        more: false,
+    }
+}
+
 impl Broker {
+    /// A broker that assembles answers of at most `max_answer_bytes`.
+    pub fn new(max_answer_bytes: usize) -> Self {
+        Self {
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            permits: Semaphore::new(MAX_CONCURRENT),
+            max_answer_bytes,
+        }
+    }
+
     /// Sends a request on `tx` and waits for its answer until `deadline`.
     pub async fn call(
         &self,
@@ -131,7 +163,7 @@ impl Broker {
             self.pending
                 .lock()
                 .map_err(|_| RequestFailure::Internal("lock".into()))?
-                .insert(id, done);
+                .insert(id, Pending { done, pieces: vec![] });
             let _guard = PendingGuard { broker: self, id };
             let request = Request {
                 id,
@@ -159,11 +191,40 @@ impl Broker {
             .unwrap_or(Err(RequestFailure::Timeout(deadline)))
     }
 
-    /// Routes an answer to its waiting caller (late answers are dropped).
+    /// Routes an answer, or a piece of one, to its waiting caller (late answers are dropped).
+    /// Pieces are concatenated up to the limit; past it the caller gets a typed error.
     pub fn complete(&self, response: Response) {
-        let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&response.id));
-        if let Some(w) = waiter {
-            let _ = w.send(response);
+        let Ok(mut pending) = self.pending.lock() else { return };
+        let id = response.id;
+        let Some(entry) = pending.get_mut(&id) else { return };
+        let piece = match &response.result {
+            Some(response::Result::Json(bytes)) => Some(bytes),
+            _ => None,
+        };
+        if let Some(bytes) = piece
+            && (response.more || !entry.pieces.is_empty())
+        {
+            if entry.pieces.len() + bytes.len() > self.max_answer_bytes {
+                if let Some(p) = pending.remove(&id) {
+                    let _ = p.done.send(too_large(id, self.max_answer_bytes));
+                }
+                return;
+            }
+            entry.pieces.extend_from_slice(bytes);
+            if response.more {
+                return;
+            }
+            if let Some(p) = pending.remove(&id) {
+                let _ = p.done.send(Response {
+                    id,
+                    result: Some(response::Result::Json(p.pieces)),
+                    more: false,
+                });
+            }
+            return;
+        }
+        if let Some(p) = pending.remove(&id) {
+            let _ = p.done.send(response);
         }
     }
 

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use super::limits::Limits;
 use super::registration::RegistrationService;
 use super::state::HubState;
 use super::tunnel::TunnelService;
-use super::{api, entities, pki, store};
+use super::{api, entities, listen, pki, store};
 use crate::shutdown::{TaskFailure, Tree};
+use crate::wire::codes::MAX_DECODED_MESSAGE_BYTES;
 use crate::wire::proto::{
     Drain, HubMessage, hub_message, registration_server::RegistrationServer, tunnel_server::TunnelServer,
 };
@@ -38,6 +40,16 @@ pub struct ServeArgs {
     /// hub; gateways then authenticate by their signed assertion alone.
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_PLAINTEXT")]
     pub plaintext: bool,
+    /// With TLS: also accept gateways that present no client certificate, authenticated by
+    /// their signed assertion alone — for a proxy that terminates TLS and re-encrypts to the
+    /// hub. The trade: an assertion captured in transit can be used once, within its five
+    /// minutes, without the gateway's certificate.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_ASSERTION_ONLY")]
+    pub assertion_only: bool,
+    /// How long a certificate replaced by a renewal is still accepted (streams opened with it
+    /// just before the renewal finish; a copy of the old identity stops working).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_RENEWAL_GRACE", default_value = "10m", value_parser = crate::util::parse_duration)]
+    pub renewal_grace: Duration,
     /// Lifetime of gateway client certificates.
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_CLIENT_CERT_TTL", default_value = "30d", value_parser = crate::util::parse_duration)]
     pub client_cert_ttl: Duration,
@@ -55,6 +67,29 @@ pub struct ServeArgs {
         default_value = "./charts/argocd-gateway"
     )]
     pub helm_chart: String,
+    /// Resource bounds.
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Parses `serve` flags from arguments, as the command line would.
+#[derive(clap::Parser)]
+struct ServeCli {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+impl ServeArgs {
+    /// The defaults of every flag, with the data directory given (for embedding the hub: the
+    /// demo, tests and benchmarks).
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        use clap::Parser;
+        let mut args = ServeCli::try_parse_from(["serve"])
+            .map(|c| c.args)
+            .unwrap_or_else(|e| unreachable!("the serve flags' defaults parse: {e}"));
+        args.data_dir = data_dir.into();
+        args
+    }
 }
 
 /// Errors starting the hub.
@@ -94,7 +129,7 @@ pub enum HubError {
     },
     /// The gRPC listener's TLS could not be set up from the data directory's certificate.
     #[error("cannot set up TLS for the gRPC listener: {0} (flag --data-dir holds server.pem and server-key.pem)")]
-    Tls(#[source] tonic::transport::Error),
+    Tls(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A running hub.
@@ -163,7 +198,12 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
             dir: args.data_dir.clone(),
             source,
         })?;
-    let state = Arc::new(HubState::new(store, pki.ca, args.client_cert_ttl, Arc::new(entities)));
+    let mut state = HubState::new(store, pki.ca, args.client_cert_ttl, Arc::new(entities));
+    state.require_client_cert = !args.plaintext && !args.assertion_only;
+    state.renewal_grace = args.renewal_grace;
+    state.limits = args.limits.clone();
+    state.opens = tokio::sync::Semaphore::new(args.limits.max_concurrent_opens.max(1));
+    let state = Arc::new(state);
     let tree = Tree::new();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -171,31 +211,44 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
     health_reporter
         .set_serving::<RegistrationServer<RegistrationService>>()
         .await;
-    let mut builder = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-    if !args.plaintext {
-        let tls = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(
-                &pki.server_chain_pem,
-                pki.server_key_pem.expose(),
-            ))
-            .client_ca_root(tonic::transport::Certificate::from_pem(&ca_pem))
-            .client_auth_optional(true)
-            .timeout(Duration::from_secs(10));
-        builder = builder.tls_config(tls).map_err(HubError::Tls)?;
-    }
-    let router = builder
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
-        .add_service(RegistrationServer::new(RegistrationService { state: state.clone() }))
-        .add_service(TunnelServer::new(TunnelService { state: state.clone() }));
-    let incoming = tree.guard("hub gRPC listener", grpc_listener).into_stream();
+        .add_service(
+            RegistrationServer::new(RegistrationService { state: state.clone() })
+                .max_decoding_message_size(MAX_DECODED_MESSAGE_BYTES),
+        )
+        .add_service(
+            TunnelServer::new(TunnelService { state: state.clone() })
+                .max_decoding_message_size(MAX_DECODED_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_DECODED_MESSAGE_BYTES),
+        );
     let grpc_stop = tree.token().clone();
-    tree.spawn_critical("hub gRPC server", async move {
-        router
-            .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
-            .await
-    });
+    let metrics = state.metrics.clone();
+    if args.plaintext {
+        let incoming = listen::plaintext(&tree, grpc_listener, &args.limits, metrics);
+        tree.spawn_critical("hub gRPC server", async move {
+            router
+                .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
+                .await
+        });
+    } else {
+        let config = server_tls(&pki.server_chain_pem, pki.server_key_pem.expose(), &ca_pem)?;
+        let incoming = listen::tls(
+            &tree,
+            grpc_listener,
+            &args.limits,
+            metrics,
+            config,
+            state.require_client_cert,
+        );
+        tree.spawn_critical("hub gRPC server", async move {
+            router
+                .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
+                .await
+        });
+    }
 
     let host = if args.hostnames.is_empty() {
         "localhost".to_owned()
@@ -226,13 +279,18 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
         Ok::<(), std::convert::Infallible>(())
     });
     let app = api::router(api_state);
-    let http_listener = tree.guard("hub HTTP listener", http_listener);
-    let http_stop = tree.token().clone();
-    tree.spawn_critical("hub HTTP server", async move {
-        axum::serve(http_listener, app)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await
-    });
+    crate::serve::spawn_http(
+        &tree,
+        "hub HTTP",
+        http_listener,
+        app,
+        crate::serve::HttpLimits {
+            max_connections: args.limits.max_http_connections,
+            header_timeout: args.limits.http_header_timeout,
+            ..Default::default()
+        },
+        state.metrics.http_connections_refused.clone(),
+    );
     tracing::info!(
         grpc = %grpc_addr,
         http = %http_addr,
@@ -287,4 +345,30 @@ impl Hub {
             tracing::warn!("some hub tasks did not stop within 5 s");
         }
     }
+}
+
+/// The gRPC listener's TLS: the hub's server certificate, HTTP/2 only, and client
+/// certificates from the hub CA requested but not demanded (registration has none yet; the
+/// services require one where it matters, see `auth`).
+fn server_tls(chain_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Arc<rustls::ServerConfig>, HubError> {
+    let tls = |e: Box<dyn std::error::Error + Send + Sync>| HubError::Tls(e);
+    let provider = crate::tls::provider();
+    let chain = crate::tls::parse_certs_pem(chain_pem.as_bytes(), "server certificate").map_err(|e| tls(e.into()))?;
+    let key = crate::tls::parse_key_pem(key_pem.as_bytes(), "server key").map_err(|e| tls(e.into()))?;
+    let ca = crate::tls::parse_certs_pem(ca_pem.as_bytes(), "hub CA").map_err(|e| tls(e.into()))?;
+    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(crate::tls::root_store(&ca)),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| tls(e.into()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.into()))?
+        .with_client_cert_verifier(clients)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls(e.into()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }

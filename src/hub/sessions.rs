@@ -28,6 +28,8 @@ pub struct LiveSession {
     pub broker: Arc<super::requests::Broker>,
     /// Last keepalive round trip seen from the gateway's pings, milliseconds.
     pub rtt_ms: Arc<std::sync::atomic::AtomicI64>,
+    /// Where this copy of the identity runs (empty from older gateways).
+    pub instance: String,
 }
 
 /// The registry of live sessions.

@@ -1,8 +1,7 @@
 //! The state the hub's services share: the database, the issuing CA, the live sessions, the
 //! relayed entities, the last health checks, the assertion replay guard and the session tasks.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
@@ -10,6 +9,7 @@ use tonic::Status;
 
 use super::entities::EntityState;
 use super::health::HealthResults;
+use super::limits::Limits;
 use super::metrics::HubMetrics;
 use super::sessions::Sessions;
 use super::store::Store;
@@ -31,8 +31,15 @@ pub struct HubState {
     pub client_cert_ttl: Duration,
     /// Last health check result per gateway.
     pub health: HealthResults,
-    /// Seen assertion nonces and their expiry.
-    pub(super) replay: Mutex<HashMap<String, i64>>,
+    /// Whether gateways must present their client certificate (the hub terminates TLS and
+    /// `--assertion-only` is not set).
+    pub require_client_cert: bool,
+    /// How long a certificate replaced by a renewal stays accepted.
+    pub renewal_grace: Duration,
+    /// Resource bounds.
+    pub limits: Limits,
+    /// Session opens in progress (bounded by `--max-concurrent-opens`).
+    pub opens: tokio::sync::Semaphore,
     /// Session reader tasks.
     pub tasks: TaskTracker,
 }
@@ -48,7 +55,10 @@ impl HubState {
             entities,
             client_cert_ttl,
             health: HealthResults::default(),
-            replay: Mutex::new(HashMap::new()),
+            require_client_cert: false,
+            renewal_grace: Duration::from_secs(600),
+            limits: Limits::default(),
+            opens: tokio::sync::Semaphore::new(Limits::default().max_concurrent_opens),
             tasks: TaskTracker::new(),
         }
     }

@@ -22,6 +22,14 @@ pub enum StoreError {
     /// Stored JSON is unreadable.
     #[error("hub database holds invalid data: {0}")]
     Corrupt(String),
+    /// The database file's permissions could not be set.
+    #[error("cannot create or protect {path}: {source}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// Outcome of trying to consume a registration token.
@@ -99,6 +107,8 @@ pub struct CertRecord {
     pub public_key: Vec<u8>,
     /// Expiry, Unix seconds.
     pub not_after: i64,
+    /// After a renewal replaced it: when it stops being accepted, Unix seconds.
+    pub retire_after: Option<i64>,
 }
 
 /// A new gateway and its first certificate.
@@ -163,6 +173,18 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 ";
 
+/// Schema changes after the first release, applied in order by `PRAGMA user_version`, so an
+/// existing database gains them on start.
+const MIGRATIONS: &[&str] = &[
+    // 1: renewal retires the previous certificate; assertion nonces survive restarts.
+    "ALTER TABLE certificates ADD COLUMN retire_after INTEGER;
+     CREATE TABLE IF NOT EXISTS assertion_nonces (
+         jti TEXT PRIMARY KEY,
+         expires_at INTEGER NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS assertion_nonces_expiry ON assertion_nonces(expires_at);",
+];
+
 /// An entity to write: kind tag, key, content hash, JSON.
 pub type EntityUpsert = (u8, String, Vec<u8>, Arc<Vec<u8>>);
 
@@ -197,11 +219,23 @@ fn gateway_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GatewayRecord> {
 const GATEWAY_COLUMNS: &str = "id, name, environments, argocd_web_url, created_at, last_seen_at, version, protocol_version, certificate_expires_at";
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`, readable by this user only: it
+    /// holds gateway records and token hashes.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        private_file(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&mut conn)?;
+        // SQLite gives the journal files the database's mode; older hubs made 0644 files.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if p.exists() {
+                private_file(&p)?;
+            }
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -310,10 +344,16 @@ impl Store {
         .await
     }
 
-    /// Records a renewed certificate.
-    pub async fn add_certificate(&self, cert: CertRecord) -> Result<(), StoreError> {
+    /// Records a renewed certificate and retires every earlier one of the gateway at
+    /// `retire_after` (a grace for streams opened with it), so a copy of the identity saved
+    /// before the renewal stops working.
+    pub async fn add_certificate(&self, cert: CertRecord, retire_after: i64) -> Result<(), StoreError> {
         self.call(move |c| {
             let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE certificates SET retire_after = ?3 WHERE gateway_id = ?1 AND fingerprint != ?2 AND (retire_after IS NULL OR retire_after > ?3)",
+                params![cert.gateway_id, cert.fingerprint, retire_after],
+            )?;
             insert_cert(&tx, &cert)?;
             tx.execute(
                 "UPDATE gateways SET certificate_expires_at = max(coalesce(certificate_expires_at, 0), ?2) WHERE id = ?1",
@@ -331,7 +371,7 @@ impl Store {
     pub async fn certificate(&self, fingerprint: String) -> Result<Option<CertRecord>, StoreError> {
         self.call(move |c| {
             Ok(c.query_row(
-                "SELECT fingerprint, gateway_id, public_key, not_after FROM certificates WHERE fingerprint = ?1",
+                "SELECT fingerprint, gateway_id, public_key, not_after, retire_after FROM certificates WHERE fingerprint = ?1",
                 params![fingerprint],
                 |r| {
                     Ok(CertRecord {
@@ -339,6 +379,7 @@ impl Store {
                         gateway_id: r.get(1)?,
                         public_key: r.get(2)?,
                         not_after: r.get(3)?,
+                        retire_after: r.get(4)?,
                     })
                 },
             )
@@ -472,8 +513,58 @@ impl Store {
 
 fn insert_cert(c: &Connection, cert: &CertRecord) -> Result<(), StoreError> {
     c.execute(
-        "INSERT OR REPLACE INTO certificates (fingerprint, gateway_id, public_key, not_after) VALUES (?1, ?2, ?3, ?4)",
-        params![cert.fingerprint, cert.gateway_id, cert.public_key, cert.not_after],
+        "INSERT OR REPLACE INTO certificates (fingerprint, gateway_id, public_key, not_after, retire_after) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![cert.fingerprint, cert.gateway_id, cert.public_key, cert.not_after, cert.retire_after],
     )?;
     Ok(())
+}
+
+/// Applies the migrations the database has not seen yet, each in its own transaction.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let done: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done.max(0) as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Creates `path` with mode 0600 if it is missing, and sets 0600 if it exists.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::File {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Records an assertion's nonce until it expires; false when it was seen before (a replay),
+    /// also across hub restarts. Expired nonces are forgotten on the way.
+    pub async fn use_nonce(&self, jti: String, expires_at: i64, now: i64) -> Result<bool, StoreError> {
+        self.call(move |c| {
+            c.execute("DELETE FROM assertion_nonces WHERE expires_at < ?1", params![now])?;
+            let inserted = c.execute(
+                "INSERT OR IGNORE INTO assertion_nonces (jti, expires_at) VALUES (?1, ?2)",
+                params![jti, expires_at],
+            )?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
 }

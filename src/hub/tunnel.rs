@@ -1,6 +1,10 @@
 //! The tunnel gRPC service: each gateway's one long-lived stream. Hello and welcome (with the
-//! state digest), takeover of an older session, the hub's pings, and the reader that applies
-//! relayed snapshots and deltas, acknowledges them, and routes answers to waiting requests.
+//! state digest and the hub's capabilities), takeover of an older session of the same instance
+//! and refusal of a copied identity, the hub's pings, and the reader that assembles snapshots,
+//! applies relayed state, acknowledges it, and routes answers to waiting requests.
+//!
+//! A session ends whole: whichever side ends it, the reader stops, the outbound half closes with
+//! a status that says why, and the gateway learns it at once; the reason is logged at warn.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -11,13 +15,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::metrics::{KindLabel, message_kind};
+use super::entities::EntityLimits;
+use super::metrics::{KindLabel, ReasonLabel, message_kind};
 use super::sessions::{LiveSession, close_with};
 use super::state::HubState;
 use crate::wire::assertion::Purpose;
+use crate::wire::codes::CAP_CHUNKED_ANSWERS;
 use crate::wire::proto::tunnel_server::Tunnel;
 use crate::wire::proto::{
-    Ack, GatewayMessage, HubMessage, Pong, Rejected, Welcome, gateway_message, hub_message, rejected,
+    self, Ack, GatewayMessage, HubMessage, Pong, Rejected, SnapshotChunk, Welcome, gateway_message, hub_message,
+    rejected,
 };
 use crate::wire::{self};
 
@@ -38,6 +45,7 @@ fn rejection(reason: rejected::Reason, message: String) -> hub_message::Body {
     hub_message::Body::Rejected(Rejected {
         reason: reason as i32,
         message,
+        retry_after_ms: 0,
     })
 }
 
@@ -47,11 +55,37 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often, at most, the last-seen time is written to the database.
 const SEEN_PERSIST_INTERVAL: i64 = 30;
 
+/// What this hub can do beyond the protocol version, told to every gateway in the welcome.
+fn capabilities() -> Vec<String> {
+    vec![CAP_CHUNKED_ANSWERS.to_owned()]
+}
+
+/// The message a gateway gets when another instance holds its identity.
+fn copied_message(gateway_id: &str) -> String {
+    format!(
+        "gateway {gateway_id} is already connected from another instance: this identity was copied (for example its Secret was copied to another cluster). Each Argo CD needs its own registration: delete the copied identity Secret there, create a token with `argocd-gateway hub token create` and install with it (Helm registration.token)"
+    )
+}
+
 #[tonic::async_trait]
 impl Tunnel for TunnelService {
     type OpenStream = ReceiverStream<Result<HubMessage, Status>>;
 
     async fn open(&self, request: Request<Streaming<GatewayMessage>>) -> Result<Response<Self::OpenStream>, Status> {
+        // A reconnecting herd (after a hub restart) is admitted a bounded number at a time; the
+        // rest are told when to come back, spread out so they do not return together.
+        let Ok(_opening) = self.state.opens.try_acquire() else {
+            self.state.metrics.session_refused("overloaded");
+            let wait = crate::util::jitter(Duration::from_millis(500), Duration::from_millis(3000));
+            let mut status = wire::ErrorCode::Overloaded.status(
+                tonic::Code::Unavailable,
+                "the hub is accepting many sessions at once; come back shortly",
+            );
+            if let Ok(v) = wait.as_millis().to_string().parse() {
+                status.metadata_mut().insert(wire::codes::RETRY_AFTER_KEY, v);
+            }
+            return Err(status);
+        };
         let gateway_id = self.state.authenticate(&request, Purpose::Tunnel).await?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
@@ -61,6 +95,7 @@ impl Tunnel for TunnelService {
                 body: Some(gateway_message::Body::Hello(h)),
             }))) => h,
             _ => {
+                self.state.metrics.session_refused("bad_hello");
                 let _ = tx.try_send(msg(rejection(
                     rejected::Reason::BadHello,
                     "the first message must be a hello".into(),
@@ -73,6 +108,7 @@ impl Tunnel for TunnelService {
                 "hello names gateway {} but the credentials belong to {gateway_id}",
                 hello.gateway_id
             );
+            self.state.metrics.session_refused("bad_hello");
             let _ = tx.try_send(msg(rejection(rejected::Reason::BadHello, text)));
             return Ok(reply);
         }
@@ -91,7 +127,25 @@ impl Tunnel for TunnelService {
                 wire::PROTOCOL_VERSION
             );
             tracing::warn!(gateway_id = %gateway_id, protocol_version = hello.protocol_version, "refused a gateway with an unsupported protocol version");
+            self.state.metrics.session_refused("unsupported_protocol");
             let _ = tx.try_send(msg(rejection(rejected::Reason::UnsupportedProtocol, text)));
+            return Ok(reply);
+        }
+        // Replicas of one gateway share its identity and its instance (they take over from
+        // each other); another instance with the same identity is a copy and is refused while
+        // the first is connected, so the two never replace each other back and forth.
+        if let Some(live) = self.state.sessions.get(&gateway_id)
+            && !live.instance.is_empty()
+            && !hello.instance.is_empty()
+            && live.instance != hello.instance
+            && !live.cancel.is_cancelled()
+        {
+            tracing::warn!(gateway_id = %gateway_id, "refused a second instance of a connected gateway: its identity was copied");
+            self.state.metrics.session_refused("identity_copied");
+            let _ = tx.try_send(msg(rejection(
+                rejected::Reason::IdentityCopied,
+                copied_message(&gateway_id),
+            )));
             return Ok(reply);
         }
         let now = jiff::Timestamp::now().as_second();
@@ -102,8 +156,9 @@ impl Tunnel for TunnelService {
             version: hello.gateway_version.clone(),
             protocol_version: hello.protocol_version,
             last_seen: Arc::new(AtomicI64::new(now)),
-            broker: Arc::new(super::requests::Broker::default()),
+            broker: Arc::new(super::requests::Broker::new(self.state.limits.max_answer_bytes)),
             rtt_ms: Arc::new(AtomicI64::new(-1)),
+            instance: hello.instance.clone(),
         };
         if let Some(old) = self.state.sessions.insert(&gateway_id, session.clone()) {
             tracing::info!(gateway_id = %gateway_id, old_session = %old.session_id, "a new session replaces the old one");
@@ -135,6 +190,7 @@ impl Tunnel for TunnelService {
             protocol_version: hello.protocol_version,
             hub_version: crate::VERSION.to_owned(),
             state_digest: self.state.entities.digest(&gateway_id).to_vec(),
+            capabilities: capabilities(),
         };
         let _ = tx.try_send(msg(hub_message::Body::Welcome(welcome)));
         tracing::info!(gateway_id = %gateway_id, session_id = %session.session_id, version = %hello.gateway_version, "gateway connected");
@@ -173,7 +229,70 @@ async fn measure_round_trips(session: LiveSession) {
     }
 }
 
-/// Reads a gateway's messages until it leaves, is revoked, replaced, or the hub drains.
+/// A snapshot arriving in chunks. It belongs to its session: a session that ends mid-snapshot
+/// takes the chunks with it, and its size is bounded by the gateway state limits.
+#[derive(Default)]
+struct Assembly {
+    entities: Vec<proto::Entity>,
+    bytes: usize,
+    next_index: u32,
+}
+
+impl Assembly {
+    /// Adds a chunk; returns the complete snapshot on its last chunk, or why it is refused.
+    fn add(
+        &mut self,
+        chunk: SnapshotChunk,
+        limits: &EntityLimits,
+    ) -> Result<Option<(Vec<proto::Entity>, Vec<u8>)>, String> {
+        if chunk.index == 0 {
+            *self = Self::default();
+        } else if chunk.index != self.next_index {
+            return Err(format!(
+                "snapshot chunk {} arrived after chunk {}",
+                chunk.index,
+                self.next_index.saturating_sub(1)
+            ));
+        }
+        self.next_index = chunk.index.saturating_add(1);
+        self.bytes += chunk.entities.iter().map(|e| e.json.len() + e.key.len()).sum::<usize>();
+        if self.bytes > limits.max_state_bytes {
+            return Err(format!(
+                "a snapshot over {} bytes (hub flag --max-state-bytes)",
+                limits.max_state_bytes
+            ));
+        }
+        if self.entities.len() + chunk.entities.len() > limits.max_entities.saturating_mul(2) {
+            return Err(format!(
+                "a snapshot of more than {} entities (hub flag --max-entities)",
+                limits.max_entities
+            ));
+        }
+        self.entities.extend(chunk.entities);
+        if !chunk.last {
+            return Ok(None);
+        }
+        let entities = std::mem::take(&mut self.entities);
+        *self = Self::default();
+        Ok(Some((entities, chunk.digest)))
+    }
+}
+
+/// The metric label of an entity refusal.
+fn refusal_label(reason: &str) -> &'static str {
+    if reason.contains("--max-entity-bytes") {
+        "entity_too_large"
+    } else if reason.contains("--max-entities") {
+        "too_many_entities"
+    } else if reason.contains("--max-state-bytes") {
+        "state_too_large"
+    } else {
+        "invalid"
+    }
+}
+
+/// Reads a gateway's messages until it leaves, is revoked, replaced, the hub drains, or the
+/// stream fails; then ends the session on both sides.
 async fn read_session(
     state: Arc<HubState>,
     gateway_id: String,
@@ -182,18 +301,28 @@ async fn read_session(
     mut inbound: Streaming<GatewayMessage>,
 ) {
     let mut persisted_seen = session.last_seen.load(Ordering::Relaxed);
-    let reason = loop {
+    let limits = EntityLimits::from(&state.limits);
+    let mut snapshot = Assembly::default();
+    let refused = |reason: &str| {
+        state
+            .metrics
+            .entities_refused
+            .get_or_create(&ReasonLabel {
+                reason: refusal_label(reason).into(),
+            })
+            .inc();
+    };
+    // Why the session ended, and whether that is worth a warning (a goodbye, a takeover or a
+    // hub drain is not).
+    let (reason, unexpected): (String, bool) = loop {
         let next = tokio::select! {
-            _ = session.cancel.cancelled() => break "closed by the hub",
+            _ = session.cancel.cancelled() => break ("closed by the hub".into(), false),
             m = inbound.message() => m,
         };
         let m = match next {
             Ok(Some(m)) => m,
-            Ok(None) => break "stream ended",
-            Err(e) => {
-                tracing::debug!(gateway_id = %gateway_id, error = %e, "gateway stream error");
-                break "stream error";
-            }
+            Ok(None) => break ("the gateway ended the stream".into(), true),
+            Err(e) => break (format!("stream error: {}: {}", e.code(), e.message()), true),
         };
         state
             .metrics
@@ -215,48 +344,54 @@ async fn read_session(
                     ping_sent_at_unix_ms: p.sent_at_unix_ms,
                 };
                 if tx.send(msg(hub_message::Body::Pong(pong))).await.is_err() {
-                    break "outbound closed";
+                    break ("the outbound stream closed".into(), true);
                 }
             }
             Some(gateway_message::Body::Goodbye(g)) => {
                 tracing::info!(gateway_id = %gateway_id, reason = %g.reason, "gateway said goodbye");
-                break "goodbye";
+                break ("goodbye".into(), false);
             }
             Some(gateway_message::Body::Snapshot(chunk)) => {
                 let seq = chunk.seq;
-                match state.entities.apply_snapshot(&gateway_id, chunk).await {
-                    Ok(digest) => {
-                        let ack = Ack {
-                            seq,
-                            state_digest: digest.map(|d| d.to_vec()).unwrap_or_default(),
-                        };
-                        if tx.send(msg(hub_message::Body::Ack(ack))).await.is_err() {
-                            break "outbound closed";
+                let complete = match snapshot.add(chunk, &limits) {
+                    Ok(c) => c,
+                    // Not acknowledging makes the gateway resend after reconnecting.
+                    Err(why) => break (format!("refused {why}"), true),
+                };
+                let digest = match complete {
+                    None => None,
+                    Some((entities, digest)) => {
+                        match state
+                            .entities
+                            .apply_snapshot(&gateway_id, entities, &digest, &limits, &refused)
+                            .await
+                        {
+                            Ok(d) => Some(d),
+                            Err(e) => break (format!("could not store a snapshot: {e}"), true),
                         }
                     }
-                    Err(e) => {
-                        // Not acknowledging makes the gateway resend after reconnecting.
-                        tracing::error!(gateway_id = %gateway_id, error = %e, "could not store a snapshot; closing the session");
-                        break "storage error";
-                    }
+                };
+                let ack = Ack {
+                    seq,
+                    state_digest: digest.map(|d| d.to_vec()).unwrap_or_default(),
+                };
+                if tx.send(msg(hub_message::Body::Ack(ack))).await.is_err() {
+                    break ("the outbound stream closed".into(), true);
                 }
             }
             Some(gateway_message::Body::Delta(delta)) => {
                 let seq = delta.seq;
-                match state.entities.apply_delta(&gateway_id, delta).await {
+                match state.entities.apply_delta(&gateway_id, delta, &limits, &refused).await {
                     Ok(digest) => {
                         let ack = Ack {
                             seq,
                             state_digest: digest.to_vec(),
                         };
                         if tx.send(msg(hub_message::Body::Ack(ack))).await.is_err() {
-                            break "outbound closed";
+                            break ("the outbound stream closed".into(), true);
                         }
                     }
-                    Err(e) => {
-                        tracing::error!(gateway_id = %gateway_id, error = %e, "could not store a delta; closing the session");
-                        break "storage error";
-                    }
+                    Err(e) => break (format!("could not store a delta: {e}"), true),
                 }
             }
             Some(gateway_message::Body::Response(r)) => session.broker.complete(r),
@@ -267,9 +402,16 @@ async fn read_session(
             Some(gateway_message::Body::Hello(_)) | None => {}
         }
     };
+    // End the session on both sides: the gateway learns why at once and reconnects.
+    if unexpected {
+        tracing::warn!(gateway_id = %gateway_id, session_id = %session.session_id, reason = %reason, "gateway session ended");
+        let _ = tx.try_send(Err(Status::aborted(format!("the hub ended the session: {reason}"))));
+    }
     session.broker.close();
+    session.cancel.cancel();
+    drop(tx);
     if state.sessions.remove_if_current(&gateway_id, &session.session_id) {
-        tracing::info!(gateway_id = %gateway_id, session_id = %session.session_id, reason, "gateway disconnected");
+        tracing::info!(gateway_id = %gateway_id, session_id = %session.session_id, reason = %reason, "gateway disconnected");
     }
     let _ = state
         .store

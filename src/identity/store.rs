@@ -51,6 +51,11 @@ pub enum StoreError {
 pub trait IdentityStore: Send + Sync {
     /// Where the identity is kept, for messages.
     fn describe(&self) -> String;
+    /// Which copy of the identity this is: the same for every replica sharing the store,
+    /// different for a copy of it elsewhere (see `Hello.instance`); empty when unknown.
+    fn instance(&self) -> String {
+        String::new()
+    }
     /// The stored identity, if any.
     fn load(&self) -> BoxFuture<'_, Result<Option<Identity>, StoreError>>;
     /// Stores a newly registered identity unless one is already there, and returns the identity
@@ -196,6 +201,19 @@ impl FileStore {
 impl IdentityStore for FileStore {
     fn describe(&self) -> String {
         format!("file:{}", self.path.display())
+    }
+
+    fn instance(&self) -> String {
+        // One file on one host: a copy on another host, or in another directory, is another
+        // instance. Hashed, so paths and host names are not sent.
+        use sha2::{Digest, Sha256};
+        let host = gethostname::gethostname();
+        let path = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        let mut h = Sha256::new();
+        h.update(host.as_encoded_bytes());
+        h.update([0]);
+        h.update(path.as_os_str().as_encoded_bytes());
+        hex::encode(&h.finalize()[..12])
     }
 
     fn load(&self) -> BoxFuture<'_, Result<Option<Identity>, StoreError>> {

@@ -57,6 +57,8 @@ pub struct SecretStore {
     namespace: String,
     name: String,
     client: OnceCell<kube::Client>,
+    /// The Secret's UID as last seen: the instance the hub tells replicas from copies by.
+    uid: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for SecretStore {
@@ -76,6 +78,7 @@ impl SecretStore {
             namespace: namespace.into(),
             name: name.into(),
             client: OnceCell::new(),
+            uid: Default::default(),
         }
     }
 
@@ -85,6 +88,7 @@ impl SecretStore {
             namespace: namespace.into(),
             name: name.into(),
             client: OnceCell::new_with(Some(client)),
+            uid: Default::default(),
         }
     }
 
@@ -110,7 +114,19 @@ impl SecretStore {
     }
 
     async fn get(&self, api: &Api<Secret>) -> Result<Option<Secret>, StoreError> {
-        api.get_opt(&self.name).await.map_err(|e| self.kube_error("get", &e))
+        let secret = api.get_opt(&self.name).await.map_err(|e| self.kube_error("get", &e))?;
+        if let Some(s) = &secret {
+            self.saw(s);
+        }
+        Ok(secret)
+    }
+
+    fn saw(&self, secret: &Secret) {
+        if let Some(uid) = secret.metadata.uid.as_ref().filter(|u| !u.is_empty())
+            && let Ok(mut slot) = self.uid.lock()
+        {
+            *slot = Some(uid.clone());
+        }
     }
 
     fn decode(&self, secret: &Secret) -> Result<Option<Identity>, StoreError> {
@@ -216,7 +232,10 @@ impl SecretStore {
         let api = self.api().await?;
         for _ in 0..MAX_CONFLICTS {
             match api.create(&PostParams::default(), &self.new_secret(identity)).await {
-                Ok(_) => return Ok(identity.clone()),
+                Ok(created) => {
+                    self.saw(&created);
+                    return Ok(identity.clone());
+                }
                 Err(e) if crate::kube::is_status(&e, 409) => {}
                 Err(e) => return Err(self.kube_error("create", &e)),
             }
@@ -297,6 +316,12 @@ fn fill(data: &mut BTreeMap<String, ByteString>, identity: &Identity) {
 impl IdentityStore for SecretStore {
     fn describe(&self) -> String {
         format!("secret:{}/{}", self.namespace, self.name)
+    }
+
+    fn instance(&self) -> String {
+        // A copy of the Secret in another cluster (or namespace) is another object with another
+        // UID; replicas sharing this Secret share it.
+        self.uid.lock().ok().and_then(|u| u.clone()).unwrap_or_default()
     }
 
     fn load(&self) -> BoxFuture<'_, Result<Option<Identity>, StoreError>> {

@@ -15,6 +15,7 @@ use super::{Entity, EntityKey, Hash, Kind};
 use crate::argocd::model::{AppKey, Application, Cluster};
 use crate::argocd::view::{Snapshot, ViewEvent, ViewHandle};
 use crate::shutdown::Tree;
+use crate::wire::item::TooLarge;
 
 /// How long readiness waits for the cluster list once applications are listed. Clusters need
 /// an unscoped token, which a project-token-only install may not have; without this bound such
@@ -62,38 +63,78 @@ impl Stored {
     }
 
     /// The entity as sent: the JSON is made now, the hash was made when the object changed.
-    fn entity(&self, key: &str) -> Entity {
+    /// An object whose JSON exceeds `max_bytes` travels as a stub marked `tooLarge` (with the
+    /// real hash, so digests still match): a message the hub would refuse is never sent, and
+    /// one huge application cannot end every session.
+    fn entity(&self, key: &str, max_bytes: usize) -> Entity {
         let (kind, json, hash) = match self {
             Self::App(a, h) => (Kind::Application, serde_json::to_vec(a.as_ref()), *h),
             Self::Cluster(c, h) => (Kind::Cluster, serde_json::to_vec(c.as_ref()), *h),
         };
+        let mut json = json.unwrap_or_default();
+        if json.len() > max_bytes {
+            let too_large = Some(TooLarge {
+                bytes: json.len() as u64,
+                limit: max_bytes as u64,
+            });
+            tracing::warn!(
+                key,
+                bytes = json.len(),
+                limit = max_bytes,
+                "an Argo CD object is too large to relay; the hub gets a stub (flag --max-entity-bytes, Helm gateway.hub.maxEntityBytes)"
+            );
+            let stub = match self {
+                Self::App(a, _) => serde_json::to_vec(&Application {
+                    namespace: a.namespace.clone(),
+                    name: a.name.clone(),
+                    project: a.project.clone(),
+                    too_large,
+                    ..Application::default()
+                }),
+                Self::Cluster(c, _) => serde_json::to_vec(&Cluster {
+                    server: c.server.clone(),
+                    name: c.name.clone(),
+                    too_large,
+                    ..Cluster::default()
+                }),
+            };
+            json = stub.unwrap_or_default();
+        }
         Entity {
             kind,
             key: key.to_owned(),
             hash,
-            json: Arc::new(json.unwrap_or_default()),
+            json: Arc::new(json),
         }
     }
 }
 
 /// The view as a relay source.
-#[derive(Default)]
 pub struct ViewSource {
     entities: RwLock<HashMap<EntityKey, Stored>>,
     ready: AtomicBool,
+    max_entity_bytes: usize,
 }
 
 impl Source for ViewSource {
     fn entities(&self) -> Vec<Entity> {
         self.entities
             .read()
-            .map(|m| m.iter().map(|((_, key), s)| s.entity(key)).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|((_, key), s)| s.entity(key, self.max_entity_bytes))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     fn get(&self, kind: Kind, key: &str) -> Option<Entity> {
         let key = (kind, key.to_owned());
-        self.entities.read().ok()?.get(&key).map(|s| s.entity(&key.1))
+        self.entities
+            .read()
+            .ok()?
+            .get(&key)
+            .map(|s| s.entity(&key.1, self.max_entity_bytes))
     }
 
     fn keys(&self) -> Vec<EntityKey> {
@@ -111,8 +152,12 @@ impl Source for ViewSource {
 impl ViewSource {
     /// Starts following `view`, marking what changes in `dirty`, as a critical task of `tree`
     /// (it runs until the tree drains; the view going away ends it early, and the process).
-    pub fn spawn(view: ViewHandle, dirty: Arc<Dirty>, tree: &Tree) -> Arc<Self> {
-        let source = Arc::new(Self::default());
+    pub fn spawn(view: ViewHandle, dirty: Arc<Dirty>, tree: &Tree, max_entity_bytes: usize) -> Arc<Self> {
+        let source = Arc::new(Self {
+            entities: RwLock::default(),
+            ready: AtomicBool::default(),
+            max_entity_bytes,
+        });
         let feed = source.clone();
         let stop = tree.token().clone();
         tree.spawn_critical("relay source", async move {

@@ -36,6 +36,14 @@ pub struct RunArgs {
     /// gateway.hub.keepAlive.maxConsecutiveFailures).
     #[arg(long, env = "ARGOCD_GATEWAY_KEEPALIVE_MAX_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub keepalive_max_failures: u32,
+    /// Largest answer to a hub request (resource tree, managed resources, logs), in bytes;
+    /// larger ones are refused with a typed "too large" error (Helm gateway.hub.maxAnswerBytes).
+    #[arg(long, env = "ARGOCD_GATEWAY_MAX_ANSWER_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_answer_bytes: usize,
+    /// Largest JSON of one relayed application or cluster, in bytes; a larger one is relayed
+    /// as a stub marked "tooLarge" with its size (Helm gateway.hub.maxEntityBytes).
+    #[arg(long, env = "ARGOCD_GATEWAY_MAX_ENTITY_BYTES", default_value_t = 3 * 1024 * 1024)]
+    pub max_entity_bytes: usize,
 }
 
 /// Validated settings of the tunnel.
@@ -53,6 +61,8 @@ pub struct RunConfig {
     pub keepalive_interval: Duration,
     /// Consecutive keepalive failures before exiting.
     pub keepalive_max_failures: u32,
+    /// Largest answer sent to the hub; larger ones are refused typed.
+    pub max_answer_bytes: usize,
     /// First reconnect delay ceiling.
     pub backoff_base: Duration,
     /// Largest reconnect delay ceiling.
@@ -75,6 +85,7 @@ impl RunArgs {
             registration: self.registration.clone(),
             keepalive_interval: self.keepalive_interval,
             keepalive_max_failures: self.keepalive_max_failures,
+            max_answer_bytes: self.max_answer_bytes,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             healthy_after: Duration::from_secs(60),
@@ -261,10 +272,14 @@ pub async fn run_with(
             s.connected = false;
             s.reconnects += 1;
         });
-        if started.elapsed() >= cfg.healthy_after {
+        let lasted = started.elapsed();
+        if lasted >= cfg.healthy_after {
             backoff.reset();
         }
-        let delay = match ended {
+        // How to wait depends on what happened: a hub that is simply not there costs nothing to
+        // try again soon; a hub that answered no is given room (exponential backoff); a lost
+        // session waits its backoff but comes back as soon as the hub accepts connections again.
+        let wait = match ended {
             Ended::Shutdown => {
                 tracing::info!("said goodbye to the hub");
                 return Ok(());
@@ -278,7 +293,12 @@ pub async fn run_with(
             Ended::Drained(after) => {
                 backoff.reset();
                 identity = Some(id);
-                after
+                Wait::Fixed(after)
+            }
+            Ended::RetryAfter(after) => {
+                tracing::info!(retry_after = ?after, "the hub is busy accepting other sessions; coming back when it asked");
+                identity = Some(id);
+                Wait::Fixed(after + crate::util::jitter(Duration::ZERO, Duration::from_millis(250)))
             }
             Ended::Revoked(msg) => {
                 tracing::error!(
@@ -293,27 +313,125 @@ pub async fn run_with(
                     identity = Some(id);
                 }
                 // A revoked gateway must not hammer the hub: wait as long as the backoff allows.
-                cfg.backoff_max
+                Wait::Fixed(cfg.backoff_max)
+            }
+            Ended::Expired(msg) => match cfg.store.load().await {
+                // Another replica renewed the certificate meanwhile: use the stored one.
+                Ok(Some(stored)) if stored.gateway_id == id.gateway_id && stored.cert_pem != id.cert_pem => {
+                    tracing::info!(gateway_id = %id.gateway_id, "the certificate was renewed by another replica; using the stored one");
+                    identity = Some(stored);
+                    Wait::Fixed(crate::util::jitter(Duration::ZERO, cfg.backoff_base))
+                }
+                _ => {
+                    let text = format!(
+                        "the identity has expired ({msg}): register again with a new token (`argocd-gateway hub token create`, then Helm registration.token or flag --registration-token-file)"
+                    );
+                    tracing::error!(gateway_id = %id.gateway_id, store = %cfg.store.describe(), "{text}; the expired identity is removed");
+                    status.send_modify(|s| s.last_error = Some(text));
+                    if let Err(e) = cfg.store.remove(&id.gateway_id).await {
+                        tracing::error!(error = %e, "could not remove the expired identity");
+                        identity = Some(id);
+                    }
+                    Wait::Fixed(cfg.backoff_max)
+                }
+            },
+            Ended::Copied(msg) => {
+                record_failure(&status, &format!("the hub refused this gateway: {msg}"), true);
+                identity = Some(id);
+                Wait::Fixed(backoff.next_delay())
+            }
+            Ended::DialFailed(e) if e.is_unreachable() => {
+                record_failure(&status, &e.to_string(), false);
+                identity = Some(id);
+                Wait::Fixed(crate::util::jitter(QUICK_RETRY.0, QUICK_RETRY.1))
             }
             Ended::DialFailed(e) => {
                 record_failure(&status, &e.to_string(), e.is_config());
                 identity = Some(id);
-                backoff.next_delay()
+                Wait::Fixed(backoff.next_delay())
             }
             Ended::Refused(msg) => {
                 record_failure(&status, &format!("the hub refused the session: {msg}"), true);
                 identity = Some(id);
-                backoff.next_delay()
+                Wait::Fixed(backoff.next_delay())
             }
             Ended::Lost(msg) => {
                 record_failure(&status, &format!("lost the hub session: {msg}"), false);
                 identity = Some(id);
-                backoff.next_delay()
+                Wait::UntilBack {
+                    at_most: backoff.next_delay(),
+                    // A session that broke at once must not turn into a tight loop against a hub
+                    // that accepts and drops: only a restart (seen refusing) shortens the wait.
+                    early: lasted >= STABLE_SESSION,
+                }
             }
         };
-        tracing::debug!(?delay, "reconnecting after delay");
-        if !pause(&shutdown, delay).await {
+        tracing::debug!(?wait, "reconnecting after a wait");
+        let go_on = match wait {
+            Wait::Fixed(d) => pause(&shutdown, d).await,
+            Wait::UntilBack { at_most, early } => wait_until_back(&cfg, &shutdown, at_most, early).await,
+        };
+        if !go_on {
             return Ok(());
+        }
+    }
+}
+
+/// The retry delay range after the hub could not be reached at all: cheap for the hub.
+const QUICK_RETRY: (Duration, Duration) = (Duration::from_millis(400), Duration::from_millis(1500));
+
+/// A session at least this long means the hub accepted and kept it.
+const STABLE_SESSION: Duration = Duration::from_secs(5);
+
+/// How to wait before the next attempt.
+#[derive(Debug)]
+enum Wait {
+    /// Exactly this long (jitter included).
+    Fixed(Duration),
+    /// At most this long, but no longer than until the hub accepts TCP connections again after
+    /// being seen down (or at all, when `early`).
+    UntilBack {
+        /// The backoff's delay.
+        at_most: Duration,
+        /// Whether an accepting hub ends the wait even if it was not seen down.
+        early: bool,
+    },
+}
+
+/// Waits up to `at_most`, probing the hub's port about once a second (a TCP connect costs the
+/// hub nothing), and returns as soon as it accepts again after having refused, so a gateway
+/// rejoins a restarted hub within seconds whatever its backoff grew to. Returns false on
+/// shutdown. Through a proxy nothing is probed: the proxy, not the hub, would answer.
+async fn wait_until_back(cfg: &RunConfig, shutdown: &CancellationToken, at_most: Duration, early: bool) -> bool {
+    let deadline = Instant::now() + at_most;
+    if crate::uplink::dial::proxy_configured(&cfg.hub.endpoint) {
+        return pause(shutdown, at_most).await;
+    }
+    let mut seen_down = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        let step = left.min(crate::util::jitter(
+            Duration::from_millis(700),
+            Duration::from_millis(1300),
+        ));
+        if !pause(shutdown, step).await {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            return true;
+        }
+        let target = (cfg.hub.endpoint.host.as_str(), cfg.hub.endpoint.port);
+        let up = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(target))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !up {
+            seen_down = true;
+        } else if seen_down || early {
+            tracing::debug!("the hub accepts connections again; reconnecting now");
+            return true;
         }
     }
 }

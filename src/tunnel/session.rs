@@ -14,7 +14,7 @@ use super::{RunConfig, TunnelStatus};
 use crate::identity::Identity;
 use crate::uplink::dial::{DialError, Dialer};
 use crate::uplink::{OpenError, open_tunnel};
-use crate::wire::codes::{error_code_name, request_name};
+use crate::wire::codes::{ANSWER_PIECE_BYTES, CAP_CHUNKED_ANSWERS, error_code_name, request_name};
 use crate::wire::proto::{GatewayMessage, Goodbye, Hello, Ping, Pong, RequestError, Response, request_error, response};
 use crate::wire::proto::{gateway_message, hub_message, rejected};
 use crate::wire::{ErrorCode, PROTOCOL_VERSION};
@@ -34,6 +34,12 @@ pub enum Ended {
     DialFailed(DialError),
     /// The hub refused the session for a reason retrying may fix later (bad assertion, protocol).
     Refused(String),
+    /// The certificate expired, or a renewal elsewhere retired it.
+    Expired(String),
+    /// Another instance holds this identity: it was copied.
+    Copied(String),
+    /// The hub is busy and asked us to come back after this long.
+    RetryAfter(Duration),
     /// The stream broke or closed.
     Lost(String),
 }
@@ -59,6 +65,11 @@ pub struct SessionCtx<'a> {
 fn classify_status(status: &tonic::Status) -> Ended {
     match ErrorCode::from_status(status) {
         Some(ErrorCode::Revoked) => Ended::Revoked(status.message().to_owned()),
+        Some(ErrorCode::IdentityExpired) => Ended::Expired(status.message().to_owned()),
+        Some(ErrorCode::IdentityCopied) => Ended::Copied(status.message().to_owned()),
+        Some(ErrorCode::Overloaded) => {
+            Ended::RetryAfter(ErrorCode::retry_after(status).unwrap_or(Duration::from_secs(2)))
+        }
         Some(_) => Ended::Refused(status.message().to_owned()),
         None => Ended::Lost(format!("{}: {}", status.code(), status.message())),
     }
@@ -67,6 +78,12 @@ fn classify_status(status: &tonic::Status) -> Ended {
 /// Runs one session. `identity` is updated in place when the certificate is renewed.
 pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended {
     let cfg = ctx.cfg;
+    // An expired certificate fails the TLS handshake with a bare alert; say what it means.
+    if let Ok(cert) = identity.cert_info()
+        && cert.not_after < jiff::Timestamp::now()
+    {
+        return Ended::Expired(format!("the gateway certificate expired at {}", cert.not_after));
+    }
     let dialer = match Dialer::new(&cfg.hub, &cfg.extra_roots, Some(identity)) {
         Ok(d) => d,
         Err(e) => return Ended::DialFailed(e),
@@ -89,6 +106,7 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
             gateway_version: crate::VERSION.to_owned(),
             protocol_version: PROTOCOL_VERSION,
             capabilities: vec![],
+            instance: cfg.store.instance(),
         })),
     };
     // The channel is fresh and has room: the send cannot fail before the receiver is dropped.
@@ -106,8 +124,9 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
         Ok(Ok(None)) => return Ended::Lost("the hub closed the stream before welcoming us".into()),
         Ok(Ok(Some(m))) => m,
     };
-    // The hub's state digest, kept until the relay has compared it with a complete local state.
-    let mut hub_digest = Some(match welcome.body {
+    // The hub's state digest, kept until the relay has compared it with a complete local state,
+    // and whether the hub takes answers in pieces.
+    let (digest, chunked_answers) = match welcome.body {
         Some(hub_message::Body::Welcome(w)) => {
             tracing::info!(
                 gateway_id = %identity.gateway_id,
@@ -122,11 +141,13 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
                 s.last_error = None;
             });
             ctx.metrics.connected.set(1);
-            w.state_digest
+            let chunked = w.capabilities.iter().any(|c| c == CAP_CHUNKED_ANSWERS);
+            (w.state_digest, chunked)
         }
         Some(hub_message::Body::Rejected(r)) => return rejected(r),
         other => return Ended::Lost(format!("unexpected first message from the hub: {other:?}")),
-    });
+    };
+    let mut hub_digest = Some(digest);
 
     let keepalive = cfg.keepalive_interval;
     let mut ticker = tokio::time::interval(if keepalive.is_zero() {
@@ -208,9 +229,14 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
                         let answers = answers_tx.clone();
                         let permits = handlers.clone();
                         let requests = ctx.metrics.requests.clone();
+                        let sizing = AnswerSizing { chunked: chunked_answers, max_bytes: cfg.max_answer_bytes };
                         running.spawn(async move {
                             let answer = answer_request(actions, permits, req, &requests).await;
-                            let _ = answers.send(answer).await;
+                            for piece in sizing.pieces(answer) {
+                                if answers.send(piece).await.is_err() {
+                                    break;
+                                }
+                            }
                         });
                     }
                     Some(hub_message::Body::Welcome(_)) | None => {}
@@ -325,6 +351,75 @@ async fn answer_request(
             Ok(json) => response::Result::Json(json),
             Err(e) => response::Result::Error(e),
         }),
+        more: false,
+    }
+}
+
+/// How answers travel: in pieces to hubs that take them, whole (up to what any hub decodes) to
+/// older ones; never larger than `--max-answer-bytes`, and never in a message the hub would
+/// refuse (which would end the session).
+#[derive(Debug, Clone, Copy)]
+struct AnswerSizing {
+    chunked: bool,
+    max_bytes: usize,
+}
+
+/// The largest answer sent whole to a hub without chunked answers (its decode limit is 4 MiB).
+const SINGLE_ANSWER_BYTES: usize = 3 * 1024 * 1024;
+
+impl AnswerSizing {
+    fn pieces(self, answer: Response) -> Vec<Response> {
+        let id = answer.id;
+        let json = match answer.result {
+            Some(response::Result::Json(json)) => json,
+            _ => return vec![answer],
+        };
+        let refuse = |message: String| {
+            vec![Response {
+                id,
+                result: Some(response::Result::Error(request_error(
+                    request_error::Code::TooLarge,
+                    message,
+                ))),
+                more: false,
+            }]
+        };
+        if json.len() > self.max_bytes {
+            return refuse(format!(
+                "the answer is {} bytes, over the gateway's limit of {} bytes (flag --max-answer-bytes, Helm gateway.hub.maxAnswerBytes)",
+                json.len(),
+                self.max_bytes
+            ));
+        }
+        if json.len() <= ANSWER_PIECE_BYTES {
+            return vec![Response {
+                id,
+                result: Some(response::Result::Json(json)),
+                more: false,
+            }];
+        }
+        if !self.chunked {
+            if json.len() <= SINGLE_ANSWER_BYTES {
+                return vec![Response {
+                    id,
+                    result: Some(response::Result::Json(json)),
+                    more: false,
+                }];
+            }
+            return refuse(format!(
+                "the answer is {} bytes and this hub takes at most {SINGLE_ANSWER_BYTES} in one piece: upgrade the hub",
+                json.len()
+            ));
+        }
+        let count = json.len().div_ceil(ANSWER_PIECE_BYTES);
+        json.chunks(ANSWER_PIECE_BYTES)
+            .enumerate()
+            .map(|(i, piece)| Response {
+                id,
+                result: Some(response::Result::Json(piece.to_vec())),
+                more: i + 1 < count,
+            })
+            .collect()
     }
 }
 
@@ -341,6 +436,8 @@ fn renewal_instant(cert: &crate::certs::CertInfo) -> tokio::time::Instant {
 fn rejected(r: crate::wire::proto::Rejected) -> Ended {
     match rejected::Reason::try_from(r.reason) {
         Ok(rejected::Reason::Revoked) => Ended::Revoked(r.message),
+        Ok(rejected::Reason::IdentityCopied) => Ended::Copied(r.message),
+        Ok(rejected::Reason::Overloaded) => Ended::RetryAfter(Duration::from_millis(u64::from(r.retry_after_ms))),
         Ok(rejected::Reason::Replaced) => Ended::Lost(format!("another session took over: {}", r.message)),
         _ => Ended::Refused(r.message),
     }

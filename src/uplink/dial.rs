@@ -103,6 +103,19 @@ pub enum DialError {
 }
 
 impl DialError {
+    /// True when the hub was simply not there (refused, reset or silent TCP): retrying soon
+    /// costs it nothing.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Tcp { .. }
+                | Self::Timeout {
+                    step: "TCP connect",
+                    ..
+                }
+        )
+    }
+
     /// True when retrying cannot help until the configuration changes.
     pub fn is_config(&self) -> bool {
         matches!(
@@ -534,6 +547,11 @@ fn env_any(names: &[&str]) -> Option<String> {
         .iter()
         .find_map(|n| std::env::var(n).ok())
         .filter(|v| !v.trim().is_empty())
+}
+
+/// Whether connections to this endpoint go through an HTTP CONNECT proxy.
+pub fn proxy_configured(endpoint: &HubEndpoint) -> bool {
+    proxy_for(endpoint).is_some()
 }
 
 /// The proxy for this endpoint from `HTTPS_PROXY` (`HTTP_PROXY` for plaintext), unless

@@ -79,6 +79,8 @@ pub async fn open_tunnel(
 ) -> Result<tonic::Streaming<HubMessage>, OpenError> {
     let request = authenticated(identity, Purpose::Tunnel, ReceiverStream::new(outbound))?;
     TunnelClient::new(channel)
+        .max_decoding_message_size(crate::wire::codes::MAX_DECODED_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::wire::codes::MAX_DECODED_MESSAGE_BYTES)
         .open(request)
         .await
         .map(tonic::Response::into_inner)

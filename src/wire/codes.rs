@@ -13,6 +13,20 @@ pub const MIN_PROTOCOL_VERSION: u32 = if PROTOCOL_VERSION > 1 { PROTOCOL_VERSION
 /// Metadata key carrying a [`ErrorCode`] on a refused call.
 pub const ERROR_CODE_KEY: &str = "x-argocd-gateway-error";
 
+/// Metadata key carrying, on an [`ErrorCode::Overloaded`] refusal, how long to wait (ms).
+pub const RETRY_AFTER_KEY: &str = "x-argocd-gateway-retry-after-ms";
+
+/// Hub capability: answers may arrive in pieces (`Response.more`).
+pub const CAP_CHUNKED_ANSWERS: &str = "chunked-answers";
+
+/// The largest gRPC message either side decodes. Senders stay well below it: relay messages
+/// aim at 1 MiB, entities above the gateway's `--max-entity-bytes` travel as a stub, and
+/// answers above 1 MiB travel in pieces.
+pub const MAX_DECODED_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The size of one piece of a chunked answer.
+pub const ANSWER_PIECE_BYTES: usize = 1024 * 1024;
+
 /// Why the hub refused a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -30,6 +44,14 @@ pub enum ErrorCode {
     BadAssertion,
     /// The gateway's protocol version is not supported.
     UnsupportedProtocol,
+    /// The certificate expired, or was retired by a renewal: the identity must register again.
+    IdentityExpired,
+    /// A TLS hub needs the gateway's client certificate on this call.
+    CertificateRequired,
+    /// This identity is already connected from another instance (a copied identity Secret).
+    IdentityCopied,
+    /// The hub is busy accepting other sessions; retry after the delay in [`RETRY_AFTER_KEY`].
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -43,6 +65,10 @@ impl ErrorCode {
             Self::UnknownCertificate => "unknown-certificate",
             Self::BadAssertion => "bad-assertion",
             Self::UnsupportedProtocol => "unsupported-protocol",
+            Self::IdentityExpired => "identity-expired",
+            Self::CertificateRequired => "certificate-required",
+            Self::IdentityCopied => "identity-copied",
+            Self::Overloaded => "overloaded",
         }
     }
 
@@ -56,6 +82,10 @@ impl ErrorCode {
             Self::UnknownCertificate,
             Self::BadAssertion,
             Self::UnsupportedProtocol,
+            Self::IdentityExpired,
+            Self::CertificateRequired,
+            Self::IdentityCopied,
+            Self::Overloaded,
         ]
         .into_iter()
         .find(|c| c.as_str() == s)
@@ -68,6 +98,16 @@ impl ErrorCode {
             .get(ERROR_CODE_KEY)
             .and_then(|v| v.to_str().ok())
             .and_then(Self::parse)
+    }
+
+    /// The delay an [`ErrorCode::Overloaded`] refusal asks for.
+    pub fn retry_after(status: &tonic::Status) -> Option<std::time::Duration> {
+        status
+            .metadata()
+            .get(RETRY_AFTER_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(std::time::Duration::from_millis)
     }
 
     /// A status with this code attached.
@@ -111,6 +151,7 @@ pub fn error_code_name(code: i32) -> &'static str {
         Code::Timeout => "timeout",
         Code::Invalid => "invalid",
         Code::Unsupported => "unsupported",
+        Code::TooLarge => "too_large",
         Code::Internal | Code::Unspecified => "error",
     }
 }

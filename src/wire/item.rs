@@ -21,6 +21,8 @@
 //! | `resources` | [ResourceState] | managed resources with sync status and health |
 //! | `images` | [string] | container images in use |
 //! | `conditions` | [Condition] | warnings and errors; `lastTransitionTime` is noisy |
+//! | `undecodable` | string, only when set | Argo CD's latest version could not be read: the item is the last known state, and this says why |
+//! | `tooLarge` | `{bytes, limit}`, only when set | a stub: the item was over the gateway's `--max-entity-bytes`; only namespace, name and project are filled |
 //!
 //! Cluster item: `server` (the key), `name`, `project`, `namespaces`, `labels`, `annotations`,
 //! `connectionState` (`status`, `message`), `serverVersion`, `applicationsCount`. Credentials
@@ -287,6 +289,24 @@ pub struct Application {
     pub images: Vec<String>,
     /// Conditions (warnings and errors).
     pub conditions: Vec<Condition>,
+    /// Set when the gateway could not read Argo CD's latest version of this application: the
+    /// rest is its last known state, and this says why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecodable: Option<String>,
+    /// Set on a stub sent instead of an item too large to relay: only the identifying fields
+    /// are filled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub too_large: Option<TooLarge>,
+}
+
+/// The size of an item too large to relay, and the limit it exceeds.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct TooLarge {
+    /// The item's JSON size, in bytes.
+    pub bytes: u64,
+    /// The gateway's limit (flag --max-entity-bytes, Helm gateway.hub.maxEntityBytes).
+    pub limit: u64,
 }
 
 /// Connection state of a cluster as seen by Argo CD.
@@ -322,4 +342,10 @@ pub struct Cluster {
     pub server_version: String,
     /// Number of applications Argo CD manages on it.
     pub applications_count: i64,
+    /// Set when the gateway could not read Argo CD's latest version of this cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecodable: Option<String>,
+    /// Set on a stub sent instead of an item too large to relay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub too_large: Option<TooLarge>,
 }

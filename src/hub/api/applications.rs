@@ -26,6 +26,7 @@ pub(super) fn failure(e: RequestFailure) -> ApiError {
         RequestFailure::Unavailable(_) => (StatusCode::BAD_GATEWAY, "argocd_unavailable"),
         RequestFailure::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
         RequestFailure::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
+        RequestFailure::TooLarge(_) => (StatusCode::BAD_GATEWAY, "answer_too_large"),
         RequestFailure::Internal(_) | RequestFailure::BadAnswer(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "gateway_error")
         }

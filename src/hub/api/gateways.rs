@@ -32,6 +32,8 @@ pub(super) struct GatewayView {
     registered_at: Option<String>,
     application_count: usize,
     health: Option<serde_json::Value>,
+    /// Entities the hub refused from this gateway (limits, invalid items).
+    refused: crate::hub::entities::Refusals,
 }
 
 fn gateway_view(state: &ApiState, g: GatewayRecord) -> GatewayView {
@@ -48,6 +50,10 @@ fn gateway_view(state: &ApiState, g: GatewayRecord) -> GatewayView {
         certificate_expires_at: rfc3339(g.certificate_expires_at),
         registered_at: rfc3339(Some(g.created_at)),
         application_count: state.hub.entities.with(&g.id, |e| e.map(|e| e.apps.len()).unwrap_or(0)),
+        refused: state
+            .hub
+            .entities
+            .with(&g.id, |e| e.map(|e| e.refused.clone()).unwrap_or_default()),
         health: state.hub.health.get(&g.id),
         id: g.id,
         name: g.name,
@@ -91,6 +97,7 @@ pub(super) async fn delete_gateway(
         close_with(
             &session,
             hub_message::Body::Rejected(crate::wire::proto::Rejected {
+                retry_after_ms: 0,
                 reason: rejected::Reason::Revoked as i32,
                 message: text.clone(),
             }),
