@@ -842,3 +842,84 @@ async fn check_reports_registration_and_hub_reachability() {
     assert_eq!(conn.status, Status::Fail, "{bad:?}");
     assert!(conn.detail.contains("fingerprint"), "{conn:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_application_travels_as_a_stub_and_its_big_tree_arrives_in_pieces() {
+    let env = Env::start(2, "5m").await;
+    env.wait_for("the gateway relays", || async { env.hub_apps().await.len() >= 2 })
+        .await;
+    let reconnects = env.metric("argocd_gateway_hub_reconnects_total").await;
+    // Real applications can manage tens of thousands of resources: its compact state is over
+    // the gateway's --max-entity-bytes (3 MiB) and its resource tree about 7 MiB.
+    let mut huge = argocd_gateway::simulator::objects::synthetic_app(0, "argocd");
+    huge["metadata"]["name"] = json!("huge");
+    let resources: Vec<Value> = (0..30_000)
+        .map(|i| {
+            json!({"group": "apps", "version": "v1", "kind": "Deployment", "namespace": "huge-ns",
+                   "name": format!("deployment-with-a-long-descriptive-name-{i:06}"), "status": "Synced",
+                   "health": {"status": "Healthy"}})
+        })
+        .collect();
+    huge["status"]["resources"] = json!(resources);
+    env.sim.upsert_app(huge);
+    env.wait_for("the huge application reaches the hub as a stub", || async {
+        let (status, app) = env.api(Method::GET, &env.app_path("argocd", "huge"), None).await;
+        status == 200 && app["tooLarge"]["bytes"].as_u64().is_some_and(|b| b > 3 * 1024 * 1024)
+    })
+    .await;
+    let (_, stub) = env.api(Method::GET, &env.app_path("argocd", "huge"), None).await;
+    assert_eq!(stub["tooLarge"]["limit"], json!(3 * 1024 * 1024), "{stub}");
+    assert_eq!(stub["project"], json!("default"));
+
+    let (status, tree) = env
+        .api(
+            Method::GET,
+            &format!("{}/resource-tree", env.app_path("argocd", "huge")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "the big tree arrives");
+    assert_eq!(tree["nodes"].as_array().map(Vec::len), Some(30_000));
+    assert!(tree.to_string().len() > 6 * 1024 * 1024);
+
+    // The session stayed up all along, and keeps working.
+    assert_eq!(env.metric("argocd_gateway_hub_reconnects_total").await, reconnects);
+    assert_eq!(env.metric("argocd_gateway_hub_connected").await, 1.0);
+    env.sim
+        .set_health("argocd", "app-00001", "Degraded", "after the big answer");
+    env.wait_for("a later change still arrives", || async {
+        let (_, a) = env.api(Method::GET, &env.app_path("argocd", "app-00001"), None).await;
+        a["health"]["status"] == json!("Degraded")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_that_cannot_be_read_keeps_its_state_at_the_hub_marked() {
+    let env = Env::start(3, "5m").await;
+    env.wait_converged().await;
+    let path = env.app_path("argocd", "app-00001");
+    let (_, before) = env.api(Method::GET, &path, None).await;
+    env.sim
+        .modify_app("argocd", "app-00001", |a| a["status"]["health"] = json!(42));
+    env.wait_for("the hub shows the application marked", || async {
+        let (_, a) = env.api(Method::GET, &path, None).await;
+        a["undecodable"].is_string()
+    })
+    .await;
+    let (_, marked) = env.api(Method::GET, &path, None).await;
+    assert_eq!(
+        marked["health"], before["health"],
+        "the last known state is kept: {marked}"
+    );
+    assert_eq!(env.hub_apps().await.len(), env.sim.apps().len(), "nothing is deleted");
+    assert_eq!(env.metric("argocd_gateway_undecodable_objects").await, 1.0);
+    env.sim.modify_app("argocd", "app-00001", |a| {
+        a["status"]["health"] = json!({"status": "Healthy"})
+    });
+    env.wait_for("the mark goes once it reads again", || async {
+        let (_, a) = env.api(Method::GET, &path, None).await;
+        a.get("undecodable").is_none()
+    })
+    .await;
+}

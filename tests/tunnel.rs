@@ -1069,6 +1069,39 @@ mod processes {
     }
 
     #[test]
+    fn after_a_long_flapping_period_the_gateway_rejoins_a_restarted_hub_within_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (mut hub, port, api) = start_hub(d, 0, 0);
+        let admin = std::fs::read_to_string(d.join("hub-data/admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let (gw, _, _rt) = start_gateway(d, port, &api);
+        gw.wait_for("connected to hub");
+        // The hub flaps: killed and restarted over and over, so sessions are short and lost, which
+        // grows the gateway's backoff towards its ceiling.
+        for n in 1..=15 {
+            hub.child.kill().unwrap();
+            hub.wait_exit(Duration::from_secs(5));
+            let (h, _, _) = start_hub(d, port, n);
+            hub = h;
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        // Then it is down for a while, and comes back for good.
+        hub.child.kill().unwrap();
+        hub.wait_exit(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_secs(3));
+        let (mut hub, _, api) = start_hub(d, port, 99);
+        let took = wait_until("the gateway rejoins the restarted hub", Duration::from_secs(5), || {
+            connected(&api, &admin)
+        });
+        eprintln!("rejoined {took:?} after the hub came back from a flapping period");
+        hub.signal("-TERM");
+        hub.wait_exit(Duration::from_secs(10));
+    }
+
+    #[test]
     fn killed_hub_restart_sigterm_goodbye_and_clean_logs() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();

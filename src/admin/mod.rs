@@ -63,14 +63,17 @@ impl Admin {
     pub async fn serve(self, addr: SocketAddr, tree: &Tree) -> std::io::Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
-        let app = self.router();
-        let listener = tree.guard("admin listener", listener);
-        let stop = tree.token().clone();
-        tree.spawn_critical("admin server", async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
+        crate::serve::spawn_http(
+            tree,
+            "admin",
+            listener,
+            self.router(),
+            crate::serve::HttpLimits {
+                max_connections: 64,
+                ..Default::default()
+            },
+            Default::default(),
+        );
         Ok(bound)
     }
 }

@@ -859,7 +859,9 @@ impl Client {
         };
         req = req.bearer_auth(token.token.expose());
         if call.stream {
-            req = req.header(reqwest::header::ACCEPT, "application/json");
+            // Server-sent events: argocd-server then writes a keepalive every 15 s, which lets a
+            // silent, dead stream be told from a quiet one (NDJSON streams carry none).
+            req = req.header(reqwest::header::ACCEPT, "text/event-stream");
         } else {
             req = req.timeout(self.inner.config.request_timeout);
         }
@@ -974,8 +976,11 @@ impl Client {
     }
 
     /// Splits a streaming body into lines (capped), dropping SSE comments and `data:` prefixes.
+    /// A stream silent for `--argocd-watch-idle-timeout` (three missed keepalives by default)
+    /// ends with [`ArgoCdError::Stalled`].
     fn lines(&self, resp: reqwest::Response) -> impl Stream<Item = Result<String, ArgoCdError>> + Send + 'static {
         let max = self.inner.config.max_line_bytes;
+        let stall = self.inner.config.watch_idle_timeout;
         let this = self.clone();
         let body = resp.bytes_stream().map(|r| r.map_err(std::io::Error::other));
         let framed = FramedRead::new(StreamReader::new(body), LinesCodec::new_with_max_length(max));
@@ -986,7 +991,15 @@ impl Client {
             async move {
                 let mut framed = state?;
                 loop {
-                    match framed.next().await? {
+                    let Ok(next) = tokio::time::timeout(stall, framed.next()).await else {
+                        return Some((
+                            Err(ArgoCdError::Stalled {
+                                seconds: stall.as_secs(),
+                            }),
+                            None,
+                        ));
+                    };
+                    match next? {
                         Ok(line) => {
                             if let Some(payload) = sse_payload(&line) {
                                 return Some((Ok(payload.to_owned()), Some(framed)));

@@ -68,6 +68,10 @@ pub struct ArgoCdArgs {
     /// Largest accepted line of a watch or log stream, in bytes.
     #[arg(long = "argocd-max-line-bytes", env = "ARGOCD_GATEWAY_ARGOCD_MAX_LINE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub argocd_max_line_bytes: usize,
+    /// A watch silent for this long (no event, no keepalive; Argo CD sends one every 15 s) is
+    /// taken for dead and re-opened after a re-list.
+    #[arg(long = "argocd-watch-idle-timeout", env = "ARGOCD_GATEWAY_ARGOCD_WATCH_IDLE_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    pub argocd_watch_idle_timeout: Duration,
 }
 
 /// How the client secures the connection to Argo CD.
@@ -132,6 +136,8 @@ pub struct ArgoCdConfig {
     pub max_body_bytes: u64,
     /// Stream line cap.
     pub max_line_bytes: usize,
+    /// Silence after which a stream is taken for dead.
+    pub watch_idle_timeout: Duration,
 }
 
 /// A configuration error; the message names the flag and the Helm value.
@@ -218,6 +224,11 @@ impl ArgoCdConfig {
             "--cluster-interval",
             "gateway.argocd.clusterInterval",
         )?;
+        let watch_idle_timeout = nonzero(
+            args.argocd_watch_idle_timeout,
+            "--argocd-watch-idle-timeout",
+            "gateway.argocd.watchIdleTimeout",
+        )?;
         let request_timeout = nonzero(
             args.argocd_request_timeout,
             "--argocd-request-timeout",
@@ -255,6 +266,7 @@ impl ArgoCdConfig {
             request_timeout,
             max_body_bytes: args.argocd_max_body_bytes,
             max_line_bytes: args.argocd_max_line_bytes,
+            watch_idle_timeout,
         })
     }
 

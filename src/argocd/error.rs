@@ -184,6 +184,15 @@ pub enum ArgoCdError {
         /// The cap.
         limit: usize,
     },
+    /// A stream sent nothing, not even Argo CD's keepalive, for too long: the connection is
+    /// dead or held by something in between.
+    #[error(
+        "the Argo CD stream stalled: nothing arrived for {seconds} s although Argo CD sends a keepalive every 15 s; reconnecting"
+    )]
+    Stalled {
+        /// The silence allowed.
+        seconds: u64,
+    },
     /// A response could not be decoded.
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -207,6 +216,7 @@ impl ArgoCdError {
                 | ArgoCdError::Stream { .. }
                 | ArgoCdError::BodyTooLarge { .. }
                 | ArgoCdError::LineTooLong { .. }
+                | ArgoCdError::Stalled { .. }
                 | ArgoCdError::Decode(_)
         )
     }

@@ -74,6 +74,65 @@ fn nd<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// Decodes a secondary field on its own: a shape Argo CD does not document (a string where an
+/// object belongs, a number where a list does) takes the default instead of failing the whole
+/// object. Core fields (names, sync, health, operation phase) stay strict, so an application
+/// whose meaning cannot be read is reported undecodable rather than shown wrong.
+fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(d: D) -> Result<T, D::Error> {
+    // Borrowed: the field's text is looked at in place (objects are always decoded from a
+    // string or slice), not copied.
+    let raw = <&RawValue>::deserialize(d)?;
+    Ok(serde_json::from_str::<Option<T>>(raw.get())
+        .ok()
+        .flatten()
+        .unwrap_or_default())
+}
+
+/// A list whose elements are decoded one by one: an odd element is left out, the rest kept.
+fn lenient_vec<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
+    let raw = <&RawValue>::deserialize(d)?;
+    let Ok(Some(items)) = serde_json::from_str::<Option<Vec<&RawValue>>>(raw.get()) else {
+        return Ok(Vec::new());
+    };
+    Ok(items
+        .iter()
+        .filter_map(|item| serde_json::from_str(item.get()).ok())
+        .collect())
+}
+
+/// A string map whose entries are kept only when both sides are strings.
+fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = <&RawValue>::deserialize(d)?;
+    // The common case, every value a string, in one pass.
+    if let Ok(map) = serde_json::from_str::<Option<BTreeMap<String, String>>>(raw.get()) {
+        return Ok(map.unwrap_or_default());
+    }
+    let Ok(Some(entries)) = serde_json::from_str::<Option<BTreeMap<String, &RawValue>>>(raw.get()) else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(entries
+        .into_iter()
+        .filter_map(|(k, v)| serde_json::from_str::<String>(v.get()).ok().map(|v| (k, v)))
+        .collect())
+}
+
+/// A status object (`{"status": …, "message": …}`), also accepted as a bare status string.
+fn status_or_string<'de, D: Deserializer<'de>, T: DeserializeOwned + Default + From<String>>(
+    d: D,
+) -> Result<T, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Shape<T> {
+        Full(T),
+        Status(String),
+    }
+    Ok(match Option::<Shape<T>>::deserialize(d)? {
+        Some(Shape::Full(t)) => t,
+        Some(Shape::Status(s)) => T::from(s),
+        None => T::default(),
+    })
+}
+
 /// Parses an RFC 3339 time leniently: an unparsable value counts as absent rather than failing.
 fn lenient_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<jiff::Timestamp>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
@@ -89,9 +148,9 @@ struct WireMeta {
     namespace: String,
     #[serde(rename = "resourceVersion", deserialize_with = "nd")]
     resource_version: String,
-    #[serde(deserialize_with = "nd")]
+    #[serde(deserialize_with = "lenient_map")]
     annotations: BTreeMap<String, String>,
-    #[serde(deserialize_with = "nd")]
+    #[serde(deserialize_with = "lenient_map")]
     labels: BTreeMap<String, String>,
 }
 
@@ -141,11 +200,11 @@ struct WireDestination {
 struct WireSpec {
     #[serde(deserialize_with = "nd")]
     project: String,
-    #[serde(deserialize_with = "nd")]
+    #[serde(deserialize_with = "lenient")]
     source: Option<WireSource>,
-    #[serde(deserialize_with = "nd")]
+    #[serde(deserialize_with = "lenient_vec")]
     sources: Vec<WireSource>,
-    #[serde(deserialize_with = "nd")]
+    #[serde(deserialize_with = "lenient")]
     destination: WireDestination,
 }
 
@@ -165,6 +224,24 @@ struct WireHealth {
     status: HealthStatusCode,
     #[serde(deserialize_with = "nd")]
     message: String,
+}
+
+impl From<String> for WireHealth {
+    fn from(status: String) -> Self {
+        Self {
+            status: HealthStatusCode::parse(&status),
+            message: String::new(),
+        }
+    }
+}
+
+impl From<String> for WireSync {
+    fn from(status: String) -> Self {
+        Self {
+            status: SyncStatusCode::parse(&status),
+            ..Self::default()
+        }
+    }
 }
 
 impl From<WireHealth> for Health {
@@ -202,9 +279,9 @@ struct WireOperationState {
     started_at: Option<jiff::Timestamp>,
     #[serde(rename = "finishedAt", deserialize_with = "lenient_time")]
     finished_at: Option<jiff::Timestamp>,
-    #[serde(deserialize_with = "nd")]
+    #[serde(deserialize_with = "lenient")]
     operation: WireOperationSpec,
-    #[serde(rename = "syncResult", deserialize_with = "nd")]
+    #[serde(rename = "syncResult", deserialize_with = "lenient")]
     sync_result: WireRevisions,
 }
 
@@ -222,7 +299,7 @@ struct WireResource {
     #[serde(deserialize_with = "nd")]
     name: String,
     status: SyncStatusCode,
-    #[serde(deserialize_with = "nd")]
+    #[serde(deserialize_with = "lenient")]
     health: Option<WireHealth>,
 }
 
@@ -247,19 +324,19 @@ struct WireSummary {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct WireStatus {
-    #[serde(deserialize_with = "nd")]
+    #[serde(deserialize_with = "status_or_string")]
     sync: WireSync,
-    #[serde(deserialize_with = "nd")]
+    #[serde(deserialize_with = "status_or_string")]
     health: WireHealth,
     #[serde(rename = "operationState", deserialize_with = "nd")]
     operation_state: Option<WireOperationState>,
     #[serde(rename = "reconciledAt", deserialize_with = "lenient_time")]
     reconciled_at: Option<jiff::Timestamp>,
-    #[serde(deserialize_with = "nd")]
+    #[serde(deserialize_with = "lenient_vec")]
     resources: Vec<WireResource>,
-    #[serde(deserialize_with = "nd")]
+    #[serde(deserialize_with = "lenient")]
     summary: WireSummary,
-    #[serde(deserialize_with = "nd")]
+    #[serde(deserialize_with = "lenient_vec")]
     conditions: Vec<WireCondition>,
     #[serde(rename = "resourceHealthSource", deserialize_with = "nd")]
     resource_health_source: String,
@@ -485,8 +562,81 @@ pub struct DecodedList<T> {
     pub resource_version: String,
     /// Items that decoded.
     pub items: Vec<T>,
-    /// Items that failed to decode (already logged), so one odd object never fails the list.
-    pub skipped: Vec<DecodeError>,
+    /// Items that failed to decode (already logged), so one odd object never fails the list;
+    /// with who they are when that much could be read, so their last known state is kept.
+    pub skipped: Vec<Skipped>,
+}
+
+/// An object of a list that could not be decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Skipped {
+    /// Who it is, when its identity could be read.
+    pub id: Option<ObjectId>,
+    /// Why it could not be decoded.
+    pub error: DecodeError,
+}
+
+/// The identity of an object that could not be decoded as a whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectId {
+    /// The application's namespace (empty for a cluster).
+    pub namespace: String,
+    /// The application's name, or the cluster's server URL.
+    pub name: String,
+    /// The application's project, when readable (empty otherwise).
+    pub project: String,
+}
+
+/// Reads just who an object is, ignoring everything else, for one that failed to decode.
+trait Identify {
+    fn identify(raw: &str) -> Option<ObjectId>;
+}
+
+impl Identify for WireApplication {
+    fn identify(raw: &str) -> Option<ObjectId> {
+        #[derive(Deserialize)]
+        struct Meta {
+            name: String,
+            #[serde(default, deserialize_with = "lenient")]
+            namespace: String,
+        }
+        #[derive(Deserialize, Default)]
+        struct Spec {
+            #[serde(default, deserialize_with = "lenient")]
+            project: String,
+        }
+        #[derive(Deserialize)]
+        struct Id {
+            metadata: Meta,
+            #[serde(default, deserialize_with = "lenient")]
+            spec: Spec,
+        }
+        let id: Id = serde_json::from_str(raw).ok()?;
+        (!id.metadata.name.is_empty()).then(|| ObjectId {
+            namespace: id.metadata.namespace,
+            name: id.metadata.name,
+            project: if id.spec.project.is_empty() {
+                "default".into()
+            } else {
+                id.spec.project
+            },
+        })
+    }
+}
+
+impl Identify for WireCluster {
+    fn identify(raw: &str) -> Option<ObjectId> {
+        #[derive(Deserialize)]
+        struct Id {
+            server: String,
+        }
+        let id: Id = serde_json::from_str(raw).ok()?;
+        (!id.server.is_empty()).then(|| ObjectId {
+            namespace: String::new(),
+            name: id.server,
+            project: String::new(),
+        })
+    }
 }
 
 /// Visits `{"metadata":…,"items":[…]}`, decoding each item on its own as it is read: only one
@@ -499,7 +649,7 @@ struct ListVisitor<'w, W, T, F> {
 
 impl<'de, W, T, F> serde::de::Visitor<'de> for ListVisitor<'_, W, T, F>
 where
-    W: DeserializeOwned,
+    W: DeserializeOwned + Identify,
     F: Fn(W) -> T,
 {
     type Value = DecodedList<T>;
@@ -544,7 +694,7 @@ struct ItemsSeed<'a, W, T, F> {
 
 impl<'de, W, T, F> serde::de::DeserializeSeed<'de> for ItemsSeed<'_, W, T, F>
 where
-    W: DeserializeOwned,
+    W: DeserializeOwned + Identify,
     F: Fn(W) -> T,
 {
     type Value = ();
@@ -556,7 +706,7 @@ where
 
 impl<'de, W, T, F> serde::de::Visitor<'de> for ItemsSeed<'_, W, T, F>
 where
-    W: DeserializeOwned,
+    W: DeserializeOwned + Identify,
     F: Fn(W) -> T,
 {
     type Value = ();
@@ -579,10 +729,24 @@ where
             match serde_json::from_str::<W>(raw.get()) {
                 Ok(w) => self.list.items.push((self.convert)(w)),
                 Err(e) => {
-                    tracing::warn!(index = i, error = %e, "skipping an Argo CD {} that cannot be decoded", self.what);
-                    self.list.skipped.push(DecodeError {
-                        what: format!("{} #{i}", self.what),
-                        reason: e.to_string(),
+                    let id = W::identify(raw.get());
+                    let who = id
+                        .as_ref()
+                        .map(|id| {
+                            if id.namespace.is_empty() {
+                                id.name.clone()
+                            } else {
+                                format!("{}/{}", id.namespace, id.name)
+                            }
+                        })
+                        .unwrap_or_else(|| format!("#{i} (unidentifiable)"));
+                    tracing::warn!(object = %who, error = %e, "an Argo CD {} cannot be decoded; keeping its last known state", self.what);
+                    self.list.skipped.push(Skipped {
+                        id,
+                        error: DecodeError {
+                            what: format!("{} {who}", self.what),
+                            reason: e.to_string(),
+                        },
                     });
                 }
             }
@@ -599,7 +763,7 @@ fn decode_list<'de, R, T, W>(
 ) -> Result<DecodedList<T>, DecodeError>
 where
     R: serde_json::de::Read<'de>,
-    W: DeserializeOwned,
+    W: DeserializeOwned + Identify,
 {
     let err = |e: serde_json::Error| DecodeError {
         what: format!("{what} list"),

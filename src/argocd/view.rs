@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use super::client::{AppQuery, AppRef, Client};
 use super::error::ArgoCdError;
-use super::model::{AppKey, Application, Cluster, DecodedApp, WatchEventType};
+use super::model::{AppKey, Application, Cluster, DecodedApp, ObjectId, Skipped, WatchEventType};
 use crate::util::Backoff;
 
 /// Parallel Gets when polling Argo CD 3.x for per-resource health.
@@ -113,16 +113,35 @@ struct Entry {
     full_rv: String,
     /// The object applied last was complete (not a 3.x list item awaiting its full object).
     complete: bool,
+    /// resourceVersion of the object applied last, numerically: an event older than it is
+    /// stale (it was already reflected by a list) and is not applied.
+    rv: Option<u64>,
+}
+
+/// A Kubernetes resourceVersion as a number (they are etcd revisions in practice); `None` when
+/// it is not one, and then it orders nothing.
+fn rv_number(rv: &str) -> Option<u64> {
+    rv.parse().ok()
 }
 
 #[derive(Default)]
 struct State {
     apps: BTreeMap<AppKey, Entry>,
+    /// Per scope, the resourceVersion of its last list: an event for an application the list
+    /// did not have is applied only if it is newer.
+    list_rv: std::collections::HashMap<usize, u64>,
     clusters: BTreeMap<String, Arc<Cluster>>,
     scopes_synced: HashSet<usize>,
 }
 
+/// How often one kind of failure of one loop is logged at most.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// When each kind of failure of each loop was last logged, and how often it happened since.
+type FailureLog = std::collections::HashMap<(String, std::mem::Discriminant<ArgoCdError>), (Instant, u64)>;
+
 struct Shared {
+    logged: std::sync::Mutex<FailureLog>,
     state: RwLock<State>,
     events: broadcast::Sender<ViewEvent>,
     status: watch::Sender<ViewStatus>,
@@ -138,9 +157,17 @@ struct Filter {
 
 impl Filter {
     fn admits(&self, app: &Application, scope: Option<&str>) -> bool {
-        (self.projects.is_empty() || self.projects.contains(&app.project))
-            && (self.app_namespaces.is_empty() || self.app_namespaces.contains(&app.namespace))
-            && scope.is_none_or(|s| s == app.project)
+        self.admits_parts(&app.project, &app.namespace, scope)
+    }
+
+    fn admits_id(&self, id: &ObjectId, scope: Option<&str>) -> bool {
+        self.admits_parts(&id.project, &id.namespace, scope)
+    }
+
+    fn admits_parts(&self, project: &str, namespace: &str, scope: Option<&str>) -> bool {
+        (self.projects.is_empty() || self.projects.iter().any(|p| p == project))
+            && (self.app_namespaces.is_empty() || self.app_namespaces.iter().any(|n| n == namespace))
+            && scope.is_none_or(|s| s == project)
     }
 }
 
@@ -166,6 +193,7 @@ impl View {
         let (events, _) = broadcast::channel(options.channel_capacity.max(16));
         let (status, _) = watch::channel(ViewStatus::default());
         let shared = Arc::new(Shared {
+            logged: Default::default(),
             state: RwLock::new(State::default()),
             events,
             status,
@@ -211,6 +239,16 @@ impl ViewHandle {
     /// Number of applications.
     pub fn application_count(&self) -> usize {
         self.shared.read().apps.len()
+    }
+
+    /// Number of applications whose latest version could not be read.
+    pub fn undecodable_applications(&self) -> usize {
+        self.shared
+            .read()
+            .apps
+            .values()
+            .filter(|e| e.app.undecodable.is_some())
+            .count()
     }
 
     /// All clusters by server URL.
@@ -308,11 +346,13 @@ impl Shared {
             decoded.resource_version.clone()
         };
         let stale = partial && full_rv != decoded.resource_version;
+        let rv = rv_number(&decoded.resource_version);
         match st.apps.get_mut(&key) {
             Some(e) if *e.app == app => {
                 e.scope = scope;
                 e.full_rv = full_rv;
                 e.complete = !stale;
+                e.rv = rv;
             }
             _ => {
                 let app = Arc::new(app);
@@ -323,6 +363,7 @@ impl Shared {
                         scope,
                         full_rv,
                         complete: !stale,
+                        rv,
                     },
                 );
                 self.emit(ViewEvent::AppUpsert(app));
@@ -340,10 +381,36 @@ impl Shared {
 
     /// Applies a full list; returns the apps whose per-resource health the list could not show
     /// (Argo CD 3.x) and that changed since their last complete object.
-    fn apply_list(&self, scope: usize, scope_name: Option<&str>, items: Vec<DecodedApp>) -> Vec<AppRef> {
+    ///
+    /// An application the list carries but that could not be decoded keeps its last known
+    /// state, marked `undecodable` with the reason (a new one appears as a marked stub); if an
+    /// object could not even be identified, nothing is deleted on this list: known state is
+    /// never dropped because something could not be read.
+    fn apply_list(
+        &self,
+        scope: usize,
+        scope_name: Option<&str>,
+        list_rv: &str,
+        items: Vec<DecodedApp>,
+        skipped: Vec<Skipped>,
+    ) -> Vec<AppRef> {
         let mut st = self.write();
-        let mut seen = HashSet::with_capacity(items.len());
+        match rv_number(list_rv) {
+            Some(rv) => st.list_rv.insert(scope, rv),
+            None => st.list_rv.remove(&scope),
+        };
+        let mut seen = HashSet::with_capacity(items.len() + skipped.len());
         let mut stale = Vec::new();
+        let unidentified = skipped.iter().filter(|s| s.id.is_none()).count();
+        for Skipped { id, error } in skipped {
+            let Some(id) = id else { continue };
+            if !self.filter.admits_id(&id, scope_name) {
+                continue;
+            }
+            let key = AppKey::new(&id.namespace, &id.name);
+            seen.insert(key.clone());
+            self.mark_undecodable_locked(&mut st, scope, key, &id.project, error.to_string());
+        }
         for d in items {
             if !self.filter.admits(&d.app, scope_name) {
                 continue;
@@ -358,14 +425,21 @@ impl Shared {
                 });
             }
         }
-        let gone: Vec<AppKey> = st
-            .apps
-            .iter()
-            .filter(|(k, e)| e.scope == scope && !seen.contains(*k))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
-            self.delete_locked(&mut st, scope, &k);
+        if unidentified > 0 {
+            tracing::warn!(
+                unidentified,
+                "Argo CD objects that could not even be identified; no application is removed on this list"
+            );
+        } else {
+            let gone: Vec<AppKey> = st
+                .apps
+                .iter()
+                .filter(|(k, e)| e.scope == scope && !seen.contains(*k))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in gone {
+                self.delete_locked(&mut st, scope, &k);
+            }
         }
         st.scopes_synced.insert(scope);
         let all = st.scopes_synced.len() >= *self.scope_count.read().unwrap_or_else(|p| p.into_inner());
@@ -377,9 +451,55 @@ impl Shared {
         stale
     }
 
+    /// Keeps an application's last known state, marked with why its latest could not be read.
+    fn mark_undecodable_locked(&self, st: &mut State, scope: usize, key: AppKey, project: &str, reason: String) {
+        match st.apps.get_mut(&key) {
+            Some(e) if e.app.undecodable.as_deref() == Some(reason.as_str()) => e.scope = scope,
+            Some(e) => {
+                let mut app = (*e.app).clone();
+                app.undecodable = Some(reason);
+                let app = Arc::new(app);
+                e.app = app.clone();
+                e.scope = scope;
+                self.emit(ViewEvent::AppUpsert(app));
+            }
+            None => {
+                let app = Arc::new(Application {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    project: project.to_owned(),
+                    undecodable: Some(reason),
+                    ..Application::default()
+                });
+                st.apps.insert(
+                    key,
+                    Entry {
+                        app: app.clone(),
+                        scope,
+                        full_rv: String::new(),
+                        complete: true,
+                        rv: None,
+                    },
+                );
+                self.emit(ViewEvent::AppUpsert(app));
+            }
+        }
+    }
+
+    /// Applies a watch event, unless it is older than what the view holds: events that arrive
+    /// on a watch opened before a list may already be reflected by it.
     fn apply_watch(&self, scope: usize, scope_name: Option<&str>, kind: WatchEventType, d: DecodedApp) {
         let mut st = self.write();
         let key = d.app.key();
+        if let Some(rv) = rv_number(&d.resource_version) {
+            let older = match st.apps.get(&key) {
+                Some(e) => e.rv.is_some_and(|held| rv < held),
+                None => st.list_rv.get(&scope).is_some_and(|listed| rv <= *listed),
+            };
+            if older {
+                return;
+            }
+        }
         if kind == WatchEventType::Deleted || !self.filter.admits(&d.app, scope_name) {
             self.delete_locked(&mut st, scope, &key);
         } else {
@@ -399,9 +519,30 @@ impl Shared {
         }
     }
 
-    fn apply_clusters(&self, items: Vec<Cluster>) {
+    fn apply_clusters(&self, items: Vec<Cluster>, skipped: Vec<Skipped>) {
         let mut st = self.write();
-        let mut seen = HashSet::with_capacity(items.len());
+        let mut seen = HashSet::with_capacity(items.len() + skipped.len());
+        let unidentified = skipped.iter().any(|s| s.id.is_none());
+        for Skipped { id, error } in skipped {
+            let Some(id) = id else { continue };
+            let reason = error.to_string();
+            seen.insert(id.name.clone());
+            let marked = match st.clusters.get(&id.name) {
+                Some(c) if c.undecodable.as_deref() == Some(reason.as_str()) => continue,
+                Some(c) => Cluster {
+                    undecodable: Some(reason),
+                    ..(**c).clone()
+                },
+                None => Cluster {
+                    server: id.name.clone(),
+                    undecodable: Some(reason),
+                    ..Cluster::default()
+                },
+            };
+            let c = Arc::new(marked);
+            st.clusters.insert(id.name, c.clone());
+            self.emit(ViewEvent::ClusterUpsert(c));
+        }
         for c in items {
             seen.insert(c.server.clone());
             if st.clusters.get(&c.server).is_some_and(|old| **old == c) {
@@ -411,7 +552,11 @@ impl Shared {
             st.clusters.insert(c.server.clone(), c.clone());
             self.emit(ViewEvent::ClusterUpsert(c));
         }
-        let gone: Vec<String> = st.clusters.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        let gone: Vec<String> = if unidentified {
+            vec![]
+        } else {
+            st.clusters.keys().filter(|k| !seen.contains(*k)).cloned().collect()
+        };
         for k in gone {
             st.clusters.remove(&k);
             self.emit(ViewEvent::ClusterDelete(k));
@@ -426,7 +571,34 @@ impl Shared {
     }
 
     fn record_error(&self, loop_name: &str, e: &ArgoCdError) {
-        tracing::warn!(view_loop = loop_name, error = %e, "Argo CD view loop failed; will retry");
+        // One useful line per failure, but a failure that repeats (Argo CD down, a token
+        // revoked) is logged once a minute with how often it happened meanwhile.
+        let key = (loop_name.to_owned(), std::mem::discriminant(e));
+        let now = Instant::now();
+        let repeated = {
+            let mut seen = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+            match seen.get_mut(&key) {
+                Some((last, suppressed)) if now.duration_since(*last) < FAILURE_LOG_INTERVAL => {
+                    *suppressed += 1;
+                    None
+                }
+                Some((last, suppressed)) => {
+                    *last = now;
+                    Some(std::mem::take(suppressed))
+                }
+                None => {
+                    seen.insert(key, (now, 0));
+                    Some(0)
+                }
+            }
+        };
+        match repeated {
+            Some(0) => tracing::warn!(view_loop = loop_name, error = %e, "Argo CD view loop failed; will retry"),
+            Some(n) => {
+                tracing::warn!(view_loop = loop_name, error = %e, repeated = n, "Argo CD view loop failed again; will retry")
+            }
+            None => tracing::debug!(view_loop = loop_name, error = %e, "Argo CD view loop failed; will retry"),
+        }
         self.status.send_modify(|s| {
             s.failing.insert(loop_name.to_owned(), e.clone());
             s.last_error = Some(e.clone());
@@ -481,6 +653,42 @@ async fn start_app_loops(
     }
 }
 
+/// A watch opened on its own task, so it is subscribed (and its events buffered) while the view
+/// lists; dropping it closes the watch.
+struct Feed {
+    rx: tokio::sync::mpsc::Receiver<Result<super::model::WatchEvent, ArgoCdError>>,
+    _task: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+impl Feed {
+    fn open(client: &Client, query: &AppQuery, resource_version: Option<String>) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let (client, query) = (client.clone(), query.clone());
+        let task = tokio::spawn(async move {
+            let mut stream = match client.watch_applications(&query, resource_version.as_deref()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            while let Some(item) = stream.next().await {
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            rx,
+            _task: tokio_util::task::AbortOnDropHandle::new(task),
+        }
+    }
+}
+
+/// How long a watch opened before a list has to be subscribed at the server before the list is
+/// taken: the request's own round trip, with room to spare.
+const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(300);
+
 async fn app_loop(
     shared: Arc<Shared>,
     client: Client,
@@ -496,19 +704,42 @@ async fn app_loop(
     };
     let mut list_backoff = Backoff::new(options.retry_base, options.retry_max);
     let mut watch_backoff = Backoff::new(options.retry_base, options.retry_max);
+    // Whether this Argo CD lists per-resource health (2.x): then the watch resumes from a
+    // resourceVersion and must be subscribed before the list, or a change made between the
+    // list and the subscription would be lost until the next resync. (Argo CD 3.x is watched
+    // without a resourceVersion: its replay of every application closes that gap.)
+    let mut resumable = false;
+    let mut last_rv: Option<String> = None;
     'outer: loop {
+        let watching = client.config().watch;
+        let early = if watching && resumable {
+            let feed = Feed::open(&client, &query, Some(last_rv.clone().unwrap_or_else(|| "0".into())));
+            if !pause(&cancel, SUBSCRIBE_SETTLE).await {
+                return;
+            }
+            Some(feed)
+        } else {
+            None
+        };
         let listed = tokio::select! {
             _ = cancel.cancelled() => return,
             r = client.list_applications(&query) => r,
         };
-        let (rv, health_in_tree, stale, listed) = match listed {
+        let (health_in_tree, stale, listed) = match listed {
             Ok(list) => {
                 let health_in_tree = list.items.iter().any(|d| d.resource_health_in_tree);
                 let listed = list.items.len();
-                let stale = shared.apply_list(scope, scope_name.as_deref(), list.items);
+                let stale = shared.apply_list(
+                    scope,
+                    scope_name.as_deref(),
+                    &list.resource_version,
+                    list.items,
+                    list.skipped,
+                );
                 shared.record_ok(&loop_name);
                 list_backoff.reset();
-                (list.resource_version, health_in_tree, stale, listed)
+                last_rv = Some(list.resource_version).filter(|rv| !rv.is_empty());
+                (health_in_tree, stale, listed)
             }
             Err(e) => {
                 shared.record_error(&loop_name, &e);
@@ -518,7 +749,7 @@ async fn app_loop(
                 continue;
             }
         };
-        if !client.config().watch {
+        if !watching {
             // Polling Argo CD 3.x: the list omits per-resource health, so apps that changed
             // since their last complete object are fetched one by one (bounded concurrency).
             if !stale.is_empty() {
@@ -545,25 +776,20 @@ async fn app_loop(
             }
             continue;
         }
+        let learned_resumable = !health_in_tree && !resumable;
+        resumable = !health_in_tree;
+        if learned_resumable {
+            // This list was taken before any watch was open: take it again, watch first.
+            continue 'outer;
+        }
         let resync_at = Instant::now() + client.config().resync_interval;
-        let opened = tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(resync_at) => continue 'outer,
+        let mut feed = match early {
+            Some(feed) if resumable => feed,
             // Argo CD 3.x lists carry no per-resource health, so a change to it that the watch
             // dropped could never be repaired from the list. Watching without a resourceVersion
             // makes Argo CD replay every app (with health) as ADDED first; unchanged ones emit
             // nothing here, changed ones are repaired.
-            r = client.watch_applications(&query, (!health_in_tree).then_some(rv.as_str())) => r,
-        };
-        let mut stream = match opened {
-            Ok(s) => s,
-            Err(e) => {
-                shared.record_error(&loop_name, &e);
-                if !pause(&cancel, watch_backoff.next_delay()).await {
-                    return;
-                }
-                continue;
-            }
+            _ => Feed::open(&client, &query, None),
         };
         // argocd-server drops watch events for a subscriber whose buffer is full instead of
         // closing its stream, so a burst can lose changes silently. Whether that may have
@@ -587,7 +813,7 @@ async fn app_loop(
                     tracing::info!(view_loop = %loop_name, events = since_list, "re-listing after a burst of watch events (Argo CD drops events for watchers that fall behind)");
                     continue 'outer;
                 }
-                ev = stream.next() => match ev {
+                ev = feed.rx.recv() => match ev {
                     Some(Ok(ev)) => {
                         watch_backoff.reset();
                         shared.apply_watch(scope, scope_name.as_deref(), ev.kind, ev.app);
@@ -597,6 +823,7 @@ async fn app_loop(
                         }
                     }
                     Some(Err(e)) => {
+                        // A broken watch may have lost events: re-list before trusting the view.
                         shared.record_error(&loop_name, &e);
                         if !pause(&cancel, watch_backoff.next_delay()).await {
                             return;
@@ -604,7 +831,7 @@ async fn app_loop(
                         continue 'outer;
                     }
                     None => {
-                        tracing::debug!(view_loop = %loop_name, "watch ended; re-listing");
+                        tracing::info!(view_loop = %loop_name, "the Argo CD watch ended; re-listing");
                         if !pause(&cancel, watch_backoff.next_delay()).await {
                             return;
                         }
@@ -632,7 +859,7 @@ async fn cluster_loop(shared: Arc<Shared>, client: Client, options: ViewOptions,
         };
         let delay = match listed {
             Ok(list) => {
-                shared.apply_clusters(list.items);
+                shared.apply_clusters(list.items, list.skipped);
                 shared.record_ok("clusters");
                 shared
                     .status

@@ -101,6 +101,7 @@ struct ScopeLabels {
 struct ViewGauges {
     applications: Gauge,
     clusters: Gauge,
+    undecodable: Gauge,
     token_expiry: Family<ScopeLabels, Gauge>,
     leader: Gauge,
     leader_transitions: Gauge,
@@ -117,6 +118,11 @@ impl ViewGauges {
             "argocd_gateway_clusters",
             "Argo CD clusters the gateway knows",
             self.clusters.clone(),
+        );
+        r.register(
+            "argocd_gateway_undecodable_objects",
+            "Applications and clusters whose latest version could not be read (their last known state is relayed, marked)",
+            self.undecodable.clone(),
         );
         r.register(
             "argocd_gateway_argocd_token_expiry_timestamp_seconds",
@@ -146,7 +152,11 @@ impl ViewGauges {
             }
         }
         self.applications.set(view.application_count() as i64);
-        self.clusters.set(view.clusters().len() as i64);
+        let clusters = view.clusters();
+        self.clusters.set(clusters.len() as i64);
+        self.undecodable.set(
+            (view.undecodable_applications() + clusters.values().filter(|c| c.undecodable.is_some()).count()) as i64,
+        );
         let Ok(scopes) = client.scopes(&client.config().projects) else {
             return;
         };

@@ -229,6 +229,9 @@ async fn measure_round_trips(session: LiveSession) {
     }
 }
 
+/// A complete snapshot: its entities and the digest the gateway computed.
+type Complete = (Vec<proto::Entity>, Vec<u8>);
+
 /// A snapshot arriving in chunks. It belongs to its session: a session that ends mid-snapshot
 /// takes the chunks with it, and its size is bounded by the gateway state limits.
 #[derive(Default)]
@@ -244,7 +247,7 @@ impl Assembly {
         &mut self,
         chunk: SnapshotChunk,
         limits: &EntityLimits,
-    ) -> Result<Option<(Vec<proto::Entity>, Vec<u8>)>, String> {
+    ) -> Result<Option<Complete>, String> {
         if chunk.index == 0 {
             *self = Self::default();
         } else if chunk.index != self.next_index {

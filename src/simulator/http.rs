@@ -316,7 +316,7 @@ fn selector_matches(sel: &str, labels: &Value) -> bool {
 }
 
 fn list(sim: &SimHandle, t: &TokenSpec, q: &Query) -> Response {
-    let st = sim.lock();
+    let mut st = sim.lock();
     let mut items: Vec<Value> = st
         .apps
         .values()
@@ -327,7 +327,24 @@ fn list(sim: &SimHandle, t: &TokenSpec, q: &Query) -> Response {
         let k = |v: &Value| v["metadata"]["name"].as_str().unwrap_or("").to_owned();
         k(a).cmp(&k(b))
     });
-    json_ok(json!({"metadata": {"resourceVersion": st.rv.to_string()}, "items": items}))
+    items.extend(st.faults.extra_list_items.iter().cloned());
+    let body = json!({"metadata": {"resourceVersion": st.rv.to_string()}, "items": items});
+    let answer = if st.faults.truncated_lists > 0 {
+        st.faults.truncated_lists -= 1;
+        let text = body.to_string();
+        let cut = text.len() / 2;
+        Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(text[..cut].to_owned()))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    } else {
+        json_ok(body)
+    };
+    drop(st);
+    for change in sim.take_after_list() {
+        change(sim);
+    }
+    answer
 }
 
 /// Finds an app the way Get does: without `project`, missing or invisible is 403; with it, 404.
@@ -590,6 +607,9 @@ async fn watch(sim: &SimHandle, t: TokenSpec, q: &Query, headers: &HeaderMap) ->
                 _ = sim.inner.cancel.cancelled() => return,
                 _ = tx.closed() => return,
                 _ = keepalive.tick(), if sse => {
+                    if sim.watches_frozen() {
+                        continue;
+                    }
                     if tx.send(Ok(Bytes::from_static(b":\n"))).await.is_err() {
                         return;
                     }
@@ -646,7 +666,7 @@ fn watch_frame(
         return None;
     }
     let mut st = sim.lock();
-    if st.faults.stalled {
+    if st.faults.stalled || st.faults.frozen {
         return None;
     }
     if st.faults.malformed_lines > 0 {

@@ -184,7 +184,14 @@ struct Faults {
     malformed_lines: u32,
     oversized_line: Option<usize>,
     oversized_body: Option<(String, usize)>,
+    frozen: bool,
+    after_list: Vec<AfterList>,
+    extra_list_items: Vec<Value>,
+    truncated_lists: u32,
 }
+
+/// A change made right after the next application list is answered.
+type AfterList = Box<dyn FnOnce(&SimHandle) + Send>;
 
 #[derive(Clone, Debug)]
 struct WatchMsg {
@@ -633,6 +640,39 @@ impl SimHandle {
     /// Stalls (true) or resumes (false) open watches: while stalled they stay open but send nothing.
     pub fn stall_watches(&self, stalled: bool) {
         self.lock().faults.stalled = stalled;
+    }
+
+    /// Freezes (true) or thaws (false) open watches: while frozen they send nothing at all, not
+    /// even keepalives, like a connection a middlebox holds open but no longer forwards.
+    pub fn freeze_watches(&self, frozen: bool) {
+        self.lock().faults.frozen = frozen;
+    }
+
+    /// Runs `change` right after the next application list has been answered: a change made
+    /// between a client's list and its watch.
+    pub fn after_next_list(&self, change: impl FnOnce(&SimHandle) + Send + 'static) {
+        self.lock().faults.after_list.push(Box::new(change));
+    }
+
+    /// Adds `items` as they are (any JSON, not necessarily an application) to every application
+    /// list until the faults are cleared.
+    pub fn append_to_lists(&self, items: Vec<Value>) {
+        self.lock().faults.extra_list_items.extend(items);
+    }
+
+    /// Cuts the next `n` application list bodies in half: JSON that cannot be read as a whole.
+    pub fn truncate_lists(&self, n: u32) {
+        self.lock().faults.truncated_lists += n;
+    }
+
+    /// Takes the changes waiting for the next list.
+    fn take_after_list(&self) -> Vec<AfterList> {
+        std::mem::take(&mut self.lock().faults.after_list)
+    }
+
+    /// Whether watches are frozen.
+    fn watches_frozen(&self) -> bool {
+        self.lock().faults.frozen
     }
 
     /// Replaces the next `n` watch events with malformed JSON lines.

@@ -466,3 +466,60 @@ async fn say_goodbye(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(bytes: usize) -> Response {
+        Response {
+            id: 7,
+            result: Some(response::Result::Json(vec![b'x'; bytes])),
+            more: false,
+        }
+    }
+
+    fn error_code(r: &Response) -> Option<i32> {
+        match &r.result {
+            Some(response::Result::Error(e)) => Some(e.code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn answers_travel_in_pieces_or_are_refused_typed() {
+        let chunked = AnswerSizing {
+            chunked: true,
+            max_bytes: 8 * 1024 * 1024,
+        };
+        let pieces = chunked.pieces(answer(ANSWER_PIECE_BYTES * 2 + 10));
+        assert_eq!(pieces.len(), 3);
+        assert!(pieces[0].more && pieces[1].more && !pieces[2].more);
+        assert!(pieces.iter().all(|p| p.id == 7));
+        let total: usize = pieces
+            .iter()
+            .map(|p| match &p.result {
+                Some(response::Result::Json(b)) => b.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(total, ANSWER_PIECE_BYTES * 2 + 10);
+        assert_eq!(chunked.pieces(answer(10)).len(), 1);
+
+        let over = chunked.pieces(answer(9 * 1024 * 1024));
+        assert_eq!(error_code(&over[0]), Some(request_error::Code::TooLarge as i32));
+        let Some(response::Result::Error(e)) = &over[0].result else {
+            unreachable!()
+        };
+        assert!(e.message.contains("--max-answer-bytes") && e.message.contains("gateway.hub.maxAnswerBytes"));
+
+        // An older hub takes one piece of at most a few MiB.
+        let whole = AnswerSizing {
+            chunked: false,
+            max_bytes: 64 * 1024 * 1024,
+        };
+        assert_eq!(whole.pieces(answer(2 * 1024 * 1024)).len(), 1);
+        let refused = whole.pieces(answer(5 * 1024 * 1024));
+        assert_eq!(error_code(&refused[0]), Some(request_error::Code::TooLarge as i32));
+    }
+}

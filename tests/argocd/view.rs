@@ -7,6 +7,7 @@ use std::time::Duration;
 use argocd_gateway::argocd::model::{HealthStatusCode, decode_application};
 use argocd_gateway::argocd::{AppKey, Application, View, ViewEvent, ViewHandle, ViewOptions};
 use argocd_gateway::simulator::{SimHandle, SimTls, TokenSpec};
+use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -550,4 +551,270 @@ async fn a_burst_read_slowly_with_dropped_events_still_converges_without_the_res
     }
     assert!(list_count(&env.sim) > lists, "converged by re-listing after the burst");
     cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_change_made_between_the_list_and_the_watch_is_not_lost() {
+    // Argo CD 2.x: the watch resumes from the list's resourceVersion and does not replay what
+    // changed between the list and its subscription. The view subscribes first.
+    let env = start(SimTls::Plaintext, "v2.14.7").await;
+    env.sim.add_synthetic_apps(3);
+    let (view, cancel) = spawn(&env, Mode::Plaintext, &["--resync-interval", "10m"]);
+    within(view.wait_synced()).await;
+    env.sim.set_health("argocd", "app-00000", "Degraded", "");
+    eventually("the watch delivers", || seen(&view) == truth(&env.sim)).await;
+    for round in 0..3 {
+        let message = format!("changed right after list {round}");
+        env.sim.after_next_list(move |sim| {
+            sim.set_health("argocd", "app-00002", "Progressing", &message);
+        });
+        // The watch is cut: the view re-lists, and the change lands right after that list.
+        env.sim.disconnect_watches();
+        eventually("the change made right after the list arrives", || {
+            view.application(&AppKey::new("argocd", "app-00002"))
+                .is_some_and(|a| a.health.message == format!("changed right after list {round}"))
+        })
+        .await;
+    }
+    assert_eq!(seen(&view), truth(&env.sim));
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn an_application_that_cannot_be_read_keeps_its_last_known_state_marked() {
+    let env = start(SimTls::Plaintext, "v2.14.7").await;
+    env.sim.add_synthetic_apps(3);
+    let (view, cancel) = spawn(&env, Mode::Plaintext, &["--resync-interval", "10m"]);
+    within(view.wait_synced()).await;
+    let key = AppKey::new("argocd", "app-00001");
+    let before = view.application(&key).expect("known");
+    // A health of the wrong type: its meaning cannot be read.
+    env.sim
+        .modify_app("argocd", "app-00001", |a| a["status"]["health"] = json!(42));
+    eventually("the application is marked undecodable", || {
+        view.application(&key).is_some_and(|a| a.undecodable.is_some())
+    })
+    .await;
+    let marked = view.application(&key).unwrap();
+    assert_eq!(marked.health, before.health, "the last known health is kept");
+    assert!(
+        marked.undecodable.as_deref().unwrap().contains("app-00001"),
+        "{marked:?}"
+    );
+    assert_eq!(view.application_count(), 3, "nothing is dropped");
+    // Secondary fields of an odd shape do not make an application undecodable.
+    env.sim.modify_app("argocd", "app-00000", |a| {
+        a["status"]["conditions"] = json!("not a list");
+        a["status"]["summary"] = json!(7);
+        a["status"]["sync"] = json!("OutOfSync");
+    });
+    eventually("a leniently read application is current", || {
+        view.application(&AppKey::new("argocd", "app-00000")).is_some_and(|a| {
+            a.sync.status == argocd_gateway::argocd::model::SyncStatusCode::OutOfSync && a.undecodable.is_none()
+        })
+    })
+    .await;
+    // A new application that cannot be read appears as a marked stub.
+    let mut odd = argocd_gateway::simulator::objects::synthetic_app(9, "argocd");
+    odd["status"]["health"] = json!([1]);
+    env.sim.upsert_app(odd);
+    eventually("the unreadable new application is a marked stub", || {
+        view.application(&AppKey::new("argocd", "app-00009"))
+            .is_some_and(|a| a.undecodable.is_some() && a.project == "default")
+    })
+    .await;
+    // Repaired, it is read again and the mark goes.
+    env.sim.modify_app("argocd", "app-00001", |a| {
+        a["status"]["health"] = json!({"status": "Healthy"})
+    });
+    eventually("the repaired application is unmarked", || {
+        view.application(&key).is_some_and(|a| a.undecodable.is_none())
+    })
+    .await;
+    cancel.cancel();
+}
+
+/// A JSON value nested `depth` arrays deep (built directly: no parser here reads one).
+fn nested(depth: usize) -> serde_json::Value {
+    let mut v = json!([]);
+    for _ in 0..depth {
+        v = serde_json::Value::Array(vec![v]);
+    }
+    v
+}
+
+#[tokio::test]
+async fn a_list_that_cannot_be_read_changes_nothing() {
+    // Polling, so only lists change the view.
+    let env = start(SimTls::Plaintext, "v2.14.7").await;
+    env.sim.add_synthetic_apps(4);
+    let (view, cancel) = spawn(&env, Mode::Plaintext, &["--watch=false", "--poll-interval", "100ms"]);
+    within(view.wait_synced()).await;
+    // A list whose body is cut off: nothing of it is applied, although an app was deleted.
+    env.sim.truncate_lists(3);
+    env.sim.delete_app("argocd", "app-00003");
+    eventually("the broken lists are reported", || !view.status().failing.is_empty()).await;
+    assert_eq!(
+        view.application_count(),
+        4,
+        "a list that cannot be read removes nothing"
+    );
+    eventually("good lists apply again", || seen(&view) == truth(&env.sim)).await;
+
+    // A list with an object that cannot even be identified (an array nested 300 deep where
+    // an application belongs): the others are applied, but nothing is removed.
+    env.sim.append_to_lists(vec![nested(300)]);
+    env.sim.delete_app("argocd", "app-00002");
+    env.sim.set_health("argocd", "app-00000", "Degraded", "still applied");
+    eventually("the readable items are applied", || {
+        view.application(&AppKey::new("argocd", "app-00000"))
+            .is_some_and(|a| a.health.message == "still applied")
+    })
+    .await;
+    let lists = list_count(&env.sim);
+    eventually("more lists", || list_count(&env.sim) > lists + 3).await;
+    assert!(
+        view.application(&AppKey::new("argocd", "app-00002")).is_some(),
+        "no application is removed while an object cannot be identified"
+    );
+    env.sim.clear_faults();
+    eventually("the deletion applies once every object reads", || {
+        view.application(&AppKey::new("argocd", "app-00002")).is_none()
+    })
+    .await;
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_watch_that_goes_silent_is_replaced() {
+    let env = crate::common::start_with(argocd_gateway::simulator::SimOptions {
+        tls: SimTls::Plaintext,
+        version: "v2.14.7".into(),
+        sse_keepalive: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    env.sim.add_synthetic_apps(2);
+    let (view, cancel) = spawn(
+        &env,
+        Mode::Plaintext,
+        &["--resync-interval", "10m", "--argocd-watch-idle-timeout", "1s"],
+    );
+    within(view.wait_synced()).await;
+    let lists = list_count(&env.sim);
+    // The connection stays open but nothing comes through, not even keepalives.
+    env.sim.freeze_watches(true);
+    env.sim.set_health("argocd", "app-00001", "Degraded", "while frozen");
+    eventually("the silent watch is noticed", || list_count(&env.sim) > lists).await;
+    env.sim.freeze_watches(false);
+    eventually("the change made meanwhile arrives", || seen(&view) == truth(&env.sim)).await;
+    cancel.cancel();
+}
+
+/// A log sink for one test's subscriber.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+    fn lines_with(&self, needle: &str) -> usize {
+        self.text().lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+#[test]
+fn every_watch_failure_is_logged_once_and_repeats_are_summarised() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // One thread runs everything, so this subscriber sees every line of the view.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let env = crate::common::start_with(argocd_gateway::simulator::SimOptions {
+            tls: SimTls::Plaintext,
+            version: "v2.14.7".into(),
+            sse_keepalive: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await;
+        env.sim.add_synthetic_apps(2);
+        let (view, cancel) = spawn(
+            &env,
+            Mode::Plaintext,
+            &[
+                "--resync-interval",
+                "10m",
+                "--argocd-watch-idle-timeout",
+                "1s",
+                "--argocd-max-line-bytes",
+                "200000",
+            ],
+        );
+        within(view.wait_synced()).await;
+        let relisted = |n: usize| {
+            let sim = env.sim.clone();
+            move || list_count(&sim) > n
+        };
+        // An error chunk inside the stream.
+        let n = list_count(&env.sim);
+        env.sim.fail_watches(500, "the watch broke on purpose");
+        eventually("re-listed after the error chunk", relisted(n)).await;
+        // A malformed line.
+        let n = list_count(&env.sim);
+        env.sim.malformed_watch_lines(1);
+        env.sim.set_health("argocd", "app-00000", "Degraded", "a");
+        eventually("re-listed after the malformed line", relisted(n)).await;
+        // An oversized line.
+        let n = list_count(&env.sim);
+        env.sim.oversized_watch_line(300_000);
+        env.sim.set_health("argocd", "app-00000", "Healthy", "b");
+        eventually("re-listed after the oversized line", relisted(n)).await;
+        // A stream that goes silent.
+        let n = list_count(&env.sim);
+        env.sim.freeze_watches(true);
+        eventually("re-listed after the stall", relisted(n)).await;
+        env.sim.freeze_watches(false);
+        // The same failure five more times in a row.
+        for round in 0..5 {
+            let n = list_count(&env.sim);
+            env.sim
+                .fail_watches(500, &format!("the watch broke on purpose again {round}"));
+            eventually("re-listed after a repeated error chunk", relisted(n)).await;
+        }
+        cancel.cancel();
+    });
+    let text = logs.text();
+    assert_eq!(
+        logs.lines_with("the watch broke on purpose"),
+        1,
+        "repeats are not logged each time:\n{text}"
+    );
+    assert_eq!(logs.lines_with("cannot decode"), 1, "the malformed line:\n{text}");
+    assert_eq!(
+        logs.lines_with("--argocd-max-line-bytes"),
+        1,
+        "the oversized line:\n{text}"
+    );
+    assert_eq!(logs.lines_with("stalled"), 1, "the silent stream:\n{text}");
+    assert!(text.lines().all(|l| !l.contains("PRIVATE KEY")));
 }
