@@ -119,6 +119,18 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The memory limit of this process's cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`),
+/// when one is set.
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let parse = |s: String| s.trim().parse::<u64>().ok();
+    // "max" (v2) or a huge number (v1) means no limit.
+    let limit = read("/sys/fs/cgroup/memory.max")
+        .and_then(parse)
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes").and_then(parse))?;
+    (limit < (1 << 60)).then_some(limit)
+}
+
 /// Now as Unix milliseconds.
 pub fn unix_ms_now() -> i64 {
     jiff::Timestamp::now().as_millisecond()

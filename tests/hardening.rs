@@ -617,3 +617,139 @@ async fn connections_that_never_speak_are_closed_and_gateways_still_connect() {
     );
     hub.shutdown().await;
 }
+
+/// `VmRSS` of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unterminated_snapshots_do_not_accumulate_in_the_hub() {
+    argocd_gateway::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The hub as its own process, so its memory is its own.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_argocd-gateway"))
+        .args([
+            "hub",
+            "serve",
+            "--data-dir",
+            &dir.path().join("hub").display().to_string(),
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http}"),
+            "--hostname",
+            "localhost",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let admin_path = dir.path().join("hub/admin-token");
+    let started = Instant::now();
+    while !admin_path.exists() || reqwest::get(format!("http://127.0.0.1:{http}/healthz")).await.is_err() {
+        assert!(started.elapsed() < WAIT, "the hub process starts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admin = std::fs::read_to_string(&admin_path).unwrap().trim().to_owned();
+    let tok: Value = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{http}/api/v1/registration-tokens"))
+        .bearer_auth(&admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cfg = HubConfig {
+        endpoint: HubEndpoint::parse(&format!("https://localhost:{grpc}"), false).unwrap(),
+        pin: None,
+        ca_fingerprint: Some(
+            argocd_gateway::tls::Fingerprint::parse(tok["caFingerprint"].as_str().unwrap(), "test").unwrap(),
+        ),
+        connect_timeout: Duration::from_secs(5),
+    };
+    let args = RegistrationArgs {
+        registration_token: Some(Secret::new(tok["token"].as_str().unwrap())),
+        ..Default::default()
+    };
+    let id = register(&cfg, &[], &FileStore::new(dir.path().join("id.json")), &args)
+        .await
+        .unwrap();
+    // 50 MiB per session: 50 chunks of 1 MiB (100 entities of ~10 KiB), never the last.
+    let filler = "x".repeat(10 * 1024);
+    let mut figures = vec![];
+    for session in 0..10 {
+        let channel = Dialer::new(&cfg, &[], Some(&id)).unwrap().connect().await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(hello(&id, "i")).await.unwrap();
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        req.metadata_mut()
+            .insert(assertion::METADATA_KEY, signed(&id, Purpose::Tunnel).parse().unwrap());
+        let mut stream = TunnelClient::new(channel).open(req).await.unwrap().into_inner();
+        let _welcome = first_message(&mut stream).await;
+        for index in 0..50u32 {
+            let entities = (0..100)
+                .map(|i| {
+                    let name = format!("s{session}-c{index}-e{i}");
+                    let json = json!({"namespace": "argocd", "name": name, "project": filler});
+                    proto::Entity {
+                        kind: proto::EntityKind::Application as i32,
+                        key: format!("argocd/{name}"),
+                        hash: vec![1; 32],
+                        json: serde_json::to_vec(&json).unwrap(),
+                    }
+                })
+                .collect();
+            tx.send(GatewayMessage {
+                body: Some(gateway_message::Body::Snapshot(SnapshotChunk {
+                    seq: u64::from(index) + 1,
+                    index,
+                    last: false,
+                    entities,
+                    digest: vec![],
+                })),
+            })
+            .await
+            .unwrap();
+            ack(&mut stream).await;
+        }
+        drop(tx);
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        figures.push(rss_mib(pid));
+    }
+    let text: Vec<String> = figures.iter().map(|f| format!("{f:.0}")).collect();
+    eprintln!(
+        "hub RSS after each of 10 unterminated 50 MiB snapshots (MiB): {}",
+        text.join(", ")
+    );
+    let early = figures[..3].iter().copied().fold(0.0, f64::max);
+    let late = figures[7..].iter().copied().fold(0.0, f64::max);
+    assert!(
+        late <= early + 64.0,
+        "the hub's memory grows with every abandoned snapshot: {}",
+        text.join(", ")
+    );
+    let _ = child.kill().await;
+}

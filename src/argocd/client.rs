@@ -1001,7 +1001,7 @@ impl Client {
                     };
                     match next? {
                         Ok(line) => {
-                            if let Some(payload) = sse_payload(&line) {
+                            if let Some(payload) = model::stream_payload(&line) {
                                 return Some((Ok(payload.to_owned()), Some(framed)));
                             }
                         }
@@ -1083,24 +1083,6 @@ impl std::io::Read for BodyReader {
     }
 }
 
-/// The JSON payload of a stream line: NDJSON as is, SSE `data:` stripped; `None` for blank lines,
-/// SSE comments (keepalives) and other SSE fields.
-fn sse_payload(line: &str) -> Option<&str> {
-    let l = line.trim();
-    if l.is_empty() || l.starts_with(':') {
-        return None;
-    }
-    if let Some(rest) = l.strip_prefix("data:") {
-        let rest = rest.trim();
-        return (!rest.is_empty()).then_some(rest);
-    }
-    if l.starts_with('{') {
-        return Some(l);
-    }
-    // `event:`, `id:`, `retry:` carry nothing for us.
-    None
-}
-
 fn is_transient(e: &ArgoCdError) -> bool {
     matches!(e, ArgoCdError::Unavailable { .. } | ArgoCdError::Timeout { .. })
 }
@@ -1150,11 +1132,14 @@ mod tests {
 
     #[test]
     fn sse_and_ndjson_lines() {
-        assert_eq!(sse_payload(r#"{"result":{}}"#), Some(r#"{"result":{}}"#));
-        assert_eq!(sse_payload(r#"data: {"result":{}} "#), Some(r#"{"result":{}}"#));
-        assert_eq!(sse_payload(":"), None);
-        assert_eq!(sse_payload(""), None);
-        assert_eq!(sse_payload("event: x"), None);
+        assert_eq!(model::stream_payload(r#"{"result":{}}"#), Some(r#"{"result":{}}"#));
+        assert_eq!(
+            model::stream_payload(r#"data: {"result":{}} "#),
+            Some(r#"{"result":{}}"#)
+        );
+        assert_eq!(model::stream_payload(":"), None);
+        assert_eq!(model::stream_payload(""), None);
+        assert_eq!(model::stream_payload("event: x"), None);
     }
 
     #[test]

@@ -815,6 +815,24 @@ pub fn decode_cluster_list_from(reader: impl std::io::Read) -> Result<DecodedLis
     )
 }
 
+/// The JSON payload of a stream line: NDJSON as is, SSE `data:` stripped; `None` for blank lines,
+/// SSE comments (keepalives) and other SSE fields.
+pub fn stream_payload(line: &str) -> Option<&str> {
+    let l = line.trim();
+    if l.is_empty() || l.starts_with(':') {
+        return None;
+    }
+    if let Some(rest) = l.strip_prefix("data:") {
+        let rest = rest.trim();
+        return (!rest.is_empty()).then_some(rest);
+    }
+    if l.starts_with('{') {
+        return Some(l);
+    }
+    // `event:`, `id:`, `retry:` carry nothing for us.
+    None
+}
+
 /// Type of a watch event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchEventType {

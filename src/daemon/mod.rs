@@ -212,6 +212,7 @@ pub async fn run(args: DaemonArgs, shutdown: CancellationToken) -> Result<(), Da
     let client = Client::new(argocd_config).map_err(ConfigError::from)?;
     let store = crate::cli::open_identity_store(&uplink.identity);
     let cfg = args.tunnel.config(uplink, store);
+    warn_if_caps_exceed_memory(&args, client.config());
     let tree = Tree::with_token(shutdown.clone());
     // The elector outlives the tunnel so that, on shutdown, the Lease is released only after
     // the goodbye: a standby that takes over at once finds the hub session already closed.
@@ -294,6 +295,25 @@ pub async fn run(args: DaemonArgs, shutdown: CancellationToken) -> Result<(), Da
         return Err(DaemonError::TaskEnded(failure));
     }
     result.map_err(DaemonError::from)
+}
+
+/// Warns when what the gateway may hold in memory at once (a whole watch line or log line, a
+/// whole answer to the hub) is more than half of its container's memory limit: the limit
+/// would then be reached before the caps protect it. List bodies are decoded as they stream,
+/// so their cap bounds bytes read, not memory.
+fn warn_if_caps_exceed_memory(args: &DaemonArgs, argocd: &ArgoCdConfig) {
+    let Some(limit) = crate::util::cgroup_memory_limit() else {
+        return;
+    };
+    let held = (argocd.max_line_bytes as u64).saturating_add(args.tunnel.max_answer_bytes as u64);
+    if held > limit / 2 {
+        tracing::warn!(
+            memory_limit = limit,
+            max_line_bytes = argocd.max_line_bytes,
+            max_answer_bytes = args.tunnel.max_answer_bytes,
+            "the gateway may hold a whole stream line and a whole answer in memory, together over half of its memory limit; lower --argocd-max-line-bytes (Helm gateway.argocd.maxLineBytes) or --max-answer-bytes (Helm gateway.hub.maxAnswerBytes), or raise the memory limit (Helm resources.limits.memory)"
+        );
+    }
 }
 
 /// Runs the tunnel only while this replica is the leader; a standby keeps its view warm and

@@ -328,8 +328,9 @@ impl EntityState {
             });
             match checked {
                 Ok((kind, item)) => {
-                    fresh.bytes += e.json.len();
-                    sizes.insert((kind, e.key.clone()), e.json.len());
+                    // A key sent twice counts once, as its last copy (as the database keeps it).
+                    let replaced = sizes.insert((kind, e.key.clone()), e.json.len()).unwrap_or(0);
+                    fresh.bytes = fresh.bytes - replaced + e.json.len();
                     fresh.insert(e.key.clone(), item);
                     rows.push((kind.tag(), e.key, e.hash, Arc::new(e.json)));
                 }
@@ -384,7 +385,19 @@ impl EntityState {
             let sizes = sizes.get(gateway_id);
             let mut count = current.map(GatewayEntities::len).unwrap_or(0);
             let mut bytes = current.map(|c| c.bytes).unwrap_or(0);
-            for e in delta.entities {
+            // A key carried twice counts once, as its last: the database and memory must agree
+            // on what the delta means whatever a gateway sends.
+            let mut last = HashMap::new();
+            for (i, e) in delta.entities.iter().enumerate() {
+                last.insert((e.kind, e.key.clone()), i);
+            }
+            let entities = delta
+                .entities
+                .into_iter()
+                .enumerate()
+                .filter(|(i, e)| last.get(&(e.kind, e.key.clone())) == Some(i))
+                .map(|(_, e)| e);
+            for e in entities {
                 let (kind, item) = match decode(&e, limits) {
                     Ok(d) => d,
                     Err(reason) => {

@@ -322,6 +322,18 @@ impl Hub {
         self.tree.failed().await
     }
 
+    /// Stops without telling gateways anything, as a crashed or killed hub would: their
+    /// streams just end. For soak tests and benchmarks of the reconnect path.
+    pub async fn stop_abruptly(self) {
+        for (_, session) in self.state.sessions.all() {
+            session.broker.close();
+            session.cancel.cancel();
+        }
+        self.state.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.state.tasks.wait()).await;
+        self.tree.shutdown(Duration::from_secs(2)).await;
+    }
+
     /// Tells every gateway to come back after a short jittered delay, closes their streams and
     /// stops serving.
     pub async fn shutdown(self) {

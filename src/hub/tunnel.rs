@@ -243,11 +243,7 @@ struct Assembly {
 
 impl Assembly {
     /// Adds a chunk; returns the complete snapshot on its last chunk, or why it is refused.
-    fn add(
-        &mut self,
-        chunk: SnapshotChunk,
-        limits: &EntityLimits,
-    ) -> Result<Option<Complete>, String> {
+    fn add(&mut self, chunk: SnapshotChunk, limits: &EntityLimits) -> Result<Option<Complete>, String> {
         if chunk.index == 0 {
             *self = Self::default();
         } else if chunk.index != self.next_index {

@@ -38,7 +38,7 @@ pub struct RunArgs {
     pub keepalive_max_failures: u32,
     /// Largest answer to a hub request (resource tree, managed resources, logs), in bytes;
     /// larger ones are refused with a typed "too large" error (Helm gateway.hub.maxAnswerBytes).
-    #[arg(long, env = "ARGOCD_GATEWAY_MAX_ANSWER_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "ARGOCD_GATEWAY_MAX_ANSWER_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_answer_bytes: usize,
     /// Largest JSON of one relayed application or cluster, in bytes; a larger one is relayed
     /// as a stub marked "tooLarge" with its size (Helm gateway.hub.maxEntityBytes).
