@@ -35,6 +35,8 @@ pub struct HubState {
     pub(super) replay: Mutex<HashMap<String, i64>>,
     /// Session reader tasks.
     pub tasks: TaskTracker,
+    /// Install progress and pending registrations.
+    pub lifecycle: super::lifecycle::Lifecycle,
 }
 
 impl HubState {
@@ -50,6 +52,7 @@ impl HubState {
             health: HealthResults::default(),
             replay: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
+            lifecycle: Default::default(),
         }
     }
 

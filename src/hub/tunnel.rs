@@ -138,6 +138,7 @@ impl Tunnel for TunnelService {
         };
         let _ = tx.try_send(msg(hub_message::Body::Welcome(welcome)));
         tracing::info!(gateway_id = %gateway_id, session_id = %session.session_id, version = %hello.gateway_version, "gateway connected");
+        super::lifecycle::on_connected(&self.state, &gateway_id).await;
         self.state.tasks.spawn(measure_round_trips(session.clone()));
         let state = self.state.clone();
         self.state
@@ -226,6 +227,7 @@ async fn read_session(
                 let seq = chunk.seq;
                 match state.entities.apply_snapshot(&gateway_id, chunk).await {
                     Ok(digest) => {
+                        super::lifecycle::on_state(&state, &gateway_id);
                         let ack = Ack {
                             seq,
                             state_digest: digest.map(|d| d.to_vec()).unwrap_or_default(),
@@ -245,6 +247,7 @@ async fn read_session(
                 let seq = delta.seq;
                 match state.entities.apply_delta(&gateway_id, delta).await {
                     Ok(digest) => {
+                        super::lifecycle::on_state(&state, &gateway_id);
                         let ack = Ack {
                             seq,
                             state_digest: digest.to_vec(),
