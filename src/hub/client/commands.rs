@@ -177,7 +177,7 @@ pub enum TokenCommand {
         #[arg(long)]
         argocd_web_url: Option<String>,
         /// The file with the gateway's Argo CD account token, on the machine that runs helm
-        /// (printed as --set-file; default ./argocd-token).
+        /// (printed as a helm --set-file; default ./argocd-token).
         #[arg(long, conflicts_with = "argocd_token_secret")]
         argocd_token_file: Option<String>,
         /// An existing Secret with the gateway's Argo CD token, in the release namespace.
