@@ -203,7 +203,9 @@ impl CertCheck for ServerTrust {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let chained = match &self.webpki {
             Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
-            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
         };
         match chained {
             Ok(v) => Ok(v),
@@ -318,9 +320,16 @@ pub fn diagnose(err: &rustls::Error) -> Option<CertTrouble> {
         C::NotValidForNameContext { expected, presented } => (
             CertProblem::WrongName,
             if presented.is_empty() {
-                format!("it names no host (no subject alternative names), so it is not valid for {expected:?}")
+                format!(
+                    "it names no host (no subject alternative names), so it is not valid for {}",
+                    expected.to_str()
+                )
             } else {
-                format!("it is issued for {} and not for {expected:?}", presented.join(", "))
+                format!(
+                    "it is issued for {} and not for {}",
+                    presented.iter().map(|p| presented_name(p)).collect::<Vec<_>>().join(", "),
+                    expected.to_str()
+                )
             },
         ),
         C::NotValidForName => (
@@ -338,6 +347,32 @@ pub fn diagnose(err: &rustls::Error) -> Option<CertTrouble> {
         other => (CertProblem::Other, format!("it was refused: {other:?}")),
     };
     Some(CertTrouble { problem, what })
+}
+
+/// A name as webpki reports it (`DnsName("a.example")`, `IpAddress(V4(Ipv4Addr([10, 0, 0, 1])))`)
+/// as a person writes it.
+fn presented_name(raw: &str) -> String {
+    if let Some(dns) = raw.strip_prefix("DnsName(\"").and_then(|r| r.strip_suffix("\")")) {
+        return dns.to_owned();
+    }
+    if let Some(start) = raw.find("([").map(|i| i + 2)
+        && let Some(len) = raw[start..].find(']')
+    {
+        let parts: Vec<u16> = raw[start..start + len]
+            .split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect();
+        if parts.len() == 4 {
+            return parts.iter().map(u16::to_string).collect::<Vec<_>>().join(".");
+        }
+        if parts.len() == 16 {
+            let bytes: Vec<u8> = parts.iter().map(|b| *b as u8).collect();
+            if let Ok(octets) = <[u8; 16]>::try_from(bytes.as_slice()) {
+                return std::net::Ipv6Addr::from(octets).to_string();
+            }
+        }
+    }
+    raw.to_owned()
 }
 
 fn unix_time(t: UnixTime) -> String {
@@ -493,6 +528,13 @@ impl std::fmt::Display for Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presented_names_read_as_written() {
+        assert_eq!(presented_name("DnsName(\"argocd.example.com\")"), "argocd.example.com");
+        assert_eq!(presented_name("IpAddress(V4(Ipv4Addr([127, 0, 0, 1])))"), "127.0.0.1");
+        assert_eq!(presented_name("Other"), "Other");
+    }
 
     #[test]
     fn fingerprint_forms() {

@@ -117,7 +117,9 @@ pub enum ArgoCdError {
         message: String,
     },
     /// The request did not finish within its deadline.
-    #[error("Argo CD did not answer {what} within {seconds:.1}s (flag --argocd-request-timeout, Helm gateway.argocd.requestTimeout)")]
+    #[error(
+        "Argo CD did not answer {what} within {seconds:.1}s (flag --argocd-request-timeout, Helm gateway.argocd.requestTimeout)"
+    )]
     Timeout {
         /// The call.
         what: String,
@@ -174,13 +176,17 @@ pub enum ArgoCdError {
         detail: String,
     },
     /// A response body exceeded the configured cap.
-    #[error("an Argo CD response exceeded {limit} bytes (flag --argocd-max-body-bytes, Helm gateway.argocd.maxBodyBytes)")]
+    #[error(
+        "an Argo CD response exceeded {limit} bytes (flag --argocd-max-body-bytes, Helm gateway.argocd.maxBodyBytes)"
+    )]
     BodyTooLarge {
         /// The cap.
         limit: u64,
     },
     /// A stream line exceeded the configured cap.
-    #[error("an Argo CD stream line exceeded {limit} bytes (flag --argocd-max-line-bytes, Helm gateway.argocd.maxLineBytes)")]
+    #[error(
+        "an Argo CD stream line exceeded {limit} bytes (flag --argocd-max-line-bytes, Helm gateway.argocd.maxLineBytes)"
+    )]
     LineTooLong {
         /// The cap.
         limit: usize,

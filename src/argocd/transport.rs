@@ -27,7 +27,9 @@ pub fn rustls_config(mode: &TlsMode) -> Option<rustls::ClientConfig> {
 
 /// The verifier of TLS mode `Verify`: system roots plus `--trust-ca`, where a certificate in the
 /// trust list is also trusted as the server's own (see [`crate::tls::ServerTrust`]).
-pub fn verifier(extra_roots: &[rustls_pki_types::CertificateDer<'static>]) -> std::sync::Arc<crate::tls::Verifier<crate::tls::ServerTrust>> {
+pub fn verifier(
+    extra_roots: &[rustls_pki_types::CertificateDer<'static>],
+) -> std::sync::Arc<crate::tls::Verifier<crate::tls::ServerTrust>> {
     let system = crate::tls::system_roots();
     std::sync::Arc::new(crate::tls::Verifier::new(crate::tls::ServerTrust::new(
         system.iter().chain(extra_roots.iter()),
@@ -98,9 +100,7 @@ pub fn classify_tls(url: &str, err: &rustls::Error) -> ArgoCdError {
             CertProblem::WrongPurpose => {
                 "reissue the certificate with extendedKeyUsage serverAuth, or set gateway.argocd.insecure=true (--argocd-insecure)"
             }
-            CertProblem::Other => {
-                "fix the certificate, or set gateway.argocd.insecure=true (--argocd-insecure)"
-            }
+            CertProblem::Other => "fix the certificate, or set gateway.argocd.insecure=true (--argocd-insecure)",
         };
         return ArgoCdError::BadCertificate {
             url,

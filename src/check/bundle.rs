@@ -49,7 +49,10 @@ pub async fn build(args: &CheckArgs, report: &Report) -> Value {
 fn sensitive(name: &str) -> bool {
     let n = name.to_ascii_uppercase();
     let path_like = n.ends_with("_FILE") || n.ends_with("_DIR") || n.ends_with("_PATH");
-    !path_like && ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL"].iter().any(|w| n.contains(w))
+    !path_like
+        && ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL"]
+            .iter()
+            .any(|w| n.contains(w))
 }
 
 /// A URL with any `user:password@` removed.

@@ -42,7 +42,10 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         match bundle::write(&args, &report, path).await {
             Ok(()) => println!("support bundle written to {} (it contains no secret)", path.display()),
             Err(e) => {
-                eprintln!("error: cannot write the support bundle {}: {e} (flag --bundle)", path.display());
+                eprintln!(
+                    "error: cannot write the support bundle {}: {e} (flag --bundle)",
+                    path.display()
+                );
                 return Ok(ExitCode::FAILURE);
             }
         }

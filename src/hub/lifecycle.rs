@@ -158,7 +158,10 @@ fn failing_rows(result: &Value) -> Vec<String> {
 pub async fn on_health(state: &HubState, gateway_id: &str, result: &Value) {
     let failing = failing_rows(result);
     let reachable = result.pointer("/argocd/reachable").and_then(Value::as_bool) == Some(true);
-    let url = result.pointer("/argocd/url").and_then(Value::as_str).unwrap_or("Argo CD");
+    let url = result
+        .pointer("/argocd/url")
+        .and_then(Value::as_str)
+        .unwrap_or("Argo CD");
     let (argocd_state, argocd_message) = if reachable {
         ("done", String::new())
     } else {
@@ -259,10 +262,7 @@ pub async fn reap_pending(state: Arc<HubState>, stop: CancellationToken) {
                     match remove(&state, &p.gateway.id, reason.clone(), true).await {
                         Ok(Some(_)) => {
                             if let Some(token) = p.token_id
-                                && let Err(e) = state
-                                    .store
-                                    .record_step(token, CONNECTED, "failed", reason, t)
-                                    .await
+                                && let Err(e) = state.store.record_step(token, CONNECTED, "failed", reason, t).await
                             {
                                 log_store_error("the removal", &p.gateway.id, &e);
                             }

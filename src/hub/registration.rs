@@ -186,7 +186,10 @@ impl Registration for RegistrationService {
         let reason = if given.is_empty() {
             "deregistered by the gateway itself".to_owned()
         } else {
-            format!("deregistered by the gateway itself: {}", given.chars().take(256).collect::<String>())
+            format!(
+                "deregistered by the gateway itself: {}",
+                given.chars().take(256).collect::<String>()
+            )
         };
         super::lifecycle::remove(&self.state, &gateway_id, reason, false)
             .await
@@ -210,10 +213,13 @@ impl Registration for RegistrationService {
             TokenState::Active => {}
             TokenState::Unknown => return Err(unknown()),
             TokenState::Expired => {
-                return Err(ErrorCode::TokenExpired.status(tonic::Code::Unauthenticated, "the registration token has expired"));
+                return Err(
+                    ErrorCode::TokenExpired.status(tonic::Code::Unauthenticated, "the registration token has expired")
+                );
             }
             TokenState::Used => {
-                return Err(ErrorCode::TokenUsed.status(tonic::Code::PermissionDenied, "the registration token was already used"));
+                return Err(ErrorCode::TokenUsed
+                    .status(tonic::Code::PermissionDenied, "the registration token was already used"));
             }
         }
         let rows: Vec<String> = req
@@ -230,7 +236,11 @@ impl Registration for RegistrationService {
             .collect();
         let mut message = format!(
             "the registration preflight failed, so the token was not used: {}",
-            if rows.is_empty() { "no detail".to_owned() } else { rows.join("; ") }
+            if rows.is_empty() {
+                "no detail".to_owned()
+            } else {
+                rows.join("; ")
+            }
         );
         if message.len() > 4096 {
             let mut cut = 4096;

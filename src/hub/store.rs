@@ -619,8 +619,7 @@ impl Store {
     /// The recorded steps of a token.
     pub async fn token_steps(&self, token_id: String) -> Result<Vec<StepRecord>, StoreError> {
         self.call(move |c| {
-            let mut stmt =
-                c.prepare("SELECT step, state, message, at FROM registration_steps WHERE token_id = ?1")?;
+            let mut stmt = c.prepare("SELECT step, state, message, at FROM registration_steps WHERE token_id = ?1")?;
             let rows = stmt.query_map(params![token_id], |r| {
                 Ok(StepRecord {
                     step: r.get(0)?,
@@ -760,7 +759,12 @@ impl Store {
     }
 
     /// Records that a gateway's self-update holds back (with the reason), or clears it.
-    pub async fn set_update_hold(&self, gateway_id: String, reason: Option<String>, now: i64) -> Result<(), StoreError> {
+    pub async fn set_update_hold(
+        &self,
+        gateway_id: String,
+        reason: Option<String>,
+        now: i64,
+    ) -> Result<(), StoreError> {
         self.call(move |c| {
             match reason {
                 Some(reason) => c.execute(

@@ -923,7 +923,12 @@ mod tests {
         assert!(text.contains("upgrade 1.0.0 -> 1.1.0"), "{text}");
         assert!(text.contains("r.io/gw:v1.0.0@sha256:aa -> r.io/gw:v1.1.0"), "{text}");
         assert!(text.contains("5m"), "{text}");
-        let same = plan("ns", current.clone(), Some(Version::new(1, 0, 0)), Duration::from_secs(1));
+        let same = plan(
+            "ns",
+            current.clone(),
+            Some(Version::new(1, 0, 0)),
+            Duration::from_secs(1),
+        );
         assert!(same.changes.is_empty());
         assert!(same.to_string().contains("already at the desired version"));
         let held = plan(
@@ -945,14 +950,26 @@ mod tests {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
         let meta = |labels: &[(&str, &str)], annotations: &[(&str, &str)]| ObjectMeta {
             labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
-            annotations: Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             ..Default::default()
         };
         let helm = [("meta.helm.sh/release-name", "gw")];
-        assert_eq!(gitops_owner(&meta(&[("app.kubernetes.io/instance", "gw")], &helm)), None);
+        assert_eq!(
+            gitops_owner(&meta(&[("app.kubernetes.io/instance", "gw")], &helm)),
+            None
+        );
         assert_eq!(gitops_owner(&ObjectMeta::default()), None);
         for (labels, annotations, who) in [
-            (vec![], vec![("argocd.argoproj.io/tracking-id", "gw:apps/Deployment:ns/gw")], "Argo CD"),
+            (
+                vec![],
+                vec![("argocd.argoproj.io/tracking-id", "gw:apps/Deployment:ns/gw")],
+                "Argo CD",
+            ),
             (vec![("argocd.argoproj.io/instance", "gw")], vec![], "Argo CD"),
             (vec![("kustomize.toolkit.fluxcd.io/name", "apps")], vec![], "Flux"),
             (vec![("helm.toolkit.fluxcd.io/name", "gw")], helm.to_vec(), "Flux"),

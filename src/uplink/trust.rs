@@ -16,7 +16,6 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::tls::{CertCheck, Fingerprint};
 
-
 /// Why the hub's certificate was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrustFailure {
@@ -64,7 +63,9 @@ impl TrustFailure {
     fn from_error(err: &rustls::Error) -> Self {
         use crate::tls::CertProblem;
         let Some(trouble) = crate::tls::diagnose(err) else {
-            return Self::Untrusted { reason: err.to_string() };
+            return Self::Untrusted {
+                reason: err.to_string(),
+            };
         };
         let fix = match trouble.problem {
             CertProblem::UnknownIssuer | CertProblem::UntrustedSelfSigned => {

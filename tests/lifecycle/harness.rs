@@ -225,10 +225,19 @@ impl Env {
             .env("HELM_ARGV", &argv_file)
             .env(
                 "PATH",
-                format!("{}:{}", self.work().join("bin").display(), std::env::var("PATH").unwrap_or_default()),
+                format!(
+                    "{}:{}",
+                    self.work().join("bin").display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
             );
         let out = output(cmd).await;
-        assert_eq!(out.code, Some(0), "the printed command failed in bash:\n{command}\n{}", out.text());
+        assert_eq!(
+            out.code,
+            Some(0),
+            "the printed command failed in bash:\n{command}\n{}",
+            out.text()
+        );
         let raw = std::fs::read(&argv_file).expect("helm was called");
         raw.split(|b| *b == 0)
             .filter(|a| !a.is_empty())
@@ -260,7 +269,11 @@ impl Env {
     pub async fn install(&self, printed: &Printed) -> Rendered {
         let argv = self.shell_helm_argv(&printed.command).await;
         let r = self.render(&argv).await;
-        assert!(r.ok, "the chart refused the printed command: {}", r.error.as_deref().unwrap_or(""));
+        assert!(
+            r.ok,
+            "the chart refused the printed command: {}",
+            r.error.as_deref().unwrap_or("")
+        );
         r
     }
 
@@ -305,7 +318,9 @@ impl Env {
     }
 
     pub async fn token_status(&self, id: &str) -> Value {
-        let (status, v) = self.api(reqwest::Method::GET, &format!("/api/v1/registration-tokens/{id}")).await;
+        let (status, v) = self
+            .api(reqwest::Method::GET, &format!("/api/v1/registration-tokens/{id}"))
+            .await;
         assert_eq!(status, 200, "{v}");
         v
     }
@@ -415,7 +430,10 @@ impl Pod {
         let containers = spec["containers"].as_array().expect("containers");
         assert_eq!(containers.len(), 1);
         let c = &containers[0];
-        assert!(c.get("command").is_none(), "the image's entrypoint runs the binary: {c}");
+        assert!(
+            c.get("command").is_none(),
+            "the image's entrypoint runs the binary: {c}"
+        );
         let volumes: HashMap<&str, &Value> = spec["volumes"]
             .as_array()
             .into_iter()
@@ -431,7 +449,11 @@ impl Pod {
             let files: Vec<(String, Vec<u8>)> = if let Some(secret) = vol.get("secret") {
                 let name = secret["secretName"].as_str().unwrap();
                 let data = r.secret_data(name).unwrap_or_else(|| {
-                    assert_eq!(secret["optional"], json!(true), "Secret {name} is neither rendered nor optional");
+                    assert_eq!(
+                        secret["optional"],
+                        json!(true),
+                        "Secret {name} is neither rendered nor optional"
+                    );
                     HashMap::new()
                 });
                 match secret["items"].as_array() {
@@ -439,7 +461,8 @@ impl Pod {
                         .iter()
                         .filter_map(|i| {
                             let key = i["key"].as_str().unwrap();
-                            data.get(key).map(|d| (i["path"].as_str().unwrap().to_owned(), d.clone()))
+                            data.get(key)
+                                .map(|d| (i["path"].as_str().unwrap().to_owned(), d.clone()))
                         })
                         .collect(),
                     None => data.into_iter().collect(),

@@ -43,9 +43,17 @@ async fn printed_command_installs_a_gateway_that_relays_and_uninstall_deregister
     }
 
     let r = env.install(&printed).await;
-    assert_eq!((r.release.as_str(), r.namespace.as_str()), ("argocd-gateway-edge-eu", "argocd-gateway-edge-eu"));
+    assert_eq!(
+        (r.release.as_str(), r.namespace.as_str()),
+        ("argocd-gateway-edge-eu", "argocd-gateway-edge-eu")
+    );
     assert!(r.create_namespace);
-    assert!(r.notes.contains(&format!("argocd-gateway hub token status {} --wait", printed.id)), "{}", r.notes);
+    assert!(
+        r.notes
+            .contains(&format!("argocd-gateway hub token status {} --wait", printed.id)),
+        "{}",
+        r.notes
+    );
 
     // Follow the install as NOTES says, from the start.
     let mut status = env.hub_cli(&["token", "status", &printed.id, "--wait", "--timeout", "60s"]);
@@ -57,10 +65,17 @@ async fn printed_command_installs_a_gateway_that_relays_and_uninstall_deregister
     assert_eq!(register.args, ["register"]);
     let out = env.run_to_end(&register).await;
     assert_eq!(out.code, Some(0), "{}", out.text());
-    assert!(out.stdout.contains("registration preflight") && out.stdout.contains("check passed"), "{}", out.text());
+    assert!(
+        out.stdout.contains("registration preflight") && out.stdout.contains("check passed"),
+        "{}",
+        out.text()
+    );
     assert!(out.stdout.contains("registered as gw-"), "{}", out.text());
     for secret in [&env.argocd_token, &printed.token] {
-        assert!(!out.text().contains(secret.as_str()), "a token leaked into the Job's log");
+        assert!(
+            !out.text().contains(secret.as_str()),
+            "a token leaked into the Job's log"
+        );
     }
 
     let gateway = env.pod(&r, "Deployment", "");
@@ -68,14 +83,19 @@ async fn printed_command_installs_a_gateway_that_relays_and_uninstall_deregister
     let mut run = env.spawn(&gateway);
     env.until("the gateway connects and relays every application", || async {
         let v = env.token_status(&printed.id).await;
-        let Some(id) = v["gatewayId"].as_str() else { return false };
+        let Some(id) = v["gatewayId"].as_str() else {
+            return false;
+        };
         let (code, apps) = env
             .api(reqwest::Method::GET, &format!("/api/v1/gateways/{id}/applications"))
             .await;
         code == 200 && apps["items"].as_array().map(Vec::len) == Some(env.sim.apps().len())
     })
     .await;
-    let gateway_id = env.token_status(&printed.id).await["gatewayId"].as_str().unwrap().to_owned();
+    let gateway_id = env.token_status(&printed.id).await["gatewayId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let g = env
         .gateways()
         .await
@@ -85,7 +105,10 @@ async fn printed_command_installs_a_gateway_that_relays_and_uninstall_deregister
     assert_eq!(g["name"], "edge eu");
     assert_eq!(g["environments"], json!(["production", "eu-west"]));
     assert_eq!(g["argocdWebUrl"], "https://argocd.example.com");
-    assert_eq!((g["connected"].clone(), g["state"].clone()), (json!(true), json!("connected")));
+    assert_eq!(
+        (g["connected"].clone(), g["state"].clone()),
+        (json!(true), json!("connected"))
+    );
 
     // `hub token status --wait` printed each step and ended with success.
     let out = status.await.unwrap();
@@ -109,7 +132,9 @@ async fn printed_command_installs_a_gateway_that_relays_and_uninstall_deregister
         format!("server {sim_url}/"),
         format!("token file {token_file}"),
         "subject gateway:apiKey".to_owned(),
-        format!("registered as {gateway_id} (edge eu) in secret:argocd-gateway-edge-eu/argocd-gateway-edge-eu-identity"),
+        format!(
+            "registered as {gateway_id} (edge eu) in secret:argocd-gateway-edge-eu/argocd-gateway-edge-eu-identity"
+        ),
         "with the gateway certificate".to_owned(),
         "check passed".to_owned(),
     ] {
@@ -119,11 +144,26 @@ async fn printed_command_installs_a_gateway_that_relays_and_uninstall_deregister
     let bundle: Value = serde_json::from_str(&bundle_text).unwrap();
     assert_eq!(bundle["check"]["passed"], json!(true));
     assert_eq!(bundle["configuration"]["argocd"]["server"], json!(sim_url));
-    assert!(bundle["metrics"]["text"].as_str().unwrap_or("").contains("argocd_gateway_hub_connected 1"), "{}", bundle["metrics"]);
-    let roles: Vec<&str> = bundle["certificates"].as_array().unwrap().iter().filter_map(|c| c["role"].as_str()).collect();
+    assert!(
+        bundle["metrics"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("argocd_gateway_hub_connected 1"),
+        "{}",
+        bundle["metrics"]
+    );
+    let roles: Vec<&str> = bundle["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["role"].as_str())
+        .collect();
     assert!(roles.iter().any(|r| r.starts_with("hub chain")), "{roles:?}");
     assert!(roles.contains(&"gateway client certificate"), "{roles:?}");
-    let identity = env.kube.get(SECRETS, &r.namespace, &format!("{}-identity", r.fullname())).unwrap();
+    let identity = env
+        .kube
+        .get(SECRETS, &r.namespace, &format!("{}-identity", r.fullname()))
+        .unwrap();
     let key = String::from_utf8(
         base64::Engine::decode(
             &base64::engine::general_purpose::STANDARD,
@@ -133,7 +173,12 @@ async fn printed_command_installs_a_gateway_that_relays_and_uninstall_deregister
     )
     .unwrap();
     assert!(key.contains("PRIVATE KEY"));
-    for secret in [env.argocd_token.as_str(), printed.token.as_str(), "PRIVATE KEY", key.trim()] {
+    for secret in [
+        env.argocd_token.as_str(),
+        printed.token.as_str(),
+        "PRIVATE KEY",
+        key.trim(),
+    ] {
         assert!(!bundle_text.contains(secret), "the support bundle holds a secret");
     }
 
@@ -141,17 +186,44 @@ async fn printed_command_installs_a_gateway_that_relays_and_uninstall_deregister
     let deregister = env.pod(&r, "Job", "-deregister");
     let out = env.run_to_end(&deregister).await;
     assert_eq!(out.code, Some(0), "{}", out.text());
-    assert!(out.stdout.contains(&format!("deregistered gateway {gateway_id}")), "{}", out.text());
-    let (code, v) = env.api(reqwest::Method::GET, &format!("/api/v1/gateways/{gateway_id}")).await;
+    assert!(
+        out.stdout.contains(&format!("deregistered gateway {gateway_id}")),
+        "{}",
+        out.text()
+    );
+    let (code, v) = env
+        .api(reqwest::Method::GET, &format!("/api/v1/gateways/{gateway_id}"))
+        .await;
     assert_eq!(code, 404, "{v}");
-    assert!(v["removedReason"].as_str().unwrap().contains("helm uninstall of release argocd-gateway-edge-eu"), "{v}");
-    let listed = env.gateways().await.into_iter().find(|g| g["id"] == json!(gateway_id)).unwrap();
-    assert_eq!((listed["state"].clone(), listed["connected"].clone()), (json!("removed"), json!(false)), "{listed}");
+    assert!(
+        v["removedReason"]
+            .as_str()
+            .unwrap()
+            .contains("helm uninstall of release argocd-gateway-edge-eu"),
+        "{v}"
+    );
+    let listed = env
+        .gateways()
+        .await
+        .into_iter()
+        .find(|g| g["id"] == json!(gateway_id))
+        .unwrap();
+    assert_eq!(
+        (listed["state"].clone(), listed["connected"].clone()),
+        (json!("removed"), json!(false)),
+        "{listed}"
+    );
     assert!(listed["removedAt"].is_string());
     // Its live session was closed: the hub holds no session, and the gateway was told.
     assert_eq!(env.hub.connected_gateways(), 0);
-    let secret = env.kube.get(SECRETS, &r.namespace, &format!("{}-identity", r.fullname())).unwrap();
-    assert!(secret["data"].get("gateway-id").is_none(), "the identity was removed: {secret}");
+    let secret = env
+        .kube
+        .get(SECRETS, &r.namespace, &format!("{}-identity", r.fullname()))
+        .unwrap();
+    assert!(
+        secret["data"].get("gateway-id").is_none(),
+        "the identity was removed: {secret}"
+    );
     run.start_kill().ok();
     let out = run.wait_with_output().await.unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
@@ -214,7 +286,10 @@ async fn printed_values_stay_one_value_through_the_shell_and_helm() {
     // Nothing was injected: the hub stays TLS, logging stays quiet.
     assert_eq!(var("ARGOCD_GATEWAY_HUB_PLAINTEXT"), Some("false"));
     assert_eq!(var("ARGOCD_GATEWAY_DEBUG"), Some("false"));
-    assert_eq!(r.values["gateway"]["argocd"]["authenticationTokenSecretName"], json!(secret_name));
+    assert_eq!(
+        r.values["gateway"]["argocd"]["authenticationTokenSecretName"],
+        json!(secret_name)
+    );
     assert_eq!(r.values["registration"]["token"], json!(printed.token));
     assert_eq!(r.values["gateway"]["hub"].as_object().unwrap().len(), 1, "{}", r.values);
 }

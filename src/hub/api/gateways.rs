@@ -104,7 +104,10 @@ pub(super) async fn delete_gateway(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let reason = "deleted at the hub (hub gateway delete)".to_owned();
-    if crate::hub::lifecycle::remove(&state.hub, &id, reason, false).await?.is_none() {
+    if crate::hub::lifecycle::remove(&state.hub, &id, reason, false)
+        .await?
+        .is_none()
+    {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no gateway {id}")));
     }
     Ok(StatusCode::NO_CONTENT)

@@ -122,10 +122,7 @@ fn key(path: &[&str]) -> String {
 /// Quotes a word for a POSIX shell: left alone when made only of characters no shell treats
 /// specially, else in single quotes (a `'` inside becomes `'\''`).
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+".contains(c))
-    {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+".contains(c)) {
         s.to_owned()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -151,7 +148,8 @@ pub fn helm_command(o: &InstallOptions) -> InstallCommand {
     let release = release_name(&o.name);
     let namespace = release.clone();
     let mut flags: Vec<(&str, String)> = Vec::new();
-    let mut string = |path: &[&str], value: &str| flags.push(("--set-string", format!("{}={}", key(path), set_value(value))));
+    let mut string =
+        |path: &[&str], value: &str| flags.push(("--set-string", format!("{}={}", key(path), set_value(value))));
     string(&["gateway", "hub", "serverGrpcUrl"], &o.hub_url);
     if let Some(fp) = o.ca_fingerprint.as_deref().filter(|_| !o.hub_plaintext) {
         string(&["registration", "caFingerprint"], fp);
@@ -192,7 +190,11 @@ pub fn helm_command(o: &InstallOptions) -> InstallCommand {
         Some(ArgoCdTokenSource::Secret(_)) => {}
         Some(ArgoCdTokenSource::File(path)) => flags.push((
             "--set-file",
-            format!("{}={}", key(&["gateway", "argocd", "authenticationToken"]), set_value(path)),
+            format!(
+                "{}={}",
+                key(&["gateway", "argocd", "authenticationToken"]),
+                set_value(path)
+            ),
         )),
         None => flags.push((
             "--set-file",
@@ -238,7 +240,10 @@ mod tests {
 
     #[test]
     fn set_escaping() {
-        assert_eq!(set_value("x,gateway.hub.plaintext=true"), r"x\,gateway.hub.plaintext=true");
+        assert_eq!(
+            set_value("x,gateway.hub.plaintext=true"),
+            r"x\,gateway.hub.plaintext=true"
+        );
         assert_eq!(set_value(r"a\b"), r"a\\b");
         assert_eq!(set_value("{x}"), r"\{x}");
         assert_eq!(set_key_segment("example.com/owner"), r"example\.com/owner");
@@ -277,7 +282,10 @@ mod tests {
             argocd_token: Some(ArgoCdTokenSource::Secret("argocd-gateway-account".into())),
             ..Default::default()
         });
-        assert_eq!((c.release.as_str(), c.namespace.as_str()), ("argocd-gateway-prod", "argocd-gateway-prod"));
+        assert_eq!(
+            (c.release.as_str(), c.namespace.as_str()),
+            ("argocd-gateway-prod", "argocd-gateway-prod")
+        );
         for part in [
             "helm upgrade --install argocd-gateway-prod ./charts/argocd-gateway",
             "--namespace argocd-gateway-prod --create-namespace",

@@ -92,10 +92,7 @@ pub fn steps(token: &TokenRecord, recorded: &[StepRecord], gateway_pending: bool
 }
 
 /// `GET /api/v1/registration-tokens/{id}`: the token (never its secret) and its steps.
-pub(super) async fn token_status(
-    State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub(super) async fn token_status(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let Some(token) = state.hub.store.token(id.clone()).await? else {
         return Err(ApiError::with_body(
             StatusCode::NOT_FOUND,
