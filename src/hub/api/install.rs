@@ -132,7 +132,7 @@ pub fn shell_quote(s: &str) -> String {
 /// True when `url`'s host is a loopback name or address, which a cluster cannot dial.
 pub fn is_loopback(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let Ok(parsed) = url::Url::parse(&format!("scheme://{}", rest.trim_end_matches('/'))) else {
+    let Ok(parsed) = url::Url::parse(&format!("https://{}", rest.trim_end_matches('/'))) else {
         return false;
     };
     match parsed.host() {
