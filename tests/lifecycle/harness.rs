@@ -291,14 +291,28 @@ impl Env {
         output(pod.command(&self.kubeconfig)).await
     }
 
-    /// Starts a pod's container.
-    pub fn spawn(&self, pod: &Pod) -> tokio::process::Child {
+    /// Starts a pod's container; its log (stderr) is collected as it comes.
+    pub fn spawn(&self, pod: &Pod) -> Running {
         let mut cmd = pod.command(&self.kubeconfig);
         cmd.kill_on_drop(true)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        cmd.spawn().expect("the container starts")
+        let mut child = cmd.spawn().expect("the container starts");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        Running { _child: child, log }
     }
 
     /// Polls `f` until true (bounded by [`WAIT`]).
@@ -329,6 +343,19 @@ impl Env {
         let (status, v) = self.api(reqwest::Method::GET, "/api/v1/gateways").await;
         assert_eq!(status, 200, "{v}");
         v["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// A running container; killed when dropped.
+pub struct Running {
+    _child: tokio::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Running {
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 

@@ -100,7 +100,7 @@ async fn a_registration_that_never_connects_is_removed_when_its_token_expires() 
     std::fs::write(env.work().join("argocd-token"), &env.argocd_token).unwrap();
     let sim_url = env.sim.url();
     let printed = env
-        .token_create(&["--name", "never", "--ttl", "6s", "--argocd-url", &sim_url])
+        .token_create(&["--name", "never", "--ttl", "20s", "--argocd-url", &sim_url])
         .await;
     let r = env.install(&printed).await;
     // The hook registers, and then no gateway ever connects (the Deployment never starts).

@@ -80,7 +80,7 @@ async fn printed_command_installs_a_gateway_that_relays_and_uninstall_deregister
 
     let gateway = env.pod(&r, "Deployment", "");
     assert_eq!(gateway.args, ["run"]);
-    let mut run = env.spawn(&gateway);
+    let run = env.spawn(&gateway);
     env.until("the gateway connects and relays every application", || async {
         let v = env.token_status(&printed.id).await;
         let Some(id) = v["gatewayId"].as_str() else {
@@ -224,10 +224,16 @@ async fn printed_command_installs_a_gateway_that_relays_and_uninstall_deregister
         secret["data"].get("gateway-id").is_none(),
         "the identity was removed: {secret}"
     );
-    run.start_kill().ok();
-    let out = run.wait_with_output().await.unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("revoked") || log.contains("removed at the hub"), "{log}");
+    env.until("the gateway hears that its session was closed for good", || async {
+        run.log().contains("was revoked at the hub")
+    })
+    .await;
+    assert!(
+        run.log().contains("helm uninstall of release argocd-gateway-edge-eu"),
+        "{}",
+        run.log()
+    );
+    drop(run);
 
     // Running the hook again (helm uninstall retried) finds nothing to do.
     let out = env.run_to_end(&deregister).await;
