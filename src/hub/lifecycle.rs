@@ -240,12 +240,23 @@ pub async fn remove(
     Ok(removed)
 }
 
+/// How long a removed gateway stays in the gateway list.
+pub const REMOVALS_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Removes registrations that never connected once their token's lifetime has ended, waking
-/// at the next such deadline (or when a gateway registers), until `stop`.
+/// at the next such deadline (or when a gateway registers), until `stop`; forgets removals
+/// older than [`REMOVALS_KEPT`].
 pub async fn reap_pending(state: Arc<HubState>, stop: CancellationToken) {
     loop {
         let t = now();
         let mut next = t + 60;
+        if let Err(e) = state
+            .store
+            .prune_removed_gateways(t - REMOVALS_KEPT.as_secs() as i64)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot forget old gateway removals");
+        }
         match state.store.pending_gateways().await {
             Ok(pending) => {
                 for p in pending {

@@ -737,6 +737,12 @@ impl Store {
         .await
     }
 
+    /// Forgets removals older than `before` (Unix seconds), so the list stays bounded.
+    pub async fn prune_removed_gateways(&self, before: i64) -> Result<usize, StoreError> {
+        self.call(move |c| Ok(c.execute("DELETE FROM removed_gateways WHERE removed_at < ?1", params![before])?))
+            .await
+    }
+
     /// Removed gateways, newest first.
     pub async fn removed_gateways(&self) -> Result<Vec<RemovedGateway>, StoreError> {
         self.call(|c| {
@@ -787,5 +793,109 @@ impl Store {
             Ok(rows.collect::<Result<std::collections::HashMap<_, _>, _>>()?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+
+    fn gateway(id: &str, protocol_version: u32) -> NewGateway {
+        NewGateway {
+            gateway: GatewayRecord {
+                id: id.into(),
+                name: format!("name-{id}"),
+                environments: vec!["prod".into()],
+                argocd_web_url: String::new(),
+                created_at: 100,
+                last_seen_at: None,
+                version: String::new(),
+                protocol_version,
+                certificate_expires_at: None,
+            },
+            cert: CertRecord {
+                fingerprint: format!("fp-{id}"),
+                gateway_id: id.into(),
+                public_key: vec![1],
+                not_after: 10_000,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn steps_stay_done_and_only_pending_registrations_are_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db")).unwrap();
+        let token = |id: &str| TokenRecord {
+            id: id.into(),
+            name: String::new(),
+            environments: vec![],
+            created_at: 100,
+            expires_at: 200,
+            used_at: None,
+            gateway_id: None,
+        };
+        for (t, g) in [("t1", "gw-1"), ("t2", "gw-2")] {
+            store.insert_token(token(t), vec![7]).await.unwrap();
+            let (check, _) = store
+                .register_with_token(t.into(), vec![7], 150, move |_, _| Ok(gateway(g, 0)))
+                .await
+                .unwrap();
+            assert!(matches!(check, TokenCheck::Consumed { .. }));
+        }
+        // gw-2 said hello; gw-1 never did.
+        store.record_hello("gw-2".into(), "1.0.0".into(), 2, 160).await.unwrap();
+        let pending = store.pending_gateways().await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!((pending[0].gateway.id.as_str(), pending[0].expires_at), ("gw-1", 200));
+        assert!(
+            store
+                .remove_gateway("gw-2".into(), "x".into(), 300, true)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let removed = store
+            .remove_gateway("gw-1".into(), "never connected".into(), 300, true)
+            .await
+            .unwrap();
+        assert_eq!(removed.unwrap().id, "gw-1");
+        let listed = store.removed_gateways().await.unwrap();
+        assert_eq!(
+            (listed[0].id.as_str(), listed[0].reason.as_str()),
+            ("gw-1", "never connected")
+        );
+        assert!(store.gateway("gw-1".into()).await.unwrap().is_none());
+
+        // A step once done stays done; the first connection is recorded once.
+        assert!(
+            store
+                .record_gateway_step("gw-2".into(), "connected", "done", String::new(), 170, true)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .record_gateway_step("gw-2".into(), "connected", "done", String::new(), 171, true)
+                .await
+                .unwrap()
+        );
+        store
+            .record_gateway_step("gw-2".into(), "firstHealthCheck", "failed", "no".into(), 172, false)
+            .await
+            .unwrap();
+        store
+            .record_gateway_step("gw-2".into(), "firstHealthCheck", "done", String::new(), 173, false)
+            .await
+            .unwrap();
+        store
+            .record_gateway_step("gw-2".into(), "firstHealthCheck", "failed", "later".into(), 174, false)
+            .await
+            .unwrap();
+        let steps = store.token_steps("t2".into()).await.unwrap();
+        let health = steps.iter().find(|s| s.step == "firstHealthCheck").unwrap();
+        assert_eq!((health.state.as_str(), health.at), ("done", 173));
+        assert_eq!(store.prune_removed_gateways(301).await.unwrap(), 1);
+        assert!(store.removed_gateways().await.unwrap().is_empty());
     }
 }
