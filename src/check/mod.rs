@@ -22,8 +22,9 @@ pub struct CheckArgs {
     /// Hub connection (checked when --hub-url is given), trust and identity location.
     #[command(flatten)]
     pub uplink: UplinkArgs,
-    /// Also write a support bundle to this file: redacted configuration, the check table,
-    /// metrics, certificate metadata and expiry, version; it contains no secret.
+    /// Also write a support bundle to this file (`-`: to stdout, the table then goes to
+    /// stderr): redacted configuration, the check table, metrics, certificate metadata and
+    /// expiry, version; it contains no secret.
     #[arg(long)]
     pub bundle: Option<std::path::PathBuf>,
     /// The running gateway's admin server, whose metrics go into the bundle (in the pod: the
@@ -37,18 +38,28 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut report = Report::default();
     argocd_rows(&args.argocd, &args.uplink.trust, &mut report).await;
     hub_rows(&args, &mut report).await;
-    print!("{}", report.render());
-    if let Some(path) = &args.bundle {
-        match bundle::write(&args, &report, path).await {
-            Ok(()) => println!("support bundle written to {} (it contains no secret)", path.display()),
-            Err(e) => {
-                eprintln!(
-                    "error: cannot write the support bundle {}: {e} (flag --bundle)",
-                    path.display()
-                );
-                return Ok(ExitCode::FAILURE);
+    match &args.bundle {
+        // `--bundle -`: the bundle on stdout (for `kubectl exec … > bundle.json`: the image has
+        // no tar for `kubectl cp`), the table on stderr.
+        Some(path) if path.as_os_str() == "-" => {
+            eprint!("{}", report.render());
+            let bundle = bundle::build(&args, &report).await;
+            println!("{}", serde_json::to_string_pretty(&bundle)?);
+        }
+        Some(path) => {
+            print!("{}", report.render());
+            match bundle::write(&args, &report, path).await {
+                Ok(()) => println!("support bundle written to {} (it contains no secret)", path.display()),
+                Err(e) => {
+                    eprintln!(
+                        "error: cannot write the support bundle {}: {e} (flag --bundle)",
+                        path.display()
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
             }
         }
+        None => print!("{}", report.render()),
     }
     Ok(if report.failed() {
         ExitCode::FAILURE

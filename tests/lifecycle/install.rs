@@ -125,7 +125,7 @@ async fn printed_command_installs_a_gateway_that_relays_and_uninstall_deregister
     }
 
     // `kubectl exec deploy/… -- /argocd-gateway check`: only the pod's environment.
-    let out = output(gateway.exec(&env.kubeconfig, &["check", "--bundle", "bundle.json"])).await;
+    let out = output(gateway.exec(&env.kubeconfig, &["check"])).await;
     assert_eq!(out.code, Some(0), "{}", out.text());
     let token_file = gateway.var("ARGOCD_GATEWAY_ARGOCD_TOKEN_FILE").unwrap();
     for needle in [
@@ -140,7 +140,15 @@ async fn printed_command_installs_a_gateway_that_relays_and_uninstall_deregister
     ] {
         assert!(out.stdout.contains(&needle), "{needle:?} in\n{}", out.stdout);
     }
-    let bundle_text = std::fs::read_to_string(gateway.root.join("bundle.json")).unwrap();
+    // As NOTES says: `kubectl exec … -- /argocd-gateway check --bundle - > bundle.json`.
+    let out = output(gateway.exec(&env.kubeconfig, &["check", "--bundle", "-"])).await;
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    assert!(
+        out.stderr.contains("check passed"),
+        "the table goes to stderr: {}",
+        out.stderr
+    );
+    let bundle_text = out.stdout.clone();
     let bundle: Value = serde_json::from_str(&bundle_text).unwrap();
     assert_eq!(bundle["check"]["passed"], json!(true));
     assert_eq!(bundle["configuration"]["argocd"]["server"], json!(sim_url));
