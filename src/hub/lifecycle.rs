@@ -74,25 +74,34 @@ pub async fn on_registered(state: &HubState, token_id: &str) {
     state.lifecycle.wake_reaper.notify_one();
 }
 
-/// A gateway said hello. The first time, the connection step is recorded and a health check
-/// runs at once, so the install's progress does not wait for the periodic one.
+/// A gateway said hello. The first time, the connection step is recorded; while its install
+/// is not complete (also after a hub restart), a health check runs at once, so the install's
+/// progress does not wait for the periodic one, and its first state is awaited.
 pub async fn on_connected(state: &Arc<HubState>, gateway_id: &str) {
-    let first = match state
+    if let Err(e) = state
         .store
         .record_gateway_step(gateway_id.to_owned(), CONNECTED, "done", String::new(), now(), true)
         .await
     {
-        Ok(first) => first,
+        log_store_error("the connection step", gateway_id, &e);
+        return;
+    }
+    let steps = match state.store.gateway_steps(gateway_id.to_owned()).await {
+        Ok(Some(steps)) => steps,
+        Ok(None) => return,
         Err(e) => {
-            log_store_error("the connection step", gateway_id, &e);
+            log_store_error("the registration steps", gateway_id, &e);
             return;
         }
     };
-    if !first {
-        return;
-    }
-    if let Ok(mut awaiting) = state.lifecycle.awaiting_state.lock() {
+    let done = |step: &str| steps.iter().any(|s| s.step == step && s.state == "done");
+    if !done(FIRST_STATE)
+        && let Ok(mut awaiting) = state.lifecycle.awaiting_state.lock()
+    {
         awaiting.insert(gateway_id.to_owned());
+    }
+    if done(ARGOCD_REACHABLE) && done(FIRST_HEALTH_CHECK) {
+        return;
     }
     let state = state.clone();
     let id = gateway_id.to_owned();

@@ -633,6 +633,25 @@ impl Store {
         .await
     }
 
+    /// The recorded steps of the registration a gateway came from; `None` when its token is
+    /// not known (a gateway registered before steps were recorded, or a deleted token).
+    pub async fn gateway_steps(&self, gateway_id: String) -> Result<Option<Vec<StepRecord>>, StoreError> {
+        let token: Option<String> = self
+            .call(move |c| {
+                Ok(c.query_row(
+                    "SELECT id FROM registration_tokens WHERE gateway_id = ?1",
+                    params![gateway_id],
+                    |r| r.get(0),
+                )
+                .optional()?)
+            })
+            .await?;
+        match token {
+            Some(t) => Ok(Some(self.token_steps(t).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// One token (never the secret).
     pub async fn token(&self, id: String) -> Result<Option<TokenRecord>, StoreError> {
         self.call(move |c| {
