@@ -43,7 +43,12 @@ pub enum Command {
     /// Run the gateway: register if needed, then keep a session with the hub.
     Run(Box<crate::daemon::DaemonArgs>),
     /// Register with the hub using a registration token and store the identity, then exit.
+    /// First runs the preflight of `check` against Argo CD and the hub: when it fails, the
+    /// token is not used (the Helm chart's pre-install hook).
     Register(Box<RegisterArgs>),
+    /// Remove this gateway at the hub and forget its identity (the Helm chart's pre-delete hook
+    /// on `helm uninstall`); exits 0 when there is no identity.
+    Deregister(Box<DeregisterArgs>),
     /// Move this gateway's Deployment and CronJob to the hub's desired version, upward within
     /// the same major version, and roll back if the rollout fails (run by the self-update
     /// CronJob); --dry-run prints the plan.
@@ -69,6 +74,23 @@ pub struct RegisterArgs {
     /// The token and what to register as.
     #[command(flatten)]
     pub registration: crate::uplink::register::RegistrationArgs,
+    /// The Argo CD connection the preflight checks, as `run` will use it.
+    #[command(flatten)]
+    pub argocd: crate::argocd::ArgoCdArgs,
+    /// Register without first checking Argo CD and the hub.
+    #[arg(long, env = "ARGOCD_GATEWAY_SKIP_PREFLIGHT")]
+    pub skip_preflight: bool,
+}
+
+/// Flags of `argocd-gateway deregister`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeregisterArgs {
+    /// Hub address, trust and identity location.
+    #[command(flatten)]
+    pub uplink: crate::uplink::UplinkArgs,
+    /// Why, for the hub's record of the removal.
+    #[arg(long, env = "ARGOCD_GATEWAY_DEREGISTER_REASON", default_value = "helm uninstall")]
+    pub reason: String,
 }
 
 /// Opens the identity store a location names: the choice between a Kubernetes Secret and a
@@ -189,6 +211,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             run_with_signals(shutdown.clone(), work).await
         }
         Command::Register(args) => register(*args).await,
+        Command::Deregister(args) => deregister(*args).await,
         Command::SelfUpdate(args) => {
             use crate::kube::self_update::{Applied, SelfUpdateError, run};
             match run(&args).await {
@@ -271,6 +294,9 @@ async fn register(args: RegisterArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if !args.skip_preflight && !preflight(&args, &uplink).await {
+        return ExitCode::FAILURE;
+    }
     match crate::uplink::register::register(&uplink.hub, &uplink.extra_roots, store.as_ref(), &args.registration).await
     {
         Ok(id) => {
@@ -288,6 +314,94 @@ async fn register(args: RegisterArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The registration preflight: the probes of `check` against Argo CD and the hub. Prints the
+/// table; on failure tells the hub (so `hub token status` says why the token is unused) and
+/// returns false.
+async fn preflight(args: &RegisterArgs, uplink: &crate::uplink::UplinkConfig) -> bool {
+    let mut report = crate::report::Report::default();
+    crate::argocd::probes::argocd_rows(&args.argocd, &args.uplink.trust, &mut report).await;
+    crate::check::uplink_rows(&args.uplink, &mut report).await;
+    match args.registration.token() {
+        Ok(Some(_)) => {}
+        Ok(None) => report.push(
+            "registration token",
+            crate::report::Status::Fail,
+            "no registration token",
+            Some(
+                "create one with `argocd-gateway hub token create` and pass it with --registration-token-file (Helm registration.token)"
+                    .into(),
+            ),
+        ),
+        Err(e) => report.push("registration token", crate::report::Status::Fail, e.to_string(), None),
+    }
+    println!("registration preflight\n{}", report.render());
+    if !report.failed() {
+        return true;
+    }
+    let mut message = "the preflight failed, so the registration token was NOT used: fix what the rows marked FAIL say and install again (the token stays valid until it expires; `argocd-gateway hub token status` shows this too)".to_owned();
+    if let Ok(Some(token)) = args.registration.token()
+        && let Err(hub_said) =
+            crate::uplink::deregister::report_preflight(&uplink.hub, &uplink.extra_roots, &token, &report).await
+    {
+        message.push_str(&format!("; the hub could not record it: {hub_said}"));
+    }
+    eprintln!("error: {message}");
+    termination_message(&message);
+    false
+}
+
+/// `argocd-gateway deregister`: removes the gateway at the hub and forgets its identity.
+async fn deregister(args: DeregisterArgs) -> ExitCode {
+    use crate::uplink::deregister::{Deregistered, deregister};
+    let uplink = match args.uplink.validate() {
+        Ok(u) => u,
+        Err(e) => return config_error(e),
+    };
+    let store = open_identity_store(&uplink.identity);
+    let identity = match store.load().await {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            println!("no gateway identity in {}: nothing to deregister", store.describe());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match deregister(&uplink.hub, &uplink.extra_roots, &identity, &args.reason).await {
+        Ok(o) => o,
+        Err(e) => {
+            let message = format!(
+                "{e}. Gateway {} stays registered at the hub. To uninstall without deregistering, run `helm uninstall --no-hooks` (then remove it at the hub with `argocd-gateway hub gateway delete {}`) or set registration.keepOnUninstall=true",
+                identity.gateway_id, identity.gateway_id
+            );
+            eprintln!("error: {message}");
+            termination_message(&message);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = store.remove(&identity.gateway_id).await {
+        eprintln!(
+            "error: gateway {} was removed at the hub, but its identity could not be removed from {}: {e}",
+            identity.gateway_id,
+            store.describe()
+        );
+        return ExitCode::FAILURE;
+    }
+    let how = match outcome {
+        Deregistered::Removed => "deregistered",
+        Deregistered::AlreadyGone => "the hub had already removed",
+    };
+    println!(
+        "{how} gateway {} ({}); its identity was removed from {}",
+        identity.gateway_id,
+        identity.name,
+        store.describe()
+    );
+    ExitCode::SUCCESS
 }
 
 /// The grace period a drained process gets before tasks are abandoned.

@@ -153,6 +153,234 @@ pub fn accept_any() -> Arc<Verifier<AcceptAny>> {
     Arc::new(Verifier::new(AcceptAny))
 }
 
+/// The standard server check, plus the one case Go clients (and so the `argocd` CLI) accept and
+/// webpki does not: a server whose own certificate is one of the trusted certificates. A
+/// certificate made with `openssl req -x509` is self-signed and marked CA:TRUE, and webpki refuses
+/// any CA certificate as an end entity (`CaUsedAsEndEntity`), even one the user trusts by name.
+/// Like Go's `crypto/x509`, a leaf that is itself a trust anchor is accepted here when it is
+/// valid now and valid for the host name; the handshake still proves the server holds its key.
+#[derive(Debug)]
+pub struct ServerTrust {
+    webpki: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    anchors: std::collections::HashSet<[u8; 32]>,
+}
+
+impl ServerTrust {
+    /// A check against `roots` (system roots and `--trust-ca`, as the caller chooses).
+    pub fn new<'a>(roots: impl IntoIterator<Item = &'a CertificateDer<'static>>) -> Self {
+        let mut anchors = std::collections::HashSet::new();
+        let mut store = RootCertStore::empty();
+        for c in roots {
+            anchors.insert(<[u8; 32]>::from(Sha256::digest(c.as_ref())));
+            if let Err(e) = store.add(c.clone()) {
+                tracing::debug!(error = %e, "skipping unusable trust anchor");
+            }
+        }
+        let webpki = (!store.is_empty())
+            .then(|| {
+                rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider())
+                    .build()
+                    .ok()
+            })
+            .flatten();
+        Self { webpki, anchors }
+    }
+
+    /// True when `der` is exactly one of the trusted certificates.
+    pub fn is_anchor(&self, der: &[u8]) -> bool {
+        self.anchors.contains(&<[u8; 32]>::from(Sha256::digest(der)))
+    }
+}
+
+impl CertCheck for ServerTrust {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chained = match &self.webpki {
+            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
+        };
+        match chained {
+            Ok(v) => Ok(v),
+            Err(e) if self.is_anchor(end_entity) => {
+                // Trusted by identity: what remains to check is that it is current and names
+                // the host. Any problem with those is the more useful error.
+                verify_validity_and_name(end_entity, server_name, now)?;
+                tracing::debug!(chain_error = %e, "server certificate is itself trusted");
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Validity period and host name of a certificate trusted by identity.
+fn verify_validity_and_name(
+    der: &CertificateDer<'_>,
+    server_name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    use rustls::CertificateError;
+    let bad = |e: CertificateError| rustls::Error::InvalidCertificate(e);
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| bad(CertificateError::BadEncoding))?;
+    let now_secs = now.as_secs() as i64;
+    let not_before = cert.validity().not_before.timestamp();
+    let not_after = cert.validity().not_after.timestamp();
+    if now_secs < not_before {
+        return Err(bad(CertificateError::NotValidYetContext {
+            time: now,
+            not_before: UnixTime::since_unix_epoch(std::time::Duration::from_secs(not_before.max(0) as u64)),
+        }));
+    }
+    if now_secs > not_after {
+        return Err(bad(CertificateError::ExpiredContext {
+            time: now,
+            not_after: UnixTime::since_unix_epoch(std::time::Duration::from_secs(not_after.max(0) as u64)),
+        }));
+    }
+    let end_entity = webpki::EndEntityCert::try_from(der).map_err(|_| bad(CertificateError::BadEncoding))?;
+    match end_entity.verify_is_valid_for_subject_name(server_name) {
+        Ok(()) => Ok(()),
+        Err(webpki::Error::CertNotValidForName(ctx)) => Err(bad(CertificateError::NotValidForNameContext {
+            expected: ctx.expected,
+            presented: ctx.presented,
+        })),
+        Err(_) => Err(bad(CertificateError::NotValidForName)),
+    }
+}
+
+/// What is wrong with a server certificate, in the terms a fix is chosen by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertProblem {
+    /// Signed by an authority that is not trusted (or the signature does not verify).
+    UnknownIssuer,
+    /// A self-signed CA certificate (`openssl req -x509`) used as the server's own, not trusted.
+    UntrustedSelfSigned,
+    /// Outside its validity period.
+    Expired,
+    /// Not valid yet.
+    NotYetValid,
+    /// Issued for other names than the host dialed.
+    WrongName,
+    /// Not meant for server authentication.
+    WrongPurpose,
+    /// Anything else.
+    Other,
+}
+
+/// A certificate verification failure, translated into a sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertTrouble {
+    /// The kind of problem.
+    pub problem: CertProblem,
+    /// What is wrong, as a sentence fragment ("it expired at …").
+    pub what: String,
+}
+
+/// Translates a certificate error from a handshake into what is wrong; `None` when the error is
+/// not about the certificate.
+pub fn diagnose(err: &rustls::Error) -> Option<CertTrouble> {
+    use rustls::CertificateError as C;
+    let rustls::Error::InvalidCertificate(e) = err else {
+        return None;
+    };
+    let (problem, what) = match e {
+        C::UnknownIssuer => (
+            CertProblem::UnknownIssuer,
+            "it is signed by a certificate authority that is not in the trust list".to_owned(),
+        ),
+        C::BadSignature => (
+            CertProblem::UnknownIssuer,
+            "its signature does not verify against the trusted authority that seems to have issued it".to_owned(),
+        ),
+        C::ExpiredContext { time, not_after } => (
+            CertProblem::Expired,
+            format!("it expired at {} (now {})", unix_time(*not_after), unix_time(*time)),
+        ),
+        C::Expired => (CertProblem::Expired, "it has expired".to_owned()),
+        C::NotValidYetContext { time, not_before } => (
+            CertProblem::NotYetValid,
+            format!(
+                "it is not valid before {} (now {}; check the clocks)",
+                unix_time(*not_before),
+                unix_time(*time)
+            ),
+        ),
+        C::NotValidYet => (
+            CertProblem::NotYetValid,
+            "it is not valid yet (check the clocks)".to_owned(),
+        ),
+        C::NotValidForNameContext { expected, presented } => (
+            CertProblem::WrongName,
+            if presented.is_empty() {
+                format!(
+                    "it names no host (no subject alternative names), so it is not valid for {}",
+                    expected.to_str()
+                )
+            } else {
+                format!(
+                    "it is issued for {} and not for {}",
+                    presented.iter().map(|p| presented_name(p)).collect::<Vec<_>>().join(", "),
+                    expected.to_str()
+                )
+            },
+        ),
+        C::NotValidForName => (
+            CertProblem::WrongName,
+            "it is not issued for the host name dialed".to_owned(),
+        ),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => (
+            CertProblem::WrongPurpose,
+            "it is not meant for server authentication (its extended key usage lacks serverAuth)".to_owned(),
+        ),
+        C::Other(other) if matches!(other.0.downcast_ref::<webpki::Error>(), Some(webpki::Error::CaUsedAsEndEntity)) => (
+            CertProblem::UntrustedSelfSigned,
+            "it is a CA certificate (CA:TRUE, as `openssl req -x509` makes by default) used as the server's own certificate, and this exact certificate is not in the trust list".to_owned(),
+        ),
+        other => (CertProblem::Other, format!("it was refused: {other:?}")),
+    };
+    Some(CertTrouble { problem, what })
+}
+
+/// A name as webpki reports it (`DnsName("a.example")`, `IpAddress(V4(Ipv4Addr([10, 0, 0, 1])))`)
+/// as a person writes it.
+fn presented_name(raw: &str) -> String {
+    if let Some(dns) = raw.strip_prefix("DnsName(\"").and_then(|r| r.strip_suffix("\")")) {
+        return dns.to_owned();
+    }
+    if let Some(start) = raw.find("([").map(|i| i + 2)
+        && let Some(len) = raw[start..].find(']')
+    {
+        let parts: Vec<u16> = raw[start..start + len]
+            .split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect();
+        if parts.len() == 4 {
+            return parts.iter().map(u16::to_string).collect::<Vec<_>>().join(".");
+        }
+        if parts.len() == 16 {
+            let bytes: Vec<u8> = parts.iter().map(|b| *b as u8).collect();
+            if let Ok(octets) = <[u8; 16]>::try_from(bytes.as_slice()) {
+                return std::net::Ipv6Addr::from(octets).to_string();
+            }
+        }
+    }
+    raw.to_owned()
+}
+
+fn unix_time(t: UnixTime) -> String {
+    jiff::Timestamp::from_second(t.as_secs() as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| format!("{}s after 1970", t.as_secs()))
+}
+
 /// Trust flags shared by the Argo CD client and the hub connection.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TrustArgs {
@@ -300,6 +528,13 @@ impl std::fmt::Display for Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presented_names_read_as_written() {
+        assert_eq!(presented_name("DnsName(\"argocd.example.com\")"), "argocd.example.com");
+        assert_eq!(presented_name("IpAddress(V4(Ipv4Addr([127, 0, 0, 1])))"), "127.0.0.1");
+        assert_eq!(presented_name("Other"), "Other");
+    }
 
     #[test]
     fn fingerprint_forms() {

@@ -12,26 +12,32 @@ use crate::util::parse_duration;
 /// Flags for reaching Argo CD (each also settable as `ARGOCD_GATEWAY_<FLAG>`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ArgoCdArgs {
-    /// Argo CD server: https://host[:port][/root], http://… (with --argocd-plaintext), grpc://host[:port] or host[:port].
+    /// Argo CD server: https://host[:port][/root], http://… (with --argocd-plaintext), grpc://host[:port] or host[:port]
+    /// (Helm gateway.argocd.serverUrl).
     #[arg(
         long = "argocd-server",
         env = "ARGOCD_GATEWAY_ARGOCD_SERVER",
         default_value = "https://argocd-server.argocd.svc.cluster.local"
     )]
     pub argocd_server: String,
-    /// Use TLS without verifying the certificate or host name (Argo CD's self-signed default).
+    /// Use TLS without verifying the certificate or host name (Argo CD's self-signed default;
+    /// Helm gateway.argocd.insecure).
     #[arg(long = "argocd-insecure", env = "ARGOCD_GATEWAY_ARGOCD_INSECURE")]
     pub argocd_insecure: bool,
-    /// Talk to Argo CD without TLS (server runs --insecure, or TLS ends at a load balancer).
+    /// Talk to Argo CD without TLS (server runs --insecure, or TLS ends at a load balancer;
+    /// Helm gateway.argocd.plaintext).
     #[arg(long = "argocd-plaintext", env = "ARGOCD_GATEWAY_ARGOCD_PLAINTEXT")]
     pub argocd_plaintext: bool,
-    /// File holding the Argo CD account token (JWT); re-read when it changes.
+    /// File holding the Argo CD account token (JWT); re-read when it changes (Helm
+    /// gateway.argocd.authenticationToken or authenticationTokenSecretName, mounted as a file).
     #[arg(long = "argocd-token-file", env = "ARGOCD_GATEWAY_ARGOCD_TOKEN_FILE")]
     pub argocd_token_file: Option<PathBuf>,
-    /// Directory with one token file per AppProject, plus `_unscoped` for calls no project scopes.
+    /// Directory with one token file per AppProject, plus `_unscoped` for calls no project scopes
+    /// (Helm gateway.argocd.projectAuthentication or projectAuthenticationSecretName).
     #[arg(long = "argocd-project-tokens-dir", env = "ARGOCD_GATEWAY_ARGOCD_PROJECT_TOKENS_DIR")]
     pub argocd_project_tokens_dir: Option<PathBuf>,
-    /// Watch applications (`--watch=false` polls instead, for proxies that cut long responses).
+    /// Watch applications (`--watch=false` polls instead, for proxies that cut long responses;
+    /// Helm gateway.argocd.watch).
     #[arg(
         long = "watch",
         env = "ARGOCD_GATEWAY_WATCH",
@@ -41,31 +47,33 @@ pub struct ArgoCdArgs {
         default_missing_value = "true"
     )]
     pub watch: bool,
-    /// List interval in poll-only mode.
+    /// List interval in poll-only mode (Helm gateway.argocd.pollInterval).
     #[arg(long = "poll-interval", env = "ARGOCD_GATEWAY_POLL_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub poll_interval: Duration,
-    /// Full re-list interval while watching (Argo CD drops watch events under load).
+    /// Full re-list interval while watching, as Argo CD drops watch events under load (Helm
+    /// gateway.argocd.resyncInterval).
     #[arg(long = "resync-interval", env = "ARGOCD_GATEWAY_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub resync_interval: Duration,
-    /// Cluster list interval.
+    /// Cluster list interval (Helm gateway.argocd.clusterInterval).
     #[arg(long = "cluster-interval", env = "ARGOCD_GATEWAY_CLUSTER_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub cluster_interval: Duration,
-    /// Only applications matching this label selector (Kubernetes syntax).
+    /// Only applications matching this label selector, Kubernetes syntax (Helm
+    /// gateway.argocd.selector).
     #[arg(long = "selector", env = "ARGOCD_GATEWAY_SELECTOR")]
     pub selector: Option<String>,
-    /// Only applications of these projects (repeatable).
+    /// Only applications of these projects, repeatable (Helm gateway.argocd.projects).
     #[arg(long = "project", env = "ARGOCD_GATEWAY_PROJECT", value_delimiter = ',')]
     pub project: Vec<String>,
-    /// Only applications in these namespaces (repeatable).
+    /// Only applications in these namespaces, repeatable (Helm gateway.argocd.applicationNamespaces).
     #[arg(long = "app-namespace", env = "ARGOCD_GATEWAY_APP_NAMESPACE", value_delimiter = ',')]
     pub app_namespace: Vec<String>,
-    /// Deadline of one Argo CD request (not of a watch stream).
+    /// Deadline of one Argo CD request, not of a watch stream (Helm gateway.argocd.requestTimeout).
     #[arg(long = "argocd-request-timeout", env = "ARGOCD_GATEWAY_ARGOCD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub argocd_request_timeout: Duration,
-    /// Largest accepted Argo CD response body, in bytes.
+    /// Largest accepted Argo CD response body, in bytes (Helm gateway.argocd.maxBodyBytes).
     #[arg(long = "argocd-max-body-bytes", env = "ARGOCD_GATEWAY_ARGOCD_MAX_BODY_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub argocd_max_body_bytes: u64,
-    /// Largest accepted line of a watch or log stream, in bytes.
+    /// Largest accepted line of a watch or log stream, in bytes (Helm gateway.argocd.maxLineBytes).
     #[arg(long = "argocd-max-line-bytes", env = "ARGOCD_GATEWAY_ARGOCD_MAX_LINE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub argocd_max_line_bytes: usize,
     /// A watch silent for this long (no event, no keepalive; Argo CD sends one every 15 s) is
@@ -122,7 +130,7 @@ pub struct ArgoCdConfig {
     pub poll_interval: Duration,
     /// Full re-list interval while watching.
     pub resync_interval: Duration,
-    /// Cluster list interval.
+    /// Cluster list interval (Helm gateway.argocd.clusterInterval).
     pub cluster_interval: Duration,
     /// Label selector filter.
     pub selector: Option<String>,

@@ -117,32 +117,35 @@ pub enum ArgoCdError {
         message: String,
     },
     /// The request did not finish within its deadline.
-    #[error("Argo CD did not answer {what} within {seconds:.1}s (flag --argocd-request-timeout)")]
+    #[error(
+        "Argo CD did not answer {what} within {seconds:.1}s (flag --argocd-request-timeout, Helm gateway.argocd.requestTimeout)"
+    )]
     Timeout {
         /// The call.
         what: String,
         /// The deadline in seconds.
         seconds: f64,
     },
-    /// The server certificate is signed by an authority we do not trust.
+    /// The server certificate is signed by an authority we do not trust (or is a self-signed
+    /// certificate that is not itself in the trust list).
     #[error(
-        "the Argo CD certificate at {url} is signed by an unknown authority ({detail}): add its CA with --trust-ca (Helm gateway.serverCertificates) or set gateway.argocd.insecure=true (--argocd-insecure)"
+        "the Argo CD certificate at {url} is not trusted: {detail}; add the CA that issued it (for a self-signed certificate, the certificate itself) with --trust-ca (Helm gateway.serverCertificates), or set gateway.argocd.insecure=true (--argocd-insecure)"
     )]
     UnknownAuthority {
         /// The base URL.
         url: String,
-        /// The TLS error.
+        /// What is wrong, as a sentence.
         detail: String,
     },
     /// The server certificate is invalid for another reason (host name, expiry, usage).
-    #[error(
-        "the Argo CD certificate at {url} is not valid: {detail}; fix the certificate or --argocd-server host name, or set gateway.argocd.insecure=true (--argocd-insecure)"
-    )]
+    #[error("the Argo CD certificate at {url} is not valid: {detail}; {fix}")]
     BadCertificate {
         /// The base URL.
         url: String,
-        /// The TLS error.
+        /// What is wrong, as a sentence.
         detail: String,
+        /// What to change.
+        fix: String,
     },
     /// We spoke TLS to a server that answered in plaintext.
     #[error(
@@ -173,13 +176,17 @@ pub enum ArgoCdError {
         detail: String,
     },
     /// A response body exceeded the configured cap.
-    #[error("an Argo CD response exceeded {limit} bytes (flag --argocd-max-body-bytes)")]
+    #[error(
+        "an Argo CD response exceeded {limit} bytes (flag --argocd-max-body-bytes, Helm gateway.argocd.maxBodyBytes)"
+    )]
     BodyTooLarge {
         /// The cap.
         limit: u64,
     },
     /// A stream line exceeded the configured cap.
-    #[error("an Argo CD stream line exceeded {limit} bytes (flag --argocd-max-line-bytes)")]
+    #[error(
+        "an Argo CD stream line exceeded {limit} bytes (flag --argocd-max-line-bytes, Helm gateway.argocd.maxLineBytes)"
+    )]
     LineTooLong {
         /// The cap.
         limit: usize,

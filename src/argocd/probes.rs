@@ -225,21 +225,7 @@ async fn tls_row(
 ) -> (Status, String, Option<String>) {
     let provider = crate::tls::provider();
     let inner: Arc<dyn ServerCertVerifier> = match mode {
-        TlsMode::Verify { extra_roots } => {
-            let system = crate::tls::system_roots();
-            let roots = crate::tls::root_store(system.iter().chain(extra_roots.iter()));
-            match rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()
-            {
-                Ok(v) => v,
-                Err(e) => {
-                    return (
-                        Status::Fail,
-                        format!("no usable trust anchors: {e}"),
-                        Some("add the Argo CD CA with --trust-ca (Helm gateway.serverCertificates)".into()),
-                    );
-                }
-            }
-        }
+        TlsMode::Verify { extra_roots } => super::transport::verifier(extra_roots),
         _ => crate::tls::accept_any(),
     };
     let capture = Arc::new(Verifier::new(Capture {
@@ -277,9 +263,18 @@ async fn tls_row(
                     ),
                 )
             } else {
+                let pinned = match (mode, chain.first()) {
+                    (TlsMode::Verify { extra_roots }, Some(leaf)) => extra_roots.iter().any(|r| r == leaf),
+                    _ => false,
+                };
+                let how = if pinned {
+                    "verified (this exact certificate is in the trust list)"
+                } else {
+                    "verified"
+                };
                 (
                     Status::Ok,
-                    format!("{version}, verified; chain {}", describe_chain(&chain)),
+                    format!("{version}, {how}; chain {}", describe_chain(&chain)),
                     None,
                 )
             }

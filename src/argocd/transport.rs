@@ -1,8 +1,6 @@
 //! The HTTP/1.1 transport to Argo CD: rustls configuration per TLS mode, and the mapping of
 //! transport failures to errors that name the fix.
 
-use rustls::CertificateError;
-
 use super::config::{ArgoCdConfig, TlsMode};
 use super::error::ArgoCdError;
 
@@ -13,11 +11,10 @@ pub fn rustls_config(mode: &TlsMode) -> Option<rustls::ClientConfig> {
         .ok()?;
     let mut config = match mode {
         TlsMode::Plaintext => return None,
-        TlsMode::Verify { extra_roots } => {
-            let system = crate::tls::system_roots();
-            let roots = crate::tls::root_store(system.iter().chain(extra_roots.iter()));
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+        TlsMode::Verify { extra_roots } => builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier(extra_roots))
+            .with_no_client_auth(),
         TlsMode::Insecure => builder
             .dangerous()
             .with_custom_certificate_verifier(crate::tls::accept_any())
@@ -26,6 +23,17 @@ pub fn rustls_config(mode: &TlsMode) -> Option<rustls::ClientConfig> {
     // REST must be HTTP/1.1: argocd-server routes HTTP/2 only to its gRPC server.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Some(config)
+}
+
+/// The verifier of TLS mode `Verify`: system roots plus `--trust-ca`, where a certificate in the
+/// trust list is also trusted as the server's own (see [`crate::tls::ServerTrust`]).
+pub fn verifier(
+    extra_roots: &[rustls_pki_types::CertificateDer<'static>],
+) -> std::sync::Arc<crate::tls::Verifier<crate::tls::ServerTrust>> {
+    let system = crate::tls::system_roots();
+    std::sync::Arc::new(crate::tls::Verifier::new(crate::tls::ServerTrust::new(
+        system.iter().chain(extra_roots.iter()),
+    )))
 }
 
 /// Builds the reqwest client for a configuration.
@@ -70,16 +78,38 @@ pub fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Opti
     None
 }
 
-/// Maps a rustls error to the error that names its fix.
+/// Maps a rustls error to the error that says what is wrong and names its fix.
 pub fn classify_tls(url: &str, err: &rustls::Error) -> ArgoCdError {
-    let detail = err.to_string();
+    use crate::tls::CertProblem;
     let url = url.to_owned();
+    if let Some(trouble) = crate::tls::diagnose(err) {
+        let detail = trouble.what;
+        let fix = match trouble.problem {
+            CertProblem::UnknownIssuer | CertProblem::UntrustedSelfSigned => {
+                return ArgoCdError::UnknownAuthority { url, detail };
+            }
+            CertProblem::Expired => {
+                "renew Argo CD's server certificate (the argocd-server-tls Secret), or set gateway.argocd.insecure=true (--argocd-insecure) until it is renewed"
+            }
+            CertProblem::NotYetValid => {
+                "check the clocks of the gateway's node and of the server, or renew the certificate"
+            }
+            CertProblem::WrongName => {
+                "use a host name the certificate names in --argocd-server (Helm gateway.argocd.serverUrl), reissue the certificate for this name, or set gateway.argocd.insecure=true (--argocd-insecure)"
+            }
+            CertProblem::WrongPurpose => {
+                "reissue the certificate with extendedKeyUsage serverAuth, or set gateway.argocd.insecure=true (--argocd-insecure)"
+            }
+            CertProblem::Other => "fix the certificate, or set gateway.argocd.insecure=true (--argocd-insecure)",
+        };
+        return ArgoCdError::BadCertificate {
+            url,
+            detail,
+            fix: fix.to_owned(),
+        };
+    }
+    let detail = err.to_string();
     match err {
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
-        | rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
-            ArgoCdError::UnknownAuthority { url, detail }
-        }
-        rustls::Error::InvalidCertificate(_) => ArgoCdError::BadCertificate { url, detail },
         // Non-TLS bytes where a TLS record was expected: the server speaks plain HTTP.
         rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
             ArgoCdError::TlsAgainstPlaintext { url, detail }

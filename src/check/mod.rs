@@ -2,7 +2,9 @@
 //! row of a [`Report`] (name, ok/warn/fail, detail, fix); the rows print as a table and any
 //! failure makes the exit code non-zero. The Argo CD rows come from
 //! [`crate::argocd::probes::argocd_rows`]; the hub rows (configuration, registration state,
-//! reachability) from [`hub_rows`].
+//! reachability) from [`hub_rows`]. `--bundle` also writes a support bundle ([`bundle`]).
+
+pub mod bundle;
 
 use std::process::ExitCode;
 
@@ -20,6 +22,15 @@ pub struct CheckArgs {
     /// Hub connection (checked when --hub-url is given), trust and identity location.
     #[command(flatten)]
     pub uplink: UplinkArgs,
+    /// Also write a support bundle to this file (`-`: to stdout, the table then goes to
+    /// stderr): redacted configuration, the check table, metrics, certificate metadata and
+    /// expiry, version; it contains no secret.
+    #[arg(long)]
+    pub bundle: Option<std::path::PathBuf>,
+    /// The running gateway's admin server, whose metrics go into the bundle (in the pod: the
+    /// same variable `run` reads).
+    #[arg(long, env = "ARGOCD_GATEWAY_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: std::net::SocketAddr,
 }
 
 /// Runs the checks, prints the table, and returns exit code 1 on any failure.
@@ -27,7 +38,29 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut report = Report::default();
     argocd_rows(&args.argocd, &args.uplink.trust, &mut report).await;
     hub_rows(&args, &mut report).await;
-    print!("{}", report.render());
+    match &args.bundle {
+        // `--bundle -`: the bundle on stdout (for `kubectl exec … > bundle.json`: the image has
+        // no tar for `kubectl cp`), the table on stderr.
+        Some(path) if path.as_os_str() == "-" => {
+            eprint!("{}", report.render());
+            let bundle = bundle::build(&args, &report).await;
+            println!("{}", serde_json::to_string_pretty(&bundle)?);
+        }
+        Some(path) => {
+            print!("{}", report.render());
+            match bundle::write(&args, &report, path).await {
+                Ok(()) => println!("support bundle written to {} (it contains no secret)", path.display()),
+                Err(e) => {
+                    eprintln!(
+                        "error: cannot write the support bundle {}: {e} (flag --bundle)",
+                        path.display()
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        None => print!("{}", report.render()),
+    }
     Ok(if report.failed() {
         ExitCode::FAILURE
     } else {
@@ -38,30 +71,36 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
 /// The hub rows: configuration, registration state (the identity store) and reachability with
 /// the stored identity (DNS, TCP, proxy, TLS and HTTP/2, each diagnosed by the dialer).
 pub async fn hub_rows(args: &CheckArgs, report: &mut Report) {
-    if args.uplink.hub_url.is_none() {
+    uplink_rows(&args.uplink, report).await;
+}
+
+/// The hub rows for any command that has the uplink flags (`check`, the registration
+/// preflight).
+pub async fn uplink_rows(uplink: &UplinkArgs, report: &mut Report) {
+    if uplink.hub_url.is_none() {
         report.push(
             "hub",
             Status::Warn,
             "not checked: no hub URL",
-            Some("pass --hub-url (Helm gateway.hub.address) to check the hub too".into()),
+            Some("pass --hub-url (Helm gateway.hub.serverGrpcUrl) to check the hub too".into()),
         );
         return;
     }
-    let cfg = match args.uplink.hub() {
+    let cfg = match uplink.hub() {
         Ok(c) => c,
         Err(e) => {
             report.push("hub configuration", Status::Fail, e.to_string(), None);
             return;
         }
     };
-    let roots = match args.uplink.trust.load() {
+    let roots = match uplink.trust.load() {
         Ok(r) => r,
         Err(e) => {
             report.push("hub configuration", Status::Fail, e.to_string(), None);
             return;
         }
     };
-    let identity = match args.uplink.identity_location() {
+    let identity = match uplink.identity_location() {
         Err(e) => {
             report.push("registration", Status::Fail, e.to_string(), None);
             None

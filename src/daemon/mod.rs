@@ -33,7 +33,7 @@ pub struct DaemonArgs {
     /// Argo CD connection and view.
     #[command(flatten)]
     pub argocd: ArgoCdArgs,
-    /// Admin HTTP listener for /healthz, /readyz and /metrics (Helm gateway.admin.port).
+    /// Admin HTTP listener for /healthz, /readyz and /metrics (Helm metrics.port).
     #[arg(long, env = "ARGOCD_GATEWAY_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
     /// Leader election among replicas.
@@ -68,7 +68,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The admin listener could not be bound.
-    #[error("cannot listen on the admin address {addr}: {source} (flag --admin-addr, Helm gateway.admin.port)")]
+    #[error("cannot listen on the admin address {addr}: {source} (flag --admin-addr, Helm metrics.port)")]
     Admin {
         /// The address.
         addr: SocketAddr,

@@ -51,6 +51,7 @@ pub async fn run_health_check(state: &HubState, id: &str) -> Result<Value, Reque
         o.insert("checkedAt".into(), json!(checked_at));
     }
     state.health.record(id, result.clone());
+    super::lifecycle::on_health(state, id, &result).await;
     Ok(result)
 }
 

@@ -11,6 +11,8 @@
 //! - [`auth`]: authenticating a gateway's call; [`registration`] and [`tunnel`]: the two gRPC
 //!   services; [`sessions`]: live sessions; [`entities`]: relayed applications and clusters;
 //! - [`requests`]: requests forwarded to a gateway; [`health`]: health checks;
+//! - [`lifecycle`]: install progress per registration token, pending registrations and their
+//!   removal, gateways deregistering themselves;
 //! - [`api`]: the HTTP API; [`metrics`]: the hub's metrics;
 //! - [`client`]: the `hub token|gateways|apps|…` commands, thin clients of the API;
 //!   [`cli`]: the `hub` subcommands.
@@ -23,6 +25,7 @@ pub mod entities;
 pub mod health;
 pub mod limits;
 pub mod listen;
+pub mod lifecycle;
 pub mod metrics;
 pub mod pki;
 pub mod registration;

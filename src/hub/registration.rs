@@ -1,6 +1,7 @@
 //! The registration gRPC service: a one-hour, single-use token and a CSR become a gateway id
 //! and a client certificate; an authenticated gateway renews its certificate; `self-update`
-//! asks for the desired gateway version.
+//! asks for the desired gateway version (and says when it holds back); a gateway deregisters
+//! itself; a failed registration preflight is recorded on its token.
 
 use std::sync::Arc;
 
@@ -8,12 +9,13 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::state::HubState;
-use super::store::{CertRecord, GatewayRecord, NewGateway, TokenCheck};
+use super::store::{CertRecord, GatewayRecord, NewGateway, TokenCheck, TokenState};
 use crate::wire::ErrorCode;
 use crate::wire::assertion::Purpose;
 use crate::wire::proto::registration_server::Registration;
 use crate::wire::proto::{
-    GetDesiredVersionRequest, GetDesiredVersionResponse, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse,
+    DeregisterRequest, DeregisterResponse, GetDesiredVersionRequest, GetDesiredVersionResponse, PreflightAck,
+    PreflightReport, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse,
 };
 
 /// The registration service.
@@ -98,6 +100,7 @@ impl Registration for RegistrationService {
         match (check, created) {
             (TokenCheck::Consumed { .. }, Some(new)) => {
                 tracing::info!(gateway_id = %new.gateway.id, name = %new.gateway.name, token_id = %token_id, "gateway registered");
+                super::lifecycle::on_registered(&self.state, &token_id).await;
                 Ok(Response::new(RegisterResponse {
                     gateway_id: new.gateway.id,
                     certificate_pem: issued.pem,
@@ -153,6 +156,16 @@ impl Registration for RegistrationService {
         request: Request<GetDesiredVersionRequest>,
     ) -> Result<Response<GetDesiredVersionResponse>, Status> {
         let gateway_id = self.state.authenticate(&request, Purpose::Version).await?;
+        let held = request.get_ref().update_held.trim();
+        let held = (!held.is_empty()).then(|| held.chars().take(1024).collect::<String>());
+        if let Some(reason) = &held {
+            tracing::info!(gateway_id = %gateway_id, reason = %reason, "gateway holds its self-update");
+        }
+        self.state
+            .store
+            .set_update_hold(gateway_id.clone(), held, jiff::Timestamp::now().as_second())
+            .await
+            .map_err(HubState::internal)?;
         let version = self
             .state
             .store
@@ -168,5 +181,85 @@ impl Registration for RegistrationService {
         Ok(Response::new(GetDesiredVersionResponse {
             desired_version: version.unwrap_or_default(),
         }))
+    }
+
+    /// The gateway removes itself (the chart's pre-delete hook); a deregister-purpose assertion,
+    /// so no assertion captured elsewhere can delete a gateway.
+    async fn deregister(&self, request: Request<DeregisterRequest>) -> Result<Response<DeregisterResponse>, Status> {
+        let gateway_id = self.state.authenticate(&request, Purpose::Deregister).await?;
+        let given = request.get_ref().reason.trim();
+        let reason = if given.is_empty() {
+            "deregistered by the gateway itself".to_owned()
+        } else {
+            format!(
+                "deregistered by the gateway itself: {}",
+                given.chars().take(256).collect::<String>()
+            )
+        };
+        super::lifecycle::remove(&self.state, &gateway_id, reason, false)
+            .await
+            .map_err(HubState::internal)?;
+        Ok(Response::new(DeregisterResponse {}))
+    }
+
+    /// Records a failed registration preflight on the token's progress, leaving it unused.
+    async fn report_preflight(&self, request: Request<PreflightReport>) -> Result<Response<PreflightAck>, Status> {
+        let req = request.into_inner();
+        let unknown = || ErrorCode::TokenUnknown.status(tonic::Code::Unauthenticated, "unknown registration token");
+        let (token_id, hash) = token_parts(&req.token).ok_or_else(unknown)?;
+        let now = jiff::Timestamp::now().as_second();
+        match self
+            .state
+            .store
+            .check_token(token_id.clone(), hash, now)
+            .await
+            .map_err(HubState::internal)?
+        {
+            TokenState::Active => {}
+            TokenState::Unknown => return Err(unknown()),
+            TokenState::Expired => {
+                return Err(
+                    ErrorCode::TokenExpired.status(tonic::Code::Unauthenticated, "the registration token has expired")
+                );
+            }
+            TokenState::Used => {
+                return Err(ErrorCode::TokenUsed
+                    .status(tonic::Code::PermissionDenied, "the registration token was already used"));
+            }
+        }
+        let rows: Vec<String> = req
+            .failed
+            .iter()
+            .take(20)
+            .map(|r| {
+                let mut line = format!("{}: {}", r.name, r.detail);
+                if !r.fix.is_empty() {
+                    line.push_str(&format!(" (fix: {})", r.fix));
+                }
+                line
+            })
+            .collect();
+        let mut message = format!(
+            "the registration preflight failed, so the token was not used: {}",
+            if rows.is_empty() {
+                "no detail".to_owned()
+            } else {
+                rows.join("; ")
+            }
+        );
+        if message.len() > 4096 {
+            let mut cut = 4096;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        tracing::info!(token_id = %token_id, "a registration preflight failed");
+        self.state
+            .store
+            .record_step(token_id, super::lifecycle::USED, "failed", message, now)
+            .await
+            .map_err(HubState::internal)?;
+        Ok(Response::new(PreflightAck {}))
     }
 }

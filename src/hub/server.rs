@@ -278,6 +278,11 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
         super::health::periodic_health_checks(checks.0, checks.1, checks.2).await;
         Ok::<(), std::convert::Infallible>(())
     });
+    let reaper = (state.clone(), tree.token().clone());
+    tree.spawn_critical("hub registration reaper", async move {
+        super::lifecycle::reap_pending(reaper.0, reaper.1).await;
+        Ok::<(), std::convert::Infallible>(())
+    });
     let app = api::router(api_state);
     crate::serve::spawn_http(
         &tree,

@@ -42,6 +42,8 @@ pub struct HubState {
     pub opens: tokio::sync::Semaphore,
     /// Session reader tasks.
     pub tasks: TaskTracker,
+    /// Install progress and pending registrations.
+    pub lifecycle: super::lifecycle::Lifecycle,
 }
 
 impl HubState {
@@ -60,6 +62,7 @@ impl HubState {
             limits: Limits::default(),
             opens: tokio::sync::Semaphore::new(Limits::default().max_concurrent_opens),
             tasks: TaskTracker::new(),
+            lifecycle: Default::default(),
         }
     }
 

@@ -171,6 +171,28 @@ CREATE TABLE IF NOT EXISTS settings (
     value TEXT NOT NULL,
     updated_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS registration_tokens_gateway ON registration_tokens(gateway_id);
+CREATE TABLE IF NOT EXISTS registration_steps (
+    token_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    at INTEGER NOT NULL,
+    PRIMARY KEY (token_id, step)
+);
+CREATE TABLE IF NOT EXISTS removed_gateways (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    environments TEXT NOT NULL DEFAULT '[]',
+    registered_at INTEGER NOT NULL,
+    removed_at INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS update_holds (
+    gateway_id TEXT PRIMARY KEY REFERENCES gateways(id) ON DELETE CASCADE,
+    reason TEXT NOT NULL,
+    since INTEGER NOT NULL
+);
 ";
 
 /// Schema changes after the first release, applied in order by `PRAGMA user_version`, so an
@@ -566,5 +588,425 @@ impl Store {
             Ok(inserted == 1)
         })
         .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Install lifecycle: registration progress, pending registrations, removals, update holds.
+
+/// A registration step as stored: its state (`done` or `failed`), message and time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRecord {
+    /// Step name.
+    pub step: String,
+    /// `done` or `failed`.
+    pub state: String,
+    /// Why it failed, or a detail.
+    pub message: String,
+    /// When, Unix seconds.
+    pub at: i64,
+}
+
+/// A gateway that registered but never connected, with the expiry of its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingGateway {
+    /// The gateway.
+    pub gateway: GatewayRecord,
+    /// The token it registered with, if it is still known.
+    pub token_id: Option<String>,
+    /// When the registration expires: the token's expiry (or an hour after registering).
+    pub expires_at: i64,
+}
+
+/// A gateway that was removed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedGateway {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its environments.
+    pub environments: Vec<String>,
+    /// When it registered, Unix seconds.
+    pub registered_at: i64,
+    /// When it was removed, Unix seconds.
+    pub removed_at: i64,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a registration token is, checked without using it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenState {
+    /// Valid and unused.
+    Active,
+    /// Unknown, or the secret does not match.
+    Unknown,
+    /// Past its expiry.
+    Expired,
+    /// Used before.
+    Used,
+}
+
+/// How long a registration without a known token may stay pending.
+const PENDING_WITHOUT_TOKEN: i64 = 3600;
+
+impl Store {
+    /// Records a step of a token's registration. A step that is done stays done: a later
+    /// failure of the same step (a repeated health check, say) does not undo it.
+    pub async fn record_step(
+        &self,
+        token_id: String,
+        step: &'static str,
+        state: &'static str,
+        message: String,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO registration_steps (token_id, step, state, message, at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(token_id, step) DO UPDATE SET state = excluded.state, message = excluded.message, at = excluded.at
+                 WHERE registration_steps.state != 'done'",
+                params![token_id, step, state, message, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records a step of the registration a gateway came from; returns whether a row was
+    /// written (false when the token is unknown or the step was already done). With
+    /// `first_only`, only a step not recorded before is written.
+    pub async fn record_gateway_step(
+        &self,
+        gateway_id: String,
+        step: &'static str,
+        state: &'static str,
+        message: String,
+        now: i64,
+        first_only: bool,
+    ) -> Result<bool, StoreError> {
+        self.call(move |c| {
+            let token: Option<String> = c
+                .query_row(
+                    "SELECT id FROM registration_tokens WHERE gateway_id = ?1",
+                    params![gateway_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(token) = token else { return Ok(false) };
+            let sql = if first_only {
+                "INSERT OR IGNORE INTO registration_steps (token_id, step, state, message, at) VALUES (?1, ?2, ?3, ?4, ?5)"
+            } else {
+                "INSERT INTO registration_steps (token_id, step, state, message, at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(token_id, step) DO UPDATE SET state = excluded.state, message = excluded.message, at = excluded.at
+                 WHERE registration_steps.state != 'done' AND (registration_steps.state != excluded.state OR registration_steps.message != excluded.message)"
+            };
+            Ok(c.execute(sql, params![token, step, state, message, now])? > 0)
+        })
+        .await
+    }
+
+    /// The recorded steps of a token.
+    pub async fn token_steps(&self, token_id: String) -> Result<Vec<StepRecord>, StoreError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare("SELECT step, state, message, at FROM registration_steps WHERE token_id = ?1")?;
+            let rows = stmt.query_map(params![token_id], |r| {
+                Ok(StepRecord {
+                    step: r.get(0)?,
+                    state: r.get(1)?,
+                    message: r.get(2)?,
+                    at: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The recorded steps of the registration a gateway came from; `None` when its token is
+    /// not known (a gateway registered before steps were recorded, or a deleted token).
+    pub async fn gateway_steps(&self, gateway_id: String) -> Result<Option<Vec<StepRecord>>, StoreError> {
+        let token: Option<String> = self
+            .call(move |c| {
+                Ok(c.query_row(
+                    "SELECT id FROM registration_tokens WHERE gateway_id = ?1",
+                    params![gateway_id],
+                    |r| r.get(0),
+                )
+                .optional()?)
+            })
+            .await?;
+        match token {
+            Some(t) => Ok(Some(self.token_steps(t).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One token (never the secret).
+    pub async fn token(&self, id: String) -> Result<Option<TokenRecord>, StoreError> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT id, name, environments, created_at, expires_at, used_at, gateway_id FROM registration_tokens WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(TokenRecord {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        environments: envs_from_json(&r.get::<_, String>(2)?),
+                        created_at: r.get(3)?,
+                        expires_at: r.get(4)?,
+                        used_at: r.get(5)?,
+                        gateway_id: r.get(6)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Checks a token without using it up.
+    pub async fn check_token(&self, id: String, secret_hash: Vec<u8>, now: i64) -> Result<TokenState, StoreError> {
+        self.call(move |c| {
+            let row: Option<(Vec<u8>, i64, Option<i64>)> = c
+                .query_row(
+                    "SELECT secret_hash, expires_at, used_at FROM registration_tokens WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            Ok(match row {
+                None => TokenState::Unknown,
+                Some((hash, _, _)) if !crate::util::constant_time_eq(&hash, &secret_hash) => TokenState::Unknown,
+                Some((_, _, Some(_))) => TokenState::Used,
+                Some((_, expires_at, None)) if expires_at <= now => TokenState::Expired,
+                Some(_) => TokenState::Active,
+            })
+        })
+        .await
+    }
+
+    /// Gateways that registered but never said hello, with the time their registration expires.
+    pub async fn pending_gateways(&self) -> Result<Vec<PendingGateway>, StoreError> {
+        self.call(|c| {
+            let cols = GATEWAY_COLUMNS
+                .split(", ")
+                .map(|col| format!("g.{col}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut stmt = c.prepare(&format!(
+                "SELECT {cols}, t.id, t.expires_at FROM gateways g LEFT JOIN registration_tokens t ON t.gateway_id = g.id WHERE g.protocol_version = 0"
+            ))?;
+            let rows = stmt.query_map([], |r| {
+                let gateway = gateway_from_row(r)?;
+                let token_id: Option<String> = r.get(9)?;
+                let token_expiry: Option<i64> = r.get(10)?;
+                let expires_at = token_expiry.unwrap_or(gateway.created_at + PENDING_WITHOUT_TOKEN);
+                Ok(PendingGateway {
+                    gateway,
+                    token_id,
+                    expires_at,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Removes a gateway (its certificates and state go with it) and records when and why;
+    /// with `only_pending`, only if it never connected. Returns the removed gateway.
+    pub async fn remove_gateway(
+        &self,
+        id: String,
+        reason: String,
+        now: i64,
+        only_pending: bool,
+    ) -> Result<Option<GatewayRecord>, StoreError> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let gateway = tx
+                .query_row(
+                    &format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE id = ?1"),
+                    params![id],
+                    gateway_from_row,
+                )
+                .optional()?;
+            let Some(g) = gateway else { return Ok(None) };
+            if only_pending && g.protocol_version != 0 {
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO removed_gateways (id, name, environments, registered_at, removed_at, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![g.id, g.name, envs_to_json(&g.environments), g.created_at, now, reason],
+            )?;
+            tx.execute("DELETE FROM gateways WHERE id = ?1", params![g.id])?;
+            tx.commit()?;
+            Ok(Some(g))
+        })
+        .await
+    }
+
+    /// Forgets removals older than `before` (Unix seconds), so the list stays bounded.
+    pub async fn prune_removed_gateways(&self, before: i64) -> Result<usize, StoreError> {
+        self.call(move |c| Ok(c.execute("DELETE FROM removed_gateways WHERE removed_at < ?1", params![before])?))
+            .await
+    }
+
+    /// Removed gateways, newest first.
+    pub async fn removed_gateways(&self) -> Result<Vec<RemovedGateway>, StoreError> {
+        self.call(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, name, environments, registered_at, removed_at, reason FROM removed_gateways ORDER BY removed_at DESC, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(RemovedGateway {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    environments: envs_from_json(&r.get::<_, String>(2)?),
+                    registered_at: r.get(3)?,
+                    removed_at: r.get(4)?,
+                    reason: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Records that a gateway's self-update holds back (with the reason), or clears it.
+    pub async fn set_update_hold(
+        &self,
+        gateway_id: String,
+        reason: Option<String>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| {
+            match reason {
+                Some(reason) => c.execute(
+                    "INSERT INTO update_holds (gateway_id, reason, since) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(gateway_id) DO UPDATE SET reason = excluded.reason",
+                    params![gateway_id, reason, now],
+                )?,
+                None => c.execute("DELETE FROM update_holds WHERE gateway_id = ?1", params![gateway_id])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every gateway whose self-update holds back: id → (reason, since).
+    pub async fn update_holds(&self) -> Result<std::collections::HashMap<String, (String, i64)>, StoreError> {
+        self.call(|c| {
+            let mut stmt = c.prepare("SELECT gateway_id, reason, since FROM update_holds")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?))))?;
+            Ok(rows.collect::<Result<std::collections::HashMap<_, _>, _>>()?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+
+    fn gateway(id: &str, protocol_version: u32) -> NewGateway {
+        NewGateway {
+            gateway: GatewayRecord {
+                id: id.into(),
+                name: format!("name-{id}"),
+                environments: vec!["prod".into()],
+                argocd_web_url: String::new(),
+                created_at: 100,
+                last_seen_at: None,
+                version: String::new(),
+                protocol_version,
+                certificate_expires_at: None,
+            },
+            cert: CertRecord {
+                fingerprint: format!("fp-{id}"),
+                gateway_id: id.into(),
+                public_key: vec![1],
+                not_after: 10_000,
+                retire_after: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn steps_stay_done_and_only_pending_registrations_are_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db")).unwrap();
+        let token = |id: &str| TokenRecord {
+            id: id.into(),
+            name: String::new(),
+            environments: vec![],
+            created_at: 100,
+            expires_at: 200,
+            used_at: None,
+            gateway_id: None,
+        };
+        for (t, g) in [("t1", "gw-1"), ("t2", "gw-2")] {
+            store.insert_token(token(t), vec![7]).await.unwrap();
+            let (check, _) = store
+                .register_with_token(t.into(), vec![7], 150, move |_, _| Ok(gateway(g, 0)))
+                .await
+                .unwrap();
+            assert!(matches!(check, TokenCheck::Consumed { .. }));
+        }
+        // gw-2 said hello; gw-1 never did.
+        store.record_hello("gw-2".into(), "1.0.0".into(), 2, 160).await.unwrap();
+        let pending = store.pending_gateways().await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!((pending[0].gateway.id.as_str(), pending[0].expires_at), ("gw-1", 200));
+        assert!(
+            store
+                .remove_gateway("gw-2".into(), "x".into(), 300, true)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let removed = store
+            .remove_gateway("gw-1".into(), "never connected".into(), 300, true)
+            .await
+            .unwrap();
+        assert_eq!(removed.unwrap().id, "gw-1");
+        let listed = store.removed_gateways().await.unwrap();
+        assert_eq!(
+            (listed[0].id.as_str(), listed[0].reason.as_str()),
+            ("gw-1", "never connected")
+        );
+        assert!(store.gateway("gw-1".into()).await.unwrap().is_none());
+
+        // A step once done stays done; the first connection is recorded once.
+        assert!(
+            store
+                .record_gateway_step("gw-2".into(), "connected", "done", String::new(), 170, true)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .record_gateway_step("gw-2".into(), "connected", "done", String::new(), 171, true)
+                .await
+                .unwrap()
+        );
+        store
+            .record_gateway_step("gw-2".into(), "firstHealthCheck", "failed", "no".into(), 172, false)
+            .await
+            .unwrap();
+        store
+            .record_gateway_step("gw-2".into(), "firstHealthCheck", "done", String::new(), 173, false)
+            .await
+            .unwrap();
+        store
+            .record_gateway_step("gw-2".into(), "firstHealthCheck", "failed", "later".into(), 174, false)
+            .await
+            .unwrap();
+        let steps = store.token_steps("t2".into()).await.unwrap();
+        let health = steps.iter().find(|s| s.step == "firstHealthCheck").unwrap();
+        assert_eq!((health.state.as_str(), health.at), ("done", 173));
+        assert_eq!(store.prune_removed_gateways(301).await.unwrap(), 1);
+        assert!(store.removed_gateways().await.unwrap().is_empty());
     }
 }

@@ -194,6 +194,7 @@ impl Tunnel for TunnelService {
         };
         let _ = tx.try_send(msg(hub_message::Body::Welcome(welcome)));
         tracing::info!(gateway_id = %gateway_id, session_id = %session.session_id, version = %hello.gateway_version, "gateway connected");
+        super::lifecycle::on_connected(&self.state, &gateway_id).await;
         self.state.tasks.spawn(measure_round_trips(session.clone()));
         let state = self.state.clone();
         self.state
@@ -365,7 +366,10 @@ async fn read_session(
                             .apply_snapshot(&gateway_id, entities, &digest, &limits, &refused)
                             .await
                         {
-                            Ok(d) => Some(d),
+                            Ok(d) => {
+                                super::lifecycle::on_state(&state, &gateway_id);
+                                Some(d)
+                            }
                             Err(e) => break (format!("could not store a snapshot: {e}"), true),
                         }
                     }
@@ -382,6 +386,7 @@ async fn read_session(
                 let seq = delta.seq;
                 match state.entities.apply_delta(&gateway_id, delta, &limits, &refused).await {
                     Ok(digest) => {
+                        super::lifecycle::on_state(&state, &gateway_id);
                         let ack = Ack {
                             seq,
                             state_digest: digest.to_vec(),

@@ -12,6 +12,11 @@
 //! With `autoUpdate.enabled=false` the chart renders neither the CronJob nor its RBAC, so there
 //! is nothing that could run this; a second switch here would only be one more thing to keep in
 //! sync. Run by hand, the command does what it is asked, and `--dry-run` shows the plan first.
+//!
+//! It never fights a GitOps controller: when the Deployment carries Argo CD's tracking
+//! annotation or label (or Flux's), the next sync would revert any patch, so self-update holds,
+//! says why (naming `autoUpdate.enabled=false`), and tells the hub, which shows the gateway's
+//! "update held" state.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -26,7 +31,7 @@ use semver::Version;
 use tokio::time::Instant;
 
 use crate::identity::store::StoreError;
-use crate::uplink::version::{VersionQueryError, desired_version};
+use crate::uplink::version::{VersionQueryError, query_desired_version};
 use crate::uplink::{ConfigError, UplinkArgs};
 
 /// Flags of `argocd-gateway self-update`.
@@ -260,6 +265,8 @@ pub enum Decision {
     RefuseDowngrade,
     /// Another major version: needs `helm upgrade`.
     RefuseMajor,
+    /// A GitOps controller manages the Deployment: a patch would be reverted at its next sync.
+    Held,
 }
 
 /// Compares by semver precedence (build metadata does not count).
@@ -312,6 +319,38 @@ pub struct Current {
     pub cronjob: Option<Found>,
     /// The version in the Deployment's image tag.
     pub version: Version,
+    /// The GitOps controller that manages the Deployment, if any (see [`gitops_owner`]).
+    pub held_by: Option<String>,
+}
+
+/// Which GitOps controller, if any, manages an object, judged by the metadata each leaves:
+/// Argo CD's tracking annotation (`argocd.argoproj.io/tracking-id`, the default since Argo CD
+/// 3.0) or a custom tracking label `argocd.argoproj.io/instance`; Flux's
+/// `kustomize.toolkit.fluxcd.io/name` or `helm.toolkit.fluxcd.io/name` labels; or Argo CD's
+/// label tracking, which sets `app.kubernetes.io/instance` on objects that `helm install` did
+/// not create (those carry `meta.helm.sh/release-name`).
+pub fn gitops_owner(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<String> {
+    let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k));
+    let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k));
+    if let Some(v) = annotation("argocd.argoproj.io/tracking-id") {
+        return Some(format!("Argo CD (annotation argocd.argoproj.io/tracking-id={v})"));
+    }
+    if let Some(v) = label("argocd.argoproj.io/instance") {
+        return Some(format!("Argo CD (label argocd.argoproj.io/instance={v})"));
+    }
+    for key in ["kustomize.toolkit.fluxcd.io/name", "helm.toolkit.fluxcd.io/name"] {
+        if let Some(v) = label(key) {
+            return Some(format!("Flux (label {key}={v})"));
+        }
+    }
+    if annotation("meta.helm.sh/release-name").is_none()
+        && let Some(v) = label("app.kubernetes.io/instance")
+    {
+        return Some(format!(
+            "Argo CD (label app.kubernetes.io/instance={v} without Helm's release annotation meta.helm.sh/release-name: label tracking)"
+        ));
+    }
+    None
 }
 
 /// One planned image change.
@@ -354,6 +393,7 @@ pub async fn read_current(client: &kube::Client, targets: &Targets) -> Result<Cu
         .get(&targets.deployment)
         .await
         .map_err(|e| read_err(Kind::Deployment, &targets.deployment, "--deployment", e))?;
+    let held_by = gitops_owner(&deployment.metadata);
     let containers = deployment
         .spec
         .as_ref()
@@ -396,6 +436,7 @@ pub async fn read_current(client: &kube::Client, targets: &Targets) -> Result<Cu
         deployment,
         cronjob,
         version,
+        held_by,
     })
 }
 
@@ -428,7 +469,11 @@ fn find(
 
 /// Decides and lists the image changes.
 pub fn plan(namespace: &str, current: Current, desired: Option<Version>, rollout_timeout: Duration) -> Plan {
-    let decision = decide(&current.version, desired.as_ref());
+    let decision = if current.held_by.is_some() {
+        Decision::Held
+    } else {
+        decide(&current.version, desired.as_ref())
+    };
     let mut changes = Vec::new();
     if let (Decision::Upgrade, Some(desired)) = (decision, desired.as_ref()) {
         for found in std::iter::once(&current.deployment).chain(current.cronjob.as_ref()) {
@@ -477,6 +522,7 @@ impl fmt::Display for Plan {
             ),
             Decision::RefuseDowngrade => "refused: self-update never downgrades".to_owned(),
             Decision::RefuseMajor => "refused: a new major version needs `helm upgrade` with the new chart".to_owned(),
+            Decision::Held => held_message(self.current.held_by.as_deref().unwrap_or("a GitOps controller")),
         };
         writeln!(f, "decision:         {verdict}")?;
         for c in &self.changes {
@@ -495,6 +541,13 @@ impl fmt::Display for Plan {
         }
         Ok(())
     }
+}
+
+/// Why self-update holds back, naming the setting that turns it off.
+pub fn held_message(owner: &str) -> String {
+    format!(
+        "held: the Deployment is managed by {owner}, whose next sync would revert a patched image; nothing is changed. Update the image through that tool instead, and set autoUpdate.enabled=false in the values it deploys (the chart then has no self-update CronJob)"
+    )
 }
 
 /// What [`apply`] did.
@@ -775,8 +828,19 @@ pub async fn run(args: &SelfUpdateArgs) -> Result<Applied, SelfUpdateError> {
     let identity = store.load().await?.ok_or_else(|| SelfUpdateError::NotRegistered {
         store: store.describe(),
     })?;
-    let desired = desired_version(&uplink.hub, &uplink.extra_roots, &identity, &current.version).await?;
+    let held = current.held_by.as_deref().map(held_message);
+    let desired = query_desired_version(
+        &uplink.hub,
+        &uplink.extra_roots,
+        &identity,
+        &current.version,
+        held.as_deref(),
+    )
+    .await?;
     let plan = plan(&namespace, current, desired, args.rollout_timeout);
+    if let Some(reason) = &held {
+        tracing::warn!(reason = %reason, "self-update holds: another tool manages this gateway");
+    }
     if args.dry_run {
         println!("self-update plan (dry run: nothing is changed)\n{plan}");
         return Ok(Applied::Nothing);
@@ -844,6 +908,7 @@ mod tests {
             deployment: found(Kind::Deployment, "r.io/gw:v1.0.0@sha256:aa"),
             cronjob: Some(found(Kind::CronJob, "mirror.local/gw:1.0.0")),
             version: Version::new(1, 0, 0),
+            held_by: None,
         };
         let p = plan(
             "ns",
@@ -858,8 +923,60 @@ mod tests {
         assert!(text.contains("upgrade 1.0.0 -> 1.1.0"), "{text}");
         assert!(text.contains("r.io/gw:v1.0.0@sha256:aa -> r.io/gw:v1.1.0"), "{text}");
         assert!(text.contains("5m"), "{text}");
-        let same = plan("ns", current, Some(Version::new(1, 0, 0)), Duration::from_secs(1));
+        let same = plan(
+            "ns",
+            current.clone(),
+            Some(Version::new(1, 0, 0)),
+            Duration::from_secs(1),
+        );
         assert!(same.changes.is_empty());
         assert!(same.to_string().contains("already at the desired version"));
+        let held = plan(
+            "ns",
+            Current {
+                held_by: Some("Argo CD (annotation argocd.argoproj.io/tracking-id=x)".into()),
+                ..current
+            },
+            Some(Version::new(1, 1, 0)),
+            Duration::from_secs(1),
+        );
+        assert_eq!(held.decision, Decision::Held);
+        assert!(held.changes.is_empty());
+        assert!(held.to_string().contains("autoUpdate.enabled=false"), "{held}");
+    }
+
+    #[test]
+    fn gitops_owners() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let meta = |labels: &[(&str, &str)], annotations: &[(&str, &str)]| ObjectMeta {
+            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let helm = [("meta.helm.sh/release-name", "gw")];
+        assert_eq!(
+            gitops_owner(&meta(&[("app.kubernetes.io/instance", "gw")], &helm)),
+            None
+        );
+        assert_eq!(gitops_owner(&ObjectMeta::default()), None);
+        for (labels, annotations, who) in [
+            (
+                vec![],
+                vec![("argocd.argoproj.io/tracking-id", "gw:apps/Deployment:ns/gw")],
+                "Argo CD",
+            ),
+            (vec![("argocd.argoproj.io/instance", "gw")], vec![], "Argo CD"),
+            (vec![("kustomize.toolkit.fluxcd.io/name", "apps")], vec![], "Flux"),
+            (vec![("helm.toolkit.fluxcd.io/name", "gw")], helm.to_vec(), "Flux"),
+            (vec![("app.kubernetes.io/instance", "gw")], vec![], "label tracking"),
+        ] {
+            let owner = gitops_owner(&meta(&labels, &annotations)).expect("owner");
+            assert!(owner.contains(who), "{owner}");
+        }
     }
 }

@@ -46,6 +46,10 @@ pub struct SimOptions {
     pub namespace: String,
     /// Interval of SSE keepalive comments.
     pub sse_keepalive: Duration,
+    /// With TLS: serve this certificate and key (PEM) instead of a fresh CA-issued one, e.g. a
+    /// self-signed certificate as `openssl req -x509` makes it; [`SimHandle::ca_pem`] is then
+    /// the certificate itself.
+    pub certificate: Option<(String, String)>,
 }
 
 impl Default for SimOptions {
@@ -56,6 +60,7 @@ impl Default for SimOptions {
             version: "v3.5.1".into(),
             namespace: "argocd".into(),
             sse_keepalive: Duration::from_secs(15),
+            certificate: None,
         }
     }
 }
@@ -259,7 +264,10 @@ impl Simulator {
     pub async fn start(options: SimOptions) -> std::io::Result<SimHandle> {
         crate::tls::install_crypto_provider();
         let certs = match options.tls {
-            SimTls::SelfSigned => Some(net::SimCerts::generate().map_err(std::io::Error::other)?),
+            SimTls::SelfSigned => Some(match &options.certificate {
+                Some((cert, key)) => net::SimCerts::from_pem(cert, key)?,
+                None => net::SimCerts::generate().map_err(std::io::Error::other)?,
+            }),
             SimTls::Plaintext => None,
         };
         let cancel = CancellationToken::new();

@@ -49,6 +49,21 @@ impl SimCerts {
         })
     }
 
+    /// A given certificate chain and key (PEM); the first certificate is also what clients trust.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> std::io::Result<Self> {
+        let chain =
+            crate::tls::parse_certs_pem(cert_pem.as_bytes(), "simulator certificate").map_err(std::io::Error::other)?;
+        let key = crate::tls::parse_key_pem(key_pem.as_bytes(), "simulator key").map_err(std::io::Error::other)?;
+        if chain.is_empty() {
+            return Err(std::io::Error::other("no certificate in the simulator certificate PEM"));
+        }
+        Ok(Self {
+            ca_pem: cert_pem.to_owned(),
+            chain,
+            key,
+        })
+    }
+
     fn acceptor(&self) -> Result<TlsAcceptor, rustls::Error> {
         let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()?

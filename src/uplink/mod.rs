@@ -1,7 +1,8 @@
 //! Every call the gateway makes to the hub, and only those: how to reach and trust it
 //! ([`config`], [`trust`]), dialing one step at a time with errors that name the fix and the
-//! CONNECT proxy ([`dial`]), registration and certificate renewal ([`register`]), the
-//! desired-version query of `self-update` ([`version`]) and opening the tunnel stream
+//! CONNECT proxy ([`dial`]), registration and certificate renewal ([`register`]),
+//! deregistration and the preflight report ([`deregister`]), the desired-version query of
+//! `self-update` ([`version`]) and opening the tunnel stream
 //! ([`open_tunnel`]). Calls made as the registered gateway carry the signed identity assertion,
 //! attached in one place: [`authenticated`].
 //!
@@ -9,6 +10,7 @@
 //! [`crate::tunnel`].
 
 pub mod config;
+pub mod deregister;
 pub mod dial;
 pub mod register;
 pub mod trust;

@@ -48,14 +48,44 @@ pub enum TrustFailure {
         /// What webpki said.
         reason: String,
     },
-    /// The chain reaches the fingerprinted CA but is otherwise invalid (name, validity).
-    #[error(
-        "hub certificate is invalid ({reason}); check the host name in --hub-url (Helm gateway.hub.serverGrpcUrl) is one of the hub's --hostname names"
-    )]
+    /// The certificate is trusted but otherwise invalid (name, validity, purpose).
+    #[error("hub certificate is invalid: {reason}; {fix}")]
     Invalid {
-        /// What webpki said.
+        /// What is wrong, as a sentence.
         reason: String,
+        /// What to change.
+        fix: String,
     },
+}
+
+impl TrustFailure {
+    /// The failure for a chain refused by certificate checks (not by a pin or fingerprint).
+    fn from_error(err: &rustls::Error) -> Self {
+        use crate::tls::CertProblem;
+        let Some(trouble) = crate::tls::diagnose(err) else {
+            return Self::Untrusted {
+                reason: err.to_string(),
+            };
+        };
+        let fix = match trouble.problem {
+            CertProblem::UnknownIssuer | CertProblem::UntrustedSelfSigned => {
+                return Self::Untrusted { reason: trouble.what };
+            }
+            CertProblem::WrongName => {
+                "use a host name the certificate names in --hub-url (Helm gateway.hub.serverGrpcUrl), or add this name to the hub's certificate (hub serve --hostname)"
+            }
+            CertProblem::Expired => {
+                "renew the hub's server certificate (hub serve re-issues its own when it nears expiry; restart the hub)"
+            }
+            CertProblem::NotYetValid => "check the clocks of the gateway's node and of the hub",
+            CertProblem::WrongPurpose => "reissue the hub certificate with extendedKeyUsage serverAuth",
+            CertProblem::Other => "fix the hub's certificate",
+        };
+        Self::Invalid {
+            reason: trouble.what,
+            fix: fix.to_owned(),
+        }
+    }
 }
 
 fn presented_list(fps: &[Fingerprint]) -> String {
@@ -72,7 +102,7 @@ pub type FailureSlot = Arc<Mutex<Option<TrustFailure>>>;
 /// The hub certificate check described in the module doc (wrapped in a [`crate::tls::Verifier`]).
 #[derive(Debug)]
 pub struct HubVerifier {
-    roots: Option<Arc<WebPkiServerVerifier>>,
+    roots: crate::tls::ServerTrust,
     pin: Option<Fingerprint>,
     ca_fingerprint: Option<Fingerprint>,
     provider: Arc<rustls::crypto::CryptoProvider>,
@@ -88,18 +118,8 @@ impl HubVerifier {
         failure: FailureSlot,
     ) -> Result<Self, rustls::Error> {
         let provider = crate::tls::provider();
-        let store = crate::tls::root_store(roots);
-        let roots = if store.is_empty() {
-            None
-        } else {
-            Some(
-                WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
-                    .build()
-                    .map_err(|e| rustls::Error::General(e.to_string()))?,
-            )
-        };
         Ok(Self {
-            roots,
+            roots: crate::tls::ServerTrust::new(roots),
             pin,
             ca_fingerprint,
             provider,
@@ -135,15 +155,15 @@ impl CertCheck for HubVerifier {
                 }))
             };
         }
-        let mut reason = "no trusted root certificates are configured".to_owned();
-        if let Some(roots) = &self.roots {
-            match roots.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-                Ok(v) => return Ok(v),
-                Err(e) => reason = e.to_string(),
-            }
-        }
+        let chain_error = match self
+            .roots
+            .check(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
         let Some(expected) = &self.ca_fingerprint else {
-            return Err(self.refuse(TrustFailure::Untrusted { reason }));
+            return Err(self.refuse(TrustFailure::from_error(&chain_error)));
         };
         let Some(ca) = intermediates.iter().find(|c| &Fingerprint::of(c) == expected) else {
             let presented = intermediates.iter().map(|c| Fingerprint::of(c)).collect();
@@ -156,9 +176,9 @@ impl CertCheck for HubVerifier {
         let store = crate::tls::root_store(&anchor);
         let pinned_ca = WebPkiServerVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
             .build()
-            .map_err(|e| self.refuse(TrustFailure::Invalid { reason: e.to_string() }))?;
+            .map_err(|e| self.refuse(TrustFailure::Untrusted { reason: e.to_string() }))?;
         pinned_ca
             .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
-            .map_err(|e| self.refuse(TrustFailure::Invalid { reason: e.to_string() }))
+            .map_err(|e| self.refuse(TrustFailure::from_error(&e)))
     }
 }

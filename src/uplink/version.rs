@@ -42,11 +42,24 @@ pub async fn desired_version(
     identity: &Identity,
     current: &Version,
 ) -> Result<Option<Version>, VersionQueryError> {
+    query_desired_version(hub, extra_roots, identity, current, None).await
+}
+
+/// Like [`desired_version`], telling the hub whether (and why) self-update holds back, so the
+/// hub shows the gateway's "update held" state; `None` clears it.
+pub async fn query_desired_version(
+    hub: &HubConfig,
+    extra_roots: &[CertificateDer<'static>],
+    identity: &Identity,
+    current: &Version,
+    held: Option<&str>,
+) -> Result<Option<Version>, VersionQueryError> {
     let request = authenticated(
         identity,
         Purpose::Version,
         GetDesiredVersionRequest {
             current_version: current.to_string(),
+            update_held: held.unwrap_or_default().to_owned(),
         },
     )?;
     let channel = Dialer::new(hub, extra_roots, Some(identity))?.connect().await?;

@@ -5,7 +5,7 @@
 //!
 //! Format: `base64url(json claims) "." base64url(ECDSA P-256 SHA-256 DER signature)`, the
 //! signature covering the first part's bytes. Claims bind the gateway id, the certificate
-//! fingerprint, the purpose (tunnel, renew or version), a validity window and a nonce that the hub
+//! fingerprint, the purpose (tunnel, renew, version or deregister), a validity window and a nonce that the hub
 //! remembers until expiry, so a captured assertion cannot be replayed.
 
 use std::time::Duration;
@@ -35,6 +35,8 @@ pub enum Purpose {
     Renew,
     /// Asking for the desired gateway version (`self-update`).
     Version,
+    /// Removing the gateway at the hub (the chart's pre-delete hook).
+    Deregister,
 }
 
 /// The signed claims.

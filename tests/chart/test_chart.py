@@ -3,9 +3,12 @@ checked against the Kubernetes schemas (kubernetes-validate).
 
 Each case in CASES is a set of values a user would pass (built with Helm's own --set /
 --set-string parser where the issue speaks of --set), plus the assertions on the container
-args, env and volumes that carry those values. Every case also goes through the invariants:
-schema validation of every manifest, the restricted Pod Security Standard on every pod, no
-secret in args/env/ConfigMaps/NOTES, every file path in args mounted, every referenced object
+env and volumes that carry those values. Settings reach the containers as ARGOCD_GATEWAY_*
+variables (the flag each one sets is in FLAG_ENV, and test_env_names_are_the_binarys checks
+them against the binary's --help); the container arguments are only the subcommand. Every case
+also goes through the invariants: schema validation of every manifest, the restricted Pod
+Security Standard on every pod, no secret in args/env/ConfigMaps/NOTES, nothing but the
+subcommand on the command line, every file path in the env mounted, every referenced object
 rendered or named by the user.
 """
 
@@ -33,7 +36,12 @@ RELEASE = "gw"
 NAMESPACE = "argocd"
 FULLNAME = "gw-argocd-gateway"
 HUB = "hub.example.com:8443"
-REQUIRED = {"gateway": {"hub": {"serverGrpcUrl": HUB}}}
+# The hub URL and an Argo CD token source are required; most cases name an existing Secret.
+ACCOUNT_SECRET = "argocd-gateway-account"
+REQUIRED = {"gateway": {"hub": {"serverGrpcUrl": HUB},
+                        "argocd": {"authenticationTokenSecretName": ACCOUNT_SECRET}}}
+# REQUIRED without the token Secret, for cases that give the token another way.
+NO_ACCOUNT_SECRET = {"gateway": {"argocd": {"authenticationTokenSecretName": ""}}}
 
 # Distinctive secret values: if any appears outside a Secret, a test fails.
 ARGOCD_TOKEN = "eyJhbGciOi.argocd-account-token-SECRET"
@@ -128,6 +136,9 @@ class Render:
     def self_update(self) -> dict[str, Any]:
         return self.container("CronJob", f"{FULLNAME}-self-update")
 
+    def deregister(self) -> dict[str, Any]:
+        return self.container("Job", f"{FULLNAME}-deregister")
+
 
 def render(chart, values: dict[str, Any]) -> Render:
     files = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
@@ -155,15 +166,72 @@ def args_of(container: dict[str, Any]) -> list[str]:
     return list(container.get("args", []))
 
 
+# The variable that carries each flag (the binary reads `ARGOCD_GATEWAY_<FLAG>`).
+FLAG_ENV = {
+    "--hub-url": "ARGOCD_GATEWAY_HUB_URL",
+    "--hub-plaintext": "ARGOCD_GATEWAY_HUB_PLAINTEXT",
+    "--hub-fingerprint": "ARGOCD_GATEWAY_HUB_FINGERPRINT",
+    "--hub-ca-fingerprint": "ARGOCD_GATEWAY_HUB_CA_FINGERPRINT",
+    "--trust-ca": "ARGOCD_GATEWAY_TRUST_CA",
+    "--identity": "ARGOCD_GATEWAY_IDENTITY",
+    "--log-format": "ARGOCD_GATEWAY_LOG_FORMAT",
+    "--debug": "ARGOCD_GATEWAY_DEBUG",
+    "--registration-token-file": "ARGOCD_GATEWAY_REGISTRATION_TOKEN_FILE",
+    "--name": "ARGOCD_GATEWAY_NAME",
+    "--environment": "ARGOCD_GATEWAY_ENVIRONMENT",
+    "--argocd-web-url": "ARGOCD_GATEWAY_ARGOCD_WEB_URL",
+    "--argocd-server": "ARGOCD_GATEWAY_ARGOCD_SERVER",
+    "--argocd-insecure": "ARGOCD_GATEWAY_ARGOCD_INSECURE",
+    "--argocd-plaintext": "ARGOCD_GATEWAY_ARGOCD_PLAINTEXT",
+    "--argocd-token-file": "ARGOCD_GATEWAY_ARGOCD_TOKEN_FILE",
+    "--argocd-project-tokens-dir": "ARGOCD_GATEWAY_ARGOCD_PROJECT_TOKENS_DIR",
+    "--watch": "ARGOCD_GATEWAY_WATCH",
+    "--poll-interval": "ARGOCD_GATEWAY_POLL_INTERVAL",
+    "--resync-interval": "ARGOCD_GATEWAY_RESYNC_INTERVAL",
+    "--cluster-interval": "ARGOCD_GATEWAY_CLUSTER_INTERVAL",
+    "--selector": "ARGOCD_GATEWAY_SELECTOR",
+    "--project": "ARGOCD_GATEWAY_PROJECT",
+    "--app-namespace": "ARGOCD_GATEWAY_APP_NAMESPACE",
+    "--argocd-request-timeout": "ARGOCD_GATEWAY_ARGOCD_REQUEST_TIMEOUT",
+    "--argocd-max-body-bytes": "ARGOCD_GATEWAY_ARGOCD_MAX_BODY_BYTES",
+    "--argocd-max-line-bytes": "ARGOCD_GATEWAY_ARGOCD_MAX_LINE_BYTES",
+    "--keepalive-interval": "ARGOCD_GATEWAY_KEEPALIVE_INTERVAL",
+    "--keepalive-max-failures": "ARGOCD_GATEWAY_KEEPALIVE_MAX_FAILURES",
+    "--admin-addr": "ARGOCD_GATEWAY_ADMIN_ADDR",
+    "--leader-elect": "ARGOCD_GATEWAY_LEADER_ELECT",
+    "--lease-name": "ARGOCD_GATEWAY_LEASE_NAME",
+    "--deployment": "ARGOCD_GATEWAY_SELF_UPDATE_DEPLOYMENT",
+    "--cronjob": "ARGOCD_GATEWAY_SELF_UPDATE_CRONJOB",
+    "--reason": "ARGOCD_GATEWAY_DEREGISTER_REASON",
+}
+# Flags that take a comma-separated list in their variable.
+LIST_FLAGS = {"--trust-ca", "--environment", "--project", "--app-namespace"}
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    """The plain (not valueFrom) environment of a container."""
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
 def flag_values(container: dict[str, Any], flag: str) -> list[str]:
-    prefix = f"{flag}="
-    return [a[len(prefix):] for a in args_of(container) if a.startswith(prefix)]
+    """What the container sets a flag to, through its variable ([] when unset)."""
+    value = env_of(container).get(FLAG_ENV[flag])
+    if value is None:
+        return []
+    return value.split(",") if flag in LIST_FLAGS else [value]
 
 
 def one_flag(container: dict[str, Any], flag: str) -> str:
     values = flag_values(container, flag)
-    assert len(values) == 1, f"{flag} expected once in {args_of(container)}"
+    assert len(values) == 1, f"{flag} ({FLAG_ENV[flag]}) expected once in {container.get('env')}"
     return values[0]
+
+
+def flag_on(container: dict[str, Any], flag: str) -> bool:
+    """A boolean flag's variable is always set: "true" or "false"."""
+    value = one_flag(container, flag)
+    assert value in ("true", "false"), (flag, value)
+    return value == "true"
 
 
 def volume(spec: dict[str, Any], name: str) -> dict[str, Any]:
@@ -200,8 +268,7 @@ def cron_spec(r: Render) -> dict[str, Any]:
 
 def check_defaults(r: Render) -> None:
     gw = r.gateway()
-    args = args_of(gw)
-    assert args[0] == "run"
+    assert args_of(gw) == ["run"]
     assert one_flag(gw, "--hub-url") == HUB
     assert one_flag(gw, "--argocd-server") == "https://argocd-server.argocd.svc.cluster.local"
     assert one_flag(gw, "--identity") == f"secret:{NAMESPACE}/{FULLNAME}-identity"
@@ -209,12 +276,23 @@ def check_defaults(r: Render) -> None:
     assert one_flag(gw, "--keepalive-interval") == "30"
     assert one_flag(gw, "--keepalive-max-failures") == "10"
     assert one_flag(gw, "--log-format") == "json"
-    for absent in ("--argocd-insecure", "--argocd-plaintext", "--hub-plaintext", "--debug",
-                   "--leader-elect"):
-        assert absent not in args
-    for absent in ("--argocd-token-file", "--argocd-project-tokens-dir", "--trust-ca",
+    for off in ("--argocd-insecure", "--argocd-plaintext", "--hub-plaintext", "--debug"):
+        assert not flag_on(gw, off)
+    assert flag_on(gw, "--watch")
+    assert one_flag(gw, "--poll-interval") == "30s"
+    assert one_flag(gw, "--resync-interval") == "5m"
+    assert one_flag(gw, "--cluster-interval") == "60s"
+    assert one_flag(gw, "--argocd-request-timeout") == "30s"
+    # Large integers stay integers (Helm reads YAML numbers as floats: 5.36870912e+08).
+    assert one_flag(gw, "--argocd-max-body-bytes") == "536870912"
+    assert one_flag(gw, "--argocd-max-line-bytes") == "16777216"
+    # The required token source: an existing Secret, mounted as a file.
+    assert one_flag(gw, "--argocd-token-file") == f"{PATHS['argocd_token']}/token"
+    assert volume(deployment_spec(r), "argocd-token")["secret"]["secretName"] == ACCOUNT_SECRET
+    for absent in ("--argocd-project-tokens-dir", "--trust-ca", "--leader-elect",
                    "--registration-token-file", "--hub-fingerprint", "--hub-ca-fingerprint",
-                   "--lease-name", "--name", "--environment", "--argocd-web-url"):
+                   "--lease-name", "--name", "--environment", "--argocd-web-url", "--selector",
+                   "--project", "--app-namespace"):
         assert flag_values(gw, absent) == []
     # Probes on the admin server, which always runs, even without metrics.enabled.
     port = gw["ports"][0]
@@ -232,8 +310,10 @@ def check_defaults(r: Render) -> None:
     dep = r.deployment()
     assert dep["spec"]["replicas"] == 1
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
-    # Default features: registration hook and self-update on; metrics Service, PDB off.
+    # Default features: registration and deregistration hooks and self-update on; metrics
+    # Service, PDB off.
     assert r.has("Job", f"{FULLNAME}-register")
+    assert r.has("Job", f"{FULLNAME}-deregister")
     assert r.has("CronJob", f"{FULLNAME}-self-update")
     assert not r.all("Service") and not r.all("ServiceMonitor")
     assert not r.all("PodDisruptionBudget")
@@ -253,28 +333,34 @@ def check_defaults(r: Render) -> None:
                                     "namespace": NAMESPACE}]
     assert "kubectl -n argocd exec deploy/gw-argocd-gateway -- /argocd-gateway check" in r.notes
     assert f"kubectl -n argocd logs deploy/{FULLNAME}" in r.notes
-    assert "no Argo CD token is configured" in r.notes
+    # NOTES says only what is true: a token source is required, so no "no applications" hint;
+    # the install can be followed from the hub; uninstall deregisters.
+    assert "no Argo CD token" not in r.notes and "no applications" not in r.notes
+    assert "argocd-gateway hub token status" in r.notes and "--wait" in r.notes
+    assert "`helm uninstall` deregisters the gateway" in r.notes
 
 
 def check_insecure(r: Render) -> None:
-    for c in (r.gateway(),):
-        assert "--argocd-insecure" in args_of(c)
-        assert "--argocd-plaintext" not in args_of(c)
+    # The registration preflight reads Argo CD the way the gateway will.
+    for c in (r.gateway(), r.register()):
+        assert flag_on(c, "--argocd-insecure")
+        assert not flag_on(c, "--argocd-plaintext")
 
 
 def check_plaintext(r: Render) -> None:
-    assert "--argocd-plaintext" in args_of(r.gateway())
-    assert "--argocd-insecure" not in args_of(r.gateway())
+    for c in (r.gateway(), r.register()):
+        assert flag_on(c, "--argocd-plaintext")
+        assert not flag_on(c, "--argocd-insecure")
 
 
 def check_neither_tls_flag(r: Render) -> None:
-    assert "--argocd-insecure" not in args_of(r.gateway())
-    assert "--argocd-plaintext" not in args_of(r.gateway())
+    assert not flag_on(r.gateway(), "--argocd-insecure")
+    assert not flag_on(r.gateway(), "--argocd-plaintext")
 
 
 def check_ha(r: Render) -> None:
     gw = r.gateway()
-    assert "--leader-elect" in args_of(gw)
+    assert flag_on(gw, "--leader-elect")
     assert one_flag(gw, "--lease-name") == FULLNAME
     dep = r.deployment()
     assert dep["spec"]["replicas"] == 2
@@ -304,6 +390,12 @@ def check_project_tokens_inline(r: Render) -> None:
     assert vol["secret"] == {"secretName": name, "defaultMode": 0o440}
     m = mount(gw, "argocd-project-tokens")
     assert m["mountPath"] == PATHS["project_tokens"] and "subPath" not in m
+    # The preflight's hook copy.
+    hook = r.get("Secret", f"{FULLNAME}-hook-projects")
+    assert hook["data"] == secret["data"]
+    assert volume(job_spec(r), "argocd-project-tokens")["secret"] == {
+        "secretName": f"{FULLNAME}-hook-projects", "defaultMode": 0o440}
+    assert one_flag(r.register(), "--argocd-project-tokens-dir") == PATHS["project_tokens"]
 
 
 def check_project_tokens_existing(r: Render) -> None:
@@ -311,6 +403,7 @@ def check_project_tokens_existing(r: Render) -> None:
     assert one_flag(gw, "--argocd-project-tokens-dir") == PATHS["project_tokens"]
     assert volume(deployment_spec(r), "argocd-project-tokens")["secret"] == {
         "secretName": "team-tokens", "defaultMode": 0o440}
+    assert volume(job_spec(r), "argocd-project-tokens")["secret"]["secretName"] == "team-tokens"
     assert not r.all("Secret")
 
 
@@ -323,7 +416,15 @@ def check_argocd_token_inline(r: Render) -> None:
     assert vol["secretName"] == f"{FULLNAME}-argocd-token"
     assert vol["items"] == [{"key": "token", "path": "token"}]
     assert mount(gw, "argocd-token")["mountPath"] == PATHS["argocd_token"]
-    assert "no Argo CD token is configured" not in r.notes
+    # The registration preflight reads Argo CD with the same token, from a hook copy: the
+    # regular Secret does not exist yet when a pre-install hook runs.
+    hook = r.get("Secret", f"{FULLNAME}-hook-argocd")
+    assert base64.b64decode(hook["data"]["token"]).decode() == ARGOCD_TOKEN
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    job = r.register()
+    assert one_flag(job, "--argocd-token-file") == f"{PATHS['argocd_token']}/token"
+    assert volume(job_spec(r), "argocd-token")["secret"]["secretName"] == f"{FULLNAME}-hook-argocd"
+    assert mount(job, "argocd-token")["mountPath"] == PATHS["argocd_token"]
 
 
 def check_existing_secrets(r: Render) -> None:
@@ -380,9 +481,11 @@ def check_server_certificates(r: Render) -> None:
     assert cm["data"] == {"ca-0.pem": PEM, "ca-1.pem": PEM.replace("fakeCA", "secondCA")}
     hook_cm = r.get("ConfigMap", f"{FULLNAME}-register-trust")
     assert hook_cm["data"] == cm["data"]
-    assert hook_cm["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    # Both hooks trust the hub through the hook copy: registration and deregistration.
+    assert hook_cm["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade,pre-delete"
     expected = [PATHS["trust_cm"], PATHS["trust_secret"]]
     for kind, name, cm_name in (("Deployment", FULLNAME, cm), ("Job", f"{FULLNAME}-register", hook_cm),
+                                ("Job", f"{FULLNAME}-deregister", hook_cm),
                                 ("CronJob", f"{FULLNAME}-self-update", cm)):
         c = r.container(kind, name)
         spec = r.pod_specs()[f"{kind}/{name}"]
@@ -435,10 +538,19 @@ def check_auto_update_off(r: Render) -> None:
     assert "self-update" not in r.notes
 
 
+def hook_events(r: Render) -> dict[tuple[str, str], set[str]]:
+    return {(d["kind"], d["metadata"]["name"]): set(d["metadata"]["annotations"]["helm.sh/hook"].split(","))
+            for d in r.docs if "helm.sh/hook" in d["metadata"].get("annotations", {})}
+
+
 def check_register_off(r: Render) -> None:
-    assert not r.all("Job")
-    hooks = [d for d in r.docs if "helm.sh/hook" in d["metadata"].get("annotations", {})]
-    assert hooks == []
+    # No registration hook; only the uninstall's deregistration hook and its prerequisites.
+    assert not r.has("Job", f"{FULLNAME}-register")
+    assert r.has("Job", f"{FULLNAME}-deregister")
+    events = hook_events(r)
+    assert events and all(e == {"pre-delete"} for e in events.values()), events
+    rules = r.get("Role", f"{FULLNAME}-register")["rules"]
+    assert all("create" not in rule["verbs"] for rule in rules), rules
     # The Deployment registers itself from the same token.
     gw = r.gateway()
     assert one_flag(gw, "--registration-token-file") == f"{PATHS['registration_token']}/token"
@@ -455,8 +567,7 @@ def check_self_update(r: Render) -> None:
     assert spec["jobTemplate"]["spec"]["backoffLimit"] == 5
     assert spec["concurrencyPolicy"] == "Forbid"
     su = r.self_update()
-    args = args_of(su)
-    assert args[0] == "self-update"
+    assert args_of(su) == ["self-update"]
     # The names it patches are exactly the objects the chart rendered.
     assert r.has("Deployment", one_flag(su, "--deployment"))
     assert r.has("CronJob", one_flag(su, "--cronjob"))
@@ -479,26 +590,29 @@ def check_self_update(r: Render) -> None:
 
 
 def check_hub_options(r: Render) -> None:
-    for c in (r.gateway(), r.register(), r.self_update()):
+    for c in (r.gateway(), r.register(), r.self_update(), r.deregister()):
         assert one_flag(c, "--hub-url") == "http://hub.internal:8080"
-        assert "--hub-plaintext" in args_of(c)
+        assert flag_on(c, "--hub-plaintext")
         assert one_flag(c, "--hub-fingerprint") == "sha256:0123abcd"
         assert one_flag(c, "--log-format") == "text"
-        assert "--debug" in args_of(c)
+        assert flag_on(c, "--debug")
     gw = r.gateway()
     assert one_flag(gw, "--keepalive-interval") == "0"
     assert one_flag(gw, "--keepalive-max-failures") == "3"
     assert one_flag(gw, "--argocd-server") == "http://argocd-server.argocd:80/argocd"
-    assert "--argocd-plaintext" in args_of(gw)
+    assert flag_on(gw, "--argocd-plaintext")
 
 
 def check_string_false_is_false(r: Render) -> None:
     # "false" strings from --set-string must not switch anything on (a string is truthy in
     # Go templates).
-    args = args_of(r.gateway())
-    for flag in ("--argocd-insecure", "--argocd-plaintext", "--hub-plaintext", "--debug"):
-        assert flag not in args
-    assert not r.all("Job") and not r.all("CronJob") and not r.all("Service")
+    for flag in ("--argocd-insecure", "--argocd-plaintext", "--hub-plaintext", "--debug",
+                 "--watch"):
+        assert not flag_on(r.gateway(), flag)
+    assert not r.has("Job", f"{FULLNAME}-register")
+    # keepOnUninstall="false" is false: the deregistration hook stays.
+    assert r.has("Job", f"{FULLNAME}-deregister")
+    assert not r.all("CronJob") and not r.all("Service")
 
 
 def check_usual(r: Render) -> None:
@@ -533,11 +647,34 @@ def check_service_account_annotations(r: Render) -> None:
     assert deployment_spec(r)["serviceAccountName"] == "custom-sa"
 
 
+def check_argocd_view(r: Render) -> None:
+    # Poll mode, intervals, filters and limits reach both the gateway and the preflight.
+    for c in (r.gateway(), r.register()):
+        assert not flag_on(c, "--watch")
+        assert one_flag(c, "--poll-interval") == "2m"
+        assert one_flag(c, "--resync-interval") == "10m"
+        assert one_flag(c, "--cluster-interval") == "5m"
+        assert one_flag(c, "--argocd-request-timeout") == "45s"
+        assert one_flag(c, "--argocd-max-body-bytes") == "1073741824"
+        assert one_flag(c, "--argocd-max-line-bytes") == "33554432"
+        assert one_flag(c, "--selector") == "team=payments,tier!=test"
+        assert flag_values(c, "--project") == ["team-a", "team-b"]
+        assert flag_values(c, "--app-namespace") == ["argocd", "apps"]
+
+
+def check_keep_on_uninstall(r: Render) -> None:
+    assert not r.has("Job", f"{FULLNAME}-deregister")
+    assert all("pre-delete" not in e for e in hook_events(r).values())
+    assert "keeps the gateway registered" in r.notes
+
+
 def check_fullname_override(r: Render) -> None:
     dep = r.get("Deployment", "edge")
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert one_flag(c, "--identity") == f"secret:{NAMESPACE}/edge-identity"
     assert r.has("CronJob", "edge-self-update") and r.has("Job", "edge-register")
+    assert r.has("Job", "edge-deregister")
+    assert r.get("Job", "edge-deregister")["spec"]["template"]["spec"]["serviceAccountName"] == "edge-register"
 
 
 def check_name_override(r: Render) -> None:
@@ -571,15 +708,17 @@ CASES = [
     Case("set-string-all-false", with_set_string(
         "gateway.argocd.insecure=false,gateway.argocd.plaintext=false,gateway.hub.plaintext=false",
         "gateway.debug=false,registration.register=false,autoUpdate.enabled=false",
-        "metrics.enabled=false"), check_string_false_is_false),
+        "metrics.enabled=false,gateway.argocd.watch=false,registration.keepOnUninstall=false",
+        "autoUpdate.enabled=false"), check_string_false_is_false),
     Case("ha", with_set("replicaCount=2"), check_ha),
-    Case("project-tokens-inline", deep_merge(REQUIRED, {"gateway": {"argocd": {
+    Case("project-tokens-inline", deep_merge(REQUIRED, NO_ACCOUNT_SECRET, {"gateway": {"argocd": {
         "projectAuthentication": [{"project": "team-a", "token": PROJECT_A_TOKEN},
                                   {"project": "_unscoped", "token": UNSCOPED_TOKEN}]}}}),
          check_project_tokens_inline, secrets=[PROJECT_A_TOKEN, UNSCOPED_TOKEN]),
-    Case("project-tokens-existing", with_set("gateway.argocd.projectAuthenticationSecretName=team-tokens"),
+    Case("project-tokens-existing", with_set("gateway.argocd.authenticationTokenSecretName=",
+                                             "gateway.argocd.projectAuthenticationSecretName=team-tokens"),
          check_project_tokens_existing, external={"team-tokens"}),
-    Case("argocd-token-inline", deep_merge(REQUIRED, {"gateway": {"argocd": {
+    Case("argocd-token-inline", deep_merge(REQUIRED, NO_ACCOUNT_SECRET, {"gateway": {"argocd": {
         "authenticationToken": ARGOCD_TOKEN}}}), check_argocd_token_inline, secrets=[ARGOCD_TOKEN]),
     Case("existing-secrets", with_set(
         "gateway.argocd.authenticationTokenSecretName=argocd-gateway-account",
@@ -635,6 +774,14 @@ CASES = [
         "serviceAccount.name=custom-sa,serviceAccount.annotations.example\\.com/owner=platform"),
         check_service_account_annotations),
     Case("fullname-override", with_set("fullnameOverride=edge"), check_fullname_override),
+    Case("argocd-view", with_set(
+        "gateway.argocd.watch=false,gateway.argocd.pollInterval=2m,gateway.argocd.resyncInterval=10m",
+        "gateway.argocd.clusterInterval=5m,gateway.argocd.requestTimeout=45s",
+        "gateway.argocd.maxBodyBytes=1073741824,gateway.argocd.maxLineBytes=33554432",
+        "gateway.argocd.selector=team=payments\\,tier!=test",
+        "gateway.argocd.projects={team-a,team-b},gateway.argocd.applicationNamespaces={argocd,apps}"),
+         check_argocd_view),
+    Case("keep-on-uninstall", with_set("registration.keepOnUninstall=true"), check_keep_on_uninstall),
     Case("name-override", with_set("nameOverride=relay"), check_name_override),
 ]
 
@@ -735,6 +882,59 @@ def test_secrets_only_live_in_secrets(case, rendered):
                 assert "secretKeyRef" not in e.get("valueFrom", {}), e
 
 
+SUBCOMMANDS = {"Deployment": "run", "CronJob": "self-update"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_ids())
+def test_nothing_but_the_subcommand_on_the_command_line(case, rendered):
+    """Settings (and any secret) never show in the process list: only the subcommand is an
+    argument, everything else is environment or a mounted file."""
+    for key, spec in rendered[case.id].pod_specs().items():
+        c = spec["containers"][0]
+        kind, name = key.split("/", 1)
+        want = SUBCOMMANDS.get(kind) or ("deregister" if name.endswith("-deregister") else "register")
+        assert args_of(c) == [want], (key, c.get("args"))
+        assert "command" not in c, key
+
+
+def test_flag_variables_are_the_binarys(cli):
+    """FLAG_ENV, which these tests read the pods through, pairs each flag with the variable the
+    binary really reads for it."""
+    pairs: dict[str, str] = {}
+    for sub in ("run", "register", "deregister", "self-update", "check"):
+        pairs |= cli.flag_env(sub)
+    for flag, env in FLAG_ENV.items():
+        assert pairs.get(flag) == env, (flag, env, pairs.get(flag))
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_ids())
+def test_env_names_are_read_by_the_subcommand(case, rendered, cli):
+    """Every ARGOCD_GATEWAY_* variable a pod gets is one its subcommand reads: a misspelt
+    name would be ignored silently and the pod would run with a default."""
+    for key, spec in rendered[case.id].pod_specs().items():
+        c = spec["containers"][0]
+        sub = args_of(c)[0]
+        known = cli.env_vars(sub)
+        for e in c.get("env", []):
+            if e["name"].startswith("ARGOCD_GATEWAY_"):
+                assert e["name"] in known, (key, sub, e["name"])
+
+
+def test_check_in_the_pod_reads_the_pods_configuration(rendered, cli):
+    """`kubectl exec deploy/… -- /argocd-gateway check` runs with the container's environment:
+    every Argo CD and hub setting the gateway gets is one `check` reads too."""
+    for case in ("defaults", "argocd-view", "server-certificates", "hub-and-logging"):
+        gw = rendered[case].gateway()
+        check_vars = cli.env_vars("check")
+        run_only = {"ARGOCD_GATEWAY_KEEPALIVE_INTERVAL", "ARGOCD_GATEWAY_KEEPALIVE_MAX_FAILURES",
+                    "ARGOCD_GATEWAY_LEADER_ELECT", "ARGOCD_GATEWAY_LEASE_NAME",
+                    "ARGOCD_GATEWAY_REGISTRATION_TOKEN_FILE", "ARGOCD_GATEWAY_NAME",
+                    "ARGOCD_GATEWAY_ENVIRONMENT", "ARGOCD_GATEWAY_ARGOCD_WEB_URL"}
+        for name in env_of(gw):
+            if name.startswith("ARGOCD_GATEWAY_") and name not in run_only:
+                assert name in check_vars, (case, name)
+
+
 @pytest.mark.parametrize("case", CASES, ids=case_ids())
 def test_file_flags_point_at_mounts_and_references_resolve(case, rendered):
     r = rendered[case.id]
@@ -746,6 +946,8 @@ def test_file_flags_point_at_mounts_and_references_resolve(case, rendered):
         assert {m["name"] for m in mounts.values()} == set(volumes), key
         for flag in ("--trust-ca", "--argocd-token-file", "--argocd-project-tokens-dir",
                      "--registration-token-file"):
+            if FLAG_ENV[flag] not in env_of(c):
+                continue
             for path in flag_values(c, flag):
                 owner = [p for p in mounts if path == p or path.startswith(p + "/")]
                 assert owner, f"{key}: {flag}={path} is not under a mount"
@@ -753,7 +955,7 @@ def test_file_flags_point_at_mounts_and_references_resolve(case, rendered):
         for vol in volumes.values():
             if "secret" in vol:
                 name = vol["secret"]["secretName"]
-                assert ("Secret", name) in made or name in case.external, (key, name)
+                assert ("Secret", name) in made or name in case.external | {ACCOUNT_SECRET}, (key, name)
             if "configMap" in vol:
                 assert ("ConfigMap", vol["configMap"]["name"]) in made, (key, vol)
         sa = spec["serviceAccountName"]
@@ -766,29 +968,41 @@ def test_file_flags_point_at_mounts_and_references_resolve(case, rendered):
 # Hooks, lint, golden file, versions
 
 
-def test_registration_hook_runs_after_its_prerequisites(rendered):
+def test_registration_hooks_run_after_their_prerequisites(rendered):
     r = rendered["registration-inline"]
     hooks = {(d["kind"], d["metadata"]["name"]): d["metadata"]["annotations"]
              for d in r.docs if "helm.sh/hook" in d["metadata"].get("annotations", {})}
-    job_key = ("Job", f"{FULLNAME}-register")
-    job = hooks.pop(job_key)
+    events = lambda a: set(a["helm.sh/hook"].split(","))  # noqa: E731
+    job = hooks.pop(("Job", f"{FULLNAME}-register"))
     assert job["helm.sh/hook"] == "pre-install,pre-upgrade"
-    expected_prereqs = {("ServiceAccount", f"{FULLNAME}-register"), ("Role", f"{FULLNAME}-register"),
-                        ("RoleBinding", f"{FULLNAME}-register"),
-                        ("Secret", f"{FULLNAME}-register-token")}
-    assert set(hooks) == expected_prereqs
+    dereg = hooks.pop(("Job", f"{FULLNAME}-deregister"))
+    assert dereg["helm.sh/hook"] == "pre-delete"
+    # What both Jobs need exists before either runs: a pre-install hook runs before the
+    # release's resources exist, and the pre-delete hook must also work when `--atomic`
+    # cleans up an install whose resources were never made.
+    shared = {("ServiceAccount", f"{FULLNAME}-register"), ("Role", f"{FULLNAME}-register"),
+              ("RoleBinding", f"{FULLNAME}-register")}
+    register_only = {("Secret", f"{FULLNAME}-register-token")}
+    assert set(hooks) == shared | register_only
     for key, annotations in hooks.items():
-        assert annotations["helm.sh/hook"] == job["helm.sh/hook"], key
+        wanted = events(job) | (events(dereg) if key in shared else set())
+        assert events(annotations) == wanted, key
         assert int(annotations["helm.sh/hook-weight"]) < int(job["helm.sh/hook-weight"]), key
+        assert int(annotations["helm.sh/hook-weight"]) < int(dereg["helm.sh/hook-weight"]), key
         assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"], key
     assert job_spec(r)["serviceAccountName"] == f"{FULLNAME}-register"
-    # The Job may write only the identity Secret (plus unnamed create).
+    assert r.pod_specs()[f"Job/{FULLNAME}-deregister"]["serviceAccountName"] == f"{FULLNAME}-register"
+    # The Jobs may write only the identity Secret (plus unnamed create, to make it).
     rules = r.get("Role", f"{FULLNAME}-register")["rules"]
     assert rules[0]["resourceNames"] == [f"{FULLNAME}-identity"]
     assert rules[1] == {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
-    args = args_of(r.register())
-    assert args[0] == "register"
-    assert one_flag(r.register(), "--identity") == f"secret:{NAMESPACE}/{FULLNAME}-identity"
+    assert args_of(r.register()) == ["register"]
+    assert args_of(r.deregister()) == ["deregister"]
+    for c in (r.register(), r.deregister()):
+        assert one_flag(c, "--identity") == f"secret:{NAMESPACE}/{FULLNAME}-identity"
+    assert "helm uninstall" in one_flag(r.deregister(), "--reason")
+    # The deregistration Job never sees the registration token.
+    assert flag_values(r.deregister(), "--registration-token-file") == []
     # Regular resources carry no hook annotation (Helm would not manage them otherwise).
     for kind in ("Deployment", "ServiceAccount", "Role", "RoleBinding"):
         assert "helm.sh/hook" not in r.get(kind, FULLNAME)["metadata"].get("annotations", {})
@@ -855,11 +1069,11 @@ CONFLICTS = [
     ("registration-token-and-secret", with_set(f"registration.token={REGISTRATION_TOKEN}",
                                                "registration.tokenSecretName=reg"),
      "registration.token and registration.tokenSecretName cannot both be set"),
-    ("project-tokens-and-secret", deep_merge(REQUIRED, {"gateway": {"argocd": {
+    ("project-tokens-and-secret", deep_merge(REQUIRED, NO_ACCOUNT_SECRET, {"gateway": {"argocd": {
         "projectAuthentication": [{"project": "a", "token": "t"}],
         "projectAuthenticationSecretName": "tokens"}}}),
      "gateway.argocd.projectAuthentication and gateway.argocd.projectAuthenticationSecretName cannot both be set"),
-    ("account-and-project-tokens", deep_merge(REQUIRED, {"gateway": {"argocd": {
+    ("account-and-project-tokens", deep_merge(REQUIRED, NO_ACCOUNT_SECRET, {"gateway": {"argocd": {
         "projectAuthentication": [{"project": "a", "token": "t"}], "authenticationToken": "x"}}}),
      "cannot both be set; with per-project tokens, the _unscoped project token replaces the account token"),
     ("account-secret-and-project-secret", with_set(
@@ -870,6 +1084,11 @@ CONFLICTS = [
 # (id, values, the value named in the message as Helm prints it)
 SCHEMA_REJECTIONS = [
     ("hub-url-missing", {}, "/gateway/hub/serverGrpcUrl"),
+    # Without an Argo CD token the gateway cannot read Argo CD: refused before anything runs.
+    ("argocd-token-missing", deep_merge(REQUIRED, NO_ACCOUNT_SECRET),
+     "an Argo CD token is required: set gateway.argocd.authenticationToken"),
+    ("environment-with-comma", with_set("registration.environments[0]=a\\,b"),
+     "/registration/environments/0"),
     ("hub-url-empty", with_set("gateway.hub.serverGrpcUrl="), "/gateway/hub/serverGrpcUrl"),
     ("insecure-not-a-bool", with_set("gateway.argocd.insecure=yes"), "/gateway/argocd/insecure"),
     ("replicas-not-a-number", with_set("replicaCount=two"), "/replicaCount"),
@@ -917,8 +1136,9 @@ def chart_without_schema(tmp_path_factory):
 
 
 @pytest.mark.parametrize("values,message", [(v, m) for _, v, m in CONFLICTS] + [
-    ({}, "gateway.hub.serverGrpcUrl is required")],
-    ids=[i for i, _, _ in CONFLICTS] + ["hub-url-missing"])
+    ({}, "gateway.hub.serverGrpcUrl is required"),
+    (deep_merge(REQUIRED, NO_ACCOUNT_SECRET), "an Argo CD token is required: set gateway.argocd.authenticationToken")],
+    ids=[i for i, _, _ in CONFLICTS] + ["hub-url-missing", "argocd-token-missing"])
 def test_templates_refuse_the_same_conflicts_without_schema(chart_without_schema, values, message):
     with pytest.raises(helm.HelmRenderError) as err:
         chart_without_schema.render(values, name=RELEASE, namespace=NAMESPACE)

@@ -74,7 +74,7 @@ imagePullSecrets:
 {{- end }}
 {{- end }}
 
-{{/* Where secrets and trust material are mounted; the flags below point at these paths. */}}
+{{/* Where secrets and trust material are mounted; the ARGOCD_GATEWAY_* variables name these paths. */}}
 {{- define "argocd-gateway.paths" -}}
 trustConfigMap: /etc/argocd-gateway/trust/certificates
 trustSecret: /etc/argocd-gateway/trust/secret
@@ -83,21 +83,9 @@ argocdProjectTokens: /var/run/secrets/argocd-gateway/argocd-project-tokens
 registrationToken: /var/run/secrets/argocd-gateway/registration-token
 {{- end }}
 
-{{/*
-Secrets the chart makes from inline values; empty when the user names an existing Secret.
-*/}}
-{{- define "argocd-gateway.argocdTokenSecret" -}}
-{{- if .Values.gateway.argocd.authenticationToken }}{{ include "argocd-gateway.fullname" . }}-argocd-token
-{{- else }}{{ .Values.gateway.argocd.authenticationTokenSecretName }}{{ end }}
-{{- end }}
-
+{{/* The key of the Argo CD token in its Secret. */}}
 {{- define "argocd-gateway.argocdTokenKey" -}}
 {{- if .Values.gateway.argocd.authenticationToken }}token{{ else }}{{ .Values.gateway.argocd.authenticationTokenSecretKey }}{{ end }}
-{{- end }}
-
-{{- define "argocd-gateway.projectTokensSecret" -}}
-{{- if .Values.gateway.argocd.projectAuthentication }}{{ include "argocd-gateway.fullname" . }}-argocd-project-tokens
-{{- else }}{{ .Values.gateway.argocd.projectAuthenticationSecretName }}{{ end }}
 {{- end }}
 
 {{/* ctx: root context; hook: true for the copy a pre-install hook can use. */}}
@@ -114,56 +102,160 @@ Secrets the chart makes from inline values; empty when the user names an existin
 {{- if .ctx.Values.gateway.serverCertificates }}{{ include "argocd-gateway.fullname" .ctx }}-{{ if .hook }}register-trust{{ else }}trust{{ end }}{{ end }}
 {{- end }}
 
-{{/*
-Free-form values are quoted so a "#" or ": " in a name or URL cannot end the YAML scalar.
-Flags every subcommand that talks to the hub shares: URL, TLS, trust, identity, logging.
-*/}}
-{{- define "argocd-gateway.hubArgs" -}}
-{{- $v := .ctx.Values }}
-{{- $paths := include "argocd-gateway.paths" . | fromYaml }}
-- {{ printf "--hub-url=%s" $v.gateway.hub.serverGrpcUrl | quote }}
-{{- if include "argocd-gateway.bool" $v.gateway.hub.plaintext }}
-- --hub-plaintext
-{{- end }}
-{{- with $v.gateway.hub.serverThumbprint }}
-- {{ printf "--hub-fingerprint=%s" . | quote }}
-{{- end }}
-{{- with $v.registration.caFingerprint }}
-- {{ printf "--hub-ca-fingerprint=%s" . | quote }}
-{{- end }}
-{{- if include "argocd-gateway.trustConfigMap" . }}
-- --trust-ca={{ $paths.trustConfigMap }}
-{{- end }}
-{{- if $v.gateway.serverCertificateSecretName }}
-- --trust-ca={{ $paths.trustSecret }}
-{{- end }}
-- --identity=secret:{{ .ctx.Release.Namespace }}/{{ include "argocd-gateway.identitySecretName" .ctx }}
-- --log-format={{ $v.gateway.logFormat }}
-{{- if include "argocd-gateway.bool" $v.gateway.debug }}
-- --debug
-{{- end }}
+{{/* The hook copy of the inline Argo CD token (a pre-install hook runs before regular Secrets exist). */}}
+{{- define "argocd-gateway.argocdTokenSecretFor" -}}
+{{- if .ctx.Values.gateway.argocd.authenticationToken }}{{ include "argocd-gateway.fullname" .ctx }}-{{ if .hook }}hook-argocd{{ else }}argocd-token{{ end }}
+{{- else }}{{ .ctx.Values.gateway.argocd.authenticationTokenSecretName }}{{ end }}
 {{- end }}
 
-{{/* Flags for registering: the token file and the metadata the hub records. */}}
-{{- define "argocd-gateway.registrationArgs" -}}
+{{- define "argocd-gateway.projectTokensSecretFor" -}}
+{{- if .ctx.Values.gateway.argocd.projectAuthentication }}{{ include "argocd-gateway.fullname" .ctx }}-{{ if .hook }}hook-projects{{ else }}argocd-project-tokens{{ end }}
+{{- else }}{{ .ctx.Values.gateway.argocd.projectAuthenticationSecretName }}{{ end }}
+{{- end }}
+
+{{/*
+Settings reach every container as ARGOCD_GATEWAY_* environment variables, never as arguments:
+`kubectl exec … -- /argocd-gateway check` then sees the pod's own configuration, and nothing
+shows in the process list. Secrets are never values here: they are files mounted from Secrets,
+and the variables name those files. Values are quoted so a "#" or ": " cannot end the scalar.
+
+hubEnv: what every subcommand that talks to the hub shares (URL, TLS, trust, identity, logs).
+*/}}
+{{- define "argocd-gateway.hubEnv" -}}
+{{- $v := .ctx.Values }}
+{{- $paths := include "argocd-gateway.paths" . | fromYaml }}
+- name: ARGOCD_GATEWAY_HUB_URL
+  value: {{ $v.gateway.hub.serverGrpcUrl | quote }}
+- name: ARGOCD_GATEWAY_HUB_PLAINTEXT
+  value: {{ include "argocd-gateway.bool" $v.gateway.hub.plaintext | eq "true" | toString | quote }}
+{{- with $v.gateway.hub.serverThumbprint }}
+- name: ARGOCD_GATEWAY_HUB_FINGERPRINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.registration.caFingerprint }}
+- name: ARGOCD_GATEWAY_HUB_CA_FINGERPRINT
+  value: {{ . | quote }}
+{{- end }}
+{{- $trust := list }}
+{{- if include "argocd-gateway.trustConfigMap" . }}{{ $trust = append $trust $paths.trustConfigMap }}{{ end }}
+{{- if $v.gateway.serverCertificateSecretName }}{{ $trust = append $trust $paths.trustSecret }}{{ end }}
+{{- with $trust }}
+- name: ARGOCD_GATEWAY_TRUST_CA
+  value: {{ join "," . | quote }}
+{{- end }}
+- name: ARGOCD_GATEWAY_IDENTITY
+  value: {{ printf "secret:%s/%s" .ctx.Release.Namespace (include "argocd-gateway.identitySecretName" .ctx) | quote }}
+- name: ARGOCD_GATEWAY_LOG_FORMAT
+  value: {{ $v.gateway.logFormat | quote }}
+- name: ARGOCD_GATEWAY_DEBUG
+  value: {{ include "argocd-gateway.bool" $v.gateway.debug | eq "true" | toString | quote }}
+{{- end }}
+
+{{/* Registering: the token file and the metadata the hub records. */}}
+{{- define "argocd-gateway.registrationEnv" -}}
 {{- $v := .ctx.Values }}
 {{- $paths := include "argocd-gateway.paths" . | fromYaml }}
 {{- if include "argocd-gateway.registrationTokenSecret" . }}
-- --registration-token-file={{ $paths.registrationToken }}/token
+- name: ARGOCD_GATEWAY_REGISTRATION_TOKEN_FILE
+  value: {{ printf "%s/token" $paths.registrationToken | quote }}
 {{- end }}
 {{- with $v.registration.name }}
-- {{ printf "--name=%s" . | quote }}
+- name: ARGOCD_GATEWAY_NAME
+  value: {{ . | quote }}
 {{- end }}
-{{- range $v.registration.environments }}
-- {{ printf "--environment=%s" . | quote }}
+{{- with $v.registration.environments }}
+- name: ARGOCD_GATEWAY_ENVIRONMENT
+  value: {{ join "," . | quote }}
 {{- end }}
 {{- with $v.registration.argocd.webUiUrl }}
-- {{ printf "--argocd-web-url=%s" . | quote }}
+- name: ARGOCD_GATEWAY_ARGOCD_WEB_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The Argo CD connection, for `run` and the registration preflight. */}}
+{{- define "argocd-gateway.argocdEnv" -}}
+{{- $a := .ctx.Values.gateway.argocd }}
+{{- $paths := include "argocd-gateway.paths" . | fromYaml }}
+- name: ARGOCD_GATEWAY_ARGOCD_SERVER
+  value: {{ $a.serverUrl | quote }}
+- name: ARGOCD_GATEWAY_ARGOCD_INSECURE
+  value: {{ include "argocd-gateway.bool" $a.insecure | eq "true" | toString | quote }}
+- name: ARGOCD_GATEWAY_ARGOCD_PLAINTEXT
+  value: {{ include "argocd-gateway.bool" $a.plaintext | eq "true" | toString | quote }}
+{{- if include "argocd-gateway.argocdTokenSecretFor" . }}
+- name: ARGOCD_GATEWAY_ARGOCD_TOKEN_FILE
+  value: {{ printf "%s/token" $paths.argocdToken | quote }}
+{{- end }}
+{{- if include "argocd-gateway.projectTokensSecretFor" . }}
+- name: ARGOCD_GATEWAY_ARGOCD_PROJECT_TOKENS_DIR
+  value: {{ $paths.argocdProjectTokens | quote }}
+{{- end }}
+- name: ARGOCD_GATEWAY_WATCH
+  value: {{ include "argocd-gateway.bool" $a.watch | eq "true" | toString | quote }}
+- name: ARGOCD_GATEWAY_POLL_INTERVAL
+  value: {{ $a.pollInterval | quote }}
+- name: ARGOCD_GATEWAY_RESYNC_INTERVAL
+  value: {{ $a.resyncInterval | quote }}
+- name: ARGOCD_GATEWAY_CLUSTER_INTERVAL
+  value: {{ $a.clusterInterval | quote }}
+{{- with $a.selector }}
+- name: ARGOCD_GATEWAY_SELECTOR
+  value: {{ . | quote }}
+{{- end }}
+{{- with $a.projects }}
+- name: ARGOCD_GATEWAY_PROJECT
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- with $a.applicationNamespaces }}
+- name: ARGOCD_GATEWAY_APP_NAMESPACE
+  value: {{ join "," . | quote }}
+{{- end }}
+- name: ARGOCD_GATEWAY_ARGOCD_REQUEST_TIMEOUT
+  value: {{ $a.requestTimeout | quote }}
+- name: ARGOCD_GATEWAY_ARGOCD_MAX_BODY_BYTES
+  value: {{ $a.maxBodyBytes | int64 | toString | quote }}
+- name: ARGOCD_GATEWAY_ARGOCD_MAX_LINE_BYTES
+  value: {{ $a.maxLineBytes | int64 | toString | quote }}
+- name: ARGOCD_GATEWAY_ARGOCD_WATCH_IDLE_TIMEOUT
+  value: {{ $a.watchIdleTimeout | quote }}
+{{- end }}
+
+{{/* Volumes and mounts of the Argo CD token files (hook: the hook copies of inline tokens). */}}
+{{- define "argocd-gateway.argocdVolumes" -}}
+{{- with include "argocd-gateway.argocdTokenSecretFor" . }}
+- name: argocd-token
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "argocd-gateway.argocdTokenKey" $.ctx }}
+        path: token
+{{- end }}
+{{- with include "argocd-gateway.projectTokensSecretFor" . }}
+- name: argocd-project-tokens
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{- define "argocd-gateway.argocdVolumeMounts" -}}
+{{- $paths := include "argocd-gateway.paths" . | fromYaml }}
+{{- if include "argocd-gateway.argocdTokenSecretFor" . }}
+- name: argocd-token
+  mountPath: {{ $paths.argocdToken }}
+  readOnly: true
+{{- end }}
+{{- if include "argocd-gateway.projectTokensSecretFor" . }}
+- name: argocd-project-tokens
+  mountPath: {{ $paths.argocdProjectTokens }}
+  readOnly: true
 {{- end }}
 {{- end }}
 
 {{/*
-Volumes behind hubArgs and registrationArgs. The token volume is optional: once the identity
+Volumes behind hubEnv and registrationEnv. The token volume is optional: once the identity
 Secret exists the token is never read, so a deleted or expired token Secret must not keep a
 pod from starting; without identity and token the binary fails naming registration.token.
 */}}

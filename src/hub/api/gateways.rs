@@ -1,6 +1,7 @@
 //! Registered gateways: list and show them with their connection, version, certificate expiry,
-//! application count and last health check; delete (revoke) one, closing its live session at
-//! once; run a health check now.
+//! application count, last health check, lifecycle state (connected, disconnected, pending) and
+//! update hold, plus removed gateways with when and why; delete (revoke) one, closing its live
+//! session at once; run a health check now.
 
 use std::sync::Arc;
 
@@ -12,10 +13,7 @@ use serde::Serialize;
 use super::applications::{ensure_gateway, failure};
 use super::{ApiError, ApiResult, ApiState, rfc3339};
 use crate::hub::health::run_health_check;
-use crate::hub::sessions::close_with;
 use crate::hub::store::GatewayRecord;
-use crate::wire::ErrorCode;
-use crate::wire::proto::{hub_message, rejected};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,10 +32,21 @@ pub(super) struct GatewayView {
     health: Option<serde_json::Value>,
     /// Entities the hub refused from this gateway (limits, invalid items).
     refused: crate::hub::entities::Refusals,
+    /// `connected`, `disconnected`, or `pending` (registered, never connected yet).
+    state: &'static str,
+    /// Why self-update holds back, and since when; null when it does not.
+    update_held: Option<serde_json::Value>,
 }
 
-fn gateway_view(state: &ApiState, g: GatewayRecord) -> GatewayView {
+fn gateway_view(state: &ApiState, g: GatewayRecord, held: Option<&(String, i64)>) -> GatewayView {
     let live = state.hub.sessions.get(&g.id);
+    let lifecycle_state = if live.is_some() {
+        "connected"
+    } else if g.protocol_version == 0 {
+        "pending"
+    } else {
+        "disconnected"
+    };
     let last_seen = live
         .as_ref()
         .map(|s| s.last_seen.load(std::sync::atomic::Ordering::Relaxed))
@@ -55,6 +64,8 @@ fn gateway_view(state: &ApiState, g: GatewayRecord) -> GatewayView {
             .entities
             .with(&g.id, |e| e.map(|e| e.refused.clone()).unwrap_or_default()),
         health: state.hub.health.get(&g.id),
+        state: lifecycle_state,
+        update_held: held.map(|(reason, since)| serde_json::json!({"reason": reason, "since": rfc3339(Some(*since))})),
         id: g.id,
         name: g.name,
         environments: g.environments,
@@ -63,14 +74,20 @@ fn gateway_view(state: &ApiState, g: GatewayRecord) -> GatewayView {
 }
 
 pub(super) async fn list_gateways(State(state): State<Arc<ApiState>>) -> ApiResult<Json<serde_json::Value>> {
-    let items: Vec<GatewayView> = state
+    let holds = state.hub.store.update_holds().await?;
+    let mut items: Vec<serde_json::Value> = state
         .hub
         .store
         .gateways()
         .await?
         .into_iter()
-        .map(|g| gateway_view(&state, g))
+        .map(|g| {
+            let held = holds.get(&g.id);
+            serde_json::to_value(gateway_view(&state, g, held)).unwrap_or_default()
+        })
         .collect();
+    // Removed gateways stay listed with when and why, so a gateway that vanished is explained.
+    items.extend(super::registrations::removed_views(&state).await?);
     Ok(Json(serde_json::json!({ "items": items })))
 }
 
@@ -79,8 +96,12 @@ pub(super) async fn get_gateway(
     Path(id): Path<String>,
 ) -> ApiResult<Json<GatewayView>> {
     match state.hub.store.gateway(id.clone()).await? {
-        Some(g) => Ok(Json(gateway_view(&state, g))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no gateway {id}"))),
+        Some(g) => {
+            let holds = state.hub.store.update_holds().await?;
+            let held = holds.get(&g.id);
+            Ok(Json(gateway_view(&state, g, held)))
+        }
+        None => Err(super::registrations::not_found_gateway(&state, &id).await),
     }
 }
 
@@ -88,24 +109,13 @@ pub(super) async fn delete_gateway(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if !state.hub.store.delete_gateway(id.clone()).await? {
+    let reason = "deleted at the hub (hub gateway delete)".to_owned();
+    if crate::hub::lifecycle::remove(&state.hub, &id, reason, false)
+        .await?
+        .is_none()
+    {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no gateway {id}")));
     }
-    state.hub.entities.forget(&id);
-    if let Some(session) = state.hub.sessions.take(&id) {
-        let text = format!("gateway {id} was deleted at the hub; register again with a new token");
-        close_with(
-            &session,
-            hub_message::Body::Rejected(crate::wire::proto::Rejected {
-                retry_after_ms: 0,
-                reason: rejected::Reason::Revoked as i32,
-                message: text.clone(),
-            }),
-            ErrorCode::Revoked.status(tonic::Code::PermissionDenied, text),
-        )
-        .await;
-    }
-    tracing::info!(gateway_id = %id, "gateway deleted and its session closed");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -3,13 +3,17 @@
 //! are open like any probe or scrape target. Times are RFC 3339; errors are
 //! `{"error": "...", "code"?: "..."}` with a fitting status.
 //!
-//! Files: [`tokens`] (registration tokens), [`gateways`] (gateways, revocation, health check),
+//! Files: [`tokens`] (registration tokens), [`install`] (the printed helm command),
+//! [`registrations`] (install progress per token, removed gateways), [`gateways`] (gateways,
+//! revocation, health check),
 //! [`applications`] (relayed state and requests forwarded to gateways), [`wait`]
 //! (deployment verification), [`selector`] (list filters), [`version`] (desired gateway
 //! version).
 
 pub mod applications;
 pub mod gateways;
+pub mod install;
+pub mod registrations;
 pub mod selector;
 pub mod tokens;
 pub mod version;
@@ -21,7 +25,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::state::HubState;
@@ -114,7 +118,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/api/v1/registration-tokens",
             get(tokens::list_tokens).post(tokens::create_token),
         )
-        .route("/api/v1/registration-tokens/{id}", delete(tokens::delete_token))
+        .route(
+            "/api/v1/registration-tokens/{id}",
+            get(registrations::token_status).delete(tokens::delete_token),
+        )
         .route("/api/v1/gateways", get(gateways::list_gateways))
         .route(
             "/api/v1/gateways/{id}",

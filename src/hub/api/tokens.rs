@@ -1,5 +1,5 @@
 //! Registration tokens: create (one hour by default, single use, stored hashed, answered with
-//! the ready-to-paste `helm` command), list (never the secret) and revoke.
+//! the ready-to-paste `helm` command of [`super::install`]), list (never the secret) and revoke.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiResult, ApiState, rfc3339};
+use super::{ApiError, ApiResult, ApiState, install, rfc3339};
 use crate::hub::store::TokenRecord;
 
 /// The default registration token lifetime.
@@ -24,6 +24,19 @@ pub(super) struct CreateToken {
     ttl_seconds: Option<u64>,
     name: Option<String>,
     environments: Option<Vec<String>>,
+    /// The hub URL gateways dial, for this token's command (default: `hub serve --public-url`).
+    public_url: Option<String>,
+    /// Argo CD API URL for the command.
+    argocd_url: Option<String>,
+    /// Skip Argo CD certificate verification in the command.
+    #[serde(default)]
+    argocd_insecure: bool,
+    /// Argo CD web UI URL for the command.
+    argocd_web_url: Option<String>,
+    /// A file with the Argo CD token on the machine that runs helm (`--set-file`).
+    argocd_token_file: Option<String>,
+    /// An existing Secret holding the Argo CD token, in the release namespace.
+    argocd_token_secret: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -34,6 +47,13 @@ pub(super) struct CreatedToken {
     expires_at: String,
     ca_fingerprint: String,
     helm_command: String,
+    /// The release and namespace the command installs.
+    release: String,
+    namespace: String,
+    /// The command that follows the install's progress.
+    status_command: String,
+    /// What may keep the command from working (a loopback hub address, say).
+    warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,43 +65,6 @@ pub(super) struct TokenView {
     expires_at: Option<String>,
     used_at: Option<String>,
     state: &'static str,
-}
-
-/// Quotes a value for a POSIX shell.
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:/=@,{}+".contains(c))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
-fn helm_command(state: &ApiState, token: &str, fingerprint: &str, name: &str, envs: &[String]) -> String {
-    let mut sets = vec![format!("gateway.hub.serverGrpcUrl={}", state.public_url)];
-    if state.plaintext {
-        sets.push("gateway.hub.plaintext=true".into());
-    } else {
-        sets.push(format!("registration.caFingerprint={fingerprint}"));
-    }
-    sets.push(format!("registration.token={token}"));
-    if !name.is_empty() {
-        sets.push(format!("registration.name={name}"));
-    }
-    if !envs.is_empty() {
-        sets.push(format!("registration.environments={{{}}}", envs.join(",")));
-    }
-    let mut cmd = format!(
-        "helm upgrade --install argocd-gateway {} --namespace argocd",
-        shell_quote(&state.helm_chart)
-    );
-    for s in sets {
-        cmd.push_str(" --set ");
-        cmd.push_str(&shell_quote(&s));
-    }
-    cmd
 }
 
 pub(super) async fn create_token(
@@ -133,8 +116,49 @@ pub(super) async fn create_token(
     state.hub.store.insert_token(record, hash).await?;
     let fingerprint = state.hub.ca.fingerprint().to_string();
     tracing::info!(token_id = %id, name = %name, expires_at = ?rfc3339(Some(expires_at)), "created a registration token");
+    let hub_url = nonempty(req.public_url).unwrap_or_else(|| state.public_url.clone());
+    let mut warnings = Vec::new();
+    if install::is_loopback(&hub_url) {
+        warnings.push(format!(
+            "the command points gateways at {hub_url}, a loopback address a cluster cannot reach: start the hub with --public-url set to the address gateways dial (or pass --public-url to `hub token create`)"
+        ));
+    }
+    let argocd_token = match (nonempty(req.argocd_token_file), nonempty(req.argocd_token_secret)) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "argocdTokenFile and argocdTokenSecret cannot both be set: name a token file or an existing Secret",
+            ));
+        }
+        (Some(f), None) => Some(install::ArgoCdTokenSource::File(f)),
+        (None, Some(s)) => Some(install::ArgoCdTokenSource::Secret(s)),
+        (None, None) => None,
+    };
+    if argocd_token.is_none() {
+        warnings.push(format!(
+            "the command reads the gateway's Argo CD token from the file ./{}: put an Argo CD account token there (argocd account generate-token --account <account>), or name the file or an existing Secret with --argocd-token-file / --argocd-token-secret",
+            install::DEFAULT_ARGOCD_TOKEN_FILE
+        ));
+    }
+    let command = install::helm_command(&install::InstallOptions {
+        chart: state.helm_chart.clone(),
+        hub_url,
+        hub_plaintext: state.plaintext,
+        ca_fingerprint: Some(fingerprint.clone()),
+        token: token.clone(),
+        name: name.clone(),
+        environments: environments.clone(),
+        argocd_url: nonempty(req.argocd_url),
+        argocd_insecure: req.argocd_insecure,
+        argocd_web_url: nonempty(req.argocd_web_url),
+        argocd_token,
+    });
     let created = CreatedToken {
-        helm_command: helm_command(&state, &token, &fingerprint, &name, &environments),
+        helm_command: command.command,
+        release: command.release,
+        namespace: command.namespace,
+        status_command: format!("argocd-gateway hub token status {id} --wait"),
+        warnings,
         id,
         token,
         expires_at: rfc3339(Some(expires_at)).unwrap_or_default(),
@@ -180,17 +204,6 @@ pub(super) async fn delete_token(State(state): State<Arc<ApiState>>, Path(id): P
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::shell_quote;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(
-            shell_quote("registration.token=abc.DEF_-"),
-            "registration.token=abc.DEF_-"
-        );
-        assert_eq!(shell_quote("registration.name=it's"), r"'registration.name=it'\''s'");
-        assert_eq!(shell_quote("a b"), "'a b'");
-    }
+fn nonempty(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }

@@ -164,6 +164,39 @@ pub enum TokenCommand {
         /// Environment for that gateway (repeatable).
         #[arg(long = "environment", value_delimiter = ',')]
         environments: Vec<String>,
+        /// The hub URL gateways dial, for this token's command (default: the hub's --public-url).
+        #[arg(long)]
+        public_url: Option<String>,
+        /// Argo CD API URL the gateway reads (default in the chart: the in-cluster argocd-server).
+        #[arg(long)]
+        argocd_url: Option<String>,
+        /// Skip verifying Argo CD's certificate (its default self-signed one).
+        #[arg(long)]
+        argocd_insecure: bool,
+        /// Argo CD web UI URL, so the hub can link to applications.
+        #[arg(long)]
+        argocd_web_url: Option<String>,
+        /// The file with the gateway's Argo CD account token, on the machine that runs helm
+        /// (printed as a helm --set-file; default ./argocd-token).
+        #[arg(long, conflicts_with = "argocd_token_secret")]
+        argocd_token_file: Option<String>,
+        /// An existing Secret with the gateway's Argo CD token, in the release namespace.
+        #[arg(long)]
+        argocd_token_secret: Option<String>,
+    },
+    /// Show an install's progress: token created, used, gateway connected, Argo CD reachable,
+    /// first state received, first health check passed.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Token id (the part of the token before the dot).
+        id: String,
+        /// Print each step as it happens until all are done (exit 0) or one fails (exit 1).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (exit 2).
+        #[arg(long, default_value = "15m", value_parser = crate::util::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// List registration tokens (never their secrets).
     List(ApiArgs),
@@ -204,6 +237,12 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             ttl,
             name,
             environments,
+            public_url,
+            argocd_url,
+            argocd_insecure,
+            argocd_web_url,
+            argocd_token_file,
+            argocd_token_secret,
         }) => {
             let client = ApiClient::new(&api)?;
             let mut body = serde_json::json!({});
@@ -216,19 +255,40 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             if !environments.is_empty() {
                 body["environments"] = environments.into();
             }
+            for (k, v) in [
+                ("publicUrl", public_url),
+                ("argocdUrl", argocd_url),
+                ("argocdWebUrl", argocd_web_url),
+                ("argocdTokenFile", argocd_token_file),
+                ("argocdTokenSecret", argocd_token_secret),
+            ] {
+                if let Some(v) = v {
+                    body[k] = v.into();
+                }
+            }
+            if argocd_insecure {
+                body["argocdInsecure"] = true.into();
+            }
             let v = client
                 .call(Method::POST, "/api/v1/registration-tokens", Some(body))
                 .await?;
             if api.output == "json" {
                 print_json(&v)?;
             } else {
+                for w in v.get("warnings").and_then(Value::as_array).into_iter().flatten() {
+                    eprintln!("warning: {}", w.as_str().unwrap_or_default());
+                }
                 println!("token:           {}", s(&v, "token"));
                 println!("id:              {}", s(&v, "id"));
                 println!("expires at:      {}", s(&v, "expiresAt"));
                 println!("CA fingerprint:  {}", s(&v, "caFingerprint"));
-                println!("\nInstall the gateway with:\n\n  {}\n", s(&v, "helmCommand"));
+                println!("\nInstall the gateway with:\n\n{}\n", s(&v, "helmCommand"));
+                println!("Follow the install with:\n\n{}\n", s(&v, "statusCommand"));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Token(TokenCommand::Status { api, id, wait, timeout }) => {
+            super::status::token_status(&ApiClient::new(&api)?, &api, &id, wait, timeout).await
         }
         ClientCommand::Token(TokenCommand::List(api)) => {
             let v = ApiClient::new(&api)?

@@ -1,9 +1,11 @@
 //! The hub's API client: the `hub token|gateways|apps|…` commands are thin clients of the HTTP
 //! API ([`commands`]), so anything they do can also be scripted with curl. [`ApiArgs`] says how
-//! to reach the API; [`ApiClient`] makes the calls; [`print`] formats the answers.
+//! to reach the API; [`ApiClient`] makes the calls; [`print`] formats the answers; [`status`]
+//! follows an install's progress.
 
 pub mod commands;
 pub mod print;
+pub mod status;
 
 use std::path::PathBuf;
 

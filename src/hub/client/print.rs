@@ -93,10 +93,20 @@ pub fn print_gateways(items: &[Value]) {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|g| {
+            // What a person needs to know beyond the columns: why it was removed, or why its
+            // self-update holds back.
+            let note = if let Some(reason) = g.get("removedReason").and_then(Value::as_str) {
+                format!("removed {}: {reason}", s(g, "removedAt"))
+            } else if let Some(held) = g.get("updateHeld").filter(|h| !h.is_null()) {
+                format!("update held: {}", s(held, "reason"))
+            } else {
+                String::new()
+            };
             vec![
                 s(g, "id"),
                 s(g, "name"),
                 s(g, "environments"),
+                s(g, "state"),
                 if g.get("connected").and_then(Value::as_bool) == Some(true) {
                     "yes".into()
                 } else {
@@ -105,6 +115,7 @@ pub fn print_gateways(items: &[Value]) {
                 s(g, "lastSeenAt"),
                 s(g, "version"),
                 s(g, "certificateExpiresAt"),
+                note,
             ]
         })
         .collect();
@@ -113,10 +124,12 @@ pub fn print_gateways(items: &[Value]) {
             "ID",
             "NAME",
             "ENVIRONMENTS",
+            "STATE",
             "CONNECTED",
             "LAST SEEN",
             "VERSION",
             "CERT EXPIRES",
+            "",
         ],
         &rows,
     );
