@@ -327,11 +327,11 @@ pub async fn run_with(
                         "the identity has expired ({msg}): register again with a new token (`argocd-gateway hub token create`, then Helm registration.token or flag --registration-token-file)"
                     );
                     tracing::error!(gateway_id = %id.gateway_id, store = %cfg.store.describe(), "{text}; the expired identity is removed");
-                    status.send_modify(|s| s.last_error = Some(text));
                     if let Err(e) = cfg.store.remove(&id.gateway_id).await {
                         tracing::error!(error = %e, "could not remove the expired identity");
                         identity = Some(id);
                     }
+                    status.send_modify(|s| s.last_error = Some(text));
                     Wait::Fixed(cfg.backoff_max)
                 }
             },
