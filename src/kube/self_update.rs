@@ -13,7 +13,6 @@
 //! is nothing that could run this; a second switch here would only be one more thing to keep in
 //! sync. Run by hand, the command does what it is asked, and `--dry-run` shows the plan first.
 
-use std::cmp::Ordering;
 use std::fmt;
 use std::time::Duration;
 
@@ -247,33 +246,9 @@ impl ImageRef {
     }
 }
 
-/// What to do about the hub's desired version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// The hub has no desired version.
-    NotSet,
-    /// Already at the desired version.
-    UpToDate,
-    /// Newer, same major: update.
-    Upgrade,
-    /// Older: never go back.
-    RefuseDowngrade,
-    /// Another major version: needs `helm upgrade`.
-    RefuseMajor,
-}
-
-/// Compares by semver precedence (build metadata does not count).
-pub fn decide(current: &Version, desired: Option<&Version>) -> Decision {
-    let Some(desired) = desired else {
-        return Decision::NotSet;
-    };
-    match desired.cmp_precedence(current) {
-        Ordering::Equal => Decision::UpToDate,
-        Ordering::Less => Decision::RefuseDowngrade,
-        Ordering::Greater if desired.major != current.major => Decision::RefuseMajor,
-        Ordering::Greater => Decision::Upgrade,
-    }
-}
+// The decision is part of the version contract the hub shares (it shows "update available"
+// or "update held" for each gateway), so it lives in `wire::version`.
+pub use crate::wire::version::{Decision, decide};
 
 /// Which objects to look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
