@@ -54,6 +54,8 @@ async fn main() {
         client_cert_ttl: Duration::from_secs(86400),
         public_url: None,
         helm_chart: "./charts/argocd-gateway".into(),
+        http: Default::default(),
+        history: Default::default(),
         health_check_interval: Duration::from_secs(3600),
     })
     .await

@@ -40,6 +40,8 @@ fn serve_args(dir: &Path, grpc_port: u16, http_port: u16) -> ServeArgs {
         client_cert_ttl: Duration::from_secs(30 * 24 * 3600),
         public_url: None,
         helm_chart: "./charts/argocd-gateway".into(),
+        http: Default::default(),
+        history: Default::default(),
         health_check_interval: Duration::from_secs(3600),
     }
 }

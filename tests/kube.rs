@@ -624,6 +624,8 @@ async fn registered(api: &FakeApi) -> RegisteredHub {
         client_cert_ttl: Duration::from_secs(3600),
         public_url: None,
         helm_chart: "./charts/argocd-gateway".into(),
+        http: Default::default(),
+        history: Default::default(),
         health_check_interval: Duration::from_secs(3600),
     })
     .await

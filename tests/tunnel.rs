@@ -39,6 +39,8 @@ fn serve_args(dir: &Path, plaintext: bool, ttl: Duration, grpc_port: u16) -> Ser
         client_cert_ttl: ttl,
         public_url: None,
         helm_chart: "./charts/argocd-gateway".into(),
+        http: Default::default(),
+        history: Default::default(),
         health_check_interval: Duration::from_secs(60),
     }
 }

@@ -66,6 +66,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         public_url: None,
         helm_chart: "./charts/argocd-gateway".into(),
         health_check_interval: Duration::from_secs(60),
+        http: Default::default(),
+        history: Default::default(),
     })
     .await
     .context("the demo hub could not start (flags --grpc-addr / --http-addr choose other ports)")?;

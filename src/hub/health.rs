@@ -51,6 +51,7 @@ pub async fn run_health_check(state: &HubState, id: &str) -> Result<Value, Reque
         o.insert("checkedAt".into(), json!(checked_at));
     }
     state.health.record(id, result.clone());
+    state.feed.health_checked(id, &result).await;
     Ok(result)
 }
 

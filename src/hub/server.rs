@@ -1,6 +1,7 @@
 //! `argocd-gateway hub serve`: prepares the data directory, binds the gRPC listener for
-//! gateways and the HTTP listener for the API, starts the services on one shutdown tree, and
-//! drains gateway sessions (with a jittered come-back hint) on shutdown.
+//! gateways and the HTTP listener for the API and status page (plain or TLS), starts the
+//! services and the change-feed recorder on one shutdown tree, and drains gateway sessions (with
+//! a jittered come-back hint) on shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,10 +10,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use super::feed::{Feed, HistoryConfig};
 use super::registration::RegistrationService;
 use super::state::HubState;
 use super::tunnel::TunnelService;
-use super::{api, entities, pki, store};
+use super::{api, entities, https, pki, store};
 use crate::shutdown::{TaskFailure, Tree};
 use crate::wire::proto::{
     Drain, HubMessage, hub_message, registration_server::RegistrationServer, tunnel_server::TunnelServer,
@@ -55,6 +57,87 @@ pub struct ServeArgs {
         default_value = "./charts/argocd-gateway"
     )]
     pub helm_chart: String,
+    /// TLS for the HTTP listener and status-page sessions.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// How much change-feed and timeline history to keep, and optional metrics.
+    #[command(flatten)]
+    pub history: HistoryArgs,
+}
+
+/// The HTTP listener's TLS and the status page's logins.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// Serve the HTTP API and status page over TLS with this certificate chain (PEM file);
+    /// needs --http-tls-key.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_HTTP_TLS_CERT", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The private key of --http-tls-cert (PEM file).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
+    /// Serve the HTTP API and status page over TLS with the hub's own server certificate, made
+    /// by its CA for the --hostname names (browsers need the CA, ca.pem in --data-dir, trusted).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_HTTP_TLS", conflicts_with = "http_tls_cert")]
+    pub http_tls: bool,
+    /// How long a status-page login lasts.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_SESSION_TTL", default_value = "12h", value_parser = crate::util::parse_duration)]
+    pub session_ttl: Duration,
+}
+
+impl Default for HttpArgs {
+    fn default() -> Self {
+        Self {
+            http_tls_cert: None,
+            http_tls_key: None,
+            http_tls: false,
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+/// Change-feed and timeline retention, and the optional per-application metrics.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HistoryArgs {
+    /// Change-feed events kept for subscribers that resume (`Last-Event-ID`, `?since=`).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_FEED_BACKLOG", default_value = "100000", value_parser = clap::value_parser!(u64).range(1..))]
+    pub feed_backlog: u64,
+    /// Change-feed events older than this are dropped.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_FEED_MAX_AGE", default_value = "7d", value_parser = crate::util::parse_duration)]
+    pub feed_max_age: Duration,
+    /// Timeline points kept per application.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_TIMELINE_PER_APP", default_value = "500", value_parser = clap::value_parser!(u32).range(1..))]
+    pub timeline_per_app: u32,
+    /// Timeline points older than this are dropped.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_TIMELINE_MAX_AGE", default_value = "30d", value_parser = crate::util::parse_duration)]
+    pub timeline_max_age: Duration,
+    /// Export one metric series per application with its health and sync status (off by
+    /// default: a large fleet makes many series).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_APP_METRICS")]
+    pub app_metrics: bool,
+}
+
+impl Default for HistoryArgs {
+    fn default() -> Self {
+        let d = HistoryConfig::default();
+        Self {
+            feed_backlog: d.feed_backlog,
+            feed_max_age: d.feed_max_age,
+            timeline_per_app: d.timeline_per_app as u32,
+            timeline_max_age: d.timeline_max_age,
+            app_metrics: false,
+        }
+    }
+}
+
+impl HistoryArgs {
+    fn config(&self) -> HistoryConfig {
+        HistoryConfig {
+            feed_backlog: self.feed_backlog,
+            feed_max_age: self.feed_max_age,
+            timeline_per_app: self.timeline_per_app as usize,
+            timeline_max_age: self.timeline_max_age,
+        }
+    }
 }
 
 /// Errors starting the hub.
@@ -95,6 +178,9 @@ pub enum HubError {
     /// The gRPC listener's TLS could not be set up from the data directory's certificate.
     #[error("cannot set up TLS for the gRPC listener: {0} (flag --data-dir holds server.pem and server-key.pem)")]
     Tls(#[source] tonic::transport::Error),
+    /// The HTTP listener's TLS could not be set up.
+    #[error(transparent)]
+    HttpTls(#[from] https::HttpsError),
 }
 
 /// A running hub.
@@ -103,6 +189,8 @@ pub struct Hub {
     pub grpc_addr: SocketAddr,
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
+    /// The status page and API base URL (`http://` or `https://`).
+    pub http_url: String,
     /// The admin token file.
     pub admin_token_path: PathBuf,
     /// SHA-256 of the CA.
@@ -121,6 +209,11 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
         pki::default_hostnames()
     } else {
         args.hostnames.clone()
+    };
+    // Checked before anything is bound: a bad certificate is a configuration error.
+    let explicit_http_tls = match (&args.http.http_tls_cert, &args.http.http_tls_key) {
+        (Some(cert), Some(key)) => Some(https::server_config_from_files(cert, key)?),
+        _ => None,
     };
     let data_dir = args.data_dir.clone();
     let pki = tokio::task::spawn_blocking(move || pki::load_or_init(&data_dir, &hostnames))
@@ -157,14 +250,33 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
 
     let ca_fingerprint = pki.ca.fingerprint();
     let ca_pem = pki.ca.cert_pem().to_owned();
-    let entities = entities::EntityState::load(store.clone())
+    let http_tls = match explicit_http_tls {
+        Some(c) => Some(c),
+        None if args.http.http_tls => Some(https::server_config(
+            pki.server_chain_pem.as_bytes(),
+            pki.server_key_pem.expose().as_bytes(),
+            "the hub's server certificate (--data-dir)",
+        )?),
+        None => None,
+    };
+    let (feed, recorder) = Feed::new(store.clone(), args.history.config());
+    let entities = entities::EntityState::load(store.clone(), feed.clone())
         .await
         .map_err(|source| HubError::LoadState {
             dir: args.data_dir.clone(),
             source,
         })?;
-    let state = Arc::new(HubState::new(store, pki.ca, args.client_cert_ttl, Arc::new(entities)));
+    let state = Arc::new(HubState::new(
+        store,
+        pki.ca,
+        args.client_cert_ttl,
+        Arc::new(entities),
+        feed,
+    ));
+    state.fleet.set_app_metrics(args.history.app_metrics);
     let tree = Tree::new();
+    let recorder_stop = tree.token().clone();
+    tree.spawn_critical("hub change-feed recorder", recorder.run(recorder_stop));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<TunnelServer<TunnelService>>().await;
@@ -217,8 +329,18 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
             let mut r = prometheus_client::registry::Registry::default();
             crate::telemetry::register_build_info(&mut r);
             state.metrics.register(&mut r);
+            r.register_with_unit(
+                "argocd_gateway_hub_relay_lag",
+                "Relay lag of every delta: from the gateway seeing a change in Argo CD to the hub receiving it",
+                prometheus_client::registry::Unit::Seconds,
+                state.fleet.lag_seconds.clone(),
+            );
+            r.register_collector(Box::new(super::fleet::FleetCollector { state: state.clone() }));
             r
         },
+        secure_cookies: http_tls.is_some(),
+        session_ttl: args.http.session_ttl,
+        shutdown: tree.token().clone(),
     });
     let checks = (state.clone(), args.health_check_interval, tree.token().clone());
     tree.spawn_critical("hub health checks", async move {
@@ -228,14 +350,26 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
     let app = api::router(api_state);
     let http_listener = tree.guard("hub HTTP listener", http_listener);
     let http_stop = tree.token().clone();
-    tree.spawn_critical("hub HTTP server", async move {
-        axum::serve(http_listener, app)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await
-    });
+    let http_scheme = if http_tls.is_some() { "https" } else { "http" };
+    match http_tls {
+        Some(config) => {
+            let listener = https::TlsListener::new(http_listener, config);
+            tree.spawn_critical("hub HTTPS server", async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(http_stop.cancelled_owned())
+                    .await
+            });
+        }
+        None => tree.spawn_critical("hub HTTP server", async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(http_stop.cancelled_owned())
+                .await
+        }),
+    }
+    let http_url = format!("{http_scheme}://{http_addr}");
     tracing::info!(
         grpc = %grpc_addr,
-        http = %http_addr,
+        http = %http_url,
         tls = !args.plaintext,
         ca_fingerprint = %ca_fingerprint,
         admin_token_file = %pki.admin_token_path.display(),
@@ -244,6 +378,7 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
     Ok(Hub {
         grpc_addr,
         http_addr,
+        http_url,
         admin_token_path: pki.admin_token_path,
         ca_fingerprint,
         ca_pem,
