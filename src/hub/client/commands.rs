@@ -78,6 +78,14 @@ pub enum ClientCommand {
     /// Show or set the gateway version that `self-update` moves gateways to.
     #[command(subcommand)]
     DesiredVersion(DesiredVersionCommand),
+    /// Manage API tokens with roles (viewer, operator, admin).
+    #[command(subcommand)]
+    ApiToken(super::fleet::ApiTokenCommand),
+    /// Follow the fleet change feed: application changes, gateway connects, disconnects and
+    /// health checks (resumes after a dropped connection).
+    Events(super::fleet::EventsArgs),
+    /// Show the state timeline of an application, or of every application of a gateway.
+    Timeline(super::fleet::TimelineArgs),
 }
 
 /// Desired-version subcommands.
@@ -199,6 +207,9 @@ pub enum GatewayCommand {
 pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
     use reqwest::Method;
     match cmd {
+        ClientCommand::ApiToken(c) => super::fleet::api_token(c).await,
+        ClientCommand::Events(a) => super::fleet::events(a).await,
+        ClientCommand::Timeline(a) => super::fleet::timeline(a).await,
         ClientCommand::Token(TokenCommand::Create {
             api,
             ttl,
