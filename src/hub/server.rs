@@ -33,7 +33,7 @@ pub struct ServeArgs {
     /// gRPC listen address for gateways.
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_GRPC_ADDR", default_value = "0.0.0.0:8443")]
     pub grpc_addr: SocketAddr,
-    /// HTTP listen address for the API.
+    /// HTTP listen address for the API and the status page.
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
     /// Serve gRPC without TLS, for a proxy or load balancer that terminates TLS in front of the
