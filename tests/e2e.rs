@@ -1849,6 +1849,20 @@ async fn application_lists_page_sort_and_search() {
     }
 }
 
+/// An HTTPS client that trusts only `ca_pem`.
+fn https_client(ca_pem: &str) -> reqwest::Client {
+    let roots = argocd_gateway::tls::parse_certs_pem(ca_pem.as_bytes(), "test CA").unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(argocd_gateway::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(argocd_gateway::tls::root_store(roots.iter()))
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_listener_serves_tls_with_secure_cookies() {
     argocd_gateway::tls::install_crypto_provider();
@@ -1867,16 +1881,7 @@ async fn the_http_listener_serves_tls_with_secure_cookies() {
     args.http.http_tls_key = Some(key_file);
     let hub = hub::start(args).await.expect("hub starts with HTTPS");
     assert!(hub.http_url.starts_with("https://"), "{}", hub.http_url);
-    let roots = argocd_gateway::tls::parse_certs_pem(ca.cert_pem().as_bytes(), "test CA").unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(argocd_gateway::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(argocd_gateway::tls::root_store(roots.iter()))
-        .with_no_client_auth();
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap();
+    let client = https_client(ca.cert_pem());
     let base = format!("https://localhost:{}", hub.http_addr.port());
     let resp = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -1904,17 +1909,7 @@ async fn the_http_listener_serves_tls_with_secure_cookies() {
     let hub = hub::start(args)
         .await
         .expect("hub starts with its own HTTPS certificate");
-    let roots = argocd_gateway::tls::parse_certs_pem(hub.ca_pem.as_bytes(), "hub CA").unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(argocd_gateway::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(argocd_gateway::tls::root_store(roots.iter()))
-        .with_no_client_auth();
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap();
-    let resp = client
+    let resp = https_client(&hub.ca_pem)
         .get(format!("https://localhost:{}/", hub.http_addr.port()))
         .send()
         .await

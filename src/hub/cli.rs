@@ -28,7 +28,11 @@ pub async fn run(cmd: HubCommand, shutdown: CancellationToken) -> anyhow::Result
                 "hub gRPC listening on {} (CA fingerprint {})",
                 hub.grpc_addr, hub.ca_fingerprint
             );
-            eprintln!("hub API and status page: {}/", hub.http_url);
+            eprintln!("hub API listening on {}", hub.http_url);
+            eprintln!(
+                "status page: {}/ (log in with the admin token or an API token)",
+                hub.http_url
+            );
             eprintln!("admin token: {}", hub.admin_token_path.display());
             let failure = tokio::select! {
                 _ = shutdown.cancelled() => None,

@@ -423,3 +423,30 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn flag_defaults_match_the_defaults_of_code_that_starts_a_hub() {
+        let cli = Cli::try_parse_from(["hub"]).unwrap();
+        let (http, history) = (HttpArgs::default(), HistoryArgs::default());
+        assert_eq!(cli.serve.http.session_ttl, http.session_ttl);
+        assert_eq!(cli.serve.http.http_tls, http.http_tls);
+        assert_eq!(cli.serve.history.config(), history.config());
+        assert_eq!(cli.serve.history.app_metrics, history.app_metrics);
+        assert!(
+            Cli::try_parse_from(["hub", "--http-tls-cert", "c.pem"]).is_err(),
+            "a certificate needs its key"
+        );
+        assert!(Cli::try_parse_from(["hub", "--feed-backlog", "0"]).is_err());
+    }
+}

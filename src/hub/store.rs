@@ -1,5 +1,7 @@
 //! The hub's SQLite store: registration tokens (hashed), gateways and the certificates issued to
-//! them. SQLite runs on blocking threads so the async runtime never waits on disk.
+//! them, relayed entities, settings, the change feed (whose ids it assigns), application
+//! timelines, API tokens (hashed) and status-page sessions. SQLite runs on blocking threads so
+//! the async runtime never waits on disk.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -608,7 +610,7 @@ pub struct ApiTokenRecord {
 }
 
 /// A status-page session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebSessionRecord {
     /// SHA-256 of the cookie value.
     pub id_hash: Vec<u8>,
@@ -624,6 +626,18 @@ pub struct WebSessionRecord {
     pub created_at: i64,
     /// Expiry, Unix seconds.
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for WebSessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSessionRecord")
+            .field("credential", &self.credential)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("csrf", &"***")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 const FEED_PRUNED_KEY: &str = "feed_pruned_through";

@@ -9,7 +9,6 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv="$root/target/browser-venv"
 requirements="$root/tests/browser/requirements.txt"
-python="${PYTHON:-python3}"
 export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 export CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}"
 
@@ -20,17 +19,9 @@ if [[ ! -x "$CHROMIUM" || ! -x "$CHROMEDRIVER" ]]; then
   exit 1
 fi
 
-# Rebuild the venv when the pins change, not on every run.
-want="$(sha256sum "$requirements" | cut -d' ' -f1)"
-stamp="$venv/.requirements.sha256"
-if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-  echo "browser tests: creating venv at $venv"
-  rm -rf "$venv"
-  "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-    -r "$requirements"
-  echo "$want" >"$stamp"
-fi
+# shellcheck source=../venv.sh
+source "$root/tests/venv.sh"
+ensure_venv "$venv" "$requirements"
 
 cd "$root"
 cargo build --locked --quiet --bin argocd-gateway --example browser-sim

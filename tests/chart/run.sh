@@ -6,20 +6,10 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv="$root/target/chart-venv"
-requirements="$root/tests/chart/requirements.txt"
-python="${PYTHON:-python3}"
 
-# Rebuild the venv when the pins change, not on every run.
-want="$(sha256sum "$requirements" | cut -d' ' -f1)"
-stamp="$venv/.requirements.sha256"
-if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-  echo "chart tests: creating venv at $venv"
-  rm -rf "$venv"
-  "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-    -r "$requirements"
-  echo "$want" >"$stamp"
-fi
+# shellcheck source=../venv.sh
+source "$root/tests/venv.sh"
+ensure_venv "$venv" "$root/tests/chart/requirements.txt"
 
 cd "$root"
 exec "$venv/bin/python" -m pytest tests/chart "$@"

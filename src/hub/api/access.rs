@@ -87,7 +87,7 @@ pub fn required_role(method: &Method, route: &str) -> Role {
 }
 
 /// Who is calling.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Principal {
     /// The role.
     pub role: Role,
@@ -97,6 +97,18 @@ pub struct Principal {
     pub credential: String,
     /// For a page session: the hash of its cookie and its anti-CSRF token.
     pub session: Option<(Vec<u8>, String)>,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The session's anti-CSRF token is a secret of the browser's.
+        f.debug_struct("Principal")
+            .field("role", &self.role)
+            .field("name", &self.name)
+            .field("credential", &self.credential)
+            .field("session", &self.session.is_some())
+            .finish()
+    }
 }
 
 /// The prefix of API tokens, so they are recognisable (in logs that leaked one, in secret
@@ -228,11 +240,11 @@ fn same_origin(headers: &HeaderMap, secure: bool) -> Result<(), &'static str> {
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let forwarded_https = headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|p| p.eq_ignore_ascii_case("https"));
-        let scheme = if secure || forwarded_https { "https" } else { "http" };
+        let scheme = if secure || forwarded_https(headers) {
+            "https"
+        } else {
+            "http"
+        };
         if origin != format!("{scheme}://{host}") {
             return Err("the request's Origin is not this hub");
         }
@@ -317,11 +329,25 @@ pub async fn authorize(State(state): State<Arc<ApiState>>, mut request: Request,
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct LoginBody {
-    token: String,
+    token: crate::secret::Secret,
 }
 
-fn session_cookie(state: &ApiState, value: &str, max_age: i64) -> HeaderValue {
-    let secure = if state.secure_cookies { "; Secure" } else { "" };
+/// Whether a proxy in front says the browser came over HTTPS.
+fn forwarded_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"))
+}
+
+/// The session cookie; `Secure` when the browser reached the hub over HTTPS (the hub's own TLS,
+/// or a proxy's that says so).
+fn session_cookie(state: &ApiState, headers: &HeaderMap, value: &str, max_age: i64) -> HeaderValue {
+    let secure = if state.secure_cookies || forwarded_https(headers) {
+        "; Secure"
+    } else {
+        ""
+    };
     HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
     ))
@@ -343,7 +369,7 @@ pub(super) async fn login(
             format!("expected {{\"token\": \"…\"}} as JSON: {}", e.body_text()),
         )
     })?;
-    let p = match from_token(&state, &body.token).await {
+    let p = match from_token(&state, body.token.expose()).await {
         Ok(p) => p,
         Err(e) => {
             tracing::info!("status-page login refused");
@@ -381,14 +407,17 @@ pub(super) async fn login(
         "expiresAt": rfc3339(Some(expires_at)),
     }))
     .into_response();
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, session_cookie(&state, &value, expires_at - now));
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie(&state, &headers, &value, expires_at - now),
+    );
     Ok(resp)
 }
 
 /// `POST /api/v1/logout`: ends the caller's page session and clears the cookie.
 pub(super) async fn logout(
     State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
     axum::Extension(p): axum::Extension<Principal>,
 ) -> ApiResult<Response> {
     if let Some((id_hash, _)) = p.session {
@@ -397,7 +426,7 @@ pub(super) async fn logout(
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut()
-        .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
+        .insert(header::SET_COOKIE, session_cookie(&state, &headers, "", 0));
     Ok(resp)
 }
 

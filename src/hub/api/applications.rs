@@ -81,6 +81,18 @@ pub(super) struct ListQuery {
     facets: Option<bool>,
 }
 
+/// Whether `view` asks for summaries (`summary`) rather than full items (`full`, the default).
+pub(super) fn summary_view(view: Option<&str>) -> Result<bool, ApiError> {
+    match view {
+        None | Some("full") => Ok(false),
+        Some("summary") => Ok(true),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("view must be full or summary, not {other:?}"),
+        )),
+    }
+}
+
 /// The largest page.
 pub const MAX_PAGE: usize = 5000;
 
@@ -188,16 +200,7 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let m = Matcher::new(filter, raw)?;
     let (key, desc) = parse_sort(q.sort.as_deref())?;
-    let summary = match q.view.as_deref() {
-        None | Some("full") => false,
-        Some("summary") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("view must be full or summary, not {other:?}"),
-            ));
-        }
-    };
+    let summary = summary_view(q.view.as_deref())?;
     if q.limit.is_some_and(|l| l == 0 || l > MAX_PAGE) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

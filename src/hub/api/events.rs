@@ -29,6 +29,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::applications::summary_view;
 use super::selector::{AppFilter, Matcher};
 use super::{ApiError, ApiState};
 use crate::hub::feed::{Event, EventKind, Feed, ReplayError};
@@ -218,16 +219,7 @@ pub(super) async fn events(
             ));
         }
     };
-    let summary = match q.view.as_deref() {
-        None | Some("full") => false,
-        Some("summary") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("view must be full or summary, not {other:?}"),
-            ));
-        }
-    };
+    let summary = summary_view(q.view.as_deref())?;
     let filter = Filter {
         matcher: Matcher::new(&app_filter, &raw)?,
         gateway: q.gateway.clone().filter(|g| !g.is_empty()),

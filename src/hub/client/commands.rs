@@ -111,6 +111,14 @@ pub struct AppsArgs {
     /// Only this gateway's applications.
     #[arg(long)]
     pub gateway: Option<String>,
+    /// Which applications.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// The application filters of `hub apps` and `hub events`.
+#[derive(Debug, clap::Args)]
+pub struct FilterArgs {
     /// Label selector (k=v, k!=v, k, !k, k in (a,b)).
     #[arg(long, short = 'l')]
     pub selector: Option<String>,
@@ -126,6 +134,25 @@ pub struct AppsArgs {
     /// Project.
     #[arg(long)]
     pub project: Option<String>,
+}
+
+impl FilterArgs {
+    /// The filters as API query parameters.
+    pub fn query(&self) -> Vec<(String, String)> {
+        let mut query: Vec<(String, String)> = vec![];
+        for (k, v) in [
+            ("selector", &self.selector),
+            ("health", &self.health),
+            ("sync", &self.sync),
+            ("project", &self.project),
+        ] {
+            if let Some(v) = v {
+                query.push((k.into(), v.clone()));
+            }
+        }
+        query.extend(self.annotations.iter().map(|v| ("annotation".to_owned(), v.clone())));
+        query
+    }
 }
 
 /// One application of one gateway.
@@ -296,18 +323,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Apps(a) => {
-            let mut query: Vec<(String, String)> = vec![];
-            for (k, v) in [
-                ("selector", &a.selector),
-                ("health", &a.health),
-                ("sync", &a.sync),
-                ("project", &a.project),
-            ] {
-                if let Some(v) = v {
-                    query.push((k.into(), v.clone()));
-                }
-            }
-            query.extend(a.annotations.iter().map(|v| ("annotation".to_owned(), v.clone())));
+            let query = a.filter.query();
             let qs: String = url::form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(query)
                 .finish();

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use serde_json::Value;
 
+use super::commands::FilterArgs;
 use super::print::{print_json, print_table, s};
 use super::{ApiArgs, ApiClient, enc};
 
@@ -55,21 +56,9 @@ pub struct EventsArgs {
     /// Only these event types (comma-separated), e.g. application.upserted,gateway.disconnected.
     #[arg(long)]
     pub types: Option<String>,
-    /// Label selector for application events.
-    #[arg(long, short = 'l')]
-    pub selector: Option<String>,
-    /// Annotation filter key=value for application events (repeatable).
-    #[arg(long = "annotation")]
-    pub annotations: Vec<String>,
-    /// Health status of application events (before or after the change).
-    #[arg(long)]
-    pub health: Option<String>,
-    /// Sync status of application events (before or after the change).
-    #[arg(long)]
-    pub sync: Option<String>,
-    /// Project of application events.
-    #[arg(long)]
-    pub project: Option<String>,
+    /// Only application events whose application matches, before or after the change.
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Stop after this many events.
     #[arg(long)]
     pub max: Option<u64>,
@@ -199,19 +188,12 @@ fn event_line(e: &Value) -> String {
 pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(&a.api)?;
     let mut query: Vec<(String, String)> = vec![("format".into(), "ndjson".into())];
-    for (k, v) in [
-        ("gateway", &a.gateway),
-        ("types", &a.types),
-        ("selector", &a.selector),
-        ("health", &a.health),
-        ("sync", &a.sync),
-        ("project", &a.project),
-    ] {
+    for (k, v) in [("gateway", &a.gateway), ("types", &a.types)] {
         if let Some(v) = v {
             query.push((k.into(), v.clone()));
         }
     }
-    query.extend(a.annotations.iter().map(|v| ("annotation".to_owned(), v.clone())));
+    query.extend(a.filter.query());
     // Without --since, start at the newest id now: a reconnect then resumes from it, so nothing
     // that happens while the connection is down is missed.
     let mut since = match a.since {
