@@ -522,7 +522,9 @@ impl Recorder {
         if pending.is_empty() && points.is_empty() {
             return None;
         }
-        let stored: Vec<NewFeedEvent> = pending.iter().map(|p| p.stored.clone()).collect();
+        // Shared, so a retry after a failed write costs no copy of a large batch.
+        let stored: Arc<Vec<NewFeedEvent>> = Arc::new(pending.iter().map(|p| p.stored.clone()).collect());
+        let points = Arc::new(points);
         let mut failures = 0u32;
         let ids = loop {
             match self

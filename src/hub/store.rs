@@ -707,8 +707,8 @@ impl Store {
     /// Each application that got a timeline point keeps at most `timeline_per_app` points.
     pub async fn record_history(
         &self,
-        events: Vec<NewFeedEvent>,
-        timeline: Vec<TimelineRow>,
+        events: Arc<Vec<NewFeedEvent>>,
+        timeline: Arc<Vec<TimelineRow>>,
         timeline_per_app: usize,
     ) -> Result<Vec<i64>, StoreError> {
         self.call(move |c| {
@@ -718,7 +718,7 @@ impl Store {
                 let mut ins = tx.prepare_cached(
                     "INSERT INTO feed_events (at_ms, kind, gateway_id, json) VALUES (?1, ?2, ?3, ?4)",
                 )?;
-                for e in &events {
+                for e in events.iter() {
                     ins.execute(params![e.at_ms, e.kind, e.gateway_id, e.json])?;
                     ids.push(tx.last_insert_rowid());
                 }
@@ -730,7 +730,7 @@ impl Store {
                     "DELETE FROM app_timeline WHERE gateway_id = ?1 AND app = ?2 AND id <= (
                          SELECT id FROM app_timeline WHERE gateway_id = ?1 AND app = ?2 ORDER BY id DESC LIMIT 1 OFFSET ?3)",
                 )?;
-                for t in &timeline {
+                for t in timeline.iter() {
                     point.execute(params![
                         t.gateway_id,
                         t.app,
