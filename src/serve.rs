@@ -1,7 +1,9 @@
 //! Serving HTTP with bounds, for the hub's API and the gateway's admin server: a cap on
 //! concurrent connections (more are closed at once and counted), a deadline for a request's
 //! headers that also closes idle keep-alive connections (slowloris), graceful drain on the
-//! shutdown tree, and the listener guarded so a fatal accept error ends the process.
+//! shutdown tree, and the listener guarded so a fatal accept error ends the process. With a TLS
+//! configuration each connection's handshake runs in its own task, inside the connection cap and
+//! the header deadline, so a slow or silent client holds up nobody else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +26,8 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// How long a drain waits for requests in flight.
     pub drain_grace: Duration,
+    /// Serve HTTPS with this configuration (plain HTTP without).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for HttpLimits {
@@ -32,6 +36,7 @@ impl Default for HttpLimits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             drain_grace: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -63,6 +68,7 @@ pub fn spawn_http(
             .keep_alive_timeout(Duration::from_secs(20));
         let builder = Arc::new(builder);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let acceptor = limits.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         loop {
             let (tcp, peer) = tokio::select! {
@@ -76,11 +82,32 @@ pub fn spawn_http(
             };
             let _ = tcp.set_nodelay(true);
             let service = TowerToHyperService::new(router.clone());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
-            let conn = graceful.watch(conn);
+            let Some(acceptor) = acceptor.clone() else {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
+                let conn = graceful.watch(conn);
+                conns_tree.spawn(async move {
+                    // A client that is too slow, or goes away, ends only its own connection.
+                    let _ = conn.await;
+                    drop(slot);
+                });
+                continue;
+            };
+            let (builder, watcher, deadline) = (builder.clone(), graceful.watcher(), limits.header_timeout);
             conns_tree.spawn(async move {
-                // A client that is too slow, or goes away, ends only its own connection.
-                let _ = conn.await;
+                // The handshake has the same deadline as a request's headers.
+                let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "HTTP TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "HTTP TLS handshake timed out");
+                        return;
+                    }
+                };
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                let _ = watcher.watch(conn.into_owned()).await;
                 drop(slot);
             });
         }

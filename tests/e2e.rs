@@ -60,6 +60,7 @@ struct Env {
     gateway: Option<Gateway>,
     gateway_id: String,
     resync: &'static str,
+    tune: fn(&mut ServeArgs),
 }
 
 /// Argo CD's Application fixtures from its own test data.
@@ -80,13 +81,18 @@ fn fixture_apps() -> Vec<Value> {
 
 impl Env {
     async fn start(synthetic: usize, resync: &'static str) -> Env {
+        Self::start_tuned(synthetic, resync, |_| {}).await
+    }
+
+    /// Like `start`, with hub settings changed by `tune` (kept for hub restarts).
+    async fn start_tuned(synthetic: usize, resync: &'static str, tune: fn(&mut ServeArgs)) -> Env {
         argocd_gateway::tls::install_crypto_provider();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
         let ports = (free_port(), free_port());
-        let hub = hub::start(serve_args(&dir.join("hub"), ports.0, ports.1))
-            .await
-            .expect("hub starts");
+        let mut args = serve_args(&dir.join("hub"), ports.0, ports.1);
+        tune(&mut args);
+        let hub = hub::start(args).await.expect("hub starts");
         let admin_token = std::fs::read_to_string(&hub.admin_token_path)
             .unwrap()
             .trim()
@@ -117,6 +123,7 @@ impl Env {
             gateway: None,
             gateway_id: String::new(),
             resync,
+            tune,
         };
         let (status, tok) = env
             .api(
@@ -198,11 +205,9 @@ impl Env {
     }
 
     async fn start_hub(&mut self) {
-        self.hub = Some(
-            hub::start(serve_args(&self.dir.join("hub"), self.ports.0, self.ports.1))
-                .await
-                .expect("hub restarts"),
-        );
+        let mut args = serve_args(&self.dir.join("hub"), self.ports.0, self.ports.1);
+        (self.tune)(&mut args);
+        self.hub = Some(hub::start(args).await.expect("hub restarts"));
     }
 
     async fn api(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -922,4 +927,1068 @@ async fn an_application_that_cannot_be_read_keeps_its_state_at_the_hub_marked() 
         a.get("undecodable").is_none()
     })
     .await;
+}
+
+// ---- The fleet views: change feed, timelines, roles and page sessions, fleet metrics ---------
+
+/// A change-feed stream read as NDJSON.
+struct FeedStream {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+}
+
+impl FeedStream {
+    async fn open(env: &Env, query: &str) -> FeedStream {
+        use futures_util::StreamExt;
+        let resp = env
+            .http
+            .get(format!(
+                "http://{}/api/v1/events?format=ndjson&{query}",
+                env.hub().http_addr
+            ))
+            .bearer_auth(&env.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "events?{query}");
+        assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+        FeedStream {
+            body: resp.bytes_stream().map(|r| r.map(|b| b.to_vec())).boxed(),
+            buf: vec![],
+        }
+    }
+
+    /// The next event (heartbeats skipped), or None when none comes `within`.
+    async fn next(&mut self, within: Duration) -> Option<Value> {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                let v: Value = serde_json::from_slice(&line).expect("an NDJSON line");
+                if v["type"] == "heartbeat" {
+                    continue;
+                }
+                return Some(v);
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
+                _ => return None,
+            }
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Vec<Value> {
+        let mut out = vec![];
+        while out.len() < n {
+            match self.next(WAIT).await {
+                Some(v) => out.push(v),
+                None => panic!("expected {n} events, got {}: {out:?}", out.len()),
+            }
+        }
+        out
+    }
+}
+
+/// Events as (type, key) pairs.
+fn kinds(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| (s(e, &["type"]).to_owned(), s(e, &["key"]).to_owned()))
+        .collect()
+}
+
+fn ids(events: &[Value]) -> Vec<i64> {
+    events.iter().map(|e| e["id"].as_i64().unwrap()).collect()
+}
+
+impl Env {
+    /// The newest event id, once the feed has recorded everything that happened so far.
+    async fn settled_event_id(&self) -> i64 {
+        let mut last = -1;
+        let mut stable = 0;
+        let started = Instant::now();
+        loop {
+            let (_, v) = self.api(Method::GET, "/api/v1/applications?limit=1", None).await;
+            let id = v["lastEventId"].as_i64().expect("lastEventId");
+            if id == last {
+                stable += 1;
+                if stable >= 3 {
+                    return id;
+                }
+            } else {
+                stable = 0;
+                last = id;
+            }
+            assert!(started.elapsed() < WAIT, "the change feed never settled");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut req = self
+            .http
+            .request(method, format!("http://{}{path}", self.hub().http_addr));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            headers,
+        )
+    }
+
+    async fn api_token(&self, name: &str, role: &str, ttl: Option<u64>) -> String {
+        let mut body = json!({"name": name, "role": role});
+        if let Some(t) = ttl {
+            body["ttlSeconds"] = json!(t);
+        }
+        let (status, v) = self.api(Method::POST, "/api/v1/api-tokens", Some(body)).await;
+        assert_eq!(status, 201, "{v}");
+        let token = s(&v, &["token"]).to_owned();
+        assert!(token.starts_with("agw_"), "{v}");
+        token
+    }
+
+    async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.hub().http_addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// A metric's value by name and (a subset of) labels, from the Prometheus text format.
+fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if n != name {
+            return None;
+        }
+        let ok = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        ok.then(|| value.parse().ok()).flatten()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_resumes_with_exactly_the_missed_events_and_filters_apply() {
+    let mut env = Env::start(10, "5m").await;
+    env.wait_converged().await;
+    let start = env.settled_event_id().await;
+    assert!(start >= 11, "the first snapshot and the connect are events: {start}");
+
+    // Changes happen while nobody watches.
+    env.sim.set_health("argocd", "app-00001", "Degraded", "crash loop");
+    env.sim.set_health("argocd", "app-00002", "Progressing", "rolling out");
+    env.sim.delete_app("argocd", "app-00003");
+    env.sim.set_sync_status("argocd", "app-00004", "OutOfSync");
+    env.wait_for("the hub has all four changes", || async {
+        env.hub_app("argocd", "app-00004")
+            .await
+            .is_some_and(|a| a["sync"]["status"] == "OutOfSync")
+            && env.hub_app("argocd", "app-00003").await.is_none()
+            && env
+                .hub_app("argocd", "app-00001")
+                .await
+                .is_some_and(|a| a["health"]["status"] == "Degraded")
+            && env
+                .hub_app("argocd", "app-00002")
+                .await
+                .is_some_and(|a| a["health"]["status"] == "Progressing")
+    })
+    .await;
+
+    // Resuming from the id before them returns exactly these four, in order, then nothing.
+    let mut feed = FeedStream::open(&env, &format!("since={start}")).await;
+    let missed = feed.take(4).await;
+    assert_eq!(
+        kinds(&missed),
+        [
+            ("application.upserted".into(), "argocd/app-00001".into()),
+            ("application.upserted".into(), "argocd/app-00002".into()),
+            ("application.deleted".into(), "argocd/app-00003".into()),
+            ("application.upserted".into(), "argocd/app-00004".into()),
+        ]
+    );
+    let missed_ids = ids(&missed);
+    assert_eq!(missed_ids[0], start + 1, "{missed_ids:?}");
+    assert!(missed_ids.windows(2).all(|w| w[1] == w[0] + 1), "{missed_ids:?}");
+    assert_eq!(feed.next(Duration::from_millis(500)).await, None, "no extra event");
+    let first = &missed[0];
+    assert_eq!(first["gatewayId"], json!(env.gateway_id));
+    assert_eq!(first["application"]["health"]["status"], "Degraded");
+    assert_eq!(first["application"]["health"]["message"], "crash loop");
+    assert_eq!(first["previous"]["health"], "Healthy");
+    assert_eq!(first["changed"], json!(["health"]));
+    assert!(first["application"]["resources"].is_array(), "the full view by default");
+    assert_eq!(
+        missed[2]["application"]["name"], "app-00003",
+        "a deletion carries the last state"
+    );
+
+    // The same stream continues live.
+    env.sim.set_health("argocd", "app-00005", "Missing", "");
+    let live = feed.take(1).await;
+    assert_eq!(
+        kinds(&live),
+        [("application.upserted".into(), "argocd/app-00005".into())]
+    );
+    assert_eq!(live[0]["id"].as_i64().unwrap(), missed_ids[3] + 1);
+
+    // SSE with Last-Event-ID: the events after the second one.
+    let resp = env
+        .http
+        .get(format!("http://{}/api/v1/events", env.hub().http_addr))
+        .bearer_auth(&env.admin_token)
+        .header("Last-Event-ID", missed_ids[1].to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut sse = resp.bytes_stream();
+    let mut text = String::new();
+    let mut frames: Vec<(String, String, Value)> = vec![];
+    while frames.len() < 3 {
+        use futures_util::StreamExt;
+        let chunk = tokio::time::timeout(WAIT, sse.next())
+            .await
+            .expect("SSE frames arrive")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let frame: String = text.drain(..end + 2).collect();
+            let field = |k: &str| {
+                frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_owned()))
+                    .unwrap_or_default()
+            };
+            if !field("data:").is_empty() {
+                frames.push((
+                    field("id:"),
+                    field("event:"),
+                    serde_json::from_str(&field("data:")).unwrap(),
+                ));
+            }
+        }
+    }
+    let want: Vec<(String, String)> = [
+        (missed_ids[2], "application.deleted"),
+        (missed_ids[3], "application.upserted"),
+        (missed_ids[3] + 1, "application.upserted"),
+    ]
+    .iter()
+    .map(|(id, t)| (id.to_string(), t.to_string()))
+    .collect();
+    let got: Vec<(String, String)> = frames.iter().map(|(i, e, _)| (i.clone(), e.clone())).collect();
+    assert_eq!(got, want);
+    assert_eq!(frames[0].2["id"], json!(missed_ids[2]));
+
+    // Filters, as for the list; an application filter matches the state before or after.
+    let from = format!("since={start}");
+    let mut f = FeedStream::open(&env, &format!("{from}&health=Degraded")).await;
+    assert_eq!(
+        kinds(&f.take(1).await),
+        [("application.upserted".into(), "argocd/app-00001".into())]
+    );
+    assert_eq!(f.next(Duration::from_millis(300)).await, None);
+    env.sim.set_health("argocd", "app-00001", "Healthy", "");
+    let recovered = f.take(1).await;
+    assert_eq!(recovered[0]["application"]["health"]["status"], "Healthy");
+    assert_eq!(recovered[0]["previous"]["health"], "Degraded");
+
+    let mut f = FeedStream::open(&env, &format!("{from}&types=application.deleted")).await;
+    assert_eq!(
+        kinds(&f.take(1).await),
+        [("application.deleted".into(), "argocd/app-00003".into())]
+    );
+    assert_eq!(f.next(Duration::from_millis(300)).await, None);
+
+    let mut f = FeedStream::open(&env, &format!("{from}&q=app-00004&view=summary")).await;
+    let only = f.take(1).await;
+    assert_eq!(
+        kinds(&only),
+        [("application.upserted".into(), "argocd/app-00004".into())]
+    );
+    assert!(only[0]["application"].get("resources").is_none(), "summary view");
+    assert_eq!(only[0]["application"]["resourceCount"], 2);
+    assert_eq!(f.next(Duration::from_millis(300)).await, None);
+
+    // Synthetic apps with an even number are tier=web; the deleted app-00003 is not.
+    let mut f = FeedStream::open(&env, &format!("{from}&selector=tier%3Dweb&types=application.upserted")).await;
+    let web = f.take(2).await;
+    assert_eq!(
+        kinds(&web),
+        [
+            ("application.upserted".into(), "argocd/app-00002".into()),
+            ("application.upserted".into(), "argocd/app-00004".into()),
+        ]
+    );
+
+    let mut f = FeedStream::open(&env, &format!("{from}&gateway=gw-nobody")).await;
+    assert_eq!(f.next(Duration::from_millis(500)).await, None);
+
+    // Gateway events: a disconnect and a connect, for a watcher of gateway events only.
+    let mut gw = FeedStream::open(&env, "types=gateway.connected,gateway.disconnected").await;
+    env.stop_gateway().await;
+    let gone = gw.take(1).await;
+    assert_eq!(gone[0]["type"], "gateway.disconnected");
+    assert_eq!(gone[0]["gatewayId"], json!(env.gateway_id));
+    assert_eq!(gone[0]["reason"], "goodbye");
+    env.start_gateway().await;
+    let back = gw.take(1).await;
+    assert_eq!(back[0]["type"], "gateway.connected");
+    assert_eq!(back[0]["gateway"]["version"], argocd_gateway::VERSION);
+
+    // Bad requests say what is wrong.
+    for (q, needle) in [
+        ("since=abc", "event id"),
+        ("types=application.exploded", "unknown event type"),
+        ("format=xml", "sse or ndjson"),
+        ("selector=a%20in%20b", "selector"),
+    ] {
+        let (status, v) = env.api(Method::GET, &format!("/api/v1/events?{q}"), None).await;
+        assert_eq!(status, 400, "{q}: {v}");
+        assert!(s(&v, &["error"]).contains(needle), "{q}: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_answers_410_for_an_expired_id_and_ids_survive_a_hub_restart() {
+    let mut env = Env::start_tuned(3, "5m", |a| a.history.feed_backlog = 5).await;
+    env.wait_converged().await;
+    for i in 0..12 {
+        let status = if i % 2 == 0 { "Progressing" } else { "Healthy" };
+        env.sim.set_health("argocd", "app-00001", status, &format!("step {i}"));
+        env.wait_for("the change is applied", || async {
+            env.hub_app("argocd", "app-00001")
+                .await
+                .is_some_and(|a| a["health"]["message"] == format!("step {i}"))
+        })
+        .await;
+    }
+    let last = env.settled_event_id().await;
+    assert!(last >= 16, "{last}");
+
+    // An id whose successors were pruned: 410 with the bounds, by query and by header.
+    let (status, v) = env.api(Method::GET, "/api/v1/events?since=1", None).await;
+    assert_eq!(status, 410, "{v}");
+    assert_eq!(v["code"], "gone");
+    assert!(s(&v, &["error"]).contains("no longer in the hub's backlog"), "{v}");
+    assert_eq!(v["lastId"], json!(last));
+    let oldest = v["oldestId"].as_i64().unwrap();
+    assert!(oldest > 2 && oldest <= last - 4, "the backlog keeps about 5: {v}");
+    let (status, _, _) = env
+        .call(
+            Method::GET,
+            "/api/v1/events",
+            Some(&env.admin_token),
+            &[("Last-Event-ID", "1")],
+            None,
+        )
+        .await;
+    assert_eq!(status, 410);
+    // An id this hub never issued is refused too.
+    let (status, v) = env
+        .api(Method::GET, &format!("/api/v1/events?since={}", last + 1000), None)
+        .await;
+    assert_eq!(status, 410, "{v}");
+
+    // An id still in the backlog resumes with what followed it.
+    let mut f = FeedStream::open(&env, &format!("since={}", last - 2)).await;
+    assert_eq!(ids(&f.take(2).await), [last - 1, last]);
+
+    // Ids keep increasing across a hub restart.
+    env.stop_hub().await;
+    env.start_hub().await;
+    env.wait_for("the gateway is back", || async { env.connected().await })
+        .await;
+    let mut f = FeedStream::open(&env, &format!("since={last}")).await;
+    env.sim.set_health("argocd", "app-00002", "Degraded", "after restart");
+    let after: Vec<Value> = {
+        let mut out = vec![];
+        while let Some(e) = f.next(WAIT).await {
+            let done = e["key"] == "argocd/app-00002";
+            out.push(e);
+            if done {
+                break;
+            }
+        }
+        out
+    };
+    assert!(!after.is_empty());
+    assert!(ids(&after).iter().all(|i| *i > last), "{after:?}");
+    assert_eq!(
+        after.last().unwrap()["application"]["health"]["message"],
+        "after restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_records_transitions_per_app_and_per_gateway_bounded() {
+    let env = Env::start_tuned(5, "5m", |a| a.history.timeline_per_app = 3).await;
+    env.wait_converged().await;
+    let app_tl = |name: &'static str| {
+        let path = format!("{}/timeline", env.app_path("argocd", name));
+        let env = &env;
+        async move {
+            let (status, v) = env.api(Method::GET, &path, None).await;
+            assert_eq!(status, 200, "{v}");
+            v["items"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let first = app_tl("app-00001").await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["changed"], json!(["first"]));
+    assert_eq!(first[0]["health"], "Healthy");
+    assert_eq!(first[0]["name"], "app-00001");
+
+    env.sim.set_health("argocd", "app-00001", "Degraded", "OOMKilled");
+    env.wait_for("the health point", || async { app_tl("app-00001").await.len() == 2 })
+        .await;
+    env.sim.touch("argocd", "app-00001");
+    env.sim
+        .set_revision("argocd", "app-00001", "0123456789abcdef0123456789abcdef01234567");
+    env.wait_for("the revision point", || async {
+        app_tl("app-00001").await[0]["changed"] == json!(["revision"])
+    })
+    .await;
+    env.sim.set_operation_phase("argocd", "app-00001", "Running");
+    env.wait_for("the operation point", || async {
+        app_tl("app-00001").await[0]["operationPhase"] == "Running"
+    })
+    .await;
+    let points = app_tl("app-00001").await;
+    // Newest first, bounded to 3 per application; the noise-only change made no point.
+    let changed: Vec<Value> = points.iter().map(|p| p["changed"].clone()).collect();
+    assert_eq!(changed, [json!(["operation"]), json!(["revision"]), json!(["health"])]);
+    assert_eq!(points[1]["revision"], "0123456789abcdef0123456789abcdef01234567");
+    assert_eq!(points[2]["health"], "Degraded");
+    assert_eq!(points[2]["healthMessage"], "OOMKilled");
+    assert!(points[0]["at"].as_str().unwrap() >= points[2]["at"].as_str().unwrap());
+
+    // Per gateway: every application's points, newest first, with since and limit.
+    let (status, v) = env
+        .api(
+            Method::GET,
+            &format!("/api/v1/gateways/{}/timeline?since=1h", env.gateway_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let items = v["items"].as_array().unwrap();
+    let names: std::collections::BTreeSet<&str> = items.iter().map(|p| s(p, &["name"])).collect();
+    assert!(names.contains("app-00000") && names.contains("app-00004"), "{names:?}");
+    assert_eq!(items[0]["name"], "app-00001");
+    let (_, v) = env
+        .api(
+            Method::GET,
+            &format!(
+                "/api/v1/gateways/{}/timeline?since=2999-01-01T00:00:00Z",
+                env.gateway_id
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(v["items"], json!([]));
+    let (_, v) = env
+        .api(
+            Method::GET,
+            &format!("/api/v1/gateways/{}/timeline?limit=2", env.gateway_id),
+            None,
+        )
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 2);
+    let (status, _) = env
+        .api(
+            Method::GET,
+            &format!("/api/v1/gateways/{}/timeline?since=yesterday", env.gateway_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    // A deleted application keeps its timeline, ending with the deletion.
+    env.sim.delete_app("argocd", "app-00002");
+    env.wait_for("the deletion point", || async {
+        app_tl("app-00002").await[0]["changed"] == json!(["deleted"])
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_decide_who_may_do_what() {
+    let env = Env::start(3, "5m").await;
+    env.wait_converged().await;
+    let viewer = env.api_token("dashboards", "viewer", None).await;
+    let operator = env.api_token("ci-deploy", "operator", Some(3600)).await;
+    let admin = env.api_token("platform", "admin", None).await;
+    // APP is a different application per role, so one role's sync is not in another's way.
+    let app = "APP";
+    let gw = format!("/api/v1/gateways/{}", env.gateway_id);
+    let cases: Vec<(Method, String, Option<Value>, [u16; 3])> = vec![
+        (Method::GET, "/api/v1/gateways".into(), None, [200, 200, 200]),
+        (Method::GET, format!("{app}/timeline"), None, [200, 200, 200]),
+        (
+            Method::POST,
+            format!("{app}/wait"),
+            Some(json!({"timeoutSeconds": 1})),
+            [200, 200, 200],
+        ),
+        (Method::POST, format!("{app}/sync"), Some(json!({})), [403, 200, 200]),
+        (Method::POST, format!("{app}/refresh"), Some(json!({})), [403, 200, 200]),
+        (Method::POST, format!("{gw}/health-check"), None, [403, 200, 200]),
+        (Method::GET, "/api/v1/registration-tokens".into(), None, [403, 403, 200]),
+        (Method::GET, "/api/v1/api-tokens".into(), None, [403, 403, 200]),
+        (
+            Method::PUT,
+            "/api/v1/desired-version".into(),
+            Some(json!({"version": "0.1.0"})),
+            [403, 403, 200],
+        ),
+    ];
+    for (method, path, body, want) in cases {
+        for (i, (token, want)) in [(&viewer, want[0]), (&operator, want[1]), (&admin, want[2])]
+            .into_iter()
+            .enumerate()
+        {
+            let path = path.replace("APP", &env.app_path("argocd", &format!("app-0000{i}")));
+            let (status, v, _) = env.call(method.clone(), &path, Some(token), &[], body.clone()).await;
+            assert_eq!(status, want, "{method} {path}: {v}");
+            if status == 403 {
+                assert_eq!(v["code"], "forbidden", "{v}");
+                assert!(s(&v, &["error"]).contains("role"), "{v}");
+            }
+        }
+    }
+    let (_, v, _) = env
+        .call(
+            Method::POST,
+            &format!("{}/sync", env.app_path("argocd", "app-00000")),
+            Some(&viewer),
+            &[],
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(v["role"], "viewer");
+    assert_eq!(v["requiredRole"], "operator");
+
+    // Listing shows names, roles and use, never a secret.
+    let (_, list) = env.api(Method::GET, "/api/v1/api-tokens", None).await;
+    let text = list.to_string();
+    assert!(!text.contains(&viewer[4..]) && !text.contains("secret"), "{text}");
+    let ci = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci-deploy")
+        .unwrap();
+    assert_eq!(ci["role"], "operator");
+    assert_eq!(ci["state"], "active");
+    assert!(ci["lastUsedAt"].is_string() && ci["expiresAt"].is_string(), "{ci}");
+
+    // Wrong, revoked and expired tokens are refused with a reason.
+    let (status, v, _) = env
+        .call(Method::GET, "/api/v1/gateways", Some("agw_nope.nope"), &[], None)
+        .await;
+    assert_eq!(status, 401, "{v}");
+    let id = s(ci, &["id"]).to_owned();
+    let (status, _) = env.api(Method::DELETE, &format!("/api/v1/api-tokens/{id}"), None).await;
+    assert_eq!(status, 204);
+    let (status, _, _) = env
+        .call(Method::GET, "/api/v1/gateways", Some(&operator), &[], None)
+        .await;
+    assert_eq!(status, 401);
+    let short = env.api_token("short-lived", "viewer", Some(1)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, v, _) = env.call(Method::GET, "/api/v1/gateways", Some(&short), &[], None).await;
+    assert_eq!(status, 401, "{v}");
+    assert!(s(&v, &["error"]).contains("expired"), "{v}");
+    for bad in [
+        json!({"name": "x", "role": "root"}),
+        json!({"name": "", "role": "viewer"}),
+    ] {
+        let (status, _) = env.api(Method::POST, "/api/v1/api-tokens", Some(bad)).await;
+        assert_eq!(status, 400);
+    }
+}
+
+fn session_cookie(headers: &reqwest::header::HeaderMap) -> (String, String) {
+    let set = headers
+        .get("set-cookie")
+        .expect("a session cookie")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let value = set.split(';').next().unwrap().trim().to_owned();
+    (value, set)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_sessions_are_protected_against_cross_site_requests() {
+    let env = Env::start(3, "5m").await;
+    env.wait_converged().await;
+    let operator = env.api_token("oncall", "operator", None).await;
+    let origin = format!("http://{}", env.hub().http_addr);
+    let json_headers = [("Origin", origin.as_str()), ("Sec-Fetch-Site", "same-origin")];
+
+    // Log in: an HttpOnly, SameSite=Strict cookie (not Secure over plain HTTP) and a CSRF token.
+    let (status, me, headers) = env
+        .call(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            &json_headers,
+            Some(json!({"token": operator})),
+        )
+        .await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["role"], "operator");
+    let csrf = s(&me, &["csrfToken"]).to_owned();
+    assert!(csrf.len() >= 24);
+    let (cookie, set_cookie) = session_cookie(&headers);
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attr), "{set_cookie}");
+    }
+    assert!(!set_cookie.contains("Secure"), "{set_cookie}");
+    let (status, who, _) = env
+        .call(Method::GET, "/api/v1/session", None, &[("Cookie", &cookie)], None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(who["via"], "session");
+    assert_eq!(who["csrfToken"], json!(csrf));
+
+    // State-changing requests with the cookie but without the session's protection are refused
+    // and never reach Argo CD.
+    let sync = format!("{}/sync", env.app_path("argocd", "app-00001"));
+    env.sim.clear_requests();
+    let refused: Vec<Vec<(&str, &str)>> = vec![
+        vec![("Cookie", &cookie)],
+        vec![("Cookie", &cookie), ("X-CSRF-Token", "guessed")],
+        vec![
+            ("Cookie", &cookie),
+            ("X-CSRF-Token", &csrf),
+            ("Origin", "http://evil.example"),
+        ],
+        vec![
+            ("Cookie", &cookie),
+            ("X-CSRF-Token", &csrf),
+            ("Sec-Fetch-Site", "cross-site"),
+        ],
+    ];
+    for headers in &refused {
+        let (status, v, _) = env.call(Method::POST, &sync, None, headers, Some(json!({}))).await;
+        assert_eq!(status, 403, "{headers:?}: {v}");
+        assert_eq!(v["code"], "csrf", "{v}");
+    }
+    assert!(
+        !env.sim.requests().iter().any(|r| r.path.ends_with("/sync")),
+        "a refused request reached Argo CD"
+    );
+    // With it, the same request goes through.
+    let (status, v, _) = env
+        .call(
+            Method::POST,
+            &sync,
+            None,
+            &[("Cookie", &cookie), ("X-CSRF-Token", &csrf), ("Origin", &origin)],
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(env.sim.requests().iter().any(|r| r.path.ends_with("/sync")));
+    // Reads need no CSRF token; the feed works with the cookie alone.
+    let (status, _, _) = env
+        .call(Method::GET, "/api/v1/gateways", None, &[("Cookie", &cookie)], None)
+        .await;
+    assert_eq!(status, 200);
+
+    // A login from another site is refused; so is a bad token.
+    let (status, _, _) = env
+        .call(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            &[("Sec-Fetch-Site", "cross-site")],
+            Some(json!({"token": operator})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _, _) = env
+        .call(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            &json_headers,
+            Some(json!({"token": "nope"})),
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    // Logout ends the session (and needs the CSRF token like any change).
+    let (status, _, _) = env
+        .call(Method::POST, "/api/v1/logout", None, &[("Cookie", &cookie)], None)
+        .await;
+    assert_eq!(status, 403);
+    let (status, _, headers) = env
+        .call(
+            Method::POST,
+            "/api/v1/logout",
+            None,
+            &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert!(session_cookie(&headers).1.contains("Max-Age=0"));
+    let (status, _, _) = env
+        .call(Method::GET, "/api/v1/session", None, &[("Cookie", &cookie)], None)
+        .await;
+    assert_eq!(status, 401);
+
+    // Revoking the token ends the sessions opened with it.
+    let (_, _, headers) = env
+        .call(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            &json_headers,
+            Some(json!({"token": operator})),
+        )
+        .await;
+    let (cookie, _) = session_cookie(&headers);
+    let (_, list) = env.api(Method::GET, "/api/v1/api-tokens", None).await;
+    let id = s(&list["items"][0], &["id"]).to_owned();
+    env.api(Method::DELETE, &format!("/api/v1/api-tokens/{id}"), None).await;
+    let (status, _, _) = env
+        .call(Method::GET, "/api/v1/session", None, &[("Cookie", &cookie)], None)
+        .await;
+    assert_eq!(status, 401);
+
+    // The page itself is open, embedded, and locked down by its headers.
+    let resp = env.http.get(format!("{origin}/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
+    assert!(resp.text().await.unwrap().contains("/assets/app.js"));
+    let js = env.http.get(format!("{origin}/assets/app.js")).send().await.unwrap();
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    let (status, _, _) = env.call(Method::GET, "/assets/nope.js", None, &[], None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_metrics_and_gateway_views_count_the_fleet() {
+    let mut env = Env::start(6, "5m").await;
+    env.wait_converged().await;
+    env.sim.set_health("argocd", "app-00001", "Degraded", "");
+    env.sim.set_sync_status("argocd", "app-00002", "OutOfSync");
+    env.wait_for("the changes arrive", || async {
+        env.hub_app("argocd", "app-00002")
+            .await
+            .is_some_and(|a| a["sync"]["status"] == "OutOfSync")
+    })
+    .await;
+    let total = env.sim.apps().len();
+    let count = |field: &'static str, value: &'static str| {
+        let env = &env;
+        async move {
+            let (_, v) = env
+                .api(
+                    Method::GET,
+                    &format!("/api/v1/applications?{field}={value}&limit=1"),
+                    None,
+                )
+                .await;
+            v["total"].as_f64().unwrap()
+        }
+    };
+    let (degraded, out_of_sync) = (count("health", "Degraded").await, count("sync", "OutOfSync").await);
+    assert!(degraded >= 1.0 && out_of_sync >= 1.0);
+    let gw = env.gateway_id.clone();
+    let text = env.metrics_text().await;
+    let m = |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels);
+    let id = [("gateway_id", gw.as_str())];
+    assert_eq!(m("argocd_gateway_hub_gateway_connected", &id), Some(1.0), "{text}");
+    assert_eq!(
+        m(
+            "argocd_gateway_hub_gateway_applications_by_health",
+            &[("gateway_id", &gw), ("health", "Degraded")]
+        ),
+        Some(degraded)
+    );
+    let healthy = m(
+        "argocd_gateway_hub_gateway_applications_by_health",
+        &[("gateway_id", &gw), ("health", "Healthy")],
+    )
+    .unwrap();
+    assert!(healthy >= 5.0 && healthy < total as f64, "{healthy}");
+    assert_eq!(
+        m(
+            "argocd_gateway_hub_gateway_applications_by_sync",
+            &[("gateway_id", &gw), ("sync", "OutOfSync")]
+        ),
+        Some(out_of_sync)
+    );
+    let expiry = m("argocd_gateway_hub_gateway_certificate_expiry_timestamp_seconds", &id).unwrap();
+    let now = jiff::Timestamp::now().as_second() as f64;
+    assert!(expiry > now + 29.0 * 86400.0, "{expiry}");
+    let seen = m("argocd_gateway_hub_gateway_last_seen_timestamp_seconds", &id).unwrap();
+    assert!((now - seen).abs() < 120.0, "{seen}");
+    let lag = m("argocd_gateway_hub_gateway_relay_lag_seconds", &id).expect("relay lag after a delta");
+    assert!((0.0..60.0).contains(&lag), "{lag}");
+    assert!(text.contains("argocd_gateway_hub_relay_lag_seconds_bucket"), "{text}");
+    assert!(
+        m(
+            "argocd_gateway_hub_gateway_info",
+            &[("gateway_id", &gw), ("name", "e2e")]
+        )
+        .is_some()
+    );
+    assert!(
+        !text.contains("argocd_gateway_hub_application_status"),
+        "per-application series are off by default"
+    );
+
+    // The gateway view: counts, relay lag and update state against the desired version.
+    let (_, g) = env.api(Method::GET, &format!("/api/v1/gateways/{gw}"), None).await;
+    assert_eq!(g["applications"]["health"]["Degraded"], json!(degraded as u64), "{g}");
+    assert_eq!(g["applications"]["sync"]["OutOfSync"], json!(out_of_sync as u64), "{g}");
+    assert!(g["relayLagSeconds"].is_number(), "{g}");
+    assert_eq!(g["update"]["state"], "unknown");
+    for (desired, state) in [("0.9.0", "available"), ("1.0.0", "held"), ("0.0.1", "held")] {
+        let (status, _) = env
+            .api(
+                Method::PUT,
+                "/api/v1/desired-version",
+                Some(json!({"version": desired})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (_, g) = env.api(Method::GET, "/api/v1/gateways", None).await;
+        assert_eq!(g["items"][0]["update"]["state"], state, "{desired}: {g}");
+        assert_eq!(g["items"][0]["update"]["desiredVersion"], desired);
+    }
+
+    env.stop_gateway().await;
+    env.wait_for("the hub marks the gateway disconnected", || async {
+        !env.connected().await
+    })
+    .await;
+    let text = env.metrics_text().await;
+    assert_eq!(
+        metric_value(&text, "argocd_gateway_hub_gateway_connected", &id),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_application_metrics_when_asked() {
+    let env = Env::start_tuned(3, "5m", |a| a.history.app_metrics = true).await;
+    env.wait_converged().await;
+    let text = env.metrics_text().await;
+    for name in ["app-00000", "app-00001", "app-00002"] {
+        assert_eq!(
+            metric_value(
+                &text,
+                "argocd_gateway_hub_application_status",
+                &[
+                    ("gateway_id", &env.gateway_id),
+                    ("name", name),
+                    ("health", "Healthy"),
+                    ("sync", "Synced")
+                ]
+            ),
+            Some(1.0),
+            "{name}: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_lists_page_sort_and_search() {
+    let env = Env::start(30, "5m").await;
+    env.wait_converged().await;
+    env.sim.set_health("argocd", "app-00017", "Degraded", "");
+    env.wait_for("the change arrives", || async {
+        env.hub_app("argocd", "app-00017")
+            .await
+            .is_some_and(|a| a["health"]["status"] == "Degraded")
+    })
+    .await;
+    let total = env.sim.apps().len();
+    let env = &env;
+    let list = |q: &'static str| async move {
+        let (status, v) = env.api(Method::GET, &format!("/api/v1/applications?{q}"), None).await;
+        assert_eq!(status, 200, "{q}: {v}");
+        v
+    };
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| s(a, &["name"]).to_owned())
+            .collect()
+    };
+    let page = list("limit=10&offset=0").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 10);
+    assert_eq!(page["total"], json!(total));
+    assert_eq!((page["offset"].clone(), page["limit"].clone()), (json!(0), json!(10)));
+    assert!(page["lastEventId"].as_i64().unwrap() > 0);
+    let all = list("").await;
+    assert_eq!(all["items"].as_array().unwrap().len(), total, "no limit: everything");
+    let last_page = list("limit=10&offset=25").await;
+    assert_eq!(last_page["items"].as_array().unwrap().len(), (total - 25).min(10));
+    let beyond = list("limit=10&offset=100000").await;
+    assert_eq!(beyond["items"], json!([]));
+    let mut sorted = names(&all);
+    sorted.sort();
+    assert_eq!(
+        names(&list("sort=-name&limit=1").await),
+        [sorted.last().unwrap().clone()]
+    );
+    assert_eq!(names(&list("sort=name&limit=2").await), sorted[..2].to_vec());
+    let degraded = list("health=Degraded&sort=name").await;
+    assert!(names(&degraded).contains(&"app-00017".to_owned()));
+    let worst = list("sort=health").await;
+    let worst_first = names(&worst)[..degraded["total"].as_u64().unwrap() as usize].to_vec();
+    assert_eq!(worst_first.len(), names(&degraded).len());
+    assert!(
+        worst["items"].as_array().unwrap()[..worst_first.len()]
+            .iter()
+            .all(|a| a["health"]["status"] == "Degraded"),
+        "worst first"
+    );
+    let found = names(&list("q=APP-0001").await);
+    assert_eq!(found.len(), 10, "{found:?}");
+    assert!(found.iter().all(|n| n.starts_with("app-0001")));
+    let summary = list("view=summary&limit=1").await;
+    assert!(summary["items"][0].get("resources").is_none());
+    assert!(summary["items"][0]["resourceCount"].is_number());
+    let facets = list("facets=true&limit=1").await;
+    let projects = facets["facets"]["projects"].as_array().unwrap();
+    assert!(projects.contains(&json!("team-a")) && projects.contains(&json!("team-b")));
+    assert_eq!(facets["facets"]["gateways"], json!([env.gateway_id]));
+    let one_gw = env
+        .api(
+            Method::GET,
+            &format!("/api/v1/applications?gateway={}&limit=1", env.gateway_id),
+            None,
+        )
+        .await
+        .1;
+    assert_eq!(one_gw["total"], json!(total));
+    assert_eq!(list("gateway=gw-nobody").await["total"], 0);
+    for bad in ["sort=size", "limit=0", "view=tiny"] {
+        let (status, _) = env.api(Method::GET, &format!("/api/v1/applications?{bad}"), None).await;
+        assert_eq!(status, 400, "{bad}");
+    }
+}
+
+/// An HTTPS client that trusts only `ca_pem`.
+fn https_client(ca_pem: &str) -> reqwest::Client {
+    let roots = argocd_gateway::tls::parse_certs_pem(ca_pem.as_bytes(), "test CA").unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(argocd_gateway::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(argocd_gateway::tls::root_store(roots.iter()))
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_serves_tls_with_secure_cookies() {
+    argocd_gateway::tls::install_crypto_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    // A certificate of another CA, given as files.
+    let (ca, _) = argocd_gateway::certs::CertAuthority::generate("test web CA").unwrap();
+    let (leaf, key) = ca
+        .issue_server(&["localhost".into()], Duration::from_secs(3600))
+        .unwrap();
+    let cert_file = tmp.path().join("web.pem");
+    let key_file = tmp.path().join("web-key.pem");
+    std::fs::write(&cert_file, format!("{}{}", leaf.pem, ca.cert_pem())).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let mut args = serve_args(&tmp.path().join("hub"), free_port(), free_port());
+    args.http.http_tls_cert = Some(cert_file);
+    args.http.http_tls_key = Some(key_file);
+    let hub = hub::start(args).await.expect("hub starts with HTTPS");
+    assert!(hub.http_url.starts_with("https://"), "{}", hub.http_url);
+    let client = https_client(ca.cert_pem());
+    let base = format!("https://localhost:{}", hub.http_addr.port());
+    let resp = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let token = std::fs::read_to_string(&hub.admin_token_path).unwrap();
+    let resp = client
+        .post(format!("{base}/api/v1/login"))
+        .json(&json!({"token": token.trim()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("; Secure"), "{set_cookie}");
+    // Plain HTTP to the TLS port gets no answer it could misread.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/healthz", hub.http_addr.port()))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    hub.shutdown().await;
+
+    // --http-tls: the hub's own certificate, from its CA, for --hostname names.
+    let mut args = serve_args(&tmp.path().join("hub2"), free_port(), free_port());
+    args.http.http_tls = true;
+    let hub = hub::start(args)
+        .await
+        .expect("hub starts with its own HTTPS certificate");
+    let resp = https_client(&hub.ca_pem)
+        .get(format!("https://localhost:{}/", hub.http_addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    hub.shutdown().await;
 }

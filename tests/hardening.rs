@@ -474,7 +474,11 @@ async fn an_unterminated_snapshot_does_not_survive_its_session_and_bad_entities_
     }
     bad.push(app_entity("fine"));
     tx.send(GatewayMessage {
-        body: Some(gateway_message::Body::Delta(proto::Delta { seq: 9, entities: bad })),
+        body: Some(gateway_message::Body::Delta(proto::Delta {
+            seq: 9,
+            entities: bad,
+            oldest_change_age_ms: None,
+        })),
     })
     .await
     .unwrap();

@@ -10,6 +10,7 @@ use argocd_gateway::argocd::model::{
     decode_watch_result, stream_payload,
 };
 use argocd_gateway::hub::entities::{EntityLimits, EntityState};
+use argocd_gateway::hub::feed::{Feed, HistoryConfig};
 use argocd_gateway::hub::store::Store;
 use argocd_gateway::wire::item::Application;
 use argocd_gateway::wire::proto::{self, Delta, EntityKind};
@@ -254,12 +255,14 @@ proptest! {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(&dir.path().join("hub.db")).unwrap();
             register_gateway(&store, "gw").await;
-            let state = Arc::new(EntityState::load(store.clone()).await.unwrap());
+            let (feed, recorder) = Feed::new(store.clone(), HistoryConfig::default());
+            tokio::spawn(recorder.run(tokio_util::sync::CancellationToken::new()));
+            let state = Arc::new(EntityState::load(store.clone(), feed.clone()).await.unwrap());
             let limits = EntityLimits { max_entities: 3, max_entity_bytes: 4096, max_state_bytes: 1 << 20 };
             let refused = |_: &str| {};
             for (seq, entities) in deltas.into_iter().enumerate() {
                 let digest_after = state
-                    .apply_delta("gw", Delta { seq: seq as u64, entities }, &limits, &refused)
+                    .apply_delta("gw", Delta { seq: seq as u64, entities, oldest_change_age_ms: None }, &limits, &refused)
                     .await
                     .unwrap();
                 // What is held is valid, within the limits, and digests to what was acknowledged.
@@ -283,7 +286,7 @@ proptest! {
                 assert_eq!(recomputed, digest_after);
             }
             // A restarted hub reads back exactly what it acknowledged.
-            let reloaded = EntityState::load(store).await.unwrap();
+            let reloaded = EntityState::load(store, feed).await.unwrap();
             assert_eq!(reloaded.digest("gw"), state.digest("gw"));
         });
     }

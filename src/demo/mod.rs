@@ -230,6 +230,7 @@ fn print_banner(args: &DemoArgs, api: &str, admin_token_path: &Path, gateway_id:
     println!(
         "\nargocd-gateway demo is running: a hub, a simulated Argo CD with {apps} applications that \
          change every ~{every:?}, and gateway {gateway_id} connected to the hub.\n\n\
+         status page:       {api}/  (log in with the token in {token})\n\
          hub API:           {api}\n\
          admin token file:  {token}\n\
          gateway metrics:   http://{admin}/metrics\n\n\

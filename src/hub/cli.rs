@@ -28,7 +28,11 @@ pub async fn run(cmd: HubCommand, shutdown: CancellationToken) -> anyhow::Result
                 "hub gRPC listening on {} (CA fingerprint {})",
                 hub.grpc_addr, hub.ca_fingerprint
             );
-            eprintln!("hub API listening on http://{}", hub.http_addr);
+            eprintln!("hub API listening on {}", hub.http_url);
+            eprintln!(
+                "status page: {}/ (log in with the admin token or an API token)",
+                hub.http_url
+            );
             eprintln!("admin token: {}", hub.admin_token_path.display());
             let failure = tokio::select! {
                 _ = shutdown.cancelled() => None,
@@ -41,6 +45,10 @@ pub async fn run(cmd: HubCommand, shutdown: CancellationToken) -> anyhow::Result
                 Some(f) => Err(anyhow::Error::new(f)),
             }
         }
-        HubCommand::Client(cmd) => commands::run(cmd).await,
+        // A client command (a long `wait`, `events`) ends at the first Ctrl-C.
+        HubCommand::Client(cmd) => tokio::select! {
+            r = commands::run(cmd) => r,
+            _ = shutdown.cancelled() => Ok(ExitCode::from(crate::cli::EXIT_ABORTED)),
+        },
     }
 }

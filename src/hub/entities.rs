@@ -1,7 +1,8 @@
 //! What the hub knows of every gateway's Argo CD: the latest applications and clusters as typed
 //! items of the relayed schema ([`crate::wire::item`]), in memory for queries and persisted in
 //! SQLite so a restarted hub serves the last known state (stale until the gateway is back). Also
-//! the change signal `wait` listens to.
+//! the change signal `wait` listens to, and the source of the change feed's application events
+//! (what each snapshot or delta really changed, published after it is stored).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -9,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use super::feed::{AppChange, Feed};
 use super::store::Store;
 use crate::wire::item::{Application, Cluster};
 use crate::wire::proto::{self, Delta};
@@ -127,13 +129,13 @@ impl GatewayEntities {
         }
     }
 
-    fn remove(&mut self, kind: Kind, key: &str) {
+    /// Removes an entity; returns the application it was, if one.
+    fn remove(&mut self, kind: Kind, key: &str) -> Option<Arc<Application>> {
         match kind {
-            Kind::Application => {
-                self.apps.remove(key);
-            }
+            Kind::Application => self.apps.remove(key).map(|s| s.item),
             Kind::Cluster => {
                 self.clusters.remove(key);
+                None
             }
         }
     }
@@ -174,12 +176,43 @@ pub enum StateError {
     Store(#[from] super::store::StoreError),
 }
 
+/// What a snapshot changed: applications new or with another hash, and those gone.
+fn snapshot_changes(
+    old: &BTreeMap<String, Stored<Application>>,
+    new: Option<&BTreeMap<String, Stored<Application>>>,
+) -> Vec<AppChange> {
+    let empty = BTreeMap::new();
+    let new = new.unwrap_or(&empty);
+    let mut changes: Vec<AppChange> = new
+        .iter()
+        .filter_map(|(key, s)| match old.get(key) {
+            Some(o) if o.hash == s.hash => None,
+            before => Some(AppChange {
+                key: key.clone(),
+                before: before.map(|o| o.item.clone()),
+                after: Some(s.item.clone()),
+            }),
+        })
+        .collect();
+    changes.extend(
+        old.iter()
+            .filter(|(key, _)| !new.contains_key(*key))
+            .map(|(key, o)| AppChange {
+                key: key.clone(),
+                before: Some(o.item.clone()),
+                after: None,
+            }),
+    );
+    changes
+}
+
 /// The relayed state of all gateways.
 pub struct EntityState {
     db: Store,
     gateways: RwLock<HashMap<String, GatewayEntities>>,
     sizes: RwLock<HashMap<String, Sizes>>,
     changed: watch::Sender<u64>,
+    feed: Feed,
 }
 
 fn typed<T: DeserializeOwned>(hash: Hash, json: &[u8]) -> Result<Stored<T>, String> {
@@ -234,8 +267,9 @@ fn decode(e: &proto::Entity, limits: &EntityLimits) -> Result<(Kind, Option<Item
 }
 
 impl EntityState {
-    /// Loads every gateway's state from the database.
-    pub async fn load(db: Store) -> Result<Self, StateError> {
+    /// Loads every gateway's state from the database; changes from now on are published to
+    /// `feed`.
+    pub async fn load(db: Store, feed: Feed) -> Result<Self, StateError> {
         let mut gateways: HashMap<String, GatewayEntities> = HashMap::new();
         let mut sizes: HashMap<String, Sizes> = HashMap::new();
         for (gw, tag, key, hash, json) in db.load_entities().await? {
@@ -261,6 +295,7 @@ impl EntityState {
             gateways: RwLock::new(gateways),
             sizes: RwLock::new(sizes),
             changed,
+            feed,
         })
     }
 
@@ -345,7 +380,7 @@ impl EntityState {
         self.db
             .write_entities(gateway_id.to_owned(), true, rows, vec![])
             .await?;
-        {
+        let changes = {
             let mut g = self.gateways.write().unwrap_or_else(|e| e.into_inner());
             // Refusals seen before stay visible.
             fresh.refused = g.get(gateway_id).map(|old| old.refused.clone()).unwrap_or_default();
@@ -354,14 +389,22 @@ impl EntityState {
                 refused(&reason);
                 fresh.refused.record(&key, reason);
             }
-            g.insert(gateway_id.to_owned(), fresh);
-        }
+            let old = g.insert(gateway_id.to_owned(), fresh).unwrap_or_default();
+            let new = g.get(gateway_id).map(|e| &e.apps);
+            snapshot_changes(&old.apps, new)
+        };
         self.sizes
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(gateway_id.to_owned(), sizes);
-        tracing::info!(gateway_id, entities = count, "applied a state snapshot");
+        tracing::info!(
+            gateway_id,
+            entities = count,
+            changed = changes.len(),
+            "applied a state snapshot"
+        );
         self.bump();
+        self.feed.applications(gateway_id, changes).await;
         Ok(new_digest)
     }
 
@@ -451,6 +494,7 @@ impl EntityState {
         self.db
             .write_entities(gateway_id.to_owned(), false, upserts, deletes)
             .await?;
+        let mut changes = vec![];
         let new_digest = {
             let mut g = self.gateways.write().unwrap_or_else(|e| e.into_inner());
             let mut all_sizes = self.sizes.write().unwrap_or_else(|e| e.into_inner());
@@ -458,12 +502,35 @@ impl EntityState {
             let sizes = all_sizes.entry(gateway_id.to_owned()).or_default();
             for (kind, key, item, size) in decoded {
                 let old = match item {
+                    Some(Item::App(s)) => {
+                        let before = entry
+                            .apps
+                            .get(&key)
+                            .filter(|old| old.hash != s.hash)
+                            .map(|old| old.item.clone());
+                        let new = !entry.apps.contains_key(&key);
+                        if new || before.is_some() {
+                            changes.push(AppChange {
+                                key: key.clone(),
+                                before,
+                                after: Some(s.item.clone()),
+                            });
+                        }
+                        entry.insert(key.clone(), Item::App(s));
+                        sizes.insert((kind, key), size)
+                    }
                     Some(item) => {
                         entry.insert(key.clone(), item);
                         sizes.insert((kind, key), size)
                     }
                     None => {
-                        entry.remove(kind, &key);
+                        if let Some(before) = entry.remove(kind, &key) {
+                            changes.push(AppChange {
+                                key: key.clone(),
+                                before: Some(before),
+                                after: None,
+                            });
+                        }
                         sizes.remove(&(kind, key))
                     }
                 };
@@ -477,6 +544,7 @@ impl EntityState {
             entry.digest()
         };
         self.bump();
+        self.feed.applications(gateway_id, changes).await;
         Ok(new_digest)
     }
 

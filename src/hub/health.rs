@@ -52,6 +52,7 @@ pub async fn run_health_check(state: &HubState, id: &str) -> Result<Value, Reque
     }
     state.health.record(id, result.clone());
     super::lifecycle::on_health(state, id, &result).await;
+    state.feed.health_checked(id, &result).await;
     Ok(result)
 }
 

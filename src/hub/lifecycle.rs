@@ -233,6 +233,7 @@ pub async fn remove(
         return Ok(None);
     }
     state.entities.forget(gateway_id);
+    state.feed.gateway_deleted(gateway_id, &reason).await;
     if let Some(session) = state.sessions.take(gateway_id) {
         let text = format!("gateway {gateway_id} was removed at the hub ({reason}); register again with a new token");
         close_with(

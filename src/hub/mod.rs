@@ -13,7 +13,10 @@
 //! - [`requests`]: requests forwarded to a gateway; [`health`]: health checks;
 //! - [`lifecycle`]: install progress per registration token, pending registrations and their
 //!   removal, gateways deregistering themselves;
-//! - [`api`]: the HTTP API; [`metrics`]: the hub's metrics;
+//! - [`feed`]: the fleet change feed and its recorder; [`timeline`]: each application's state
+//!   transitions; [`fleet`]: per-gateway summaries and the fleet metrics;
+//! - [`api`]: the HTTP API; [`page`]: the status page; [`https`]: TLS for the HTTP listener;
+//!   [`metrics`]: the hub's metrics;
 //! - [`client`]: the `hub token|gateways|apps|…` commands, thin clients of the API;
 //!   [`cli`]: the `hub` subcommands.
 
@@ -22,11 +25,15 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod entities;
+pub mod feed;
+pub mod fleet;
 pub mod health;
+pub mod https;
+pub mod lifecycle;
 pub mod limits;
 pub mod listen;
-pub mod lifecycle;
 pub mod metrics;
+pub mod page;
 pub mod pki;
 pub mod registration;
 pub mod requests;
@@ -34,6 +41,7 @@ pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod store;
+pub mod timeline;
 pub mod tunnel;
 
 pub use server::{Hub, HubError, ServeArgs, start};

@@ -1,6 +1,7 @@
 //! `argocd-gateway hub serve`: prepares the data directory, binds the gRPC listener for
-//! gateways and the HTTP listener for the API, starts the services on one shutdown tree, and
-//! drains gateway sessions (with a jittered come-back hint) on shutdown.
+//! gateways and the HTTP listener for the API and status page (plain or TLS), starts the
+//! services and the change-feed recorder on one shutdown tree, and drains gateway sessions (with
+//! a jittered come-back hint) on shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,11 +10,12 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use super::feed::{Feed, HistoryConfig};
 use super::limits::Limits;
 use super::registration::RegistrationService;
 use super::state::HubState;
 use super::tunnel::TunnelService;
-use super::{api, entities, listen, pki, store};
+use super::{api, entities, https, listen, pki, store};
 use crate::shutdown::{TaskFailure, Tree};
 use crate::wire::codes::MAX_DECODED_MESSAGE_BYTES;
 use crate::wire::proto::{
@@ -33,7 +35,7 @@ pub struct ServeArgs {
     /// gRPC listen address for gateways.
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_GRPC_ADDR", default_value = "0.0.0.0:8443")]
     pub grpc_addr: SocketAddr,
-    /// HTTP listen address for the API.
+    /// HTTP listen address for the API and the status page.
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
     /// Serve gRPC without TLS, for a proxy or load balancer that terminates TLS in front of the
@@ -70,6 +72,12 @@ pub struct ServeArgs {
     /// Resource bounds.
     #[command(flatten)]
     pub limits: Limits,
+    /// TLS for the HTTP listener and status-page sessions.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// How much change-feed and timeline history to keep, and optional metrics.
+    #[command(flatten)]
+    pub history: HistoryArgs,
 }
 
 /// Parses `serve` flags from arguments, as the command line would.
@@ -89,6 +97,57 @@ impl ServeArgs {
             .unwrap_or_else(|e| unreachable!("the serve flags' defaults parse: {e}"));
         args.data_dir = data_dir.into();
         args
+    }
+}
+
+/// The HTTP listener's TLS and the status page's logins.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// Serve the HTTP API and status page over TLS with this certificate chain (PEM file);
+    /// needs --http-tls-key.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_HTTP_TLS_CERT", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The private key of --http-tls-cert (PEM file).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
+    /// Serve the HTTP API and status page over TLS with the hub's own server certificate, made
+    /// by its CA for the --hostname names (browsers need the CA, ca.pem in --data-dir, trusted).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_HTTP_TLS", conflicts_with = "http_tls_cert")]
+    pub http_tls: bool,
+    /// How long a status-page login lasts.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_SESSION_TTL", default_value = "12h", value_parser = crate::util::parse_duration)]
+    pub session_ttl: Duration,
+}
+
+/// Change-feed and timeline retention, and the optional per-application metrics.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HistoryArgs {
+    /// Change-feed events kept for subscribers that resume (`Last-Event-ID`, `?since=`).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_FEED_BACKLOG", default_value = "100000", value_parser = clap::value_parser!(u64).range(1..))]
+    pub feed_backlog: u64,
+    /// Change-feed events older than this are dropped.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_FEED_MAX_AGE", default_value = "7d", value_parser = crate::util::parse_duration)]
+    pub feed_max_age: Duration,
+    /// Timeline points kept per application.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_TIMELINE_PER_APP", default_value = "500", value_parser = clap::value_parser!(u32).range(1..))]
+    pub timeline_per_app: u32,
+    /// Timeline points older than this are dropped.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_TIMELINE_MAX_AGE", default_value = "30d", value_parser = crate::util::parse_duration)]
+    pub timeline_max_age: Duration,
+    /// Export one metric series per application with its health and sync status (off by
+    /// default: a large fleet makes many series).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_APP_METRICS")]
+    pub app_metrics: bool,
+}
+
+impl HistoryArgs {
+    fn config(&self) -> HistoryConfig {
+        HistoryConfig {
+            feed_backlog: self.feed_backlog,
+            feed_max_age: self.feed_max_age,
+            timeline_per_app: self.timeline_per_app as usize,
+            timeline_max_age: self.timeline_max_age,
+        }
     }
 }
 
@@ -130,6 +189,9 @@ pub enum HubError {
     /// The gRPC listener's TLS could not be set up from the data directory's certificate.
     #[error("cannot set up TLS for the gRPC listener: {0} (flag --data-dir holds server.pem and server-key.pem)")]
     Tls(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The HTTP listener's TLS could not be set up.
+    #[error(transparent)]
+    HttpTls(#[from] https::HttpsError),
 }
 
 /// A running hub.
@@ -138,6 +200,8 @@ pub struct Hub {
     pub grpc_addr: SocketAddr,
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
+    /// The status page and API base URL (`http://` or `https://`).
+    pub http_url: String,
     /// The admin token file.
     pub admin_token_path: PathBuf,
     /// SHA-256 of the CA.
@@ -156,6 +220,11 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
         pki::default_hostnames()
     } else {
         args.hostnames.clone()
+    };
+    // Checked before anything is bound: a bad certificate is a configuration error.
+    let explicit_http_tls = match (&args.http.http_tls_cert, &args.http.http_tls_key) {
+        (Some(cert), Some(key)) => Some(https::server_config_from_files(cert, key)?),
+        _ => None,
     };
     let data_dir = args.data_dir.clone();
     let pki = tokio::task::spawn_blocking(move || pki::load_or_init(&data_dir, &hostnames))
@@ -192,19 +261,32 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
 
     let ca_fingerprint = pki.ca.fingerprint();
     let ca_pem = pki.ca.cert_pem().to_owned();
-    let entities = entities::EntityState::load(store.clone())
+    let http_tls = match explicit_http_tls {
+        Some(c) => Some(c),
+        None if args.http.http_tls => Some(https::server_config(
+            pki.server_chain_pem.as_bytes(),
+            pki.server_key_pem.expose().as_bytes(),
+            "the hub's server certificate (--data-dir)",
+        )?),
+        None => None,
+    };
+    let (feed, recorder) = Feed::new(store.clone(), args.history.config());
+    let entities = entities::EntityState::load(store.clone(), feed.clone())
         .await
         .map_err(|source| HubError::LoadState {
             dir: args.data_dir.clone(),
             source,
         })?;
-    let mut state = HubState::new(store, pki.ca, args.client_cert_ttl, Arc::new(entities));
+    let mut state = HubState::new(store, pki.ca, args.client_cert_ttl, Arc::new(entities), feed);
     state.require_client_cert = !args.plaintext && !args.assertion_only;
     state.renewal_grace = args.renewal_grace;
     state.limits = args.limits.clone();
     state.opens = tokio::sync::Semaphore::new(args.limits.max_concurrent_opens.max(1));
     let state = Arc::new(state);
+    state.fleet.set_app_metrics(args.history.app_metrics);
     let tree = Tree::new();
+    let recorder_stop = tree.token().clone();
+    tree.spawn_critical("hub change-feed recorder", recorder.run(recorder_stop));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<TunnelServer<TunnelService>>().await;
@@ -270,8 +352,18 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
             let mut r = prometheus_client::registry::Registry::default();
             crate::telemetry::register_build_info(&mut r);
             state.metrics.register(&mut r);
+            r.register_with_unit(
+                "argocd_gateway_hub_relay_lag",
+                "Relay lag of every delta: from the gateway seeing a change in Argo CD to the hub receiving it",
+                prometheus_client::registry::Unit::Seconds,
+                state.fleet.lag_seconds.clone(),
+            );
+            r.register_collector(Box::new(super::fleet::FleetCollector { state: state.clone() }));
             r
         },
+        secure_cookies: http_tls.is_some(),
+        session_ttl: args.http.session_ttl,
+        shutdown: tree.token().clone(),
     });
     let checks = (state.clone(), args.health_check_interval, tree.token().clone());
     tree.spawn_critical("hub health checks", async move {
@@ -283,22 +375,24 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
         super::lifecycle::reap_pending(reaper.0, reaper.1).await;
         Ok::<(), std::convert::Infallible>(())
     });
+    let http_url = format!("{}://{http_addr}", if http_tls.is_some() { "https" } else { "http" });
     let app = api::router(api_state);
     crate::serve::spawn_http(
         &tree,
-        "hub HTTP",
+        if http_tls.is_some() { "hub HTTPS" } else { "hub HTTP" },
         http_listener,
         app,
         crate::serve::HttpLimits {
             max_connections: args.limits.max_http_connections,
             header_timeout: args.limits.http_header_timeout,
+            tls: http_tls,
             ..Default::default()
         },
         state.metrics.http_connections_refused.clone(),
     );
     tracing::info!(
         grpc = %grpc_addr,
-        http = %http_addr,
+        http = %http_url,
         tls = !args.plaintext,
         ca_fingerprint = %ca_fingerprint,
         admin_token_file = %pki.admin_token_path.display(),
@@ -307,6 +401,7 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
     Ok(Hub {
         grpc_addr,
         http_addr,
+        http_url,
         admin_token_path: pki.admin_token_path,
         ca_fingerprint,
         ca_pem,
@@ -388,4 +483,24 @@ fn server_tls(chain_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Arc<rustls
         .map_err(|e| tls(e.into()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http_and_history_flags_check_their_values() {
+        use clap::Parser;
+        let defaults = ServeArgs::new("d");
+        assert_eq!(defaults.http.session_ttl, Duration::from_secs(12 * 3600));
+        assert!(!defaults.http.http_tls);
+        assert_eq!(defaults.history.config(), HistoryConfig::default());
+        assert!(!defaults.history.app_metrics);
+        assert!(
+            ServeCli::try_parse_from(["hub", "--http-tls-cert", "c.pem"]).is_err(),
+            "a certificate needs its key"
+        );
+        assert!(ServeCli::try_parse_from(["hub", "--feed-backlog", "0"]).is_err());
+    }
 }

@@ -1,5 +1,6 @@
 //! The state the hub's services share: the database, the issuing CA, the live sessions, the
-//! relayed entities, the last health checks, the assertion replay guard and the session tasks.
+//! relayed entities, the change feed, the last health checks, the assertion replay guard and the
+//! session tasks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,8 @@ use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 use super::entities::EntityState;
+use super::feed::Feed;
+use super::fleet::Fleet;
 use super::health::HealthResults;
 use super::limits::Limits;
 use super::metrics::HubMetrics;
@@ -27,6 +30,10 @@ pub struct HubState {
     pub sessions: Sessions,
     /// Relayed applications and clusters.
     pub entities: Arc<EntityState>,
+    /// The change feed (events and timelines).
+    pub feed: Feed,
+    /// Fleet bookkeeping (relay lag, metrics).
+    pub fleet: Fleet,
     /// Client certificate lifetime.
     pub client_cert_ttl: Duration,
     /// Last health check result per gateway.
@@ -48,13 +55,21 @@ pub struct HubState {
 
 impl HubState {
     /// New state.
-    pub fn new(store: Store, ca: CertAuthority, client_cert_ttl: Duration, entities: Arc<EntityState>) -> Self {
+    pub fn new(
+        store: Store,
+        ca: CertAuthority,
+        client_cert_ttl: Duration,
+        entities: Arc<EntityState>,
+        feed: Feed,
+    ) -> Self {
         Self {
             metrics: HubMetrics::default(),
             store,
             ca: Arc::new(ca),
             sessions: Sessions::default(),
             entities,
+            feed,
+            fleet: Fleet::default(),
             client_cert_ttl,
             health: HealthResults::default(),
             require_client_cert: false,

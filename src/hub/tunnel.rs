@@ -195,6 +195,15 @@ impl Tunnel for TunnelService {
         let _ = tx.try_send(msg(hub_message::Body::Welcome(welcome)));
         tracing::info!(gateway_id = %gateway_id, session_id = %session.session_id, version = %hello.gateway_version, "gateway connected");
         super::lifecycle::on_connected(&self.state, &gateway_id).await;
+        self.state
+            .feed
+            .gateway_connected(
+                &gateway_id,
+                &hello.gateway_version,
+                hello.protocol_version,
+                &session.session_id,
+            )
+            .await;
         self.state.tasks.spawn(measure_round_trips(session.clone()));
         let state = self.state.clone();
         self.state
@@ -384,6 +393,9 @@ async fn read_session(
             }
             Some(gateway_message::Body::Delta(delta)) => {
                 let seq = delta.seq;
+                if let Some(age) = delta.oldest_change_age_ms {
+                    state.fleet.relay_lag(&gateway_id, age, &session);
+                }
                 match state.entities.apply_delta(&gateway_id, delta, &limits, &refused).await {
                     Ok(digest) => {
                         super::lifecycle::on_state(&state, &gateway_id);
@@ -416,6 +428,7 @@ async fn read_session(
     drop(tx);
     if state.sessions.remove_if_current(&gateway_id, &session.session_id) {
         tracing::info!(gateway_id = %gateway_id, session_id = %session.session_id, reason = %reason, "gateway disconnected");
+        state.feed.gateway_disconnected(&gateway_id, &reason).await;
     }
     let _ = state
         .store

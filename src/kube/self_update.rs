@@ -18,7 +18,6 @@
 //! says why (naming `autoUpdate.enabled=false`), and tells the hub, which shows the gateway's
 //! "update held" state.
 
-use std::cmp::Ordering;
 use std::fmt;
 use std::time::Duration;
 
@@ -252,35 +251,9 @@ impl ImageRef {
     }
 }
 
-/// What to do about the hub's desired version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// The hub has no desired version.
-    NotSet,
-    /// Already at the desired version.
-    UpToDate,
-    /// Newer, same major: update.
-    Upgrade,
-    /// Older: never go back.
-    RefuseDowngrade,
-    /// Another major version: needs `helm upgrade`.
-    RefuseMajor,
-    /// A GitOps controller manages the Deployment: a patch would be reverted at its next sync.
-    Held,
-}
-
-/// Compares by semver precedence (build metadata does not count).
-pub fn decide(current: &Version, desired: Option<&Version>) -> Decision {
-    let Some(desired) = desired else {
-        return Decision::NotSet;
-    };
-    match desired.cmp_precedence(current) {
-        Ordering::Equal => Decision::UpToDate,
-        Ordering::Less => Decision::RefuseDowngrade,
-        Ordering::Greater if desired.major != current.major => Decision::RefuseMajor,
-        Ordering::Greater => Decision::Upgrade,
-    }
-}
+// The decision is part of the version contract the hub shares (it shows "update available"
+// or "update held" for each gateway), so it lives in `wire::version`.
+pub use crate::wire::version::{Decision, decide};
 
 /// Which objects to look at.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -378,7 +378,15 @@ impl Relay {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let delta = Delta { seq, entities };
+        let oldest_change_age_ms = seen
+            .iter()
+            .min()
+            .map(|t| t.elapsed().as_millis().min(u128::from(u32::MAX)) as u32);
+        let delta = Delta {
+            seq,
+            entities,
+            oldest_change_age_ms,
+        };
         bump(&self.counters.deltas, 1);
         bump(&self.counters.bytes_sent, prost::Message::encoded_len(&delta) as u64);
         self.in_flight.push_back(InFlight {

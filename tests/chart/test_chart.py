@@ -929,7 +929,9 @@ def test_check_in_the_pod_reads_the_pods_configuration(rendered, cli):
         run_only = {"ARGOCD_GATEWAY_KEEPALIVE_INTERVAL", "ARGOCD_GATEWAY_KEEPALIVE_MAX_FAILURES",
                     "ARGOCD_GATEWAY_LEADER_ELECT", "ARGOCD_GATEWAY_LEASE_NAME",
                     "ARGOCD_GATEWAY_REGISTRATION_TOKEN_FILE", "ARGOCD_GATEWAY_NAME",
-                    "ARGOCD_GATEWAY_ENVIRONMENT", "ARGOCD_GATEWAY_ARGOCD_WEB_URL"}
+                    "ARGOCD_GATEWAY_ENVIRONMENT", "ARGOCD_GATEWAY_ARGOCD_WEB_URL",
+                    # What the relay sends the hub; `check` sends nothing.
+                    "ARGOCD_GATEWAY_MAX_ANSWER_BYTES", "ARGOCD_GATEWAY_MAX_ENTITY_BYTES"}
         for name in env_of(gw):
             if name.startswith("ARGOCD_GATEWAY_") and name not in run_only:
                 assert name in check_vars, (case, name)

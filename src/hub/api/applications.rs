@@ -63,37 +63,159 @@ pub(super) async fn ensure_gateway(state: &ApiState, id: &str) -> Result<(), Api
     }
 }
 
-pub(super) async fn list_gateway(
-    State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
-    Query(filter): Query<AppFilter>,
-    Query(raw): Query<Vec<(String, String)>>,
-) -> Result<Json<Value>, ApiError> {
-    ensure_gateway(&state, &id).await?;
-    let m = Matcher::new(&filter, &raw)?;
-    let stale = state.hub.sessions.get(&id).is_none();
-    let items: Vec<Value> = state.hub.entities.with(&id, |g| {
-        g.map(|g| {
-            g.apps
-                .values()
-                .filter(|s| m.matches(&s.item))
-                .map(|s| decorate(s.item.as_ref(), &id, stale))
-                .collect()
-        })
-        .unwrap_or_default()
-    });
-    Ok(Json(json!({ "items": items })))
+/// Paging, sorting and shape of the application lists (the filters are [`AppFilter`]).
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ListQuery {
+    /// Only this gateway's applications (the all-gateways list).
+    gateway: Option<String>,
+    /// Page size; without it every match is answered.
+    limit: Option<usize>,
+    /// Matches to skip before the page.
+    offset: Option<usize>,
+    /// `name` (default: gateway, namespace, name), `namespace`, `gateway`, `project`, `health`
+    /// (worst first), `sync` (OutOfSync first), `operation`, `reconciledAt`; `-` in front
+    /// reverses.
+    sort: Option<String>,
+    /// `full` (default) or `summary` (without resources and images).
+    view: Option<String>,
+    /// Also answer the projects and gateways present, for filter choices.
+    facets: Option<bool>,
 }
 
-pub(super) async fn list_all(
-    State(state): State<Arc<ApiState>>,
-    Query(filter): Query<AppFilter>,
-    Query(raw): Query<Vec<(String, String)>>,
+/// Whether `view` asks for summaries (`summary`) rather than full items (`full`, the default).
+pub(super) fn summary_view(view: Option<&str>) -> Result<bool, ApiError> {
+    match view {
+        None | Some("full") => Ok(false),
+        Some("summary") => Ok(true),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("view must be full or summary, not {other:?}"),
+        )),
+    }
+}
+
+/// The largest page.
+pub const MAX_PAGE: usize = 5000;
+
+/// How to order a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SortKey {
+    Gateway,
+    Name,
+    Namespace,
+    Project,
+    Health,
+    Sync,
+    Operation,
+    ReconciledAt,
+}
+
+fn health_rank(app: &Application) -> u8 {
+    use crate::wire::item::HealthStatusCode::*;
+    match app.health.status {
+        Degraded => 0,
+        Missing => 1,
+        Unknown => 2,
+        Progressing => 3,
+        Suspended => 4,
+        Other(_) => 5,
+        Healthy => 6,
+        Empty => 7,
+    }
+}
+
+fn sync_rank(app: &Application) -> u8 {
+    use crate::wire::item::SyncStatusCode::*;
+    match app.sync.status {
+        OutOfSync => 0,
+        Unknown => 1,
+        Other(_) => 2,
+        Synced => 3,
+        Empty => 4,
+    }
+}
+
+fn parse_sort(sort: Option<&str>) -> Result<(SortKey, bool), ApiError> {
+    let s = sort.map(str::trim).unwrap_or("");
+    let (desc, key) = match s.strip_prefix('-') {
+        Some(k) => (true, k),
+        None => (false, s),
+    };
+    let key = match key {
+        "" | "gateway" => SortKey::Gateway,
+        "name" => SortKey::Name,
+        "namespace" => SortKey::Namespace,
+        "project" => SortKey::Project,
+        "health" => SortKey::Health,
+        "sync" => SortKey::Sync,
+        "operation" => SortKey::Operation,
+        "reconciledAt" => SortKey::ReconciledAt,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "cannot sort by {other:?}; use name, namespace, gateway, project, health, sync, operation or reconciledAt (- in front reverses)"
+                ),
+            ));
+        }
+    };
+    Ok((key, desc))
+}
+
+type Listed = (String, bool, Arc<Application>);
+
+fn sort_listed(items: &mut [Listed], key: SortKey, desc: bool) {
+    let tie = |a: &Listed, b: &Listed| (&a.0, &a.2.namespace, &a.2.name).cmp(&(&b.0, &b.2.namespace, &b.2.name));
+    items.sort_by(|a, b| {
+        let (x, y) = (&a.2, &b.2);
+        let primary = match key {
+            SortKey::Gateway => std::cmp::Ordering::Equal,
+            SortKey::Name => (&x.name, &x.namespace).cmp(&(&y.name, &y.namespace)),
+            SortKey::Namespace => x.namespace.cmp(&y.namespace),
+            SortKey::Project => x.project.cmp(&y.project),
+            SortKey::Health => health_rank(x).cmp(&health_rank(y)),
+            SortKey::Sync => sync_rank(x).cmp(&sync_rank(y)),
+            SortKey::Operation => {
+                let phase = |a: &Application| {
+                    a.operation
+                        .as_ref()
+                        .map(|o| o.phase.as_str().to_owned())
+                        .unwrap_or_default()
+                };
+                phase(x).cmp(&phase(y))
+            }
+            SortKey::ReconciledAt => x.reconciled_at.cmp(&y.reconciled_at),
+        };
+        let o = primary.then_with(|| tie(a, b));
+        if desc { o.reverse() } else { o }
+    });
+}
+
+/// Lists applications of one gateway or all, filtered, sorted and (with `limit`) paged.
+async fn list(
+    state: &ApiState,
+    gateway: Option<String>,
+    filter: &AppFilter,
+    raw: &[(String, String)],
+    q: &ListQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let m = Matcher::new(&filter, &raw)?;
-    // Sorted by gateway, then namespace and name (each gateway's map is in key order already).
-    let mut matched: Vec<(String, bool, Arc<Application>)> = state.hub.entities.with_all(|all| {
-        all.iter()
+    let m = Matcher::new(filter, raw)?;
+    let (key, desc) = parse_sort(q.sort.as_deref())?;
+    let summary = summary_view(q.view.as_deref())?;
+    if q.limit.is_some_and(|l| l == 0 || l > MAX_PAGE) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    // Read before the state: an event at or below this id is already in the answer, so a client
+    // that follows the feed from here may see a change twice but never misses one.
+    let last_event_id = state.hub.feed.bounds().await?.last;
+    let gateway = gateway.filter(|g| !g.is_empty());
+    let (mut matched, facets): (Vec<Listed>, Option<Value>) = state.hub.entities.with_all(|all| {
+        let matched = all
+            .iter()
+            .filter(|(gw, _)| gateway.as_ref().is_none_or(|g| g == *gw))
             .flat_map(|(gw, g)| {
                 let stale = state.hub.sessions.get(gw).is_none();
                 g.apps
@@ -101,14 +223,58 @@ pub(super) async fn list_all(
                     .filter(|s| m.matches(&s.item))
                     .map(move |s| (gw.clone(), stale, s.item.clone()))
             })
-            .collect()
+            .collect();
+        let facets = q.facets.unwrap_or(false).then(|| {
+            let projects: std::collections::BTreeSet<&str> = all
+                .values()
+                .flat_map(|g| g.apps.values().map(|s| s.item.project.as_str()))
+                .collect();
+            let mut gateways: Vec<&String> = all.keys().collect();
+            gateways.sort();
+            json!({ "projects": projects, "gateways": gateways })
+        });
+        (matched, facets)
     });
-    matched.sort_by(|a, b| (&a.0, &a.2.namespace, &a.2.name).cmp(&(&b.0, &b.2.namespace, &b.2.name)));
-    let items: Vec<Value> = matched
+    sort_listed(&mut matched, key, desc);
+    let total = matched.len();
+    let offset = q.offset.unwrap_or(0).min(total);
+    let end = q.limit.map_or(total, |l| (offset + l).min(total));
+    let items: Vec<Value> = matched[offset..end]
         .iter()
-        .map(|(gw, stale, app)| decorate(app.as_ref(), gw, *stale))
+        .map(|(gw, stale, app)| {
+            let v = decorate(app.as_ref(), gw, *stale);
+            if summary { crate::hub::feed::summarize(v) } else { v }
+        })
         .collect();
-    Ok(Json(json!({ "items": items })))
+    let mut body = json!({ "items": items, "total": total, "lastEventId": last_event_id });
+    if let Some(limit) = q.limit {
+        body["offset"] = json!(offset);
+        body["limit"] = json!(limit);
+    }
+    if let Some(f) = facets {
+        body["facets"] = f;
+    }
+    Ok(Json(body))
+}
+
+pub(super) async fn list_gateway(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    Query(filter): Query<AppFilter>,
+    Query(q): Query<ListQuery>,
+    Query(raw): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    ensure_gateway(&state, &id).await?;
+    list(&state, Some(id), &filter, &raw, &q).await
+}
+
+pub(super) async fn list_all(
+    State(state): State<Arc<ApiState>>,
+    Query(filter): Query<AppFilter>,
+    Query(q): Query<ListQuery>,
+    Query(raw): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    list(&state, q.gateway.clone(), &filter, &raw, &q).await
 }
 
 fn app_key(namespace: &str, name: &str) -> String {

@@ -1,7 +1,8 @@
-//! Registered gateways: list and show them with their connection, version, certificate expiry,
-//! application count, last health check, lifecycle state (connected, disconnected, pending) and
-//! update hold, plus removed gateways with when and why; delete (revoke) one, closing its live
-//! session at once; run a health check now.
+//! Registered gateways: list and show them with their connection, version (and whether an
+//! update is available or held against the desired version), certificate expiry, application
+//! counts by health and sync, relay lag, last health check, lifecycle state (connected,
+//! disconnected, pending) and the entities the hub refused, plus removed gateways with when and
+//! why; delete (revoke) one, closing its live session at once; run a health check now.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 use super::applications::{ensure_gateway, failure};
 use super::{ApiError, ApiResult, ApiState, rfc3339};
+use crate::hub::fleet::{Counts, UpdateState, counts, update_state};
 use crate::hub::health::run_health_check;
 use crate::hub::store::GatewayRecord;
 
@@ -30,15 +32,24 @@ pub(super) struct GatewayView {
     registered_at: Option<String>,
     application_count: usize,
     health: Option<serde_json::Value>,
+    applications: Counts,
+    update: UpdateState,
+    relay_lag_seconds: Option<f64>,
     /// Entities the hub refused from this gateway (limits, invalid items).
     refused: crate::hub::entities::Refusals,
     /// `connected`, `disconnected`, or `pending` (registered, never connected yet).
     state: &'static str,
-    /// Why self-update holds back, and since when; null when it does not.
+    /// Why self-update holds back, and since when, as the gateway reported; null when it does
+    /// not.
     update_held: Option<serde_json::Value>,
 }
 
-fn gateway_view(state: &ApiState, g: GatewayRecord, held: Option<&(String, i64)>) -> GatewayView {
+fn gateway_view(
+    state: &ApiState,
+    g: GatewayRecord,
+    desired: Option<&str>,
+    held: Option<&(String, i64)>,
+) -> GatewayView {
     let live = state.hub.sessions.get(&g.id);
     let lifecycle_state = if live.is_some() {
         "connected"
@@ -51,14 +62,27 @@ fn gateway_view(state: &ApiState, g: GatewayRecord, held: Option<&(String, i64)>
         .as_ref()
         .map(|s| s.last_seen.load(std::sync::atomic::Ordering::Relaxed))
         .or(g.last_seen_at);
+    let version = live.as_ref().map(|s| s.version.clone()).unwrap_or(g.version);
+    let (application_count, applications) = state
+        .hub
+        .entities
+        .with(&g.id, |e| (e.map(|e| e.apps.len()).unwrap_or(0), counts(e)));
     GatewayView {
         connected: live.is_some(),
         last_seen_at: rfc3339(last_seen),
-        version: live.as_ref().map(|s| s.version.clone()).unwrap_or(g.version),
+        // A hold the gateway reports (a GitOps controller owns its Deployment) outranks what
+        // the versions alone say.
+        update: match held {
+            Some((reason, _)) => UpdateState::held(desired, reason),
+            None => update_state(&version, desired),
+        },
+        relay_lag_seconds: state.hub.fleet.lag(&g.id),
+        applications,
+        version,
         protocol_version: live.as_ref().map(|s| s.protocol_version).unwrap_or(g.protocol_version),
         certificate_expires_at: rfc3339(g.certificate_expires_at),
         registered_at: rfc3339(Some(g.created_at)),
-        application_count: state.hub.entities.with(&g.id, |e| e.map(|e| e.apps.len()).unwrap_or(0)),
+        application_count,
         refused: state
             .hub
             .entities
@@ -73,7 +97,12 @@ fn gateway_view(state: &ApiState, g: GatewayRecord, held: Option<&(String, i64)>
     }
 }
 
+async fn desired_version(state: &ApiState) -> ApiResult<Option<String>> {
+    Ok(state.hub.store.setting(super::version::SETTING_KEY).await?)
+}
+
 pub(super) async fn list_gateways(State(state): State<Arc<ApiState>>) -> ApiResult<Json<serde_json::Value>> {
+    let desired = desired_version(&state).await?;
     let holds = state.hub.store.update_holds().await?;
     let mut items: Vec<serde_json::Value> = state
         .hub
@@ -83,7 +112,7 @@ pub(super) async fn list_gateways(State(state): State<Arc<ApiState>>) -> ApiResu
         .into_iter()
         .map(|g| {
             let held = holds.get(&g.id);
-            serde_json::to_value(gateway_view(&state, g, held)).unwrap_or_default()
+            serde_json::to_value(gateway_view(&state, g, desired.as_deref(), held)).unwrap_or_default()
         })
         .collect();
     // Removed gateways stay listed with when and why, so a gateway that vanished is explained.
@@ -95,11 +124,12 @@ pub(super) async fn get_gateway(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<GatewayView>> {
+    let desired = desired_version(&state).await?;
     match state.hub.store.gateway(id.clone()).await? {
         Some(g) => {
             let holds = state.hub.store.update_holds().await?;
             let held = holds.get(&g.id);
-            Ok(Json(gateway_view(&state, g, held)))
+            Ok(Json(gateway_view(&state, g, desired.as_deref(), held)))
         }
         None => Err(super::registrations::not_found_gateway(&state, &id).await),
     }

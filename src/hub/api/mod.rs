@@ -1,31 +1,34 @@
-//! The hub's HTTP JSON API. Every `/api/v1` route needs the admin bearer token, checked by one
-//! layer ([`require_admin`]) before any handler or body parsing runs; `/healthz` and `/metrics`
-//! are open like any probe or scrape target. Times are RFC 3339; errors are
+//! The hub's HTTP JSON API. Every `/api/v1` route (but the page's login) needs a credential
+//! with a role that may use it, checked by one layer ([`access::authorize`]) before any handler
+//! or body parsing runs; `/healthz` and `/metrics` are open like any probe or scrape target, and
+//! so are the status page's static files ([`crate::hub::page`]). Times are RFC 3339; errors are
 //! `{"error": "...", "code"?: "..."}` with a fitting status.
 //!
-//! Files: [`tokens`] (registration tokens), [`install`] (the printed helm command),
-//! [`registrations`] (install progress per token, removed gateways), [`gateways`] (gateways,
-//! revocation, health check),
-//! [`applications`] (relayed state and requests forwarded to gateways), [`wait`]
-//! (deployment verification), [`selector`] (list filters), [`version`] (desired gateway
-//! version).
+//! Files: [`access`] (roles, API tokens, page sessions and CSRF), [`tokens`] (registration
+//! tokens), [`install`] (the printed helm command), [`registrations`] (install progress per
+//! token, removed gateways), [`gateways`] (gateways, revocation, health check),
+//! [`applications`] (relayed state and requests forwarded to gateways), [`wait`] (deployment
+//! verification), [`selector`] (list and feed filters), [`version`] (desired gateway
+//! version), [`events`] (the change feed), [`timeline`] (state timelines).
 
+pub mod access;
 pub mod applications;
+pub mod events;
 pub mod gateways;
 pub mod install;
 pub mod registrations;
 pub mod selector;
+pub mod timeline;
 pub mod tokens;
 pub mod version;
 pub mod wait;
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
 use super::state::HubState;
@@ -45,6 +48,12 @@ pub struct ApiState {
     pub helm_chart: String,
     /// Metrics registry.
     pub registry: prometheus_client::registry::Registry,
+    /// Whether the HTTP listener serves TLS: page cookies are then `Secure`.
+    pub secure_cookies: bool,
+    /// How long a status-page login lasts.
+    pub session_ttl: std::time::Duration,
+    /// Cancelled when the hub shuts down: long-lived responses (the change feed) end then.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// An API error: a status and a JSON body with at least `error`.
@@ -85,31 +94,6 @@ pub fn rfc3339(secs: Option<i64>) -> Option<String> {
         .map(|t| t.to_string())
 }
 
-/// Checks the admin bearer token.
-fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(t) if crate::util::constant_time_eq(t.as_bytes(), state.admin_token.expose().as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid admin token")),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing admin token: send Authorization: Bearer <token from the hub's admin-token file>",
-        )),
-    }
-}
-
-/// The authorization layer of every `/api/v1` route: the admin token, before anything else.
-pub async fn require_admin(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
-    match authorize(&state, request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
-    }
-}
-
 /// Builds the router.
 pub fn router(state: Arc<ApiState>) -> Router {
     const APP: &str = "/api/v1/gateways/{id}/applications/{namespace}/{name}";
@@ -143,16 +127,47 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(&format!("{APP}/logs"), get(applications::logs))
         .route(&format!("{APP}/wait"), post(wait::wait))
         .route("/api/v1/desired-version", version::routes())
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_admin));
+        .route(
+            "/api/v1/api-tokens",
+            get(access::list_api_tokens).post(access::create_api_token),
+        )
+        .route("/api/v1/api-tokens/{id}", delete(access::delete_api_token))
+        .route("/api/v1/session", get(access::session))
+        .route("/api/v1/logout", post(access::logout))
+        .route("/api/v1/events", get(events::events))
+        .route("/api/v1/gateways/{id}/timeline", get(timeline::gateway_timeline))
+        .route(&format!("{APP}/timeline"), get(timeline::app_timeline))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::authorize));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .route("/api/v1/login", post(access::login))
         .merge(api)
+        .merge(crate::hub::page::routes())
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// Headers on every answer: nothing is sniffed into HTML, framed by another site, or told where
+/// it came from; scripts and styles load only from the hub itself.
+async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(crate::hub::page::CONTENT_SECURITY_POLICY),
+    );
+    resp
 }
 
 /// Prometheus metrics; unauthenticated like any scrape target, and free of secrets.
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     state.hub.metrics.connected.set(state.hub.sessions.len() as i64);
+    match state.hub.store.gateways().await {
+        Ok(g) => state.hub.fleet.set_gateways(g),
+        Err(e) => tracing::warn!(error = %e, "cannot read the gateways for the fleet metrics"),
+    }
     crate::telemetry::encode(&state.registry)
 }

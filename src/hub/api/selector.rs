@@ -1,6 +1,7 @@
 //! The filters of the application lists: a Kubernetes-style label selector (`k=v`, `k!=v`,
 //! `k`, `!k`, `k in (a,b)`, `k notin (a,b)`), annotations (`annotation=k=v`, repeatable),
-//! health, sync status and project.
+//! health, sync status, project and a text search (`q`). The change feed applies the same
+//! filters to application events.
 
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -19,6 +20,9 @@ pub struct AppFilter {
     pub sync: Option<String>,
     /// Project.
     pub project: Option<String>,
+    /// Text search: case-insensitive, in the name, namespace, project, destination, sources,
+    /// revision, labels and annotations.
+    pub q: Option<String>,
 }
 
 /// One label-selector requirement.
@@ -100,6 +104,7 @@ pub struct Matcher {
     health: Option<String>,
     sync: Option<String>,
     project: Option<String>,
+    text: Option<String>,
 }
 
 impl Matcher {
@@ -124,12 +129,35 @@ impl Matcher {
             annotations,
             health: filter.health.clone(),
             sync: filter.sync.clone(),
-            project: filter.project.clone(),
+            project: filter.project.clone().filter(|p| !p.is_empty()),
+            text: filter
+                .q
+                .as_deref()
+                .map(str::trim)
+                .filter(|q| !q.is_empty())
+                .map(str::to_lowercase),
         })
+    }
+
+    /// Whether the filter says anything about applications (an empty one passes every event).
+    pub fn is_empty(&self) -> bool {
+        self.selector.is_empty()
+            && self.annotations.is_empty()
+            && self.health.is_none()
+            && self.sync.is_none()
+            && self.project.is_none()
+            && self.text.is_none()
     }
 
     /// Whether an application passes every part of the filter.
     pub fn matches(&self, app: &Application) -> bool {
+        self.matches_as(app, app.health.status.as_str(), app.sync.status.as_str())
+    }
+
+    /// Whether an application would pass with this health and sync status (the change feed
+    /// asks it of an application's previous state, so a watcher of Degraded applications also
+    /// learns when one recovers).
+    pub fn matches_as(&self, app: &Application, health: &str, sync: &str) -> bool {
         let label = |k: &str| app.labels.get(k).map(String::as_str);
         let ok_selector = self.selector.iter().all(|r| match r {
             Req::Eq(k, v) => label(k) == Some(v.as_str()),
@@ -146,10 +174,31 @@ impl Matcher {
         let eq_ci = |want: &Option<String>, got: &str| want.as_ref().is_none_or(|w| got.eq_ignore_ascii_case(w));
         ok_selector
             && ok_annotations
-            && eq_ci(&self.health, app.health.status.as_str())
-            && eq_ci(&self.sync, app.sync.status.as_str())
+            && eq_ci(&self.health, health)
+            && eq_ci(&self.sync, sync)
             && self.project.as_ref().is_none_or(|p| &app.project == p)
+            && self.text.as_deref().is_none_or(|q| text_matches(app, q))
     }
+}
+
+/// Whether `q` (lower case) occurs in any searchable text of the application.
+fn text_matches(app: &Application, q: &str) -> bool {
+    let has = |s: &str| !s.is_empty() && s.to_lowercase().contains(q);
+    has(&app.name)
+        || has(&app.namespace)
+        || has(&format!("{}/{}", app.namespace, app.name))
+        || has(&app.project)
+        || has(&app.destination.server)
+        || has(&app.destination.name)
+        || has(&app.destination.namespace)
+        || has(&app.sync.revision)
+        || app.sync.revisions.iter().any(|r| has(r))
+        || app
+            .sources
+            .iter()
+            .any(|s| has(&s.repo_url) || has(&s.path) || has(&s.chart))
+        || app.labels.iter().any(|(k, v)| has(k) || has(v))
+        || app.annotations.iter().any(|(k, v)| has(k) || has(v))
 }
 
 #[cfg(test)]
@@ -184,5 +233,55 @@ mod tests {
             json!({"labels": {"env": "dev", "team": "x"}, "annotations": {"owner": "me"}, "health": {"status": "Healthy"}}),
         );
         assert!(!m.matches(&other));
+        // A Degraded one would have passed: matches_as sees the previous state.
+        assert!(!m.matches(&item(json!({"labels": {"env": "prod", "team": "x"}, "annotations": {"owner": "me"}, "health": {"status": "Degraded"}}))));
+        assert!(m.matches_as(&app, "Healthy", ""));
+        assert!(!m.is_empty());
+    }
+
+    #[test]
+    fn text_search() {
+        let app: Application = serde_json::from_value(json!({
+            "namespace": "argocd", "name": "Checkout-API", "project": "payments",
+            "labels": {"team": "shop"}, "annotations": {"owner": "<b>alice</b>"},
+            "sources": [{"repoURL": "https://git.example.com/shop.git", "path": "deploy/prod"}],
+            "sync": {"revision": "9f8e7d6c"}
+        }))
+        .unwrap();
+        let m = |q: &str| {
+            Matcher::new(
+                &AppFilter {
+                    q: Some(q.into()),
+                    ..Default::default()
+                },
+                &[],
+            )
+            .unwrap()
+            .matches(&app)
+        };
+        for q in [
+            "checkout",
+            "ARGOCD/check",
+            "payments",
+            "shop",
+            "alice",
+            "deploy/prod",
+            "9f8e",
+            "  api ",
+        ] {
+            assert!(m(q), "{q}");
+        }
+        assert!(!m("billing"));
+        assert!(
+            Matcher::new(
+                &AppFilter {
+                    q: Some("  ".into()),
+                    ..Default::default()
+                },
+                &[]
+            )
+            .unwrap()
+            .is_empty()
+        );
     }
 }

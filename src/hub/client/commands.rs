@@ -78,6 +78,14 @@ pub enum ClientCommand {
     /// Show or set the gateway version that `self-update` moves gateways to.
     #[command(subcommand)]
     DesiredVersion(DesiredVersionCommand),
+    /// Manage API tokens with roles (viewer, operator, admin).
+    #[command(subcommand)]
+    ApiToken(super::fleet::ApiTokenCommand),
+    /// Follow the fleet change feed: application changes, gateway connects, disconnects and
+    /// health checks (resumes after a dropped connection).
+    Events(super::fleet::EventsArgs),
+    /// Show the state timeline of an application, or of every application of a gateway.
+    Timeline(super::fleet::TimelineArgs),
 }
 
 /// Desired-version subcommands.
@@ -103,6 +111,14 @@ pub struct AppsArgs {
     /// Only this gateway's applications.
     #[arg(long)]
     pub gateway: Option<String>,
+    /// Which applications.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// The application filters of `hub apps` and `hub events`.
+#[derive(Debug, clap::Args)]
+pub struct FilterArgs {
     /// Label selector (k=v, k!=v, k, !k, k in (a,b)).
     #[arg(long, short = 'l')]
     pub selector: Option<String>,
@@ -118,6 +134,25 @@ pub struct AppsArgs {
     /// Project.
     #[arg(long)]
     pub project: Option<String>,
+}
+
+impl FilterArgs {
+    /// The filters as API query parameters.
+    pub fn query(&self) -> Vec<(String, String)> {
+        let mut query: Vec<(String, String)> = vec![];
+        for (k, v) in [
+            ("selector", &self.selector),
+            ("health", &self.health),
+            ("sync", &self.sync),
+            ("project", &self.project),
+        ] {
+            if let Some(v) = v {
+                query.push((k.into(), v.clone()));
+            }
+        }
+        query.extend(self.annotations.iter().map(|v| ("annotation".to_owned(), v.clone())));
+        query
+    }
 }
 
 /// One application of one gateway.
@@ -232,6 +267,9 @@ pub enum GatewayCommand {
 pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
     use reqwest::Method;
     match cmd {
+        ClientCommand::ApiToken(c) => super::fleet::api_token(c).await,
+        ClientCommand::Events(a) => super::fleet::events(a).await,
+        ClientCommand::Timeline(a) => super::fleet::timeline(a).await,
         ClientCommand::Token(TokenCommand::Create {
             api,
             ttl,
@@ -345,18 +383,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Apps(a) => {
-            let mut query: Vec<(String, String)> = vec![];
-            for (k, v) in [
-                ("selector", &a.selector),
-                ("health", &a.health),
-                ("sync", &a.sync),
-                ("project", &a.project),
-            ] {
-                if let Some(v) = v {
-                    query.push((k.into(), v.clone()));
-                }
-            }
-            query.extend(a.annotations.iter().map(|v| ("annotation".to_owned(), v.clone())));
+            let query = a.filter.query();
             let qs: String = url::form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(query)
                 .finish();

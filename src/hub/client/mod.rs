@@ -4,6 +4,7 @@
 //! follows an install's progress.
 
 pub mod commands;
+pub mod fleet;
 pub mod print;
 pub mod status;
 
@@ -34,8 +35,13 @@ pub struct ApiArgs {
         default_value = "./hub-data/admin-token"
     )]
     pub admin_token_file: PathBuf,
-    /// The admin token itself (overrides --admin-token-file).
-    #[arg(long, env = "ARGOCD_GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
+    /// The admin token itself, or an API token (overrides --admin-token-file).
+    #[arg(
+        long,
+        visible_alias = "token",
+        env = "ARGOCD_GATEWAY_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<Secret>,
     /// Print raw JSON instead of a table.
     #[arg(long, short = 'o', value_parser = ["table", "json"], default_value = "table")]
@@ -74,6 +80,13 @@ impl ApiClient {
             base: args.hub_api.trim_end_matches('/').to_owned(),
             token,
         })
+    }
+
+    /// A request with the token, for answers that are read as they arrive.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(self.token.expose())
     }
 
     /// Sends a request and returns the JSON answer (null for 204).

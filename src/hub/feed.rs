@@ -1,0 +1,657 @@
+//! The fleet change feed: application upserts and deletions, gateway connects, disconnects,
+//! deletions and health-check results, each with an id that only ever increases.
+//!
+//! The places where state changes publish here ([`Feed`]): the entity state after applying a
+//! snapshot or delta, the tunnel when a session starts and ends, the health checks, the API when
+//! a gateway is deleted. One recorder task ([`Recorder`]) turns them into events and timeline
+//! points, writes both in one transaction — the store assigns the ids, so they are durable and
+//! increase across restarts — and only then broadcasts the events to live subscribers, in id
+//! order. Publishing waits when the recorder falls behind (the channel is bounded), which slows
+//! the gateways' acknowledgements instead of losing events or growing memory.
+//!
+//! The store keeps a bounded backlog (`--feed-backlog` events, `--feed-max-age`); a subscriber
+//! resumes from any id still in it ([`Feed::replay`]) and is told plainly when it is not
+//! ([`ReplayError::Gone`]). The HTTP endpoint is `api::events`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::store::{FeedBounds, FeedEventRow, NewFeedEvent, Store, StoreError, TimelineRow};
+use super::timeline;
+use crate::wire::item::Application;
+
+/// How much history the hub keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// Change-feed events kept for resuming subscribers.
+    pub feed_backlog: u64,
+    /// Change-feed events older than this are dropped.
+    pub feed_max_age: Duration,
+    /// Timeline points kept per application.
+    pub timeline_per_app: usize,
+    /// Timeline points older than this are dropped.
+    pub timeline_max_age: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            feed_backlog: 100_000,
+            feed_max_age: Duration::from_secs(7 * 24 * 3600),
+            timeline_per_app: 500,
+            timeline_max_age: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// The kinds of events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// An application appeared or changed.
+    AppUpserted,
+    /// An application was deleted.
+    AppDeleted,
+    /// A gateway's session started.
+    GatewayConnected,
+    /// A gateway's session ended.
+    GatewayDisconnected,
+    /// A health check of a gateway finished.
+    GatewayHealth,
+    /// A gateway was deleted (revoked) at the hub; its applications are gone with it.
+    GatewayDeleted,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 6] = [
+        Self::AppUpserted,
+        Self::AppDeleted,
+        Self::GatewayConnected,
+        Self::GatewayDisconnected,
+        Self::GatewayHealth,
+        Self::GatewayDeleted,
+    ];
+
+    /// The `type` (and SSE `event`) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AppUpserted => "application.upserted",
+            Self::AppDeleted => "application.deleted",
+            Self::GatewayConnected => "gateway.connected",
+            Self::GatewayDisconnected => "gateway.disconnected",
+            Self::GatewayHealth => "gateway.health",
+            Self::GatewayDeleted => "gateway.deleted",
+        }
+    }
+
+    /// From a `type` name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether the event is about one application.
+    pub fn is_application(self) -> bool {
+        matches!(self, Self::AppUpserted | Self::AppDeleted)
+    }
+}
+
+/// A recorded event, as live subscribers receive it.
+#[derive(Debug)]
+pub struct Event {
+    /// Monotonically increasing id.
+    pub id: i64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The gateway it concerns.
+    pub gateway_id: String,
+    /// The event as served (with `id`), the application in full.
+    pub full: Arc<str>,
+    /// The same with the application summarised (no resources or images), for views that
+    /// show many applications.
+    pub summary: Arc<str>,
+    /// The application after the change (or as last known, for a deletion).
+    pub app: Option<Arc<Application>>,
+    /// Health and sync status before the change, when the application existed.
+    pub previous: Option<(String, String)>,
+}
+
+/// One application change seen by the entity state.
+#[derive(Debug, Clone)]
+pub struct AppChange {
+    /// `namespace/name`.
+    pub key: String,
+    /// The item before (none: new).
+    pub before: Option<Arc<Application>>,
+    /// The item after (none: deleted).
+    pub after: Option<Arc<Application>>,
+}
+
+enum Input {
+    Apps {
+        gateway_id: String,
+        at_ms: i64,
+        changes: Vec<AppChange>,
+    },
+    Gateway {
+        gateway_id: String,
+        at_ms: i64,
+        kind: EventKind,
+        body: Map<String, Value>,
+    },
+}
+
+/// Why a subscriber cannot resume.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The events after the id were pruned (or the id was never issued by this hub).
+    #[error(
+        "event id {since} is no longer in the hub's backlog (it keeps events after {pruned_through}, newest {last}): list the current state again and follow the feed from the newest id"
+    )]
+    Gone {
+        /// The id asked for.
+        since: i64,
+        /// Everything up to this id is gone.
+        pruned_through: i64,
+        /// The newest id.
+        last: i64,
+    },
+    /// Reading the backlog failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Queued publications before publishers wait for the recorder.
+const QUEUE: usize = 1024;
+/// Live events buffered per subscriber before it has to catch up from the store.
+const LIVE_BUFFER: usize = 4096;
+/// Publications the recorder writes in one transaction at most.
+const BATCH: usize = 256;
+
+/// The feed's publishing and subscribing side; cheap to clone.
+#[derive(Clone)]
+pub struct Feed {
+    tx: mpsc::Sender<Input>,
+    live: broadcast::Sender<Arc<Event>>,
+    store: Store,
+}
+
+/// The task that records and broadcasts what was published.
+pub struct Recorder {
+    rx: mpsc::Receiver<Input>,
+    live: broadcast::Sender<Arc<Event>>,
+    store: Store,
+    config: HistoryConfig,
+}
+
+fn now_ms() -> i64 {
+    crate::util::unix_ms_now()
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// An application as the feed serves it: the relayed item plus its gateway.
+pub fn app_json(app: &Application, gateway_id: &str) -> Value {
+    let mut v = serde_json::to_value(app).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("gatewayId".into(), json!(gateway_id));
+    }
+    v
+}
+
+/// The summary of an application's JSON: the same without the resource list and images (with
+/// their count instead), for lists and live views of many applications.
+pub fn summarize(mut app: Value) -> Value {
+    if let Some(o) = app.as_object_mut() {
+        let resources = o.remove("resources");
+        let count = resources.as_ref().and_then(Value::as_array).map_or(0, Vec::len);
+        o.remove("images");
+        o.insert("resourceCount".into(), json!(count));
+    }
+    app
+}
+
+/// Puts the id first into an event body serialised without one.
+fn with_id(id: i64, body: &str) -> Arc<str> {
+    match body.strip_prefix('{') {
+        Some(rest) if rest.trim_start().starts_with('}') => Arc::from(format!("{{\"id\":{id}}}")),
+        Some(rest) => Arc::from(format!("{{\"id\":{id},{rest}")),
+        None => Arc::from(body),
+    }
+}
+
+impl Feed {
+    /// A feed over `store` and the recorder that must run for it (see [`Recorder::run`]).
+    pub fn new(store: Store, config: HistoryConfig) -> (Feed, Recorder) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        (
+            Feed {
+                tx,
+                live: live.clone(),
+                store: store.clone(),
+            },
+            Recorder {
+                rx,
+                live,
+                store,
+                config,
+            },
+        )
+    }
+
+    async fn publish(&self, input: Input) {
+        // Fails only once the recorder has stopped, when the hub is shutting down.
+        if self.tx.send(input).await.is_err() {
+            tracing::debug!("change feed recorder stopped; event not recorded");
+        }
+    }
+
+    /// Publishes application changes of a gateway (in the order they were applied).
+    pub async fn applications(&self, gateway_id: &str, changes: Vec<AppChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        self.publish(Input::Apps {
+            gateway_id: gateway_id.to_owned(),
+            at_ms: now_ms(),
+            changes,
+        })
+        .await;
+    }
+
+    async fn gateway(&self, gateway_id: &str, kind: EventKind, body: Value) {
+        let body = match body {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        self.publish(Input::Gateway {
+            gateway_id: gateway_id.to_owned(),
+            at_ms: now_ms(),
+            kind,
+            body,
+        })
+        .await;
+    }
+
+    /// A gateway's session started.
+    pub async fn gateway_connected(&self, gateway_id: &str, version: &str, protocol_version: u32, session_id: &str) {
+        let body =
+            json!({"gateway": {"version": version, "protocolVersion": protocol_version, "sessionId": session_id}});
+        self.gateway(gateway_id, EventKind::GatewayConnected, body).await;
+    }
+
+    /// A gateway's session ended.
+    pub async fn gateway_disconnected(&self, gateway_id: &str, reason: &str) {
+        self.gateway(gateway_id, EventKind::GatewayDisconnected, json!({ "reason": reason }))
+            .await;
+    }
+
+    /// A health check of a gateway finished with `result`.
+    pub async fn health_checked(&self, gateway_id: &str, result: &Value) {
+        self.gateway(gateway_id, EventKind::GatewayHealth, json!({ "health": result }))
+            .await;
+    }
+
+    /// A gateway was deleted at the hub.
+    pub async fn gateway_deleted(&self, gateway_id: &str, reason: &str) {
+        self.gateway(gateway_id, EventKind::GatewayDeleted, json!({ "reason": reason }))
+            .await;
+    }
+
+    /// Live events from now on. Subscribe before reading [`Feed::bounds`] or replaying, so
+    /// nothing falls between the two.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.live.subscribe()
+    }
+
+    /// What the backlog holds.
+    pub async fn bounds(&self) -> Result<FeedBounds, StoreError> {
+        self.store.feed_bounds().await
+    }
+
+    /// Up to `limit` events after `after` from the backlog, oldest first; [`ReplayError::Gone`]
+    /// when events after `after` were pruned or `after` was never issued.
+    pub async fn replay(&self, after: i64, limit: usize) -> Result<Vec<Arc<Event>>, ReplayError> {
+        let (rows, bounds) = self.store.feed_events_after(after, limit).await?;
+        if after < bounds.pruned_through || after > bounds.last {
+            return Err(ReplayError::Gone {
+                since: after,
+                pruned_through: bounds.pruned_through,
+                last: bounds.last,
+            });
+        }
+        Ok(rows.into_iter().filter_map(stored_event).map(Arc::new).collect())
+    }
+}
+
+/// An event read back from the store.
+fn stored_event(row: FeedEventRow) -> Option<Event> {
+    let kind = EventKind::parse(&row.event.kind)?;
+    let body: Value = serde_json::from_str(&row.event.json).ok()?;
+    let app = body
+        .get("application")
+        .and_then(|a| serde_json::from_value::<Application>(a.clone()).ok())
+        .map(Arc::new);
+    let previous = body.get("previous").map(|p| {
+        let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        (s("health"), s("sync"))
+    });
+    let summary = if kind.is_application() {
+        let mut b = body.clone();
+        if let Some(a) = b.get_mut("application") {
+            *a = summarize(a.take());
+        }
+        with_id(row.id, &b.to_string())
+    } else {
+        with_id(row.id, &row.event.json)
+    };
+    Some(Event {
+        id: row.id,
+        kind,
+        gateway_id: row.event.gateway_id,
+        full: with_id(row.id, &row.event.json),
+        summary,
+        app,
+        previous,
+    })
+}
+
+/// An event before the store gave it an id.
+struct Pending {
+    stored: NewFeedEvent,
+    summary: String,
+    kind: EventKind,
+    app: Option<Arc<Application>>,
+    previous: Option<(String, String)>,
+}
+
+fn app_event(gateway_id: &str, at_ms: i64, change: &AppChange, points: &mut Vec<TimelineRow>) -> Option<Pending> {
+    let point = timeline::point(
+        gateway_id,
+        &change.key,
+        change.before.as_deref(),
+        change.after.as_deref(),
+        at_ms,
+    );
+    let (kind, app) = match (&change.before, &change.after) {
+        (_, Some(after)) => (EventKind::AppUpserted, after.clone()),
+        (Some(before), None) => (EventKind::AppDeleted, before.clone()),
+        (None, None) => return None,
+    };
+    let mut body = Map::new();
+    body.insert("type".into(), json!(kind.as_str()));
+    body.insert("at".into(), json!(rfc3339_ms(at_ms)));
+    body.insert("gatewayId".into(), json!(gateway_id));
+    body.insert("key".into(), json!(change.key));
+    let mut previous = None;
+    if kind == EventKind::AppUpserted {
+        let changed: Vec<String> = point.as_ref().map(|p| p.changed.clone()).unwrap_or_default();
+        body.insert("changed".into(), json!(changed));
+        if let Some(before) = &change.before {
+            let s = timeline::Status::of(before);
+            body.insert(
+                "previous".into(),
+                json!({"health": s.health, "sync": s.sync, "revision": s.revision, "operationPhase": s.operation_phase}),
+            );
+            previous = Some((s.health, s.sync));
+        }
+    }
+    let full_app = app_json(&app, gateway_id);
+    let mut summary = body.clone();
+    summary.insert("application".into(), summarize(full_app.clone()));
+    body.insert("application".into(), full_app);
+    if let Some(p) = point {
+        points.push(p);
+    }
+    Some(Pending {
+        stored: NewFeedEvent {
+            at_ms,
+            kind: kind.as_str().to_owned(),
+            gateway_id: gateway_id.to_owned(),
+            json: Value::Object(body).to_string(),
+        },
+        summary: Value::Object(summary).to_string(),
+        kind,
+        app: Some(app),
+        previous,
+    })
+}
+
+fn gateway_event(gateway_id: &str, at_ms: i64, kind: EventKind, extra: Map<String, Value>) -> Pending {
+    let mut body = Map::new();
+    body.insert("type".into(), json!(kind.as_str()));
+    body.insert("at".into(), json!(rfc3339_ms(at_ms)));
+    body.insert("gatewayId".into(), json!(gateway_id));
+    body.extend(extra);
+    let json = Value::Object(body).to_string();
+    Pending {
+        stored: NewFeedEvent {
+            at_ms,
+            kind: kind.as_str().to_owned(),
+            gateway_id: gateway_id.to_owned(),
+            json: json.clone(),
+        },
+        summary: json,
+        kind,
+        app: None,
+        previous: None,
+    }
+}
+
+impl Recorder {
+    /// Records and broadcasts until `stop`; then records what is still queued and returns.
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), std::convert::Infallible> {
+        let mut pruned = match self.store.feed_bounds().await {
+            Ok(b) => b.pruned_through,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the change feed's bounds; pruning on schedule only");
+                0
+            }
+        };
+        let mut prune_tick = tokio::time::interval(Duration::from_secs(60));
+        prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                biased;
+                input = self.rx.recv() => match input {
+                    Some(i) => i,
+                    None => return Ok(()),
+                },
+                _ = stop.cancelled() => {
+                    let mut rest = vec![];
+                    while let Ok(i) = self.rx.try_recv() {
+                        rest.push(i);
+                    }
+                    if !rest.is_empty() {
+                        self.record(rest, &stop).await;
+                    }
+                    return Ok(());
+                }
+                _ = prune_tick.tick() => {
+                    pruned = self.prune().await.unwrap_or(pruned);
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match self.rx.try_recv() {
+                    Ok(i) => batch.push(i),
+                    Err(_) => break,
+                }
+            }
+            if let Some(last) = self.record(batch, &stop).await
+                && last - pruned > (self.config.feed_backlog + self.config.feed_backlog / 10) as i64
+            {
+                // Keep the backlog bounded under a burst, not only once a minute.
+                pruned = self.prune().await.unwrap_or(pruned);
+            }
+        }
+    }
+
+    /// Writes a batch and broadcasts its events; returns the last id. Retries a failing write
+    /// until it succeeds or the hub stops: events are not dropped while the disk is full.
+    async fn record(&mut self, batch: Vec<Input>, stop: &CancellationToken) -> Option<i64> {
+        let mut pending = vec![];
+        let mut points = vec![];
+        for input in batch {
+            match input {
+                Input::Apps {
+                    gateway_id,
+                    at_ms,
+                    changes,
+                } => pending.extend(
+                    changes
+                        .iter()
+                        .filter_map(|c| app_event(&gateway_id, at_ms, c, &mut points)),
+                ),
+                Input::Gateway {
+                    gateway_id,
+                    at_ms,
+                    kind,
+                    body,
+                } => pending.push(gateway_event(&gateway_id, at_ms, kind, body)),
+            }
+        }
+        if pending.is_empty() && points.is_empty() {
+            return None;
+        }
+        // Shared, so a retry after a failed write costs no copy of a large batch.
+        let stored: Arc<Vec<NewFeedEvent>> = Arc::new(pending.iter().map(|p| p.stored.clone()).collect());
+        let points = Arc::new(points);
+        let mut failures = 0u32;
+        let ids = loop {
+            match self
+                .store
+                .record_history(stored.clone(), points.clone(), self.config.timeline_per_app)
+                .await
+            {
+                Ok(ids) => break ids,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(60) {
+                        tracing::error!(error = %e, attempts = failures, "cannot record change-feed events; retrying (check the disk under --data-dir)");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        let last = ids.last().copied();
+        for (p, id) in pending.into_iter().zip(ids) {
+            let event = Event {
+                id,
+                kind: p.kind,
+                gateway_id: p.stored.gateway_id,
+                full: with_id(id, &p.stored.json),
+                summary: with_id(id, &p.summary),
+                app: p.app,
+                previous: p.previous,
+            };
+            // No receiver is fine: nobody is watching.
+            let _ = self.live.send(Arc::new(event));
+        }
+        last
+    }
+
+    async fn prune(&self) -> Option<i64> {
+        let now = now_ms();
+        let feed_cutoff = now - self.config.feed_max_age.as_millis() as i64;
+        let timeline_cutoff = now - self.config.timeline_max_age.as_millis() as i64;
+        let bounds = match self.store.prune_feed(self.config.feed_backlog, feed_cutoff).await {
+            Ok(b) => Some(b.pruned_through),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot prune the change feed");
+                None
+            }
+        };
+        if let Err(e) = self.store.prune_timeline(timeline_cutoff).await {
+            tracing::warn!(error = %e, "cannot prune application timelines");
+        }
+        bounds
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_go_first_and_kinds_round_trip() {
+        assert_eq!(&*with_id(7, r#"{"type":"x"}"#), r#"{"id":7,"type":"x"}"#);
+        assert_eq!(&*with_id(7, "{}"), r#"{"id":7}"#);
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(EventKind::parse("nope"), None);
+    }
+
+    #[test]
+    fn summaries_drop_the_heavy_parts() {
+        let s =
+            summarize(json!({"name": "a", "resources": [{}, {}], "images": ["x"], "health": {"status": "Healthy"}}));
+        assert_eq!(
+            s,
+            json!({"name": "a", "resourceCount": 2, "health": {"status": "Healthy"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn recorded_events_replay_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db")).unwrap();
+        let config = HistoryConfig {
+            feed_backlog: 3,
+            ..Default::default()
+        };
+        let (feed, recorder) = Feed::new(store, config);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(recorder.run(stop.clone()));
+        let mut live = feed.subscribe();
+        for i in 0..5 {
+            feed.gateway_disconnected("gw-1", &format!("reason {i}")).await;
+        }
+        let mut ids = vec![];
+        for _ in 0..5 {
+            let e = tokio::time::timeout(Duration::from_secs(10), live.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(e.kind, EventKind::GatewayDisconnected);
+            ids.push(e.id);
+        }
+        assert!(ids.windows(2).all(|w| w[1] > w[0]), "{ids:?}");
+        // The backlog is pruned to its bound (3, plus a tenth of slack before a burst prunes).
+        let recorder = Recorder {
+            rx: mpsc::channel(1).1,
+            live: broadcast::channel(1).0,
+            store: feed.store.clone(),
+            config,
+        };
+        let pruned = recorder.prune().await.unwrap();
+        assert_eq!(pruned, ids[1]);
+        let replayed = feed.replay(ids[1], 10).await.unwrap();
+        assert_eq!(replayed.iter().map(|e| e.id).collect::<Vec<_>>(), &ids[2..]);
+        assert!(
+            replayed[0].full.contains("\"reason\":\"reason 2\""),
+            "{}",
+            replayed[0].full
+        );
+        assert!(matches!(feed.replay(ids[0], 10).await, Err(ReplayError::Gone { .. })));
+        assert!(matches!(
+            feed.replay(ids[4] + 1, 10).await,
+            Err(ReplayError::Gone { .. })
+        ));
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+}
