@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/argocd_gateway/v1/registration.proto",
         "proto/argocd_gateway/v1/tunnel.proto",
+        "proto/argocd_gateway/v1/hub_peer.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

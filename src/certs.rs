@@ -28,6 +28,22 @@ pub enum CertError {
     Csr(String),
 }
 
+/// The URI name that marks a hub replica's certificate (see [`CertAuthority::issue_replica`]).
+pub const REPLICA_URI: &str = "urn:argocd-gateway:hub-replica";
+
+/// Whether a DER certificate carries the hub replica mark.
+pub fn is_replica_cert(der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    cert.subject_alternative_name().ok().flatten().is_some_and(|san| {
+        san.value
+            .general_names
+            .iter()
+            .any(|n| matches!(n, x509_parser::extensions::GeneralName::URI(u) if *u == REPLICA_URI))
+    })
+}
+
 /// What the product needs to know about a certificate.
 #[derive(Debug, Clone)]
 pub struct CertInfo {
@@ -220,6 +236,22 @@ impl CertAuthority {
     /// Issues a TLS server certificate for `names` (DNS names or IP addresses); returns it and
     /// its private key PEM.
     pub fn issue_server(&self, names: &[String], ttl: Duration) -> Result<(Issued, String), CertError> {
+        self.issue_leaf(names, ttl, None)
+    }
+
+    /// Issues the certificate a hub replica shows its peers, as server and as client: for
+    /// `names` (where peers reach it), marked with [`REPLICA_URI`] so no gateway certificate of
+    /// the same CA can pass for a replica.
+    pub fn issue_replica(&self, names: &[String], ttl: Duration) -> Result<(Issued, String), CertError> {
+        self.issue_leaf(names, ttl, Some(REPLICA_URI))
+    }
+
+    fn issue_leaf(
+        &self,
+        names: &[String],
+        ttl: Duration,
+        replica: Option<&str>,
+    ) -> Result<(Issued, String), CertError> {
         let key = generate_key()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.subject_alt_names = names
@@ -231,6 +263,10 @@ impl CertAuthority {
             .collect::<Result<_, rcgen::Error>>()?;
         params.distinguished_name = dn(names.first().map(String::as_str).unwrap_or("argocd-gateway-hub"));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if let Some(uri) = replica {
+            params.subject_alt_names.push(SanType::URI(uri.to_owned().try_into()?));
+            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
         let now = Timestamp::now();

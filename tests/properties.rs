@@ -219,28 +219,33 @@ async fn register_gateway(store: &Store, id: &str) {
     store.insert_token(token, vec![1; 32]).await.unwrap();
     let id = id.to_owned();
     store
-        .register_with_token("t".into(), vec![1; 32], now, move |_, _| {
-            Ok(NewGateway {
-                gateway: GatewayRecord {
-                    id: id.clone(),
-                    name: id.clone(),
-                    environments: vec![],
-                    argocd_web_url: String::new(),
-                    created_at: now,
-                    last_seen_at: None,
-                    version: String::new(),
-                    protocol_version: 0,
-                    certificate_expires_at: None,
-                },
-                cert: CertRecord {
-                    fingerprint: "f".into(),
-                    gateway_id: id,
-                    public_key: vec![],
-                    not_after: now + 3600,
-                    retire_after: None,
-                },
-            })
-        })
+        .register_with_token(
+            "t".into(),
+            vec![1; 32],
+            now,
+            Box::new(move |_, _| {
+                Ok(NewGateway {
+                    gateway: GatewayRecord {
+                        id: id.clone(),
+                        name: id.clone(),
+                        environments: vec![],
+                        argocd_web_url: String::new(),
+                        created_at: now,
+                        last_seen_at: None,
+                        version: String::new(),
+                        protocol_version: 0,
+                        certificate_expires_at: None,
+                    },
+                    cert: CertRecord {
+                        fingerprint: "f".into(),
+                        gateway_id: id,
+                        public_key: vec![],
+                        not_after: now + 3600,
+                        retire_after: None,
+                    },
+                })
+            }),
+        )
         .await
         .unwrap();
 }

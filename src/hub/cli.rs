@@ -13,6 +13,9 @@ use super::server::ServeArgs;
 pub enum HubCommand {
     /// Run the hub.
     Serve(ServeArgs),
+    /// Create the CA, server certificate and admin token hub replicas share: into a
+    /// directory, as a Kubernetes Secret manifest, or as a Kubernetes Secret.
+    Init(super::init::InitArgs),
     /// The API client commands.
     #[command(flatten)]
     Client(ClientCommand),
@@ -44,6 +47,26 @@ pub async fn run(cmd: HubCommand, shutdown: CancellationToken) -> anyhow::Result
                 None => Ok(ExitCode::SUCCESS),
                 Some(f) => Err(anyhow::Error::new(f)),
             }
+        }
+        HubCommand::Init(args) => {
+            let secret = args.create_secret.clone().or(args.print_secret.clone());
+            match super::init::run(args).await? {
+                super::init::Outcome::Written(dir) => {
+                    eprintln!(
+                        "hub files in {}: {} (give every replica this directory: --data-dir)",
+                        dir.display(),
+                        super::init::FILES.join(", ")
+                    )
+                }
+                super::init::Outcome::Printed => {}
+                super::init::Outcome::Created => {
+                    eprintln!("created Secret {}", secret.unwrap_or_default())
+                }
+                super::init::Outcome::Kept => {
+                    eprintln!("Secret {} exists; kept as it is", secret.unwrap_or_default())
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         // A client command (a long `wait`, `events`) ends at the first Ctrl-C.
         HubCommand::Client(cmd) => tokio::select! {

@@ -211,9 +211,26 @@ pub struct EntityState {
     db: Store,
     gateways: RwLock<HashMap<String, GatewayEntities>>,
     sizes: RwLock<HashMap<String, Sizes>>,
+    /// Per gateway, the newest store revision held (replicas follow each other's writes from
+    /// it; 0 where the store keeps no revisions).
+    revs: RwLock<HashMap<String, i64>>,
     changed: watch::Sender<u64>,
     feed: Feed,
 }
+
+/// Who writes relayed state, and how long a failing write is retried.
+#[derive(Default, Clone, Copy)]
+pub struct Writer<'a> {
+    /// The session that owns the gateway: a write happens only while it still does.
+    pub owner: Option<&'a str>,
+    /// Retry a write the store refused (the database is away) until this is cancelled: the
+    /// gateway's message stays unacknowledged meanwhile, and the gateway keeps it.
+    pub retry_until: Option<&'a tokio_util::sync::CancellationToken>,
+}
+
+/// An entity row followed from another replica's write: kind tag, key, hash, JSON (none:
+/// deleted), store revision.
+pub type Replicated = (u8, String, Vec<u8>, Option<Vec<u8>>, i64);
 
 fn typed<T: DeserializeOwned>(hash: Hash, json: &[u8]) -> Result<Stored<T>, String> {
     let item: T = serde_json::from_slice(json).map_err(|e| format!("not an item of the relayed schema: {e}"))?;
@@ -294,9 +311,158 @@ impl EntityState {
             db,
             gateways: RwLock::new(gateways),
             sizes: RwLock::new(sizes),
+            revs: RwLock::new(HashMap::new()),
             changed,
             feed,
         })
+    }
+
+    /// Writes to the store, retrying while `writer` asks for it; returns the write's revision.
+    async fn write(
+        &self,
+        writer: &Writer<'_>,
+        gateway_id: &str,
+        replace: bool,
+        upserts: Vec<super::store::EntityUpsert>,
+        deletes: Vec<(u8, String)>,
+    ) -> Result<i64, StateError> {
+        let mut failures = 0u32;
+        loop {
+            let result = self
+                .db
+                .write_entities(
+                    gateway_id.to_owned(),
+                    replace,
+                    upserts.clone(),
+                    deletes.clone(),
+                    writer.owner.map(str::to_owned),
+                )
+                .await;
+            let e = match result {
+                Ok(rev) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            gateway_id,
+                            attempts = failures + 1,
+                            "stored relayed state after the store came back"
+                        );
+                    }
+                    return Ok(rev);
+                }
+                Err(e @ super::store::StoreError::Fenced(_)) => return Err(e.into()),
+                Err(e) => e,
+            };
+            let Some(stop) = writer.retry_until else {
+                return Err(e.into());
+            };
+            failures += 1;
+            if failures == 1 || failures.is_multiple_of(30) {
+                tracing::error!(gateway_id, error = %e, attempts = failures, "cannot store relayed state; keeping it unacknowledged and retrying");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return Err(e.into()),
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Notes that the state of a gateway is current up to `rev` (a write of this replica).
+    fn advance(&self, gateway_id: &str, rev: i64) {
+        if rev > 0 {
+            let mut revs = self.revs.write().unwrap_or_else(|e| e.into_inner());
+            let r = revs.entry(gateway_id.to_owned()).or_default();
+            *r = (*r).max(rev);
+        }
+    }
+
+    /// Sets the revisions the loaded state is current from (read before it was loaded).
+    pub fn set_revisions(&self, revs: HashMap<String, i64>) {
+        *self.revs.write().unwrap_or_else(|e| e.into_inner()) = revs;
+    }
+
+    /// The newest store revision held for each gateway.
+    pub fn revisions(&self) -> HashMap<String, i64> {
+        self.revs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces a gateway's state with what the store holds (`rows`, current up to `rev`), as
+    /// read by a replica taking over its session or catching up: no change-feed events (the
+    /// replica that stored them published those).
+    pub fn reload(&self, gateway_id: &str, rows: Vec<Replicated>, rev: i64) {
+        let mut fresh = GatewayEntities::default();
+        let mut sizes = Sizes::new();
+        for (tag, key, hash, json, _) in rows {
+            let (Some(kind), Some(json)) = (Kind::from_tag(tag), json) else {
+                continue;
+            };
+            match decode_item(kind, &key, &hash, &json) {
+                Ok(item) => {
+                    fresh.bytes += json.len();
+                    sizes.insert((kind, key.clone()), json.len());
+                    fresh.insert(key, item);
+                }
+                Err(reason) => tracing::warn!(gateway_id, key = %key, %reason, "skipping an unreadable stored entity"),
+            }
+        }
+        {
+            let mut g = self.gateways.write().unwrap_or_else(|e| e.into_inner());
+            fresh.refused = g.get(gateway_id).map(|old| old.refused.clone()).unwrap_or_default();
+            g.insert(gateway_id.to_owned(), fresh);
+            self.sizes
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(gateway_id.to_owned(), sizes);
+            self.revs
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(gateway_id.to_owned(), rev);
+        }
+        self.bump();
+    }
+
+    /// Applies rows another replica stored for a gateway, oldest first; rows at or below the
+    /// revision already held are skipped, so replays and races with this replica's own writes
+    /// change nothing. No change-feed events: the writing replica published them.
+    pub fn replicate(&self, gateway_id: &str, rows: Vec<Replicated>) {
+        let mut applied = false;
+        {
+            let mut g = self.gateways.write().unwrap_or_else(|e| e.into_inner());
+            let mut all_sizes = self.sizes.write().unwrap_or_else(|e| e.into_inner());
+            let mut revs = self.revs.write().unwrap_or_else(|e| e.into_inner());
+            let held = revs.entry(gateway_id.to_owned()).or_default();
+            let entry = g.entry(gateway_id.to_owned()).or_default();
+            let sizes = all_sizes.entry(gateway_id.to_owned()).or_default();
+            for (tag, key, hash, json, rev) in rows {
+                if rev <= *held {
+                    continue;
+                }
+                *held = rev;
+                applied = true;
+                let Some(kind) = Kind::from_tag(tag) else { continue };
+                let old = match json {
+                    None => {
+                        entry.remove(kind, &key);
+                        sizes.remove(&(kind, key))
+                    }
+                    Some(json) => match decode_item(kind, &key, &hash, &json) {
+                        Ok(item) => {
+                            entry.insert(key.clone(), item);
+                            let old = sizes.insert((kind, key), json.len());
+                            entry.bytes += json.len();
+                            old
+                        }
+                        Err(reason) => {
+                            tracing::warn!(gateway_id, key = %key, %reason, "skipping an unreadable replicated entity");
+                            None
+                        }
+                    },
+                };
+                entry.bytes = entry.bytes.saturating_sub(old.unwrap_or(0));
+            }
+        }
+        if applied {
+            self.bump();
+        }
     }
 
     /// A receiver that changes whenever any state changes.
@@ -344,6 +510,20 @@ impl EntityState {
         limits: &EntityLimits,
         refused: &(dyn Fn(&str) + Sync),
     ) -> Result<Hash, StateError> {
+        self.apply_snapshot_as(&Writer::default(), gateway_id, entities, digest, limits, refused)
+            .await
+    }
+
+    /// [`EntityState::apply_snapshot`] written by `writer`.
+    pub async fn apply_snapshot_as(
+        &self,
+        writer: &Writer<'_>,
+        gateway_id: &str,
+        entities: Vec<proto::Entity>,
+        digest: &[u8],
+        limits: &EntityLimits,
+        refused: &(dyn Fn(&str) + Sync),
+    ) -> Result<Hash, StateError> {
         let mut fresh = GatewayEntities::default();
         let mut sizes = Sizes::new();
         let mut rows = Vec::with_capacity(entities.len());
@@ -377,9 +557,7 @@ impl EntityState {
             tracing::warn!(gateway_id, "snapshot digest mismatch; keeping what was received");
         }
         let count = rows.len();
-        self.db
-            .write_entities(gateway_id.to_owned(), true, rows, vec![])
-            .await?;
+        let rev = self.write(writer, gateway_id, true, rows, vec![]).await?;
         let changes = {
             let mut g = self.gateways.write().unwrap_or_else(|e| e.into_inner());
             // Refusals seen before stay visible.
@@ -390,6 +568,7 @@ impl EntityState {
                 fresh.refused.record(&key, reason);
             }
             let old = g.insert(gateway_id.to_owned(), fresh).unwrap_or_default();
+            self.advance(gateway_id, rev);
             let new = g.get(gateway_id).map(|e| &e.apps);
             snapshot_changes(&old.apps, new)
         };
@@ -412,6 +591,19 @@ impl EntityState {
     /// invalid items) keep their previous state and are recorded on the gateway.
     pub async fn apply_delta(
         &self,
+        gateway_id: &str,
+        delta: Delta,
+        limits: &EntityLimits,
+        refused: &(dyn Fn(&str) + Sync),
+    ) -> Result<Hash, StateError> {
+        self.apply_delta_as(&Writer::default(), gateway_id, delta, limits, refused)
+            .await
+    }
+
+    /// [`EntityState::apply_delta`] written by `writer`.
+    pub async fn apply_delta_as(
+        &self,
+        writer: &Writer<'_>,
         gateway_id: &str,
         delta: Delta,
         limits: &EntityLimits,
@@ -491,12 +683,11 @@ impl EntityState {
                 }
             }
         }
-        self.db
-            .write_entities(gateway_id.to_owned(), false, upserts, deletes)
-            .await?;
+        let rev = self.write(writer, gateway_id, false, upserts, deletes).await?;
         let mut changes = vec![];
         let new_digest = {
             let mut g = self.gateways.write().unwrap_or_else(|e| e.into_inner());
+            self.advance(gateway_id, rev);
             let mut all_sizes = self.sizes.write().unwrap_or_else(|e| e.into_inner());
             let entry = g.entry(gateway_id.to_owned()).or_default();
             let sizes = all_sizes.entry(gateway_id.to_owned()).or_default();
@@ -555,6 +746,7 @@ impl EntityState {
             .unwrap_or_else(|e| e.into_inner())
             .remove(gateway_id);
         self.sizes.write().unwrap_or_else(|e| e.into_inner()).remove(gateway_id);
+        self.revs.write().unwrap_or_else(|e| e.into_inner()).remove(gateway_id);
         self.bump();
     }
 }

@@ -185,6 +185,18 @@ pub struct Recorder {
     live: broadcast::Sender<Arc<Event>>,
     store: Store,
     config: HistoryConfig,
+    broadcast: bool,
+}
+
+/// What [`Feed::broadcast_recorded`] passed on.
+#[derive(Debug, Default)]
+pub struct Followed {
+    /// The newest id passed on (the cursor to follow from).
+    pub last: i64,
+    /// How many events were read.
+    pub events: usize,
+    /// The health-check results among them, by gateway.
+    pub health: Vec<(String, Value)>,
 }
 
 fn now_ms() -> i64 {
@@ -243,8 +255,34 @@ impl Feed {
                 live,
                 store,
                 config,
+                broadcast: true,
             },
         )
+    }
+
+    /// Broadcasts the recorded events after `after` (at most `limit`) to live subscribers, in id
+    /// order: with replicas, every replica's events reach every replica's subscribers this way,
+    /// once committed (see [`Recorder::followed`]).
+    pub async fn broadcast_recorded(&self, after: i64, limit: usize) -> Result<Followed, StoreError> {
+        let (rows, _) = self.store.feed_events_after(after, limit).await?;
+        let mut followed = Followed {
+            last: after,
+            events: rows.len(),
+            health: vec![],
+        };
+        for row in rows {
+            followed.last = row.id;
+            let Some(event) = stored_event(row) else { continue };
+            if event.kind == EventKind::GatewayHealth
+                && let Some(h) = serde_json::from_str::<Value>(&event.full)
+                    .ok()
+                    .and_then(|mut v| v.get_mut("health").map(Value::take))
+            {
+                followed.health.push((event.gateway_id.clone(), h));
+            }
+            let _ = self.live.send(Arc::new(event));
+        }
+        Ok(followed)
     }
 
     async fn publish(&self, input: Input) {
@@ -447,6 +485,14 @@ fn gateway_event(gateway_id: &str, at_ms: i64, kind: EventKind, extra: Map<Strin
 }
 
 impl Recorder {
+    /// A recorder that only records: what it writes reaches subscribers through
+    /// [`Feed::broadcast_recorded`], which follows the store (replicas write the one feed
+    /// together, and each broadcasts everyone's events in id order).
+    pub fn followed(mut self) -> Self {
+        self.broadcast = false;
+        self
+    }
+
     /// Records and broadcasts until `stop`; then records what is still queued and returns.
     pub async fn run(mut self, stop: CancellationToken) -> Result<(), std::convert::Infallible> {
         let mut pruned = match self.store.feed_bounds().await {
@@ -547,6 +593,9 @@ impl Recorder {
             }
         };
         let last = ids.last().copied();
+        if !self.broadcast {
+            return last;
+        }
         for (p, id) in pending.into_iter().zip(ids) {
             let event = Event {
                 id,
@@ -636,6 +685,7 @@ mod tests {
             live: broadcast::channel(1).0,
             store: feed.store.clone(),
             config,
+            broadcast: true,
         };
         let pruned = recorder.prune().await.unwrap();
         assert_eq!(pruned, ids[1]);

@@ -203,7 +203,7 @@ impl prometheus_client::collector::Collector for FleetCollector {
         let per_app = hub.fleet.app_metrics.load(Ordering::Relaxed);
         for g in &records {
             let id = || ("gateway_id", g.id.clone());
-            let live = hub.sessions.get(&g.id);
+            let live = hub.connection(&g.id);
             let version = live
                 .as_ref()
                 .map(|s| s.version.clone())
@@ -220,7 +220,7 @@ impl prometheus_client::collector::Collector for FleetCollector {
             connected.push((vec![id()], if live.is_some() { 1.0 } else { 0.0 }));
             let seen = live
                 .as_ref()
-                .map(|s| s.last_seen.load(Ordering::Relaxed))
+                .map(|s| s.last_seen.max(g.last_seen_at.unwrap_or(0)))
                 .or(g.last_seen_at);
             if let Some(t) = seen {
                 last_seen.push((vec![id()], t as f64));

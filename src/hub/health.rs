@@ -22,7 +22,8 @@ impl HealthResults {
         self.0.lock().ok().and_then(|h| h.get(gateway_id).cloned())
     }
 
-    fn record(&self, gateway_id: &str, result: Value) {
+    /// Records a gateway's last result (a check run here, or one another replica ran).
+    pub fn record(&self, gateway_id: &str, result: Value) {
         if let Ok(mut h) = self.0.lock() {
             h.insert(gateway_id.to_owned(), result);
         }
@@ -38,13 +39,10 @@ pub async fn run_health_check(state: &HubState, id: &str) -> Result<Value, Reque
         REQUEST_DEADLINE,
     )
     .await?;
-    if let Some(session) = state.sessions.get(id)
+    if let Some(rtt) = state.connection(id).and_then(|c| c.rtt_ms)
         && let Some(o) = result.as_object_mut()
     {
-        let rtt = session.rtt_ms.load(std::sync::atomic::Ordering::Relaxed);
-        if rtt >= 0 {
-            o.insert("hubRoundTripMillis".into(), json!(rtt));
-        }
+        o.insert("hubRoundTripMillis".into(), json!(rtt));
     }
     let checked_at = jiff::Timestamp::now().to_string();
     if let Some(o) = result.as_object_mut() {

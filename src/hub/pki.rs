@@ -23,6 +23,16 @@ pub enum PkiError {
     /// Certificate work.
     #[error(transparent)]
     Cert(#[from] CertError),
+    /// Replicas need the files made by `hub init`.
+    #[error(
+        "{path} is missing: hub replicas on PostgreSQL share the CA, server certificate and admin token from files — create them once with `argocd-gateway hub init --dir {dir}` (in Kubernetes the chart's init Job makes the Secret) and give every replica that directory (flag --data-dir)"
+    )]
+    Missing {
+        /// The missing file.
+        path: PathBuf,
+        /// The directory.
+        dir: PathBuf,
+    },
 }
 
 /// Everything loaded from the data directory.
@@ -148,6 +158,53 @@ pub fn load_or_init(dir: &Path, hostnames: &[String]) -> Result<HubPki, PkiError
         admin_token,
         admin_token_path,
     })
+}
+
+/// Loads the files replicas share (see `hub init`), creating and changing nothing: the
+/// directory may be a read-only Secret volume, and every replica must use the same CA. A server
+/// certificate that does not cover `hostnames` is used as it is, with a warning.
+pub fn load_shared(dir: &Path, hostnames: &[String]) -> Result<HubPki, PkiError> {
+    let need = |name: &str| -> Result<String, PkiError> {
+        let path = dir.join(name);
+        read_opt(&path)?.ok_or(PkiError::Missing {
+            path,
+            dir: dir.to_owned(),
+        })
+    };
+    let ca = CertAuthority::load(&need("ca.pem")?, &need("ca-key.pem")?)?;
+    let leaf_pem = need("server.pem")?;
+    let key_pem = need("server-key.pem")?;
+    if !server_cert_fits(&leaf_pem, hostnames) {
+        tracing::warn!(names = ?hostnames, "the shared server certificate does not cover these names (or nears its expiry); create it again with `hub init --hostname …` and restart the replicas");
+    }
+    let admin_token = need("admin-token")?;
+    if admin_token.trim().is_empty() {
+        return Err(PkiError::Missing {
+            path: dir.join("admin-token"),
+            dir: dir.to_owned(),
+        });
+    }
+    let server_chain_pem = format!(
+        "{}\n{}",
+        first_pem_block(&leaf_pem).trim_end(),
+        ca.cert_pem().trim_end()
+    );
+    Ok(HubPki {
+        ca,
+        server_chain_pem,
+        server_key_pem: Secret::new(key_pem),
+        admin_token: Secret::new(admin_token.trim()),
+        admin_token_path: dir.join("admin-token"),
+    })
+}
+
+/// The first PEM block of a file (a server.pem may carry its chain).
+fn first_pem_block(pem: &str) -> &str {
+    const END: &str = "-----END CERTIFICATE-----";
+    match pem.find(END) {
+        Some(i) => &pem[..i + END.len()],
+        None => pem,
+    }
 }
 
 /// `bytes` random bytes, base64url without padding, never starting with `-`.

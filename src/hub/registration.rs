@@ -65,36 +65,41 @@ impl Registration for RegistrationService {
         let (check, created) = self
             .state
             .store
-            .register_with_token(token_id.clone(), hash, now, move |token_name, token_envs| {
-                let name = [req_name.as_str(), token_name, gid.as_str()]
-                    .into_iter()
-                    .find(|s| !s.is_empty())
-                    .unwrap_or_default();
-                Ok(NewGateway {
-                    gateway: GatewayRecord {
-                        id: gid.clone(),
-                        name: name.to_owned(),
-                        environments: if req_envs.is_empty() {
-                            token_envs.to_vec()
-                        } else {
-                            req_envs
+            .register_with_token(
+                token_id.clone(),
+                hash,
+                now,
+                Box::new(move |token_name, token_envs| {
+                    let name = [req_name.as_str(), token_name, gid.as_str()]
+                        .into_iter()
+                        .find(|s| !s.is_empty())
+                        .unwrap_or_default();
+                    Ok(NewGateway {
+                        gateway: GatewayRecord {
+                            id: gid.clone(),
+                            name: name.to_owned(),
+                            environments: if req_envs.is_empty() {
+                                token_envs.to_vec()
+                            } else {
+                                req_envs
+                            },
+                            argocd_web_url: web_url,
+                            created_at: now,
+                            last_seen_at: Some(now),
+                            version,
+                            protocol_version: 0,
+                            certificate_expires_at: Some(info.not_after.as_second()),
                         },
-                        argocd_web_url: web_url,
-                        created_at: now,
-                        last_seen_at: Some(now),
-                        version,
-                        protocol_version: 0,
-                        certificate_expires_at: Some(info.not_after.as_second()),
-                    },
-                    cert: CertRecord {
-                        fingerprint: info.fingerprint.hex().to_owned(),
-                        gateway_id: gid,
-                        public_key: info.public_key.clone(),
-                        not_after: info.not_after.as_second(),
-                        retire_after: None,
-                    },
-                })
-            })
+                        cert: CertRecord {
+                            fingerprint: info.fingerprint.hex().to_owned(),
+                            gateway_id: gid,
+                            public_key: info.public_key.clone(),
+                            not_after: info.not_after.as_second(),
+                            retire_after: None,
+                        },
+                    })
+                }),
+            )
             .await
             .map_err(HubState::internal)?;
         match (check, created) {

@@ -66,7 +66,30 @@ pub enum RequestFailure {
 }
 
 impl RequestFailure {
-    fn from_proto(e: proto::RequestError) -> Self {
+    /// The gateway's typed error as the protocol carries it (a replica forwarding an answer).
+    pub fn to_proto(&self) -> proto::RequestError {
+        use request_error::Code;
+        let (code, message, missing_policy) = match self {
+            Self::NotFound(m) => (Code::NotFound, m.clone(), String::new()),
+            Self::PermissionDenied {
+                message,
+                missing_policy,
+            } => (Code::PermissionDenied, message.clone(), missing_policy.clone()),
+            Self::Unavailable(m) => (Code::Unavailable, m.clone(), String::new()),
+            Self::Invalid(m) => (Code::Invalid, m.clone(), String::new()),
+            Self::Unsupported(m) => (Code::Unsupported, m.clone(), String::new()),
+            Self::TooLarge(m) => (Code::TooLarge, m.clone(), String::new()),
+            other => (Code::Internal, other.to_string(), String::new()),
+        };
+        proto::RequestError {
+            code: code as i32,
+            message,
+            missing_policy,
+        }
+    }
+
+    /// Decodes a gateway's typed error.
+    pub fn from_proto(e: proto::RequestError) -> Self {
         use request_error::Code;
         match Code::try_from(e.code).unwrap_or(Code::Unspecified) {
             Code::NotFound => Self::NotFound(e.message),
@@ -152,6 +175,18 @@ impl Broker {
         kind: request::Kind,
         deadline: Duration,
     ) -> Result<serde_json::Value, RequestFailure> {
+        let bytes = self.call_bytes(tx, kind, deadline).await?;
+        serde_json::from_slice(&bytes).map_err(|e| RequestFailure::BadAnswer(std::sync::Arc::new(e)))
+    }
+
+    /// Like [`Broker::call`], answering the JSON as the gateway sent it (for a replica that
+    /// forwards it to the one the caller asked).
+    pub async fn call_bytes(
+        &self,
+        tx: &tokio::sync::mpsc::Sender<Result<HubMessage, tonic::Status>>,
+        kind: request::Kind,
+        deadline: Duration,
+    ) -> Result<Vec<u8>, RequestFailure> {
         let work = async {
             let _permit = self
                 .permits
@@ -179,9 +214,7 @@ impl Broker {
                 .await
                 .map_err(|_| RequestFailure::Internal("the gateway session closed before answering".into()))?;
             match response.result {
-                Some(response::Result::Json(bytes)) => {
-                    serde_json::from_slice(&bytes).map_err(|e| RequestFailure::BadAnswer(std::sync::Arc::new(e)))
-                }
+                Some(response::Result::Json(bytes)) => Ok(bytes),
                 Some(response::Result::Error(e)) => Err(RequestFailure::from_proto(e)),
                 None => Err(RequestFailure::Internal("empty answer".into())),
             }
@@ -245,6 +278,27 @@ pub async fn forward(
     deadline: Duration,
 ) -> Result<serde_json::Value, RequestFailure> {
     let Some(session) = state.sessions.get(id) else {
+        // Another replica may hold the session: the request goes there.
+        if let Some(cluster) = &state.cluster
+            && let Some(remote) = cluster.remote(id)
+        {
+            let name = request_name(&kind);
+            let started = std::time::Instant::now();
+            let result = cluster.forward(&remote, kind, deadline).await;
+            state
+                .metrics
+                .request_seconds
+                .get_or_create(&KindLabel { kind: name.to_owned() })
+                .observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(bytes) => {
+                    return serde_json::from_slice(&bytes)
+                        .map_err(|e| RequestFailure::BadAnswer(std::sync::Arc::new(e)));
+                }
+                Err(RequestFailure::Disconnected { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let last_seen = state
             .store
             .gateway(id.to_owned())

@@ -78,6 +78,80 @@ pub struct ServeArgs {
     /// How much change-feed and timeline history to keep, and optional metrics.
     #[command(flatten)]
     pub history: HistoryArgs,
+    /// Where the hub keeps its data: embedded SQLite, or PostgreSQL for several replicas.
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// The store, and how replicas on PostgreSQL reach each other.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// The database: unset (or `sqlite`) for the embedded SQLite file in --data-dir, or a
+    /// PostgreSQL URL (`postgres://user@host:5432/db?sslmode=require`) for any number of hub
+    /// replicas on that database. The password may be in the URL or in --store-password-file.
+    #[arg(long = "store", env = "ARGOCD_GATEWAY_HUB_STORE")]
+    pub url: Option<crate::secret::Secret>,
+    /// A file holding the PostgreSQL password (instead of one in the --store URL).
+    #[arg(long = "store-password-file", env = "ARGOCD_GATEWAY_HUB_STORE_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificates to verify PostgreSQL's TLS certificate with, besides the system's.
+    #[arg(long = "store-ca-file", env = "ARGOCD_GATEWAY_HUB_STORE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PostgreSQL connections each replica keeps at most.
+    #[arg(long = "store-pool-size", env = "ARGOCD_GATEWAY_HUB_STORE_POOL_SIZE", default_value = "16", value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub pool_size: u32,
+    /// With PostgreSQL: where this replica listens for requests other replicas forward to the
+    /// gateways connected here (mutual TLS with certificates from the hub CA).
+    #[arg(
+        long = "peer-addr",
+        env = "ARGOCD_GATEWAY_HUB_PEER_ADDR",
+        default_value = "0.0.0.0:8444"
+    )]
+    pub peer_addr: SocketAddr,
+    /// With PostgreSQL: the URL other replicas reach this one at (default
+    /// https://<--peer-addr's address, or this machine's host name>:<port>); in Kubernetes,
+    /// the pod's IP.
+    #[arg(long = "peer-url", env = "ARGOCD_GATEWAY_HUB_PEER_URL")]
+    pub peer_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// The PostgreSQL options, when --store names PostgreSQL.
+    pub fn postgres(&self) -> Result<Option<super::postgres::PgOptions>, HubError> {
+        let Some(url) = self.url.as_ref().filter(|u| !u.expose().trim().is_empty()) else {
+            return Ok(None);
+        };
+        let text = url.expose().trim();
+        if text == "sqlite" {
+            return Ok(None);
+        }
+        let postgres = text.starts_with("postgres://") || text.starts_with("postgresql://") || text.contains("host=");
+        if !postgres {
+            return Err(HubError::StoreUrl(super::postgres::redact_url(text)));
+        }
+        Ok(Some(super::postgres::PgOptions {
+            url: url.clone(),
+            password_file: self.password_file.clone(),
+            ca_file: self.ca_file.clone(),
+            pool_size: self.pool_size as usize,
+        }))
+    }
+
+    fn peer_url(&self) -> String {
+        self.peer_url.clone().unwrap_or_else(|| {
+            let ip = self.peer_addr.ip();
+            let host = if ip.is_unspecified() {
+                gethostname::gethostname()
+                    .into_string()
+                    .unwrap_or_else(|_| "localhost".into())
+            } else if ip.is_ipv6() {
+                format!("[{ip}]")
+            } else {
+                ip.to_string()
+            };
+            format!("https://{host}:{}", self.peer_addr.port())
+        })
+    }
 }
 
 /// Parses `serve` flags from arguments, as the command line would.
@@ -192,6 +266,17 @@ pub enum HubError {
     /// The HTTP listener's TLS could not be set up.
     #[error(transparent)]
     HttpTls(#[from] https::HttpsError),
+    /// --store names neither SQLite nor PostgreSQL.
+    #[error(
+        "--store must be a PostgreSQL URL (postgres://user@host:5432/database) or sqlite, not {0} (flag --store, Helm database.url)"
+    )]
+    StoreUrl(String),
+    /// PostgreSQL could not be opened.
+    #[error(transparent)]
+    Postgres(#[from] super::postgres::PgOpenError),
+    /// The replica's peer setup failed.
+    #[error("cannot set up the channel between hub replicas: {0} (flags --peer-addr, --peer-url)")]
+    Peer(String),
 }
 
 /// A running hub.
@@ -226,14 +311,34 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
         (Some(cert), Some(key)) => Some(https::server_config_from_files(cert, key)?),
         _ => None,
     };
+    let postgres = args.store.postgres()?;
     let data_dir = args.data_dir.clone();
-    let pki = tokio::task::spawn_blocking(move || pki::load_or_init(&data_dir, &hostnames))
-        .await
-        .map_err(HubError::Task)??;
-    let store = store::Store::open(&args.data_dir.join("hub.db")).map_err(|source| HubError::Store {
-        dir: args.data_dir.clone(),
-        source,
-    })?;
+    // Replicas share one CA, certificate and admin token from files (a Kubernetes Secret made
+    // by `hub init`): they never create or change them, and never keep them in the database.
+    let shared = postgres.is_some();
+    let pki = tokio::task::spawn_blocking(move || {
+        if shared {
+            pki::load_shared(&data_dir, &hostnames)
+        } else {
+            pki::load_or_init(&data_dir, &hostnames)
+        }
+    })
+    .await
+    .map_err(HubError::Task)??;
+    let (store, pg) = match &postgres {
+        Some(options) => {
+            let pg = super::postgres::PgStore::open(options).await?;
+            tracing::info!(database = %pg.describe(), "hub store: PostgreSQL");
+            (store::Store::new(Arc::new(pg.clone())), Some(pg))
+        }
+        None => (
+            store::Store::open(&args.data_dir.join("hub.db")).map_err(|source| HubError::Store {
+                dir: args.data_dir.clone(),
+                source,
+            })?,
+            None,
+        ),
+    };
     let grpc_listener = TcpListener::bind(args.grpc_addr)
         .await
         .map_err(|source| HubError::Bind {
@@ -271,22 +376,88 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
         None => None,
     };
     let (feed, recorder) = Feed::new(store.clone(), args.history.config());
+    // Replicas follow each other's writes from the revisions read before the state: whatever
+    // is written in between is read again, which changes nothing.
+    let revisions = match &pg {
+        Some(pg) => Some(pg.entity_revisions().await.map_err(|source| HubError::LoadState {
+            dir: args.data_dir.clone(),
+            source: source.into(),
+        })?),
+        None => None,
+    };
     let entities = entities::EntityState::load(store.clone(), feed.clone())
         .await
         .map_err(|source| HubError::LoadState {
             dir: args.data_dir.clone(),
             source,
         })?;
+    if let Some(revisions) = revisions {
+        entities.set_revisions(revisions);
+    }
+    let recorder = if pg.is_some() { recorder.followed() } else { recorder };
+    let replica_tls = match &pg {
+        Some(_) => {
+            let peer_url = args.store.peer_url();
+            let host = url::Url::parse(&peer_url)
+                .ok()
+                .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()))
+                .ok_or_else(|| HubError::Peer(format!("--peer-url {peer_url:?} is not a URL")))?;
+            let (issued, key) = pki
+                .ca
+                .issue_replica(&[host], Duration::from_secs(397 * 24 * 3600))
+                .map_err(|e| HubError::Peer(e.to_string()))?;
+            Some((peer_url, issued.pem, key))
+        }
+        None => None,
+    };
+    let peer_ca_pem = pki.ca.cert_pem().to_owned();
     let mut state = HubState::new(store, pki.ca, args.client_cert_ttl, Arc::new(entities), feed);
     state.require_client_cert = !args.plaintext && !args.assertion_only;
     state.renewal_grace = args.renewal_grace;
     state.limits = args.limits.clone();
     state.opens = tokio::sync::Semaphore::new(args.limits.max_concurrent_opens.max(1));
+    let peer_listener = match (&pg, &replica_tls) {
+        (Some(pg), Some((peer_url, cert, key))) => {
+            let listener = TcpListener::bind(args.store.peer_addr)
+                .await
+                .map_err(|source| HubError::Bind {
+                    addr: args.store.peer_addr,
+                    flag: "--peer-addr",
+                    source,
+                })?;
+            let replica_id = format!(
+                "{}-{}",
+                gethostname::gethostname().to_string_lossy(),
+                pki::random_token(6)
+            );
+            let peers = super::peer::Peers::new(&peer_ca_pem, cert, key.as_str(), args.limits.max_answer_bytes);
+            state.cluster = Some(Arc::new(super::cluster::Cluster::new(
+                pg.clone(),
+                replica_id,
+                peer_url.clone(),
+                peers,
+            )));
+            Some(listener)
+        }
+        _ => None,
+    };
     let state = Arc::new(state);
     state.fleet.set_app_metrics(args.history.app_metrics);
     let tree = Tree::new();
     let recorder_stop = tree.token().clone();
     tree.spawn_critical("hub change-feed recorder", recorder.run(recorder_stop));
+    if let (Some(cluster), Some(listener), Some((_, cert, key))) = (&state.cluster, peer_listener, &replica_tls) {
+        spawn_cluster(
+            &tree,
+            &state,
+            cluster,
+            listener,
+            &args,
+            &peer_ca_pem,
+            cert,
+            key.as_str(),
+        )?;
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<TunnelServer<TunnelService>>().await;
@@ -411,9 +582,14 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
 }
 
 impl Hub {
-    /// How many gateways are connected now.
+    /// How many gateways are connected now (to this replica).
     pub fn connected_gateways(&self) -> usize {
         self.state.sessions.len()
+    }
+
+    /// This replica's id, with PostgreSQL (none with SQLite).
+    pub fn replica_id(&self) -> Option<&str> {
+        self.state.cluster.as_ref().map(|c| c.replica_id.as_str())
     }
 
     /// Resolves when one of the hub's critical tasks (a server, the health checks) has ended;
@@ -453,10 +629,93 @@ impl Hub {
         }
         self.state.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.state.tasks.wait()).await;
+        if let Some(cluster) = &self.state.cluster {
+            cluster.leave().await;
+        }
         if !self.tree.shutdown(Duration::from_secs(5)).await {
             tracing::warn!("some hub tasks did not stop within 5 s");
         }
     }
+}
+
+/// Starts what a replica on PostgreSQL runs besides a single hub: the peer listener for
+/// forwarded requests (mutual TLS, replicas only) and the cluster's tasks (lease, notifications,
+/// replication of relayed state, the shared change feed).
+#[allow(clippy::too_many_arguments)]
+fn spawn_cluster(
+    tree: &Tree,
+    state: &Arc<HubState>,
+    cluster: &Arc<super::cluster::Cluster>,
+    listener: TcpListener,
+    args: &ServeArgs,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(), HubError> {
+    let peer_err = |e: Box<dyn std::error::Error + Send + Sync>| HubError::Peer(e.to_string());
+    let provider = crate::tls::provider();
+    let chain = format!("{}\n{}", cert_pem.trim_end(), ca_pem.trim_end());
+    let chain = crate::tls::parse_certs_pem(chain.as_bytes(), "replica certificate").map_err(|e| peer_err(e.into()))?;
+    let key = crate::tls::parse_key_pem(key_pem.as_bytes(), "replica key").map_err(|e| peer_err(e.into()))?;
+    let ca = crate::tls::parse_certs_pem(ca_pem.as_bytes(), "hub CA").map_err(|e| peer_err(e.into()))?;
+    // Only certificates of this hub's CA get in; the service then admits replicas only.
+    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(crate::tls::root_store(&ca)),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| peer_err(e.into()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| peer_err(e.into()))?
+        .with_client_cert_verifier(clients)
+        .with_single_cert(chain, key)
+        .map_err(|e| peer_err(e.into()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let incoming = listen::tls(
+        tree,
+        listener,
+        &args.limits,
+        state.metrics.clone(),
+        Arc::new(config),
+        false,
+    );
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(
+            crate::wire::proto::hub_peer_server::HubPeerServer::new(super::peer::PeerService { state: state.clone() })
+                .max_encoding_message_size(MAX_DECODED_MESSAGE_BYTES)
+                .max_decoding_message_size(MAX_DECODED_MESSAGE_BYTES),
+        );
+    let stop = tree.token().clone();
+    tree.spawn_critical("hub peer server", async move {
+        router
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await
+    });
+    let (s, c, t) = (state.clone(), cluster.clone(), tree.token().clone());
+    tree.spawn_critical("hub replica lease", async move {
+        super::cluster::heartbeat(s, c, t).await;
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let (s, c, t) = (state.clone(), cluster.clone(), tree.token().clone());
+    tree.spawn_critical("hub replica notifications", async move {
+        super::cluster::listen(s, c, t).await;
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let (s, c, t) = (state.clone(), cluster.clone(), tree.token().clone());
+    tree.spawn_critical("hub replica state follower", async move {
+        super::cluster::replicate(s, c, t).await;
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let (s, c, t) = (state.clone(), cluster.clone(), tree.token().clone());
+    tree.spawn_critical("hub change-feed follower", async move {
+        super::cluster::tail_feed(s, c, t).await;
+        Ok::<(), std::convert::Infallible>(())
+    });
+    tracing::info!(replica = %cluster.replica_id, peer_url = %cluster.peer_url, "hub replica joined");
+    Ok(())
 }
 
 /// The gRPC listener's TLS: the hub's server certificate, HTTP/2 only, and client

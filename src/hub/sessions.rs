@@ -30,6 +30,8 @@ pub struct LiveSession {
     pub rtt_ms: Arc<std::sync::atomic::AtomicI64>,
     /// Where this copy of the identity runs (empty from older gateways).
     pub instance: String,
+    /// When the session started, Unix seconds.
+    pub started_at: i64,
 }
 
 /// The registry of live sessions.

@@ -51,6 +51,23 @@ pub struct HubState {
     pub tasks: TaskTracker,
     /// Install progress and pending registrations.
     pub lifecycle: super::lifecycle::Lifecycle,
+    /// The other replicas, when the hub runs on PostgreSQL (none with SQLite: one process).
+    pub cluster: Option<Arc<super::cluster::Cluster>>,
+}
+
+/// A gateway's live session as any replica can describe it.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Gateway build version.
+    pub version: String,
+    /// Protocol version in use.
+    pub protocol_version: u32,
+    /// Last message from the gateway, Unix seconds (the session's start, for another replica's).
+    pub last_seen: i64,
+    /// Keepalive round trip, milliseconds; none when unknown here.
+    pub rtt_ms: Option<i64>,
+    /// The replica holding the session; none for this one.
+    pub replica: Option<String>,
 }
 
 impl HubState {
@@ -78,6 +95,64 @@ impl HubState {
             opens: tokio::sync::Semaphore::new(Limits::default().max_concurrent_opens),
             tasks: TaskTracker::new(),
             lifecycle: Default::default(),
+            cluster: None,
+        }
+    }
+
+    /// The gateway's live session, on this replica or (with replicas) on another one.
+    pub fn connection(&self, gateway_id: &str) -> Option<Connection> {
+        use std::sync::atomic::Ordering;
+        if let Some(s) = self.sessions.get(gateway_id) {
+            let rtt = s.rtt_ms.load(Ordering::Relaxed);
+            return Some(Connection {
+                version: s.version.clone(),
+                protocol_version: s.protocol_version,
+                last_seen: s.last_seen.load(Ordering::Relaxed),
+                rtt_ms: (rtt >= 0).then_some(rtt),
+                replica: None,
+            });
+        }
+        let remote = self.cluster.as_ref()?.remote(gateway_id)?;
+        Some(Connection {
+            version: remote.version,
+            protocol_version: remote.protocol_version,
+            last_seen: remote.connected_at,
+            rtt_ms: None,
+            replica: Some(remote.replica_id),
+        })
+    }
+
+    /// Whether the gateway has a live session anywhere.
+    pub fn is_connected(&self, gateway_id: &str) -> bool {
+        self.sessions.get(gateway_id).is_some() || self.cluster.as_ref().is_some_and(|c| c.remote(gateway_id).is_some())
+    }
+
+    /// How many gateways are connected, to this replica and (with replicas) to all.
+    pub fn connected_count(&self) -> usize {
+        match &self.cluster {
+            Some(c) if c.is_ready() => c.connected_count().max(self.sessions.len()),
+            _ => self.sessions.len(),
+        }
+    }
+
+    /// Whether this hub can serve: its database answers (and, with replicas, its lease is
+    /// current).
+    pub async fn ready(&self) -> Result<(), String> {
+        if let Some(c) = &self.cluster {
+            return if c.is_ready() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "this replica has not reached its database ({}) within {:?}",
+                    c.store().describe(),
+                    super::cluster::LEASE
+                ))
+            };
+        }
+        match tokio::time::timeout(Duration::from_secs(5), self.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the database did not answer within 5 s".into()),
         }
     }
 

@@ -1,7 +1,12 @@
-//! The hub's SQLite store: registration tokens (hashed), gateways and the certificates issued to
-//! them, relayed entities, settings, install lifecycle (registration steps, removals, update
-//! holds), the change feed (whose ids it assigns), application timelines, API tokens (hashed) and
-//! status-page sessions. SQLite runs on blocking threads so the async runtime never waits on disk.
+//! The hub's store: registration tokens (hashed), gateways and the certificates issued to them,
+//! relayed entities, settings, install lifecycle (registration steps, removals, update holds),
+//! the change feed (whose ids it assigns), application timelines, API tokens (hashed) and
+//! status-page sessions.
+//!
+//! One interface ([`Backend`]), two implementations: SQLite here ([`SqliteStore`], the embedded
+//! default of a single hub, run on blocking threads so the async runtime never waits on disk),
+//! and PostgreSQL ([`super::postgres`], for several replicas on one database). [`Store`] is the
+//! handle the hub holds; the same behaviour tests run against both.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -24,6 +29,13 @@ pub enum StoreError {
     /// Stored JSON is unreadable.
     #[error("hub database holds invalid data: {0}")]
     Corrupt(String),
+    /// The session that wrote no longer owns the gateway: another replica took it over, or the
+    /// gateway was deleted.
+    #[error("gateway {0} is no longer owned by this session (another hub replica took it over, or it was deleted)")]
+    Fenced(String),
+    /// PostgreSQL failed.
+    #[error("hub database error: {0}")]
+    Postgres(String),
     /// The database file's permissions could not be set.
     #[error("cannot create or protect {path}: {source}")]
     File {
@@ -122,9 +134,289 @@ pub struct NewGateway {
     pub cert: CertRecord,
 }
 
-/// The hub database.
+/// The hub database as the hub holds it: either implementation of [`Backend`], cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub struct Store(Arc<dyn Backend>);
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self(Arc::new(SqliteStore::open(path)?)))
+    }
+
+    /// A store over any implementation.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self(backend)
+    }
+}
+
+/// Builds a new gateway from the name and environments its registration token was created
+/// with; runs inside the transaction that uses the token.
+pub type MakeGateway = Box<dyn FnOnce(&str, &[String]) -> Result<NewGateway, StoreError> + Send>;
+
+/// What the hub stores, whatever holds it. Every method is one atomic step: a transaction where
+/// it writes more than one row.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Which implementation this is, for logs and readiness (`sqlite`, `postgres`).
+    fn kind(&self) -> &'static str;
+    /// Whether the database answers now (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Saves a new registration token by its id and secret hash.
+    async fn insert_token(&self, record: TokenRecord, secret_hash: Vec<u8>) -> Result<(), StoreError>;
+    /// Every token, newest first.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Deletes a token; false when there was none.
+    async fn delete_token(&self, id: String) -> Result<bool, StoreError>;
+    /// Checks a token and, when valid, atomically marks it used and creates the gateway built by
+    /// `make`. Two registrations racing with one token — in one hub or in several replicas —
+    /// cannot both succeed.
+    async fn register_with_token(
+        &self,
+        id: String,
+        secret_hash: Vec<u8>,
+        now: i64,
+        make: MakeGateway,
+    ) -> Result<(TokenCheck, Option<NewGateway>), StoreError>;
+    /// Records a renewed certificate and retires every earlier one of the gateway at
+    /// `retire_after`.
+    async fn add_certificate(&self, cert: CertRecord, retire_after: i64) -> Result<(), StoreError>;
+    /// A certificate by fingerprint.
+    async fn certificate(&self, fingerprint: String) -> Result<Option<CertRecord>, StoreError>;
+    /// A gateway by id.
+    async fn gateway(&self, id: String) -> Result<Option<GatewayRecord>, StoreError>;
+    /// Every gateway, by name then id.
+    async fn gateways(&self) -> Result<Vec<GatewayRecord>, StoreError>;
+    /// Deletes a gateway and its certificates; false when there was none.
+    async fn delete_gateway(&self, id: String) -> Result<bool, StoreError>;
+    /// Records a session start.
+    async fn record_hello(
+        &self,
+        id: String,
+        version: String,
+        protocol_version: u32,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// Every stored entity of every gateway.
+    async fn load_entities(&self) -> Result<Vec<EntityRow>, StoreError>;
+    /// Replaces a gateway's entities (a snapshot), or applies upserts and deletions (a delta), in
+    /// one transaction. With `owner` (a session id), the write happens only while that session
+    /// still owns the gateway ([`StoreError::Fenced`] otherwise), so a session another replica
+    /// took over can no longer change the state. Returns the write's revision (0 where the store
+    /// keeps none).
+    async fn write_entities(
+        &self,
+        gateway_id: String,
+        replace: bool,
+        upserts: Vec<EntityUpsert>,
+        deletes: Vec<(u8, String)>,
+        owner: Option<String>,
+    ) -> Result<i64, StoreError>;
+    /// Records the last contact.
+    async fn record_seen(&self, id: String, now: i64) -> Result<(), StoreError>;
+    /// A hub-wide setting (such as the desired gateway version), if set.
+    async fn setting(&self, key: &'static str) -> Result<Option<String>, StoreError>;
+    /// Sets a hub-wide setting.
+    async fn set_setting(&self, key: &'static str, value: String, now: i64) -> Result<(), StoreError>;
+    /// Records an assertion's nonce until it expires; false when it was seen before (a replay).
+    async fn use_nonce(&self, jti: String, expires_at: i64, now: i64) -> Result<bool, StoreError>;
+
+    /// Records a step of a token's registration; a step that is done stays done.
+    async fn record_step(
+        &self,
+        token_id: String,
+        step: &'static str,
+        state: &'static str,
+        message: String,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// Records a step of the registration a gateway came from; whether a row was written.
+    async fn record_gateway_step(
+        &self,
+        gateway_id: String,
+        step: &'static str,
+        state: &'static str,
+        message: String,
+        now: i64,
+        first_only: bool,
+    ) -> Result<bool, StoreError>;
+    /// The recorded steps of a token.
+    async fn token_steps(&self, token_id: String) -> Result<Vec<StepRecord>, StoreError>;
+    /// The recorded steps of the registration a gateway came from; `None` when its token is not
+    /// known.
+    async fn gateway_steps(&self, gateway_id: String) -> Result<Option<Vec<StepRecord>>, StoreError>;
+    /// One token (never the secret).
+    async fn token(&self, id: String) -> Result<Option<TokenRecord>, StoreError>;
+    /// Checks a token without using it up.
+    async fn check_token(&self, id: String, secret_hash: Vec<u8>, now: i64) -> Result<TokenState, StoreError>;
+    /// Gateways that registered but never said hello, with the time their registration expires.
+    async fn pending_gateways(&self) -> Result<Vec<PendingGateway>, StoreError>;
+    /// Removes a gateway and records when and why; with `only_pending`, only if it never
+    /// connected. Returns the removed gateway.
+    async fn remove_gateway(
+        &self,
+        id: String,
+        reason: String,
+        now: i64,
+        only_pending: bool,
+    ) -> Result<Option<GatewayRecord>, StoreError>;
+    /// Forgets removals older than `before` (Unix seconds).
+    async fn prune_removed_gateways(&self, before: i64) -> Result<usize, StoreError>;
+    /// Removed gateways, newest first.
+    async fn removed_gateways(&self) -> Result<Vec<RemovedGateway>, StoreError>;
+    /// Records that a gateway's self-update holds back (with the reason), or clears it.
+    async fn set_update_hold(&self, gateway_id: String, reason: Option<String>, now: i64) -> Result<(), StoreError>;
+    /// Every gateway whose self-update holds back: id → (reason, since).
+    async fn update_holds(&self) -> Result<std::collections::HashMap<String, (String, i64)>, StoreError>;
+
+    /// Appends change-feed events and timeline points in one transaction and returns the events'
+    /// ids, in order: ids are unique and increase across restarts, pruning and replicas, and are
+    /// visible to readers in id order.
+    async fn record_history(
+        &self,
+        events: Arc<Vec<NewFeedEvent>>,
+        timeline: Arc<Vec<TimelineRow>>,
+        timeline_per_app: usize,
+    ) -> Result<Vec<i64>, StoreError>;
+    /// Events after `after`, oldest first, at most `limit`, with the bounds read in the same
+    /// call.
+    async fn feed_events_after(&self, after: i64, limit: usize) -> Result<(Vec<FeedEventRow>, FeedBounds), StoreError>;
+    /// What the change feed can still replay.
+    async fn feed_bounds(&self) -> Result<FeedBounds, StoreError>;
+    /// Prunes the change feed to its newest `keep` events and to events newer than
+    /// `older_than_ms`; returns the new bounds.
+    async fn prune_feed(&self, keep: u64, older_than_ms: i64) -> Result<FeedBounds, StoreError>;
+    /// Drops timeline points older than `older_than_ms`; returns how many.
+    async fn prune_timeline(&self, older_than_ms: i64) -> Result<usize, StoreError>;
+    /// An application's timeline, newest first.
+    async fn app_timeline(
+        &self,
+        gateway_id: String,
+        app: String,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<TimelineRow>, StoreError>;
+    /// A gateway's timeline across its applications, newest first.
+    async fn gateway_timeline(
+        &self,
+        gateway_id: String,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<TimelineRow>, StoreError>;
+
+    /// Saves a new API token by its id and secret hash.
+    async fn insert_api_token(&self, record: ApiTokenRecord, secret_hash: Vec<u8>) -> Result<(), StoreError>;
+    /// Every API token, newest first.
+    async fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError>;
+    /// One API token and its secret hash.
+    async fn api_token(&self, id: String) -> Result<Option<(ApiTokenRecord, Vec<u8>)>, StoreError>;
+    /// Revokes an API token and closes the page sessions opened with it.
+    async fn delete_api_token(&self, id: String) -> Result<bool, StoreError>;
+    /// Records that an API token was used.
+    async fn touch_api_token(&self, id: String, now: i64) -> Result<(), StoreError>;
+    /// Saves a page session (and drops expired ones).
+    async fn insert_web_session(&self, s: WebSessionRecord) -> Result<(), StoreError>;
+    /// A page session by the hash of its cookie value, if it has not expired at `now`.
+    async fn web_session(&self, id_hash: Vec<u8>, now: i64) -> Result<Option<WebSessionRecord>, StoreError>;
+    /// Ends a page session.
+    async fn delete_web_session(&self, id_hash: Vec<u8>) -> Result<(), StoreError>;
+}
+
+/// Implements [`Backend`] for [`SqliteStore`] by calling its inherent methods of the same names.
+macro_rules! sqlite_backend {
+    ($( fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty; )*) => {
+        #[async_trait::async_trait]
+        impl Backend for SqliteStore {
+            fn kind(&self) -> &'static str {
+                "sqlite"
+            }
+            async fn ping(&self) -> Result<(), StoreError> {
+                self.call(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
+            }
+            async fn register_with_token(
+                &self,
+                id: String,
+                secret_hash: Vec<u8>,
+                now: i64,
+                make: MakeGateway,
+            ) -> Result<(TokenCheck, Option<NewGateway>), StoreError> {
+                SqliteStore::register_with_token(self, id, secret_hash, now, make).await
+            }
+            // One process holds every session: there is nothing to fence and no revision.
+            async fn write_entities(
+                &self,
+                gateway_id: String,
+                replace: bool,
+                upserts: Vec<EntityUpsert>,
+                deletes: Vec<(u8, String)>,
+                _owner: Option<String>,
+            ) -> Result<i64, StoreError> {
+                SqliteStore::write_entities(self, gateway_id, replace, upserts, deletes).await.map(|()| 0)
+            }
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    SqliteStore::$name(self $(, $arg)*).await
+                }
+            )*
+        }
+    };
+}
+
+sqlite_backend! {
+    fn insert_token(&self, record: TokenRecord, secret_hash: Vec<u8>) -> Result<(), StoreError>;
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    fn delete_token(&self, id: String) -> Result<bool, StoreError>;
+    fn add_certificate(&self, cert: CertRecord, retire_after: i64) -> Result<(), StoreError>;
+    fn certificate(&self, fingerprint: String) -> Result<Option<CertRecord>, StoreError>;
+    fn gateway(&self, id: String) -> Result<Option<GatewayRecord>, StoreError>;
+    fn gateways(&self) -> Result<Vec<GatewayRecord>, StoreError>;
+    fn delete_gateway(&self, id: String) -> Result<bool, StoreError>;
+    fn record_hello(&self, id: String, version: String, protocol_version: u32, now: i64) -> Result<(), StoreError>;
+    fn load_entities(&self) -> Result<Vec<EntityRow>, StoreError>;
+    fn record_seen(&self, id: String, now: i64) -> Result<(), StoreError>;
+    fn setting(&self, key: &'static str) -> Result<Option<String>, StoreError>;
+    fn set_setting(&self, key: &'static str, value: String, now: i64) -> Result<(), StoreError>;
+    fn use_nonce(&self, jti: String, expires_at: i64, now: i64) -> Result<bool, StoreError>;
+    fn record_step(&self, token_id: String, step: &'static str, state: &'static str, message: String, now: i64) -> Result<(), StoreError>;
+    fn record_gateway_step(&self, gateway_id: String, step: &'static str, state: &'static str, message: String, now: i64, first_only: bool) -> Result<bool, StoreError>;
+    fn token_steps(&self, token_id: String) -> Result<Vec<StepRecord>, StoreError>;
+    fn gateway_steps(&self, gateway_id: String) -> Result<Option<Vec<StepRecord>>, StoreError>;
+    fn token(&self, id: String) -> Result<Option<TokenRecord>, StoreError>;
+    fn check_token(&self, id: String, secret_hash: Vec<u8>, now: i64) -> Result<TokenState, StoreError>;
+    fn pending_gateways(&self) -> Result<Vec<PendingGateway>, StoreError>;
+    fn remove_gateway(&self, id: String, reason: String, now: i64, only_pending: bool) -> Result<Option<GatewayRecord>, StoreError>;
+    fn prune_removed_gateways(&self, before: i64) -> Result<usize, StoreError>;
+    fn removed_gateways(&self) -> Result<Vec<RemovedGateway>, StoreError>;
+    fn set_update_hold(&self, gateway_id: String, reason: Option<String>, now: i64) -> Result<(), StoreError>;
+    fn update_holds(&self) -> Result<std::collections::HashMap<String, (String, i64)>, StoreError>;
+    fn record_history(&self, events: Arc<Vec<NewFeedEvent>>, timeline: Arc<Vec<TimelineRow>>, timeline_per_app: usize) -> Result<Vec<i64>, StoreError>;
+    fn feed_events_after(&self, after: i64, limit: usize) -> Result<(Vec<FeedEventRow>, FeedBounds), StoreError>;
+    fn feed_bounds(&self) -> Result<FeedBounds, StoreError>;
+    fn prune_feed(&self, keep: u64, older_than_ms: i64) -> Result<FeedBounds, StoreError>;
+    fn prune_timeline(&self, older_than_ms: i64) -> Result<usize, StoreError>;
+    fn app_timeline(&self, gateway_id: String, app: String, since_ms: i64, limit: usize) -> Result<Vec<TimelineRow>, StoreError>;
+    fn gateway_timeline(&self, gateway_id: String, since_ms: i64, limit: usize) -> Result<Vec<TimelineRow>, StoreError>;
+    fn insert_api_token(&self, record: ApiTokenRecord, secret_hash: Vec<u8>) -> Result<(), StoreError>;
+    fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError>;
+    fn api_token(&self, id: String) -> Result<Option<(ApiTokenRecord, Vec<u8>)>, StoreError>;
+    fn delete_api_token(&self, id: String) -> Result<bool, StoreError>;
+    fn touch_api_token(&self, id: String, now: i64) -> Result<(), StoreError>;
+    fn insert_web_session(&self, s: WebSessionRecord) -> Result<(), StoreError>;
+    fn web_session(&self, id_hash: Vec<u8>, now: i64) -> Result<Option<WebSessionRecord>, StoreError>;
+    fn delete_web_session(&self, id_hash: Vec<u8>) -> Result<(), StoreError>;
+}
+
+/// The embedded SQLite database of a single hub.
+#[derive(Clone)]
+pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
 }
 
@@ -290,7 +582,7 @@ fn gateway_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GatewayRecord> {
 
 const GATEWAY_COLUMNS: &str = "id, name, environments, argocd_web_url, created_at, last_seen_at, version, protocol_version, certificate_expires_at";
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, readable by this user only: it
     /// holds gateway records and token hashes.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -625,7 +917,7 @@ fn private_file(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-impl Store {
+impl SqliteStore {
     /// Records an assertion's nonce until it expires; false when it was seen before (a replay),
     /// also across hub restarts. Expired nonces are forgotten on the way.
     pub async fn use_nonce(&self, jti: String, expires_at: i64, now: i64) -> Result<bool, StoreError> {
@@ -701,7 +993,7 @@ pub enum TokenState {
 /// How long a registration without a known token may stay pending.
 const PENDING_WITHOUT_TOKEN: i64 = 3600;
 
-impl Store {
+impl SqliteStore {
     /// Records a step of a token's registration. A step that is done stays done: a later
     /// failure of the same step (a repeated health check, say) does not undo it.
     pub async fn record_step(
@@ -999,7 +1291,7 @@ mod lifecycle_tests {
         for (t, g) in [("t1", "gw-1"), ("t2", "gw-2")] {
             store.insert_token(token(t), vec![7]).await.unwrap();
             let (check, _) = store
-                .register_with_token(t.into(), vec![7], 150, move |_, _| Ok(gateway(g, 0)))
+                .register_with_token(t.into(), vec![7], 150, Box::new(move |_, _| Ok(gateway(g, 0))))
                 .await
                 .unwrap();
             assert!(matches!(check, TokenCheck::Consumed { .. }));
@@ -1234,7 +1526,7 @@ fn api_token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiTokenRecord>
 
 const API_TOKEN_COLUMNS: &str = "id, name, role, created_at, expires_at, last_used_at";
 
-impl Store {
+impl SqliteStore {
     /// Appends change-feed events and timeline points in one transaction and returns the events'
     /// ids, in order. The id source is the store's: ids increase across restarts and pruning.
     /// Each application that got a timeline point keeps at most `timeline_per_app` points.

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::entities::EntityLimits;
+use super::entities::{EntityLimits, StateError, Writer};
 use super::metrics::{KindLabel, ReasonLabel, message_kind};
 use super::sessions::{LiveSession, close_with};
 use super::state::HubState;
@@ -159,7 +159,56 @@ impl Tunnel for TunnelService {
             broker: Arc::new(super::requests::Broker::new(self.state.limits.max_answer_bytes)),
             rtt_ms: Arc::new(AtomicI64::new(-1)),
             instance: hello.instance.clone(),
+            started_at: now,
         };
+        // With replicas: the session is claimed in the database first (another replica's
+        // session of the gateway is closed there), and the state the welcome's digest covers is
+        // read from the database, whichever replica stored it.
+        if let Some(cluster) = &self.state.cluster {
+            let claim = cluster
+                .claim(super::postgres::NewSession {
+                    gateway_id: gateway_id.clone(),
+                    session_id: session.session_id.clone(),
+                    replica_id: cluster.replica_id.clone(),
+                    instance: hello.instance.clone(),
+                    version: hello.gateway_version.clone(),
+                    protocol_version: hello.protocol_version,
+                    now,
+                })
+                .await;
+            let loaded = match claim {
+                Ok(super::postgres::Claim::Owned(_)) => cluster.load_gateway(&self.state, &gateway_id).await,
+                Ok(super::postgres::Claim::Copied(other)) => {
+                    tracing::warn!(gateway_id = %gateway_id, replica = %other.replica_id, "refused a second instance of a gateway connected to another replica: its identity was copied");
+                    self.state.metrics.session_refused("identity_copied");
+                    let _ = tx.try_send(msg(rejection(
+                        rejected::Reason::IdentityCopied,
+                        copied_message(&gateway_id),
+                    )));
+                    return Ok(reply);
+                }
+                Ok(super::postgres::Claim::Unknown) => {
+                    let text = format!("gateway {gateway_id} was removed at the hub; register again with a new token");
+                    let _ = tx.try_send(msg(rejection(rejected::Reason::Revoked, text.clone())));
+                    return Err(wire::ErrorCode::Revoked.status(tonic::Code::PermissionDenied, text));
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = loaded {
+                tracing::warn!(gateway_id = %gateway_id, error = %e, "cannot open a gateway session: the database is unavailable");
+                self.state.metrics.session_refused("store_unavailable");
+                let _ = cluster.release(&gateway_id, &session.session_id).await;
+                let mut status = wire::ErrorCode::Overloaded.status(
+                    tonic::Code::Unavailable,
+                    "this hub replica cannot reach its database; come back shortly",
+                );
+                let wait = crate::util::jitter(Duration::from_millis(1000), Duration::from_millis(3000));
+                if let Ok(v) = wait.as_millis().to_string().parse() {
+                    status.metadata_mut().insert(wire::codes::RETRY_AFTER_KEY, v);
+                }
+                return Err(status);
+            }
+        }
         if let Some(old) = self.state.sessions.insert(&gateway_id, session.clone()) {
             tracing::info!(gateway_id = %gateway_id, old_session = %old.session_id, "a new session replaces the old one");
             close_with(
@@ -300,6 +349,18 @@ fn refusal_label(reason: &str) -> &'static str {
     }
 }
 
+/// Why a session ends after its state could not be stored: another replica's session owns the
+/// gateway now (not worth a warning), or the store failed until the session ended.
+fn ended_by_store(what: &str, e: &StateError) -> (String, bool) {
+    match e {
+        StateError::Store(super::store::StoreError::Fenced(_)) => (
+            "another session of this gateway took over at another hub replica".into(),
+            false,
+        ),
+        e => (format!("could not store {what}: {e}"), true),
+    }
+}
+
 /// Reads a gateway's messages until it leaves, is revoked, replaced, the hub drains, or the
 /// stream fails; then ends the session on both sides.
 async fn read_session(
@@ -311,6 +372,13 @@ async fn read_session(
 ) {
     let mut persisted_seen = session.last_seen.load(Ordering::Relaxed);
     let limits = EntityLimits::from(&state.limits);
+    // A write the store refuses is retried while the session lasts (the message stays
+    // unacknowledged, so the gateway keeps it); with replicas, only while this session owns the
+    // gateway.
+    let writer = Writer {
+        owner: state.cluster.as_ref().map(|_| session.session_id.as_str()),
+        retry_until: Some(&session.cancel),
+    };
     let mut snapshot = Assembly::default();
     let refused = |reason: &str| {
         state
@@ -372,14 +440,14 @@ async fn read_session(
                     Some((entities, digest)) => {
                         match state
                             .entities
-                            .apply_snapshot(&gateway_id, entities, &digest, &limits, &refused)
+                            .apply_snapshot_as(&writer, &gateway_id, entities, &digest, &limits, &refused)
                             .await
                         {
                             Ok(d) => {
                                 super::lifecycle::on_state(&state, &gateway_id);
                                 Some(d)
                             }
-                            Err(e) => break (format!("could not store a snapshot: {e}"), true),
+                            Err(e) => break ended_by_store("a snapshot", &e),
                         }
                     }
                 };
@@ -396,7 +464,11 @@ async fn read_session(
                 if let Some(age) = delta.oldest_change_age_ms {
                     state.fleet.relay_lag(&gateway_id, age, &session);
                 }
-                match state.entities.apply_delta(&gateway_id, delta, &limits, &refused).await {
+                match state
+                    .entities
+                    .apply_delta_as(&writer, &gateway_id, delta, &limits, &refused)
+                    .await
+                {
                     Ok(digest) => {
                         super::lifecycle::on_state(&state, &gateway_id);
                         let ack = Ack {
@@ -407,7 +479,7 @@ async fn read_session(
                             break ("the outbound stream closed".into(), true);
                         }
                     }
-                    Err(e) => break (format!("could not store a delta: {e}"), true),
+                    Err(e) => break ended_by_store("a delta", &e),
                 }
             }
             Some(gateway_message::Body::Response(r)) => session.broker.complete(r),
@@ -427,8 +499,15 @@ async fn read_session(
     session.cancel.cancel();
     drop(tx);
     if state.sessions.remove_if_current(&gateway_id, &session.session_id) {
+        // With replicas, the end is the gateway's only if no other session took it over.
+        let owned = match &state.cluster {
+            Some(cluster) => cluster.release(&gateway_id, &session.session_id).await,
+            None => true,
+        };
         tracing::info!(gateway_id = %gateway_id, session_id = %session.session_id, reason = %reason, "gateway disconnected");
-        state.feed.gateway_disconnected(&gateway_id, &reason).await;
+        if owned {
+            state.feed.gateway_disconnected(&gateway_id, &reason).await;
+        }
     }
     let _ = state
         .store

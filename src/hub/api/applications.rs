@@ -51,7 +51,7 @@ pub(super) fn decorate<T: serde::Serialize>(item: &T, gateway_id: &str, stale: b
 }
 
 fn known_gateway(state: &ApiState, id: &str) -> bool {
-    state.hub.sessions.get(id).is_some() || state.hub.entities.with(id, |g| g.is_some())
+    state.hub.is_connected(id) || state.hub.entities.with(id, |g| g.is_some())
 }
 
 /// 404 unless the hub knows this gateway.
@@ -217,7 +217,7 @@ async fn list(
             .iter()
             .filter(|(gw, _)| gateway.as_ref().is_none_or(|g| g == *gw))
             .flat_map(|(gw, g)| {
-                let stale = state.hub.sessions.get(gw).is_none();
+                let stale = !state.hub.is_connected(gw);
                 g.apps
                     .values()
                     .filter(|s| m.matches(&s.item))
@@ -316,7 +316,7 @@ pub(super) async fn get_app(
         .await?;
         return Ok(Json(decorate(&live, &id, false)));
     }
-    let stale = state.hub.sessions.get(&id).is_none();
+    let stale = !state.hub.is_connected(&id);
     stored_app(&state, &id, &namespace, &name)
         .map(|a| Json(decorate(a.as_ref(), &id, stale)))
         .ok_or_else(|| {
@@ -332,7 +332,7 @@ pub(super) async fn clusters(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     ensure_gateway(&state, &id).await?;
-    let stale = state.hub.sessions.get(&id).is_none();
+    let stale = !state.hub.is_connected(&id);
     let items: Vec<Value> = state.hub.entities.with(&id, |g| {
         g.map(|g| {
             g.clusters

@@ -50,7 +50,7 @@ fn gateway_view(
     desired: Option<&str>,
     held: Option<&(String, i64)>,
 ) -> GatewayView {
-    let live = state.hub.sessions.get(&g.id);
+    let live = state.hub.connection(&g.id);
     let lifecycle_state = if live.is_some() {
         "connected"
     } else if g.protocol_version == 0 {
@@ -60,7 +60,7 @@ fn gateway_view(
     };
     let last_seen = live
         .as_ref()
-        .map(|s| s.last_seen.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|s| s.last_seen.max(g.last_seen_at.unwrap_or(0)))
         .or(g.last_seen_at);
     let version = live.as_ref().map(|s| s.version.clone()).unwrap_or(g.version);
     let (application_count, applications) = state

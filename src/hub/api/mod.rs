@@ -140,6 +140,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::authorize));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/api/v1/login", post(access::login))
         .merge(api)
@@ -162,9 +163,19 @@ async fn security_headers(mut resp: Response) -> Response {
     resp
 }
 
+/// Readiness: 200 while the hub's database answers (with replicas: while this replica's lease is
+/// current), 503 with the reason otherwise — a load balancer then sends gateways and callers to
+/// the other replicas. Unauthenticated like `/healthz`, and free of secrets.
+async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    match state.hub.ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+    }
+}
+
 /// Prometheus metrics; unauthenticated like any scrape target, and free of secrets.
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
-    state.hub.metrics.connected.set(state.hub.sessions.len() as i64);
+    state.hub.metrics.connected.set(state.hub.connected_count() as i64);
     match state.hub.store.gateways().await {
         Ok(g) => state.hub.fleet.set_gateways(g),
         Err(e) => tracing::warn!(error = %e, "cannot read the gateways for the fleet metrics"),
