@@ -2,6 +2,9 @@
 //! hub → its HTTP API. Expectations are computed from the simulator's raw Argo CD JSON by this
 //! file's own mapping, never through the gateway's model types.
 
+#[path = "support/postgres.rs"]
+mod postgres;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,13 +34,15 @@ fn free_port() -> u16 {
 }
 
 fn serve_args(dir: &Path, grpc_port: u16, http_port: u16) -> ServeArgs {
-    ServeArgs {
+    let mut args = ServeArgs {
         hostnames: vec!["localhost".into(), "127.0.0.1".into()],
         grpc_addr: format!("127.0.0.1:{grpc_port}").parse().unwrap(),
         http_addr: format!("127.0.0.1:{http_port}").parse().unwrap(),
         health_check_interval: Duration::from_secs(3600),
         ..ServeArgs::new(dir)
-    }
+    };
+    on_postgres::store_args(&mut args);
+    args
 }
 
 struct Gateway {
@@ -1367,6 +1372,9 @@ async fn timeline_records_transitions_per_app_and_per_gateway_bounded() {
             v["items"].as_array().cloned().unwrap_or_default()
         }
     };
+    // Timeline points are recorded just after the state is applied.
+    env.wait_for("the first point", || async { !app_tl("app-00001").await.is_empty() })
+        .await;
     let first = app_tl("app-00001").await;
     assert_eq!(first.len(), 1, "{first:?}");
     assert_eq!(first[0]["changed"], json!(["first"]));
@@ -1991,4 +1999,83 @@ async fn the_http_listener_serves_tls_with_secure_cookies() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     hub.shutdown().await;
+}
+
+/// The same hub behaviour on PostgreSQL: each test above runs again with the hub's store in a
+/// PostgreSQL server started for it (the hub's files made first, as `hub init` does).
+mod on_postgres {
+    use std::cell::RefCell;
+
+    use super::postgres;
+
+    use argocd_gateway::hub::ServeArgs;
+
+    thread_local! {
+        /// The database the hubs of the running test use; none: SQLite.
+        static STORE: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+
+    /// Points a hub at the running test's PostgreSQL, when it has one.
+    pub(super) fn store_args(args: &mut ServeArgs) {
+        let Some(url) = STORE.with(|s| s.borrow().clone()) else { return };
+        args.store.url = Some(argocd_gateway::secret::Secret::new(url));
+        args.store.peer_addr = format!("127.0.0.1:{}", super::free_port()).parse().unwrap();
+        argocd_gateway::hub::pki::load_or_init(&args.data_dir, &args.hostnames).expect("hub files");
+    }
+
+    /// Runs a test of this file with its hubs on a fresh PostgreSQL server. The test's body runs
+    /// on this thread (its runtime's `block_on`), where it reads the store.
+    fn run(test: fn()) {
+        let pg = postgres::Postgres::start();
+        let url = pg.create_db("hub");
+        STORE.with(|s| *s.borrow_mut() = Some(url));
+        let outcome = std::panic::catch_unwind(test);
+        let url = STORE.with(|s| s.borrow_mut().take()).unwrap_or_default();
+        if let Err(panic) = outcome {
+            drop(pg);
+            std::panic::resume_unwind(panic);
+        }
+        // The hubs did use this database.
+        let gateways = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(conn);
+                let row = client.query_one("SELECT count(*) FROM gateways", &[]).await.unwrap();
+                row.get::<_, i64>(0)
+            });
+        assert!(gateways > 0, "the test's hub did not keep its gateways in PostgreSQL");
+    }
+
+    macro_rules! on_postgres {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $name() {
+                    run(super::$name);
+                }
+            )*
+        };
+    }
+
+    on_postgres!(
+        relays_every_field_live_changes_and_deletions,
+        a_full_relist_of_unchanged_state_sends_nothing,
+        hub_and_gateway_restarts_lose_nothing_and_skip_the_snapshot,
+        requests_reach_argocd_and_fail_typed,
+        wait_returns_synced_failed_and_timeout,
+        check_reports_registration_and_hub_reachability,
+        a_huge_application_travels_as_a_stub_and_its_big_tree_arrives_in_pieces,
+        an_application_that_cannot_be_read_keeps_its_state_at_the_hub_marked,
+        feed_resumes_with_exactly_the_missed_events_and_filters_apply,
+        feed_answers_410_for_an_expired_id_and_ids_survive_a_hub_restart,
+        timeline_records_transitions_per_app_and_per_gateway_bounded,
+        roles_decide_who_may_do_what,
+        page_sessions_are_protected_against_cross_site_requests,
+        fleet_metrics_and_gateway_views_count_the_fleet,
+        per_application_metrics_when_asked,
+        application_lists_page_sort_and_search,
+    );
 }

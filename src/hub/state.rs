@@ -66,7 +66,7 @@ pub struct Connection {
     pub last_seen: i64,
     /// Keepalive round trip, milliseconds; none when unknown here.
     pub rtt_ms: Option<i64>,
-    /// The replica holding the session; none for this one.
+    /// The replica holding the session (with PostgreSQL).
     pub replica: Option<String>,
 }
 
@@ -109,7 +109,7 @@ impl HubState {
                 protocol_version: s.protocol_version,
                 last_seen: s.last_seen.load(Ordering::Relaxed),
                 rtt_ms: (rtt >= 0).then_some(rtt),
-                replica: None,
+                replica: self.cluster.as_ref().map(|c| c.replica_id.clone()),
             });
         }
         let remote = self.cluster.as_ref()?.remote(gateway_id)?;
@@ -125,14 +125,6 @@ impl HubState {
     /// Whether the gateway has a live session anywhere.
     pub fn is_connected(&self, gateway_id: &str) -> bool {
         self.sessions.get(gateway_id).is_some() || self.cluster.as_ref().is_some_and(|c| c.remote(gateway_id).is_some())
-    }
-
-    /// How many gateways are connected, to this replica and (with replicas) to all.
-    pub fn connected_count(&self) -> usize {
-        match &self.cluster {
-            Some(c) if c.is_ready() => c.connected_count().max(self.sessions.len()),
-            _ => self.sessions.len(),
-        }
     }
 
     /// Whether this hub can serve: its database answers (and, with replicas, its lease is

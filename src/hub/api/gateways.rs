@@ -42,6 +42,9 @@ pub(super) struct GatewayView {
     /// Why self-update holds back, and since when, as the gateway reported; null when it does
     /// not.
     update_held: Option<serde_json::Value>,
+    /// With replicas on PostgreSQL: the hub replica holding the gateway's session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica: Option<String>,
 }
 
 fn gateway_view(
@@ -90,6 +93,7 @@ fn gateway_view(
         health: state.hub.health.get(&g.id),
         state: lifecycle_state,
         update_held: held.map(|(reason, since)| serde_json::json!({"reason": reason, "since": rfc3339(Some(*since))})),
+        replica: live.as_ref().and_then(|l| l.replica.clone()),
         id: g.id,
         name: g.name,
         environments: g.environments,

@@ -168,14 +168,17 @@ async fn security_headers(mut resp: Response) -> Response {
 /// the other replicas. Unauthenticated like `/healthz`, and free of secrets.
 async fn ready(State(state): State<Arc<ApiState>>) -> Response {
     match state.hub.ready().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(()) => match &state.hub.cluster {
+            Some(c) => (StatusCode::OK, format!("ready: replica {}\n", c.replica_id)).into_response(),
+            None => (StatusCode::OK, "ready\n").into_response(),
+        },
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
     }
 }
 
 /// Prometheus metrics; unauthenticated like any scrape target, and free of secrets.
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
-    state.hub.metrics.connected.set(state.hub.connected_count() as i64);
+    state.hub.metrics.connected.set(state.hub.sessions.len() as i64);
     match state.hub.store.gateways().await {
         Ok(g) => state.hub.fleet.set_gateways(g),
         Err(e) => tracing::warn!(error = %e, "cannot read the gateways for the fleet metrics"),
