@@ -160,7 +160,15 @@ impl Tunnel for TunnelService {
             rtt_ms: Arc::new(AtomicI64::new(-1)),
             instance: hello.instance.clone(),
         };
-        if let Some(old) = self.state.sessions.insert(&gateway_id, session.clone()) {
+        let replaced = self.state.sessions.insert(&gateway_id, session.clone());
+        // Checked after the session is in the map: either the drain sees it, or it sees the
+        // drain (the flag is set before the drain goes through the sessions).
+        if self.state.draining.load(Ordering::SeqCst) {
+            self.state.sessions.remove_if_current(&gateway_id, &session.session_id);
+            let _ = tx.try_send(msg(hub_message::Body::Drain(super::server::drain_message())));
+            return Ok(reply);
+        }
+        if let Some(old) = replaced {
             tracing::info!(gateway_id = %gateway_id, old_session = %old.session_id, "a new session replaces the old one");
             close_with(
                 &old,
