@@ -9,6 +9,7 @@ use argocd_gateway::argocd::model::{
     decode_application, decode_application_list, decode_cluster, decode_cluster_list, decode_stream_chunk,
     decode_watch_result, stream_payload,
 };
+use argocd_gateway::argocd::split::{ListSplitter, Piece};
 use argocd_gateway::hub::entities::{EntityLimits, EntityState};
 use argocd_gateway::hub::feed::{Feed, HistoryConfig};
 use argocd_gateway::hub::store::Store;
@@ -156,6 +157,45 @@ proptest! {
         prop_assert_eq!(decoded.resource_version, "9");
         let clusters = decode_cluster_list(list.to_string().as_bytes()).expect("a well-formed list decodes");
         prop_assert_eq!(clusters.items.len() + clusters.skipped.len(), items.len());
+    }
+
+    #[test]
+    fn the_list_splitter_finds_what_a_parser_finds_however_the_body_is_cut(
+        items in prop::collection::vec(json_value(), 0..6),
+        meta in json_value(),
+        extra in json_value(),
+        pretty in any::<bool>(),
+        cuts in prop::collection::vec(1usize..64, 1..40),
+    ) {
+        let list = json!({"kind": "ApplicationList", "metadata": meta, "items": items, "extra": extra});
+        prop_assert!(list["items"].is_array());
+        let text = if pretty { serde_json::to_string_pretty(&list).unwrap() } else { list.to_string() };
+        let mut splitter = ListSplitter::new(usize::MAX);
+        let (mut got_items, mut got_meta) = (vec![], vec![]);
+        let mut rest = text.as_bytes();
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, tail) = rest.split_at((*cut).min(rest.len()));
+            rest = tail;
+            splitter
+                .feed(chunk, &mut |p| match p {
+                    Piece::Item(raw) => got_items.push(serde_json::from_slice::<Value>(raw).expect("an item is one JSON value")),
+                    Piece::Meta(raw) => got_meta.push(serde_json::from_slice::<Value>(raw).expect("metadata is one JSON value")),
+                })
+                .expect("a well-formed list splits");
+        }
+        splitter.finish().expect("the whole list was read");
+        // What a parser of the whole text finds (floats compared as parsed from the same text).
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        prop_assert_eq!(Value::Array(got_items), parsed["items"].clone());
+        prop_assert_eq!(got_meta, vec![parsed["metadata"].clone()]);
+        // Cut anywhere before its end, the same list is never taken for a whole one.
+        let cut = cuts[0] % text.len().max(1);
+        let mut partial = ListSplitter::new(usize::MAX);
+        let fed = partial.feed(&text.as_bytes()[..cut], &mut |_| {});
+        prop_assert!(fed.is_err() || partial.finish().is_err());
     }
 
     #[test]

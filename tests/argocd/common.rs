@@ -128,11 +128,17 @@ pub async fn within<T>(f: impl Future<Output = T>) -> T {
         .expect("operation did not finish within 20s")
 }
 
-/// Polls `cond` until true, failing after 20s.
+/// Polls `cond` until true, failing after 20s. A costly condition is polled less often (the
+/// pause is at least twice what it took), so on a single-threaded test runtime the polling
+/// never starves what it waits for.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !cond() {
+    loop {
+        let t = std::time::Instant::now();
+        if cond() {
+            return;
+        }
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10).max(t.elapsed() * 2)).await;
     }
 }
