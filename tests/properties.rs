@@ -15,7 +15,7 @@ use argocd_gateway::hub::feed::{Feed, HistoryConfig};
 use argocd_gateway::hub::store::Store;
 use argocd_gateway::wire::item::Application;
 use argocd_gateway::wire::proto::{self, Delta, EntityKind};
-use argocd_gateway::wire::{Hash, Kind, digest};
+use argocd_gateway::wire::{DigestKind, Hash, Kind, SetDigest, digest};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -302,7 +302,7 @@ proptest! {
             let refused = |_: &str| {};
             for (seq, entities) in deltas.into_iter().enumerate() {
                 let digest_after = state
-                    .apply_delta("gw", Delta { seq: seq as u64, entities, oldest_change_age_ms: None }, &limits, &refused)
+                    .apply_delta("gw", Delta { seq: seq as u64, entities, oldest_change_age_ms: None }, &limits, &refused, DigestKind::Set)
                     .await
                     .unwrap();
                 // What is held is valid, within the limits, and digests to what was acknowledged.
@@ -320,14 +320,20 @@ proptest! {
                         .map(|(k, s)| (Kind::Application, k.clone(), s.hash))
                         .chain(g.clusters.iter().map(|(k, s)| (Kind::Cluster, k.clone(), s.hash)))
                         .collect();
-                    (g.len(), digest(entries.iter().map(|(k, key, h)| (*k, key.as_str(), h))))
+                    let set = SetDigest::of(entries.iter().map(|(k, key, h)| (*k, key.as_str(), h))).finish();
+                    // The incrementally kept set digest is the set digest of what is held, and
+                    // the ordered digest still reads the same state.
+                    assert_eq!(g.digest(DigestKind::Ordered), digest(entries.iter().map(|(k, key, h)| (*k, key.as_str(), h))));
+                    (g.len(), set)
                 });
                 assert!(count <= limits.max_entities);
                 assert_eq!(recomputed, digest_after);
             }
             // A restarted hub reads back exactly what it acknowledged.
             let reloaded = EntityState::load(store, feed).await.unwrap();
-            assert_eq!(reloaded.digest("gw"), state.digest("gw"));
+            for kind in [DigestKind::Set, DigestKind::Ordered] {
+                assert_eq!(reloaded.digest("gw", kind), state.digest("gw", kind));
+            }
         });
     }
 }

@@ -148,10 +148,24 @@ struct WireMeta {
     namespace: String,
     #[serde(rename = "resourceVersion", deserialize_with = "nd")]
     resource_version: String,
-    #[serde(deserialize_with = "lenient_map")]
+    #[serde(deserialize_with = "annotations")]
     annotations: BTreeMap<String, String>,
     #[serde(deserialize_with = "lenient_map")]
     labels: BTreeMap<String, String>,
+}
+
+/// Annotations that only repeat the object, left out of the model: `kubectl apply` keeps a copy
+/// of the whole object in one (often most of an Application's size), which nothing reads and
+/// which would otherwise be held for every application and relayed with each change.
+const COPIES_OF_THE_OBJECT: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+
+/// An object's annotations, leniently, without [`COPIES_OF_THE_OBJECT`].
+fn annotations<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let mut map = lenient_map(d)?;
+    for key in COPIES_OF_THE_OBJECT {
+        map.remove(*key);
+    }
+    Ok(map)
 }
 
 #[derive(Deserialize, Default)]
@@ -949,6 +963,18 @@ mod tests {
         assert!(empty.items.is_empty());
         assert!(decode_application_list(b"[1,2]").is_err());
         assert!(decode_application_list(br#"{"items":[]} trailing"#).is_err());
+    }
+
+    #[test]
+    fn the_last_applied_copy_of_the_object_is_not_kept() {
+        let app = decode_application(
+            r#"{"metadata":{"name":"a","annotations":{"team":"x",
+                "kubectl.kubernetes.io/last-applied-configuration":"{\"apiVersion\":\"argoproj.io/v1alpha1\"}"}}}"#,
+        )
+        .unwrap()
+        .app;
+        assert_eq!(app.annotations.len(), 1, "{:?}", app.annotations);
+        assert_eq!(app.annotations["team"], "x");
     }
 
     #[test]

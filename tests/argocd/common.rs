@@ -128,11 +128,16 @@ pub async fn within<T>(f: impl Future<Output = T>) -> T {
         .expect("operation did not finish within 20s")
 }
 
-/// Polls `cond` until true, failing after 20s. A costly condition is polled less often (the
+/// Polls `cond` until true, failing after 20s.
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(20), cond).await;
+}
+
+/// Polls `cond` until true, failing after `limit`. A costly condition is polled less often (the
 /// pause is at least twice what it took), so on a single-threaded test runtime the polling
 /// never starves what it waits for.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+pub async fn eventually_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         let t = std::time::Instant::now();
         if cond() {
