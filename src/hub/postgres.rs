@@ -329,7 +329,7 @@ fn api_token_from_row(r: &Row) -> ApiTokenRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum PgOpenError {
     /// The URL does not parse.
-    #[error("--store is not a PostgreSQL URL ({url}): {source} (flag --store, Helm database.url)")]
+    #[error("--store is not a PostgreSQL URL ({url}): {source} (flag --store or --store-file, Helm database.url or database.urlSecretName)")]
     Url {
         /// The redacted URL.
         url: String,
@@ -350,7 +350,7 @@ pub enum PgOpenError {
     #[error("{0} (flag --store-ca-file)")]
     Ca(String),
     /// The database could not be reached or refused the login.
-    #[error("cannot connect to PostgreSQL at {at}: {source} (flag --store, --store-password-file; Helm database.*)")]
+    #[error("cannot connect to PostgreSQL at {at}: {source} (flags --store or --store-file, --store-password-file; Helm database.*)")]
     Connect {
         /// Where.
         at: String,

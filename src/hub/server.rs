@@ -89,8 +89,12 @@ pub struct StoreArgs {
     /// The database: unset (or `sqlite`) for the embedded SQLite file in --data-dir, or a
     /// PostgreSQL URL (`postgres://user@host:5432/db?sslmode=require`) for any number of hub
     /// replicas on that database. The password may be in the URL or in --store-password-file.
-    #[arg(long = "store", env = "ARGOCD_GATEWAY_HUB_STORE")]
+    #[arg(long = "store", env = "ARGOCD_GATEWAY_HUB_STORE", conflicts_with = "url_file")]
     pub url: Option<crate::secret::Secret>,
+    /// A file holding the --store URL (a mounted Kubernetes Secret: the URL may carry the
+    /// password, so it stays out of the environment and the process list).
+    #[arg(long = "store-file", env = "ARGOCD_GATEWAY_HUB_STORE_FILE")]
+    pub url_file: Option<PathBuf>,
     /// A file holding the PostgreSQL password (instead of one in the --store URL).
     #[arg(long = "store-password-file", env = "ARGOCD_GATEWAY_HUB_STORE_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
@@ -118,7 +122,23 @@ pub struct StoreArgs {
 impl StoreArgs {
     /// The PostgreSQL options, when --store names PostgreSQL.
     pub fn postgres(&self) -> Result<Option<super::postgres::PgOptions>, HubError> {
-        let Some(url) = self.url.as_ref().filter(|u| !u.expose().trim().is_empty()) else {
+        let from_file = match &self.url_file {
+            Some(path) => Some(crate::secret::Secret::new(
+                std::fs::read_to_string(path)
+                    .map_err(|source| HubError::StoreFile {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_owned(),
+            )),
+            None => None,
+        };
+        let Some(url) = from_file
+            .as_ref()
+            .or(self.url.as_ref())
+            .filter(|u| !u.expose().trim().is_empty())
+        else {
             return Ok(None);
         };
         let text = url.expose().trim();
@@ -268,9 +288,17 @@ pub enum HubError {
     HttpTls(#[from] https::HttpsError),
     /// --store names neither SQLite nor PostgreSQL.
     #[error(
-        "--store must be a PostgreSQL URL (postgres://user@host:5432/database) or sqlite, not {0} (flag --store, Helm database.url)"
+        "--store must be a PostgreSQL URL (postgres://user@host:5432/database) or sqlite, not {0} (flag --store or --store-file, Helm database.url or database.urlSecretName)"
     )]
     StoreUrl(String),
+    /// The --store-file could not be read.
+    #[error("cannot read the database URL from {path}: {source} (flag --store-file, Helm database.urlSecretName)")]
+    StoreFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// PostgreSQL could not be opened.
     #[error(transparent)]
     Postgres(#[from] super::postgres::PgOpenError),
@@ -601,6 +629,7 @@ impl Hub {
     /// Stops without telling gateways anything, as a crashed or killed hub would: their
     /// streams just end. For soak tests and benchmarks of the reconnect path.
     pub async fn stop_abruptly(self) {
+        self.state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
         for (_, session) in self.state.sessions.all() {
             session.broker.close();
             session.cancel.cancel();
@@ -613,16 +642,11 @@ impl Hub {
     /// Tells every gateway to come back after a short jittered delay, closes their streams and
     /// stops serving.
     pub async fn shutdown(self) {
+        self.state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
         let sessions = self.state.sessions.all();
         for (gateway_id, session) in &sessions {
-            // Spread reconnects so a restarted hub is not hit by every gateway at once.
-            let retry_after = crate::util::jitter(Duration::from_millis(500), Duration::from_millis(3000));
-            let drain = Drain {
-                retry_after_ms: retry_after.as_millis() as u32,
-                reason: "hub shutting down".into(),
-            };
             let _ = session.tx.try_send(Ok(HubMessage {
-                body: Some(hub_message::Body::Drain(drain)),
+                body: Some(hub_message::Body::Drain(drain_message())),
             }));
             session.cancel.cancel();
             tracing::debug!(gateway_id = %gateway_id, "sent drain");
@@ -716,6 +740,16 @@ fn spawn_cluster(
     });
     tracing::info!(replica = %cluster.replica_id, peer_url = %cluster.peer_url, "hub replica joined");
     Ok(())
+}
+
+/// The drain a gateway gets when the hub shuts down: come back after a short jittered delay,
+/// which spreads the reconnects so a restarted hub is not hit by every gateway at once.
+pub(super) fn drain_message() -> Drain {
+    let retry_after = crate::util::jitter(Duration::from_millis(500), Duration::from_millis(3000));
+    Drain {
+        retry_after_ms: retry_after.as_millis() as u32,
+        reason: "hub shutting down".into(),
+    }
 }
 
 /// The gRPC listener's TLS: the hub's server certificate, HTTP/2 only, and client

@@ -53,6 +53,9 @@ pub struct HubState {
     pub lifecycle: super::lifecycle::Lifecycle,
     /// The other replicas, when the hub runs on PostgreSQL (none with SQLite: one process).
     pub cluster: Option<Arc<super::cluster::Cluster>>,
+    /// The hub is shutting down: a session that opens now is told to come back later, so none
+    /// slips in after the drain went through the live ones.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// A gateway's live session as any replica can describe it.
@@ -96,6 +99,7 @@ impl HubState {
             tasks: TaskTracker::new(),
             lifecycle: Default::default(),
             cluster: None,
+            draining: Default::default(),
         }
     }
 
