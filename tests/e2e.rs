@@ -2017,7 +2017,9 @@ mod on_postgres {
 
     /// Points a hub at the running test's PostgreSQL, when it has one.
     pub(super) fn store_args(args: &mut ServeArgs) {
-        let Some(url) = STORE.with(|s| s.borrow().clone()) else { return };
+        let Some(url) = STORE.with(|s| s.borrow().clone()) else {
+            return;
+        };
         args.store.url = Some(argocd_gateway::secret::Secret::new(url));
         args.store.peer_addr = format!("127.0.0.1:{}", super::free_port()).parse().unwrap();
         argocd_gateway::hub::pki::load_or_init(&args.data_dir, &args.hostnames).expect("hub files");

@@ -95,7 +95,9 @@ impl Replica {
 
     /// Whether the process still runs.
     fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     fn log_tail(&self) -> String {
@@ -189,7 +191,12 @@ impl Fleet {
 
     async fn registration_token(&self, i: usize) -> String {
         let (status, tok) = self
-            .api(i, Method::POST, "/api/v1/registration-tokens", Some(json!({"name": "replicas"})))
+            .api(
+                i,
+                Method::POST,
+                "/api/v1/registration-tokens",
+                Some(json!({"name": "replicas"})),
+            )
             .await;
         assert_eq!(status, 201, "{tok}");
         tok["token"].as_str().unwrap().to_owned()
@@ -197,7 +204,9 @@ impl Fleet {
 
     /// The gateway as replica `i` lists it.
     async fn gateway(&self, i: usize, id: &str) -> Value {
-        self.api(i, Method::GET, &format!("/api/v1/gateways/{id}"), None).await.1
+        self.api(i, Method::GET, &format!("/api/v1/gateways/{id}"), None)
+            .await
+            .1
     }
 
     /// The replica id holding a gateway's session, as replica `i` sees it.
@@ -400,16 +409,22 @@ async fn requests_waits_logs_and_revocation_reach_a_gateway_on_another_replica()
         fleet.holder(1, &id).await.as_deref() == Some(holder0.as_str())
     })
     .await;
-    wait_for("replica 1 serves the gateway's applications as relayed to replica 0", || async {
-        served(&fleet, 1, &id).await == Some(gw.expected())
-    })
+    wait_for(
+        "replica 1 serves the gateway's applications as relayed to replica 0",
+        || async { served(&fleet, 1, &id).await == Some(gw.expected()) },
+    )
     .await;
     let app = format!("/api/v1/gateways/{id}/applications/argocd/app-00001");
 
     // A sync asked of replica 1 reaches Argo CD through replica 0's session.
     gw.sim.clear_requests();
     let (status, synced) = fleet
-        .api(1, Method::POST, &format!("{app}/sync"), Some(json!({"revision": "0123abcd"})))
+        .api(
+            1,
+            Method::POST,
+            &format!("{app}/sync"),
+            Some(json!({"revision": "0123abcd"})),
+        )
         .await;
     assert_eq!(status, 200, "{synced}\n{}", fleet.logs());
     assert_eq!(synced["name"], "app-00001");
@@ -418,7 +433,10 @@ async fn requests_waits_logs_and_revocation_reach_a_gateway_on_another_replica()
         .iter()
         .find(|r| r.method == "POST" && r.path == "/api/v1/applications/app-00001/sync")
         .expect("the sync reached Argo CD");
-    assert_eq!(serde_json::from_str::<Value>(&sync.body).unwrap()["revision"], "0123abcd");
+    assert_eq!(
+        serde_json::from_str::<Value>(&sync.body).unwrap()["revision"],
+        "0123abcd"
+    );
 
     // Logs: a streamed answer, in pieces through both replicas.
     let (status, logs) = fleet
@@ -426,10 +444,18 @@ async fn requests_waits_logs_and_revocation_reach_a_gateway_on_another_replica()
         .await;
     assert_eq!(status, 200, "{logs}");
     let text = logs.to_string();
-    assert!(text.contains("web-0 log line 19") && !text.contains("web-0 log line 4\""), "{text}");
+    assert!(
+        text.contains("web-0 log line 19") && !text.contains("web-0 log line 4\""),
+        "{text}"
+    );
     // A typed failure travels back typed.
     let (status, err) = fleet
-        .api(1, Method::GET, &format!("/api/v1/gateways/{id}/applications/argocd/nope/resource-tree"), None)
+        .api(
+            1,
+            Method::GET,
+            &format!("/api/v1/gateways/{id}/applications/argocd/nope/resource-tree"),
+            None,
+        )
         .await;
     assert_eq!((status, err["code"].as_str()), (404, Some("not_found")), "{err}");
     // A health check through replica 1.
@@ -444,13 +470,19 @@ async fn requests_waits_logs_and_revocation_reach_a_gateway_on_another_replica()
         let fleet = &fleet;
         async move {
             fleet
-                .api(1, Method::POST, &path, Some(json!({"revision": "feedbeef", "timeoutSeconds": 60})))
+                .api(
+                    1,
+                    Method::POST,
+                    &path,
+                    Some(json!({"revision": "feedbeef", "timeoutSeconds": 60})),
+                )
                 .await
         }
     };
     let change = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        gw.sim.set_revision("argocd", "app-00001", "feedbeef00000000000000000000000000000000");
+        gw.sim
+            .set_revision("argocd", "app-00001", "feedbeef00000000000000000000000000000000");
         gw.sim.set_sync_status("argocd", "app-00001", "Synced");
         gw.sim.set_health("argocd", "app-00001", "Healthy", "");
     };
@@ -460,7 +492,9 @@ async fn requests_waits_logs_and_revocation_reach_a_gateway_on_another_replica()
 
     // Revoked on replica 1: the session on replica 0 closes at once.
     let reconnects = gw.metric("argocd_gateway_hub_reconnects_total").await;
-    let (status, _) = fleet.api(1, Method::DELETE, &format!("/api/v1/gateways/{id}"), None).await;
+    let (status, _) = fleet
+        .api(1, Method::DELETE, &format!("/api/v1/gateways/{id}"), None)
+        .await;
     assert_eq!(status, 204);
     let revoked = Instant::now();
     wait_for("the gateway's session on replica 0 ends", || async {
@@ -592,6 +626,34 @@ async fn three_replicas_use_a_token_once_and_show_the_whole_fleet() {
     }
 }
 
+/// Waits until replica `i` serves exactly the simulator's state of `gw`; on timeout the panic
+/// shows both and the replicas' logs.
+async fn wait_for_state(fleet: &Fleet, i: usize, gw: &Gw, id: &str, what: &str) {
+    let start = Instant::now();
+    loop {
+        let served = served(fleet, i, id).await;
+        let expected = gw.expected();
+        if served.as_ref() == Some(&expected) {
+            return;
+        }
+        if start.elapsed() > WAIT {
+            let diff: Vec<_> = match &served {
+                Some(s) => expected
+                    .iter()
+                    .filter(|e| !s.contains(e))
+                    .map(|e| format!("want {e:?}, served {:?}", s.iter().find(|x| x.0 == e.0)))
+                    .collect(),
+                None => vec!["nothing served".to_owned()],
+            };
+            panic!(
+                "not within {WAIT:?}: {what} (replica {i}, gateway {id}): {diff:#?}\n{}",
+                fleet.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Changes an application of `gw` every few tens of milliseconds until `stop`.
 fn keep_changing(sim: SimHandle, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -661,7 +723,10 @@ async fn a_killed_replica_hands_its_gateways_over_with_nothing_lost() {
         .max_by_key(|i| holders.iter().filter(|h| **h == replica_ids[*i]).count())
         .unwrap();
     let moved: Vec<usize> = (0..ids.len()).filter(|g| holders[*g] == replica_ids[victim]).collect();
-    assert!(!moved.is_empty(), "the victim holds a gateway: {holders:?} {replica_ids:?}");
+    assert!(
+        !moved.is_empty(),
+        "the victim holds a gateway: {holders:?} {replica_ids:?}"
+    );
     let survivor = (victim + 1) % 3;
     fleet.replicas[victim].kill();
     let killed = Instant::now();
@@ -692,10 +757,7 @@ async fn a_killed_replica_hands_its_gateways_over_with_nothing_lost() {
     // Nothing lost: every replica left serves exactly the simulators' state.
     for (g, id) in gws.iter().zip(&ids) {
         for i in (0..3).filter(|i| *i != victim) {
-            wait_for("the hub's state equals the simulator's", || async {
-                served(&fleet, i, id).await == Some(g.expected())
-            })
-            .await;
+            wait_for_state(&fleet, i, g, id, "the hub's state equals the simulator's").await;
         }
     }
     // The idle gateways' state digests matched: no snapshot was sent again.
@@ -740,7 +802,11 @@ async fn a_database_outage_makes_replicas_unready_and_they_recover_with_nothing_
     // The outage lasts 10 s while the simulators keep changing.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
     for i in 0..2 {
-        assert!(fleet.replicas[i].alive(), "replica {i} crashed:\n{}", fleet.replicas[i].log_tail());
+        assert!(
+            fleet.replicas[i].alive(),
+            "replica {i} crashed:\n{}",
+            fleet.replicas[i].log_tail()
+        );
     }
     fleet.pg.resume();
     for i in 0..2 {
@@ -752,15 +818,26 @@ async fn a_database_outage_makes_replicas_unready_and_they_recover_with_nothing_
     }
     for (g, id) in gws.iter().zip(&ids) {
         for i in 0..2 {
-            wait_for("after the outage the hub's state equals the simulator's", || async {
-                served(&fleet, i, id).await == Some(g.expected())
+            wait_for_state(
+                &fleet,
+                i,
+                g,
+                id,
+                "after the outage the hub's state equals the simulator's",
+            )
+            .await;
+            wait_for("the gateway is connected again", || async {
+                fleet.holder(i, id).await.is_some()
             })
             .await;
-            wait_for("the gateway is connected again", || async { fleet.holder(i, id).await.is_some() }).await;
         }
     }
     for i in 0..2 {
-        assert!(fleet.replicas[i].alive(), "replica {i} crashed:\n{}", fleet.replicas[i].log_tail());
+        assert!(
+            fleet.replicas[i].alive(),
+            "replica {i} crashed:\n{}",
+            fleet.replicas[i].log_tail()
+        );
     }
     for g in gws {
         g.stop().await;

@@ -495,3 +495,78 @@ async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused()
     assert!(!err.contains("hunter2"), "{err}");
     assert!(err.contains("--store"), "{err}");
 }
+
+/// Replica leases and session ownership (PostgreSQL only: one SQLite hub is one process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_leases_own_sessions_and_dead_replicas_are_reaped() {
+    use argocd_gateway::hub::postgres::{Claim, NewSession};
+    use std::time::Duration;
+    let pg = Postgres::start();
+    let store = postgres_store(&pg).await;
+    let options = PgOptions {
+        url: Secret::new(pg.url("hub")),
+        password_file: None,
+        ca_file: None,
+        pool_size: 4,
+    };
+    let pgs = PgStore::open(&options).await.unwrap();
+    store.insert_token(token("t1", 1000), vec![7; 32]).await.unwrap();
+    assert!(matches!(
+        register(&store, "t1", "gw-1", 200).await,
+        TokenCheck::Consumed { .. }
+    ));
+    let session = |id: &str, replica: &str, instance: &str| NewSession {
+        gateway_id: "gw-1".into(),
+        session_id: id.into(),
+        replica_id: replica.into(),
+        instance: instance.into(),
+        version: "1.0.0".into(),
+        protocol_version: 1,
+        now: 300,
+    };
+    pgs.renew_replica("r-a", "https://10.0.0.1:8444", 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    pgs.renew_replica("r-b", "https://10.0.0.2:8444", 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        pgs.claim_session(&session("s1", "r-a", "pod-1")).await.unwrap(),
+        Claim::Owned(None)
+    );
+    let on_a = pgs.session("gw-1").await.unwrap().expect("recorded");
+    assert!(on_a.live);
+    assert_eq!(on_a.replica_id, "r-a");
+    assert_eq!(on_a.peer_url, "https://10.0.0.1:8444");
+    // Another instance with the same identity while the first is live: a copied identity.
+    assert!(matches!(
+        pgs.claim_session(&session("s2", "r-b", "pod-2")).await.unwrap(),
+        Claim::Copied(s) if s.session_id == "s1"
+    ));
+    // The same instance reconnecting through replica B takes over.
+    match pgs.claim_session(&session("s3", "r-b", "pod-1")).await.unwrap() {
+        Claim::Owned(Some(old)) => assert_eq!(old.session_id, "s1"),
+        other => panic!("expected a takeover, got {other:?}"),
+    }
+    // The replaced session cannot release the new one.
+    assert!(!pgs.release_session("gw-1", "s1").await.unwrap());
+    assert_eq!(pgs.session("gw-1").await.unwrap().unwrap().session_id, "s3");
+    // Replica B stops renewing: its session is no longer live, and once the grace is over it
+    // is reaped with the replica (exactly once).
+    pgs.renew_replica("r-b", "https://10.0.0.2:8444", 100, Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!pgs.session("gw-1").await.unwrap().unwrap().live);
+    assert!(pgs.reap_replicas(Duration::from_secs(3600)).await.unwrap().is_empty());
+    assert_eq!(
+        pgs.reap_replicas(Duration::ZERO).await.unwrap(),
+        vec!["gw-1".to_owned()]
+    );
+    assert!(pgs.reap_replicas(Duration::ZERO).await.unwrap().is_empty());
+    assert!(pgs.session("gw-1").await.unwrap().is_none());
+    // A gateway that is not registered cannot be claimed.
+    let mut ghost = session("s4", "r-a", "pod-1");
+    ghost.gateway_id = "gw-none".into();
+    assert_eq!(pgs.claim_session(&ghost).await.unwrap(), Claim::Unknown);
+}

@@ -241,10 +241,16 @@ pub struct EntityState {
 pub struct Writer<'a> {
     /// The session that owns the gateway: a write happens only while it still does.
     pub owner: Option<&'a str>,
-    /// Retry a write the store refused (the database is away) until this is cancelled: the
-    /// gateway's message stays unacknowledged meanwhile, and the gateway keeps it.
+    /// Retry a write the store refused (the database is away) until this is cancelled, for at
+    /// most [`STORE_PATIENCE`]: the gateway's message stays unacknowledged meanwhile, and the
+    /// gateway keeps it.
     pub retry_until: Option<&'a tokio_util::sync::CancellationToken>,
 }
+
+/// How long a session waits for the store to take a write before it gives up (and the session
+/// is drained, so the gateway comes back later with what was not acknowledged). Well below
+/// the gateway's keepalive tolerance: the session answers nothing while it waits.
+pub const STORE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An entity row followed from another replica's write: kind tag, key, hash, JSON (none:
 /// deleted), store revision.
@@ -345,6 +351,7 @@ impl EntityState {
         deletes: Vec<(u8, String)>,
     ) -> Result<i64, StateError> {
         let mut failures = 0u32;
+        let started = std::time::Instant::now();
         loop {
             let result = self
                 .db
@@ -373,6 +380,10 @@ impl EntityState {
             let Some(stop) = writer.retry_until else {
                 return Err(e.into());
             };
+            if started.elapsed() >= STORE_PATIENCE {
+                tracing::warn!(gateway_id, error = %e, attempts = failures + 1, "the store did not come back in time; the session gives way and the gateway will resend");
+                return Err(e.into());
+            }
             failures += 1;
             if failures == 1 || failures.is_multiple_of(30) {
                 tracing::error!(gateway_id, error = %e, attempts = failures, "cannot store relayed state; keeping it unacknowledged and retrying");
@@ -529,8 +540,16 @@ impl EntityState {
         refused: &(dyn Fn(&str) + Sync),
         digest_kind: DigestKind,
     ) -> Result<Hash, StateError> {
-        self.apply_snapshot_as(&Writer::default(), gateway_id, entities, digest, limits, refused, digest_kind)
-            .await
+        self.apply_snapshot_as(
+            &Writer::default(),
+            gateway_id,
+            entities,
+            digest,
+            limits,
+            refused,
+            digest_kind,
+        )
+        .await
     }
 
     /// [`EntityState::apply_snapshot`] written by `writer`.

@@ -329,7 +329,9 @@ fn api_token_from_row(r: &Row) -> ApiTokenRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum PgOpenError {
     /// The URL does not parse.
-    #[error("--store is not a PostgreSQL URL ({url}): {source} (flag --store or --store-file, Helm database.url or database.urlSecretName)")]
+    #[error(
+        "--store is not a PostgreSQL URL ({url}): {source} (flag --store or --store-file, Helm database.url or database.urlSecretName)"
+    )]
     Url {
         /// The redacted URL.
         url: String,
@@ -350,7 +352,9 @@ pub enum PgOpenError {
     #[error("{0} (flag --store-ca-file)")]
     Ca(String),
     /// The database could not be reached or refused the login.
-    #[error("cannot connect to PostgreSQL at {at}: {source} (flags --store or --store-file, --store-password-file; Helm database.*)")]
+    #[error(
+        "cannot connect to PostgreSQL at {at}: {source} (flags --store or --store-file, --store-password-file; Helm database.*)"
+    )]
     Connect {
         /// Where.
         at: String,
@@ -1542,7 +1546,7 @@ impl PgStore {
         self.client()
             .await?
             .execute(
-                "INSERT INTO hub_replicas (id, peer_url, version, started_at, lease_until) VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5 / 1000.0))
+                "INSERT INTO hub_replicas (id, peer_url, version, started_at, lease_until) VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5::float8 / 1000.0))
                  ON CONFLICT (id) DO UPDATE SET peer_url = excluded.peer_url, lease_until = excluded.lease_until",
                 &[&id, &peer_url, &crate::VERSION, &started_at, &ms],
             )
@@ -1579,7 +1583,7 @@ impl PgStore {
         let tx = client.transaction().await?;
         let dead = tx
             .query(
-                "DELETE FROM hub_replicas WHERE lease_until < now() - make_interval(secs => $1 / 1000.0) RETURNING id",
+                "DELETE FROM hub_replicas WHERE lease_until < now() - make_interval(secs => $1::float8 / 1000.0) RETURNING id",
                 &[&ms],
             )
             .await?;

@@ -364,7 +364,17 @@ fn refusal_label(reason: &str) -> &'static str {
 
 /// Why a session ends after its state could not be stored: another replica's session owns the
 /// gateway now (not worth a warning), or the store failed until the session ended.
-fn ended_by_store(what: &str, e: &StateError) -> (String, bool) {
+/// Why a session ends when the store refused what it relayed. Unless another session took over
+/// (fenced), the gateway is first told to come back shortly: it keeps what was not
+/// acknowledged and resends it then, to whichever replica can store it.
+fn ended_by_store(tx: &Outbound, what: &str, e: &StateError) -> (String, bool) {
+    if !matches!(e, StateError::Store(super::store::StoreError::Fenced(_))) {
+        let retry_after = crate::util::jitter(Duration::from_millis(1000), Duration::from_millis(3000));
+        let _ = tx.try_send(msg(hub_message::Body::Drain(crate::wire::proto::Drain {
+            retry_after_ms: retry_after.as_millis() as u32,
+            reason: "this hub replica cannot reach its database".into(),
+        })));
+    }
     match e {
         StateError::Store(super::store::StoreError::Fenced(_)) => (
             "another session of this gateway took over at another hub replica".into(),
@@ -461,7 +471,7 @@ async fn read_session(
                                 super::lifecycle::on_state(&state, &gateway_id);
                                 Some(d)
                             }
-                            Err(e) => break ended_by_store("a snapshot", &e),
+                            Err(e) => break ended_by_store(&tx, "a snapshot", &e),
                         }
                     }
                 };
@@ -493,7 +503,7 @@ async fn read_session(
                             break ("the outbound stream closed".into(), true);
                         }
                     }
-                    Err(e) => break ended_by_store("a delta", &e),
+                    Err(e) => break ended_by_store(&tx, "a delta", &e),
                 }
             }
             Some(gateway_message::Body::Response(r)) => session.broker.complete(r),
