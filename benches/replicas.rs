@@ -443,7 +443,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let path = format!("/api/v1/gateways/{id}/applications/argocd/app-00001?refresh=normal");
-    let mut measure = async |port: u16| {
+    let measure = async |port: u16| {
         for _ in 0..20 {
             api.get(port, &path).await.expect("warm-up answer");
         }

@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(15);
+// Generous: each test here also runs on PostgreSQL, so a run holds twice the hubs and gateways
+// (the huge application alone takes seconds to parse in a debug build on a busy machine).
+const WAIT: Duration = Duration::from_secs(45);
 
 #[derive(Parser)]
 struct RunCli {

@@ -44,11 +44,24 @@ struct Replica {
 }
 
 impl Replica {
-    fn start(url: &str, data: &Path, log: PathBuf) -> Replica {
+    /// Starts a replica on `url`, given on the command line or, with `url_file`, in that file
+    /// (`--store-file`, as the hub chart mounts it from a Secret).
+    fn start(url: &str, url_file: Option<PathBuf>, data: &Path, log: PathBuf) -> Replica {
         let (grpc, http, peer) = (free_port(), free_port(), free_port());
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_argocd-gateway"))
-            .args(["hub", "serve", "--store", url, "--data-dir"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_argocd-gateway"));
+        cmd.args(["hub", "serve"]);
+        match url_file {
+            Some(file) => {
+                std::fs::write(&file, format!("{url}\n")).unwrap();
+                cmd.arg("--store-file").arg(file);
+            }
+            None => {
+                cmd.args(["--store", url]);
+            }
+        }
+        let child = cmd
+            .arg("--data-dir")
             .arg(data)
             .args([
                 "--hostname",
@@ -154,7 +167,9 @@ impl Fleet {
     async fn add_replica(&mut self) -> usize {
         let i = self.replicas.len();
         let log = self.dir.path().join(format!("replica-{i}.log"));
-        self.replicas.push(Replica::start(&self.url, &self.data, log));
+        // Every other replica reads the database URL from a file.
+        let url_file = (i % 2 == 1).then(|| self.dir.path().join(format!("store-url-{i}")));
+        self.replicas.push(Replica::start(&self.url, url_file, &self.data, log));
         let started = Instant::now();
         while !self.ready(i).await {
             if !self.replicas[i].alive() || started.elapsed() > WAIT {
@@ -464,7 +479,19 @@ async fn requests_waits_logs_and_revocation_reach_a_gateway_on_another_replica()
         .await;
     assert_eq!(status, 200, "{health}");
 
-    // Wait on replica 1 while the change is relayed to replica 0.
+    // Wait on replica 1 while the change is relayed to replica 0, and follow its progress on
+    // replica 1's change feed (a streamed answer).
+    let feed = fleet
+        .http
+        .get(format!(
+            "http://127.0.0.1:{}/api/v1/events?format=ndjson&types=application.upserted&gateway={id}",
+            fleet.replicas[1].http
+        ))
+        .bearer_auth(&fleet.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), 200);
     let waiting = {
         let path = format!("{app}/wait");
         let fleet = &fleet;
@@ -489,6 +516,14 @@ async fn requests_waits_logs_and_revocation_reach_a_gateway_on_another_replica()
     let ((status, waited), ()) = tokio::join!(waiting, change);
     assert_eq!(status, 200, "{waited}");
     assert_eq!(waited["result"], "Synced", "{waited}");
+    let progress = read_events(feed, |e| {
+        e["key"] == "argocd/app-00001"
+            && e["application"]["sync"]["revision"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("feedbeef"))
+    })
+    .await;
+    assert!(progress.iter().all(|e| e["gatewayId"] == json!(id)), "{progress:#?}");
 
     // Revoked on replica 1: the session on replica 0 closes at once.
     let reconnects = gw.metric("argocd_gateway_hub_reconnects_total").await;
@@ -624,6 +659,33 @@ async fn three_replicas_use_a_token_once_and_show_the_whole_fleet() {
     for g in gws {
         g.stop().await;
     }
+}
+
+/// Reads an ndjson event stream until an event `done` accepts; returns every event read.
+async fn read_events(resp: reqwest::Response, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+    use futures_util::StreamExt;
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut seen = vec![];
+    let started = Instant::now();
+    while started.elapsed() < WAIT {
+        let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await else {
+            continue;
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(i) = buf.find('\n') {
+            let line: String = buf.drain(..=i).collect();
+            let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
+                continue;
+            };
+            let finished = done(&v);
+            seen.push(v);
+            if finished {
+                return seen;
+            }
+        }
+    }
+    panic!("not within {WAIT:?}: the awaited event; saw {seen:#?}");
 }
 
 /// Waits until replica `i` serves exactly the simulator's state of `gw`; on timeout the panic
@@ -794,10 +856,36 @@ async fn a_database_outage_makes_replicas_unready_and_they_recover_with_nothing_
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let mut replica_ids = vec![];
+    for r in &fleet.replicas {
+        let text = fleet
+            .http
+            .get(format!("http://127.0.0.1:{}/readyz", r.http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        replica_ids.push(text.trim().trim_start_matches("ready: replica ").to_owned());
+    }
     fleet.pg.stop();
     let down = Instant::now();
     for i in 0..2 {
         wait_for("the replica turns not ready", || async { !fleet.ready(i).await }).await;
+    }
+    // Once a replica cannot confirm where sessions live (a lease after the database went), it
+    // shows no other replica's gateway as connected.
+    tokio::time::sleep(Duration::from_secs(7).saturating_sub(down.elapsed())).await;
+    for i in 0..2 {
+        for id in &ids {
+            if let Some(holder) = fleet.holder(i, id).await {
+                assert_eq!(
+                    holder, replica_ids[i],
+                    "replica {i} shows gateway {id} connected to another replica during the outage"
+                );
+            }
+        }
     }
     // The outage lasts 10 s while the simulators keep changing.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
