@@ -1,8 +1,9 @@
 //! Hub replicas on one PostgreSQL (a server this bench starts, like the tests): two `hub serve`
 //! processes (the release binary) behind a TCP balancer, and
 //!
-//! 1. a swarm of 1,000 gateways — real tunnel clients (`tunnel::run`) with real certificates
-//!    from real registrations, each relaying 10 real applications, all in this process — kill -9
+//! 1. a swarm of 1,000 gateways like the hub bench's (`benches/hub.rs`) — real tunnel clients
+//!    (`tunnel::run`) with real certificates from real registrations, each relaying 10
+//!    real-sized applications (about 11 KB, `support/mod.rs`), all in this process — kill -9
 //!    the replica holding the most sessions and print the time until every gateway is connected
 //!    again and every one the killed replica held is listed as connected (to the survivor) by
 //!    the survivor's API, and how many snapshots were resent (0 when the state digests match);
@@ -19,6 +20,7 @@
 mod balancer;
 #[path = "../tests/support/postgres.rs"]
 mod postgres;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -169,10 +171,13 @@ impl Source for Fixed {
     }
 }
 
-fn apps(gateway: usize, n: usize) -> Vec<Entity> {
+/// `n` real-sized applications through the gateway's own decoder (the same in every gateway;
+/// keys are per gateway at the hub).
+fn apps(n: usize) -> Vec<Entity> {
+    let fixtures = support::fixtures();
     (0..n)
         .map(|i| {
-            let raw = argocd_gateway::simulator::objects::synthetic_app(gateway * n + i, "argocd");
+            let raw = support::real_sized_app(&fixtures, i, "argocd", 14);
             let decoded = argocd_gateway::argocd::model::decode_application(&raw.to_string()).expect("a valid app");
             argocd_gateway::relay::source::app_entity(&decoded.app)
         })
@@ -258,6 +263,7 @@ async fn main() {
 
     // ---- 1. The swarm.
     let stop = CancellationToken::new();
+    let entities = apps(10);
     let mut swarm = vec![];
     let registering = Instant::now();
     for g in 0..gateways {
@@ -282,7 +288,7 @@ async fn main() {
         let uplink = cli.args.uplink.validate().expect("uplink config");
         let store = argocd_gateway::cli::open_identity_store(&uplink.identity);
         let cfg = cli.args.config(uplink, store);
-        let relay = Relay::new(Arc::new(Fixed(apps(g, 10))), Arc::new(Dirty::default()));
+        let relay = Relay::new(Arc::new(Fixed(entities.clone())), Arc::new(Dirty::default()));
         let snapshots = relay.counters.snapshots.clone();
         let (tx, rx) = watch::channel(TunnelStatus::default());
         let attach = Attachments {

@@ -877,11 +877,11 @@ async fn a_database_outage_makes_replicas_unready_and_they_recover_with_nothing_
     // Once a replica cannot confirm where sessions live (a lease after the database went), it
     // shows no other replica's gateway as connected.
     tokio::time::sleep(Duration::from_secs(7).saturating_sub(down.elapsed())).await;
-    for i in 0..2 {
+    for (i, own) in replica_ids.iter().enumerate() {
         for id in &ids {
             if let Some(holder) = fleet.holder(i, id).await {
                 assert_eq!(
-                    holder, replica_ids[i],
+                    &holder, own,
                     "replica {i} shows gateway {id} connected to another replica during the outage"
                 );
             }

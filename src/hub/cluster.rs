@@ -471,11 +471,8 @@ async fn notified(state: &HubState, cluster: &Cluster, chan: &str, gateway_id: S
                 tracing::info!(gateway_id = %gateway_id, "gateway removed at another replica; its session here is closed");
             }
         }
-        channel::ENTITIES => {
-            if state.sessions.get(&gateway_id).is_none() {
-                cluster.mark_stale(gateway_id);
-            }
-        }
+        // Another replica stored state of a gateway this one does not hold: follow it.
+        channel::ENTITIES if state.sessions.get(&gateway_id).is_none() => cluster.mark_stale(gateway_id),
         channel::FEED => cluster.feed_now.notify_one(),
         _ => {}
     }

@@ -553,6 +553,8 @@ impl EntityState {
     }
 
     /// [`EntityState::apply_snapshot`] written by `writer`.
+    // apply_snapshot's arguments plus the writer; a struct for them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn apply_snapshot_as(
         &self,
         writer: &Writer<'_>,

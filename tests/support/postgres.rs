@@ -60,10 +60,8 @@ fn run(bin: &Path, tool: &str, args: &[&str]) -> std::process::Output {
         Command::new(&exe)
     };
     cmd.args(args).stdin(Stdio::null());
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
-    out
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
 }
 
 fn chown_to_postgres(path: &Path) {
