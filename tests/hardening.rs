@@ -68,6 +68,8 @@ fn hub_cfg(hub: &Hub) -> HubConfig {
         pin: None,
         ca_fingerprint: Some(hub.ca_fingerprint.clone()),
         connect_timeout: Duration::from_secs(5),
+        transport: argocd_gateway::uplink::Transport::Auto,
+        memory: Default::default(),
     }
 }
 
@@ -231,6 +233,7 @@ async fn a_renewal_retires_the_previous_certificate_after_its_grace() {
         healthy_after: Duration::from_secs(60),
         drain_grace: Duration::from_secs(1),
         renew_retry: Duration::from_secs(60),
+        protocol_version: argocd_gateway::wire::PROTOCOL_VERSION,
     };
     let (status_tx, mut status) = watch::channel(TunnelStatus::default());
     let stop = CancellationToken::new();
@@ -697,6 +700,8 @@ async fn unterminated_snapshots_do_not_accumulate_in_the_hub() {
             argocd_gateway::tls::Fingerprint::parse(tok["caFingerprint"].as_str().unwrap(), "test").unwrap(),
         ),
         connect_timeout: Duration::from_secs(5),
+        transport: argocd_gateway::uplink::Transport::Auto,
+        memory: Default::default(),
     };
     let args = RegistrationArgs {
         registration_token: Some(Secret::new(tok["token"].as_str().unwrap())),

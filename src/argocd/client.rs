@@ -17,7 +17,8 @@ use super::model::{
     self, AppKey, Cluster, DecodedApp, DecodedList, StreamChunk, WatchEvent, decode_application, decode_stream_chunk,
     decode_watch_result,
 };
-use super::token::{Claims, TokenStore};
+use super::session::Session;
+use super::token::{Claims, LoadedToken, TokenStore};
 use super::transport;
 use crate::util::Backoff;
 
@@ -52,6 +53,8 @@ struct Inner {
     http: reqwest::Client,
     config: ArgoCdConfig,
     tokens: TokenStore,
+    /// The login session when the credential is a username and password.
+    session: Option<Session>,
     retry: RetryPolicy,
     metrics: std::sync::OnceLock<super::metrics::ArgoCdMetrics>,
 }
@@ -257,6 +260,9 @@ fn null_vec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
 /// A stream of application watch events; ends when the server ends the stream.
 pub type AppWatch = Pin<Box<dyn Stream<Item = Result<WatchEvent, ArgoCdError>> + Send>>;
 
+/// A stream of ApplicationSet watch events; ends when the server ends the stream.
+pub type AppSetWatch = Pin<Box<dyn Stream<Item = Result<model::AppSetWatchEvent, ArgoCdError>> + Send>>;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Method {
     Get,
@@ -298,11 +304,19 @@ impl Client {
         }
         let http = transport::http_client(&config)?;
         let tokens = TokenStore::new(config.auth.clone());
+        let session = match &config.auth {
+            AuthSource::Login {
+                username,
+                password_file,
+            } => Some(Session::new(username.clone(), password_file.clone())),
+            _ => None,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
                 config,
                 tokens,
+                session,
                 retry,
                 metrics: std::sync::OnceLock::new(),
             }),
@@ -320,16 +334,132 @@ impl Client {
         &self.inner.config
     }
 
-    /// The claims of the token that serves `project` (None: unscoped calls).
+    /// The claims of the token that serves `project` (None: unscoped calls). With a login, the
+    /// current session's (the account as subject until the first login).
     pub fn token_claims(&self, project: Option<&str>) -> Result<Claims, ArgoCdError> {
+        if let Some(session) = &self.inner.session {
+            return Ok(session.last().map(|t| t.claims).unwrap_or_else(|| Claims {
+                subject: Some(format!("{}:login", session.username())),
+                ..Claims::default()
+            }));
+        }
         Ok(self.inner.tokens.token_for(project)?.claims)
+    }
+
+    /// The login session, when the credential is a username and password.
+    pub fn session(&self) -> Option<&Session> {
+        self.inner.session.as_ref()
+    }
+
+    /// The bearer token for a call scoped to `scope`; with a username and password, the current
+    /// session token, logging in first when there is none or it is about to expire.
+    async fn bearer(&self, scope: Option<&str>) -> Result<LoadedToken, ArgoCdError> {
+        let Some(session) = &self.inner.session else {
+            return Ok(self.inner.tokens.token_for(scope)?);
+        };
+        if let Some(t) = session.current() {
+            return Ok(t);
+        }
+        let _one_at_a_time = session.lock().await;
+        if let Some(t) = session.current() {
+            return Ok(t);
+        }
+        self.login(session).await
+    }
+
+    /// `POST /api/v1/session` with the username and password; keeps the token in memory.
+    async fn login(&self, session: &Session) -> Result<LoadedToken, ArgoCdError> {
+        let password = session.password()?;
+        let mut url = self.inner.config.base_url.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty().extend(["api", "v1", "session"]);
+        }
+        let body = serde_json::json!({"username": session.username(), "password": password.expose()});
+        let bytes = serde_json::to_vec(&body).map_err(|e| model::DecodeError {
+            what: "login request".into(),
+            reason: e.to_string(),
+        })?;
+        let timeout = self.inner.config.request_timeout;
+        let req = self
+            .inner
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes)
+            .timeout(timeout);
+        let started = std::time::Instant::now();
+        let sent = tokio::time::timeout(timeout, req.send()).await;
+        if let Some(m) = self.inner.metrics.get() {
+            let status = match &sent {
+                Ok(Ok(r)) => r.status().as_u16().to_string(),
+                Ok(Err(_)) => "error".to_owned(),
+                Err(_) => "timeout".to_owned(),
+            };
+            m.observe(
+                "POST",
+                &super::metrics::endpoint(&["api", "v1", "session"]),
+                &status,
+                started.elapsed().as_secs_f64(),
+            );
+        }
+        let resp = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(self.classify(&e, "log in")),
+            Err(_) => {
+                return Err(ArgoCdError::Timeout {
+                    what: "log in".into(),
+                    seconds: timeout.as_secs_f64(),
+                });
+            }
+        };
+        let status = resp.status();
+        let body = self.read_body(resp).await?;
+        if !status.is_success() {
+            let message = error_message(&body);
+            return Err(match status.as_u16() {
+                s @ (400 | 401 | 403 | 404) => ArgoCdError::LoginFailed {
+                    username: session.username().to_owned(),
+                    status: s,
+                    message,
+                },
+                s if s >= 500 => ArgoCdError::Unavailable {
+                    url: self.inner.config.base_url.to_string(),
+                    status: Some(s),
+                    message,
+                },
+                s => ArgoCdError::Rejected { status: s, message },
+            });
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            token: String,
+        }
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| model::DecodeError {
+            what: "login answer".into(),
+            reason: e.to_string(),
+        })?;
+        if answer.token.is_empty() {
+            return Err(ArgoCdError::LoginFailed {
+                username: session.username().to_owned(),
+                status: status.as_u16(),
+                message: "the answer carries no token".into(),
+            });
+        }
+        let loaded = session.store(&answer.token);
+        tracing::info!(
+            account = session.username(),
+            expires_at = ?loaded.claims.expires_at,
+            "logged in to Argo CD"
+        );
+        Ok(loaded)
     }
 
     /// The token scopes the view lists with: `[None]` for one account token, one per project
     /// token file otherwise (limited to `projects` when that filter is set).
     pub fn scopes(&self, projects: &[String]) -> Result<Vec<Option<String>>, ArgoCdError> {
         match self.inner.tokens.source() {
-            AuthSource::TokenFile(_) => Ok(vec![None]),
+            AuthSource::TokenFile(_) | AuthSource::Login { .. } => Ok(vec![None]),
             AuthSource::ProjectTokensDir(_) => {
                 let names = self.inner.tokens.project_token_names()?;
                 Ok(names
@@ -706,6 +836,88 @@ impl Client {
         .await
     }
 
+    fn appset_query(&self, namespace_key: &'static str) -> Vec<(&'static str, String)> {
+        let config = &self.inner.config;
+        let mut out: Vec<(&'static str, String)> = config.projects.iter().map(|p| ("projects", p.clone())).collect();
+        if let [one] = config.app_namespaces.as_slice() {
+            out.push((namespace_key, one.clone()));
+        }
+        out
+    }
+
+    /// `GET /api/v1/applicationsets` (unscoped token), items decoded one by one. An Argo CD
+    /// without the endpoint answers [`ArgoCdError::NotFound`].
+    pub async fn list_applicationsets(&self) -> Result<DecodedList<model::DecodedAppSet>, ArgoCdError> {
+        self.unary_streamed(
+            Call {
+                method: Method::Get,
+                segments: vec!["api", "v1", "applicationsets"],
+                query: self.appset_query("appsetNamespace"),
+                body: None,
+                scope: None,
+                permission: &Permission::APPSETS_GET,
+                what: "list applicationsets".into(),
+                stream: false,
+                retry: true,
+            },
+            |r| model::decode_appset_list_from(r),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/stream/applicationsets` from `resource_version` (Argo CD 3.4 and later; an
+    /// older one answers [`ArgoCdError::NotFound`]).
+    pub async fn watch_applicationsets(&self, resource_version: Option<&str>) -> Result<AppSetWatch, ArgoCdError> {
+        let mut query = self.appset_query("appSetNamespace");
+        if let Some(rv) = resource_version.filter(|rv| !rv.is_empty()) {
+            query.push(("resourceVersion", rv.to_owned()));
+        }
+        let resp = self
+            .send(&Call {
+                method: Method::Get,
+                segments: vec!["api", "v1", "stream", "applicationsets"],
+                query,
+                body: None,
+                scope: None,
+                permission: &Permission::APPSETS_GET,
+                what: "watch applicationsets".into(),
+                stream: true,
+                retry: true,
+            })
+            .await?;
+        let stream = self.lines(resp).filter_map(|line| async move {
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => return Some(Err(e)),
+            };
+            match decode_stream_chunk(&line, model::decode_appset_watch_result) {
+                Ok(StreamChunk::Result(ev)) => Some(Ok(ev)),
+                Ok(StreamChunk::Error(e)) => Some(Err(stream_error(e))),
+                Err(e) => Some(Err(ArgoCdError::Decode(e))),
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    /// `GET /api/v1/projects` (unscoped token).
+    pub async fn list_projects(&self) -> Result<DecodedList<model::Project>, ArgoCdError> {
+        self.unary_streamed(
+            Call {
+                method: Method::Get,
+                segments: vec!["api", "v1", "projects"],
+                query: vec![],
+                body: None,
+                scope: None,
+                permission: &Permission::PROJECTS_GET,
+                what: "list projects".into(),
+                stream: false,
+                retry: true,
+            },
+            |r| model::decode_project_list_from(r),
+        )
+        .await
+    }
+
     // -----------------------------------------------------------------------------------------
 
     fn url(&self, call: &Call<'_>) -> Url {
@@ -849,9 +1061,32 @@ impl Client {
         err
     }
 
-    /// Sends one request and maps a non-2xx status to its error; returns the response for the body.
+    /// Sends one request and maps a non-2xx status to its error; returns the response for the
+    /// body. With a login, a 401 ends the session and the call is made once more after logging
+    /// in again.
     async fn send(&self, call: &Call<'_>) -> Result<reqwest::Response, ArgoCdError> {
-        let token = self.inner.tokens.token_for(call.scope)?;
+        let token = self.bearer(call.scope).await?;
+        let Some(session) = &self.inner.session else {
+            return self.send_with(call, token).await;
+        };
+        match self.send_with(call, token.clone()).await {
+            Err(ArgoCdError::Unauthorized { message, .. }) => {
+                tracing::info!(account = session.username(), reason = %message, "Argo CD refused the session token; logging in again");
+                session.invalidate(&token.token);
+                let fresh = self.bearer(call.scope).await?;
+                match self.send_with(call, fresh).await {
+                    Err(ArgoCdError::Unauthorized { message, .. }) => Err(ArgoCdError::SessionRejected {
+                        username: session.username().to_owned(),
+                        message,
+                    }),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn send_with(&self, call: &Call<'_>, token: LoadedToken) -> Result<reqwest::Response, ArgoCdError> {
         let url = self.url(call);
         let mut req = match call.method {
             Method::Get => self.inner.http.get(url),

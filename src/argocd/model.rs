@@ -15,8 +15,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 pub use crate::wire::item::{
-    Application, Cluster, Condition, ConnectionState, Destination, Health, HealthStatusCode, Operation, OperationPhase,
-    ResourceState, Source, SyncState, SyncStatusCode,
+    AppSetApplicationStatus, AppSetCondition, AppSetStrategy, AppTemplate, Application, ApplicationSet, Cluster,
+    Condition, ConnectionState, Destination, Generator, GroupKind, Health, HealthStatusCode, Operation, OperationPhase,
+    OwnedApplication, Project, ResourceState, Source, SyncState, SyncStatusCode, SyncWindow,
 };
 
 /// Identity of an application: its namespace and name (apps in any namespace).
@@ -152,6 +153,27 @@ struct WireMeta {
     annotations: BTreeMap<String, String>,
     #[serde(deserialize_with = "lenient_map")]
     labels: BTreeMap<String, String>,
+    #[serde(rename = "ownerReferences", deserialize_with = "lenient_vec")]
+    owner_references: Vec<WireOwnerRef>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireOwnerRef {
+    #[serde(deserialize_with = "nd")]
+    kind: String,
+    #[serde(deserialize_with = "nd")]
+    name: String,
+}
+
+impl WireMeta {
+    /// The ApplicationSet that owns the object, if one does.
+    fn owning_appset(&self) -> Option<String> {
+        self.owner_references
+            .iter()
+            .find(|o| o.kind == "ApplicationSet" && !o.name.is_empty())
+            .map(|o| o.name.clone())
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -368,6 +390,7 @@ pub struct DecodedApp {
 impl From<WireApplication> for DecodedApp {
     fn from(w: WireApplication) -> Self {
         let WireApplication { metadata, spec, status } = w;
+        let application_set = metadata.owning_appset();
         let sources = if !spec.sources.is_empty() {
             spec.sources.into_iter().map(Source::from).collect()
         } else {
@@ -438,6 +461,7 @@ impl From<WireApplication> for DecodedApp {
                         last_transition_time: c.last_transition_time,
                     })
                     .collect(),
+                application_set,
                 undecodable: None,
                 too_large: None,
             },
@@ -813,6 +837,423 @@ pub fn decode_cluster_list_from(reader: impl std::io::Read) -> Result<DecodedLis
         "cluster",
         |w: WireCluster| Cluster::from(w),
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// ApplicationSets and AppProjects (field names: swagger.json `v1alpha1ApplicationSet*`,
+// `v1alpha1AppProject*`, and the generated v1alpha1 proto).
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSetTemplate {
+    #[serde(deserialize_with = "lenient")]
+    spec: WireSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireRollingSync {
+    #[serde(deserialize_with = "lenient_vec")]
+    steps: Vec<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSetStrategy {
+    #[serde(rename = "type", deserialize_with = "nd")]
+    kind: String,
+    #[serde(rename = "rollingSync", deserialize_with = "lenient")]
+    rolling_sync: Option<WireRollingSync>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSetSpec {
+    #[serde(deserialize_with = "lenient_vec")]
+    generators: Vec<BTreeMap<String, Box<RawValue>>>,
+    #[serde(deserialize_with = "lenient")]
+    template: WireAppSetTemplate,
+    #[serde(deserialize_with = "lenient")]
+    strategy: Option<WireAppSetStrategy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSetCondition {
+    #[serde(rename = "type", deserialize_with = "nd")]
+    kind: String,
+    #[serde(deserialize_with = "nd")]
+    status: String,
+    #[serde(deserialize_with = "nd")]
+    reason: String,
+    #[serde(deserialize_with = "nd")]
+    message: String,
+    #[serde(rename = "lastTransitionTime", deserialize_with = "lenient_time")]
+    last_transition_time: Option<jiff::Timestamp>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSetAppStatus {
+    #[serde(deserialize_with = "nd")]
+    application: String,
+    #[serde(deserialize_with = "nd")]
+    status: String,
+    #[serde(deserialize_with = "nd")]
+    step: String,
+    #[serde(deserialize_with = "nd")]
+    message: String,
+    // Go's json tag is all lower case here.
+    #[serde(rename = "targetrevisions", deserialize_with = "lenient")]
+    target_revisions: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSetStatus {
+    #[serde(deserialize_with = "lenient_vec")]
+    conditions: Vec<WireAppSetCondition>,
+    #[serde(rename = "applicationStatus", deserialize_with = "lenient_vec")]
+    application_status: Vec<WireAppSetAppStatus>,
+    #[serde(deserialize_with = "lenient_vec")]
+    resources: Vec<WireResource>,
+    #[serde(rename = "resourcesCount", deserialize_with = "lenient")]
+    resources_count: i64,
+    #[serde(deserialize_with = "lenient")]
+    health: WireHealth,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSet {
+    #[serde(deserialize_with = "nd")]
+    metadata: WireMeta,
+    #[serde(deserialize_with = "nd")]
+    spec: WireAppSetSpec,
+    #[serde(deserialize_with = "nd")]
+    status: WireAppSetStatus,
+}
+
+/// The generator kinds of one `generators` entry (`selector` is a post-filter, not a kind).
+fn generator(entry: &BTreeMap<String, Box<RawValue>>) -> Option<Generator> {
+    #[derive(Deserialize, Default)]
+    struct Combined {
+        #[serde(default, deserialize_with = "lenient_vec")]
+        generators: Vec<BTreeMap<String, serde::de::IgnoredAny>>,
+    }
+    let (kind, raw) = entry.iter().find(|(k, _)| k.as_str() != "selector")?;
+    let generators = if kind == "matrix" || kind == "merge" {
+        serde_json::from_str::<Combined>(raw.get())
+            .unwrap_or_default()
+            .generators
+            .iter()
+            .filter_map(|g| g.keys().find(|k| k.as_str() != "selector").cloned())
+            .collect()
+    } else {
+        vec![]
+    };
+    Some(Generator {
+        kind: kind.clone(),
+        generators,
+    })
+}
+
+/// An ApplicationSet decoded from Argo CD, with its resourceVersion.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodedAppSet {
+    /// The compact model.
+    pub appset: ApplicationSet,
+    /// `metadata.resourceVersion`.
+    pub resource_version: String,
+}
+
+impl From<WireAppSet> for DecodedAppSet {
+    fn from(w: WireAppSet) -> Self {
+        let WireAppSet { metadata, spec, status } = w;
+        let tspec = spec.template.spec;
+        let sources = if !tspec.sources.is_empty() {
+            tspec.sources.into_iter().map(Source::from).collect()
+        } else {
+            tspec.source.into_iter().map(Source::from).collect()
+        };
+        let project = if tspec.project.is_empty() {
+            "default".to_owned()
+        } else {
+            tspec.project
+        };
+        DecodedAppSet {
+            appset: ApplicationSet {
+                namespace: metadata.namespace.clone(),
+                name: metadata.name.clone(),
+                project: project.clone(),
+                labels: metadata.labels.clone(),
+                generators: spec.generators.iter().filter_map(generator).collect(),
+                template: AppTemplate {
+                    project,
+                    sources,
+                    destination: Destination {
+                        server: tspec.destination.server,
+                        name: tspec.destination.name,
+                        namespace: tspec.destination.namespace,
+                    },
+                },
+                conditions: status
+                    .conditions
+                    .into_iter()
+                    .map(|c| AppSetCondition {
+                        kind: c.kind,
+                        status: c.status,
+                        reason: c.reason,
+                        message: c.message,
+                        last_transition_time: c.last_transition_time,
+                    })
+                    .collect(),
+                health: status.health.into(),
+                strategy: spec.strategy.map(|s| AppSetStrategy {
+                    kind: s.kind,
+                    steps: s.rolling_sync.map_or(0, |r| r.steps.len() as u32),
+                }),
+                application_status: status
+                    .application_status
+                    .into_iter()
+                    .map(|a| AppSetApplicationStatus {
+                        application: a.application,
+                        status: a.status,
+                        step: a.step,
+                        message: a.message,
+                        target_revisions: a.target_revisions,
+                    })
+                    .collect(),
+                resources: status
+                    .resources
+                    .into_iter()
+                    .filter(|r| r.kind == "Application" || r.kind.is_empty())
+                    .map(|r| OwnedApplication {
+                        namespace: r.namespace,
+                        name: r.name,
+                        status: r.status,
+                        health: r.health.map(Health::from),
+                    })
+                    .collect(),
+                resources_count: status.resources_count,
+                undecodable: None,
+                too_large: None,
+            },
+            resource_version: metadata.resource_version,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireGroupKind {
+    #[serde(deserialize_with = "nd")]
+    group: String,
+    #[serde(deserialize_with = "nd")]
+    kind: String,
+    #[serde(deserialize_with = "nd")]
+    name: String,
+}
+
+impl From<WireGroupKind> for GroupKind {
+    fn from(w: WireGroupKind) -> Self {
+        GroupKind {
+            group: w.group,
+            kind: w.kind,
+            name: w.name,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireRole {
+    #[serde(deserialize_with = "nd")]
+    name: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireSyncWindow {
+    #[serde(deserialize_with = "nd")]
+    kind: String,
+    #[serde(deserialize_with = "nd")]
+    schedule: String,
+    #[serde(deserialize_with = "nd")]
+    duration: String,
+    #[serde(rename = "timeZone", deserialize_with = "nd")]
+    time_zone: String,
+    #[serde(deserialize_with = "lenient")]
+    applications: Vec<String>,
+    #[serde(deserialize_with = "lenient")]
+    namespaces: Vec<String>,
+    #[serde(deserialize_with = "lenient")]
+    clusters: Vec<String>,
+    #[serde(rename = "manualSync", deserialize_with = "lenient")]
+    manual_sync: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireProjectSpec {
+    #[serde(deserialize_with = "nd")]
+    description: String,
+    #[serde(rename = "sourceRepos", deserialize_with = "lenient")]
+    source_repos: Vec<String>,
+    #[serde(rename = "sourceNamespaces", deserialize_with = "lenient")]
+    source_namespaces: Vec<String>,
+    #[serde(deserialize_with = "lenient_vec")]
+    destinations: Vec<WireDestination>,
+    #[serde(rename = "clusterResourceWhitelist", deserialize_with = "lenient_vec")]
+    cluster_resource_whitelist: Vec<WireGroupKind>,
+    #[serde(rename = "clusterResourceBlacklist", deserialize_with = "lenient_vec")]
+    cluster_resource_blacklist: Vec<WireGroupKind>,
+    #[serde(rename = "namespaceResourceWhitelist", deserialize_with = "lenient_vec")]
+    namespace_resource_whitelist: Vec<WireGroupKind>,
+    #[serde(rename = "namespaceResourceBlacklist", deserialize_with = "lenient_vec")]
+    namespace_resource_blacklist: Vec<WireGroupKind>,
+    #[serde(deserialize_with = "lenient_vec")]
+    roles: Vec<WireRole>,
+    #[serde(rename = "syncWindows", deserialize_with = "lenient_vec")]
+    sync_windows: Vec<WireSyncWindow>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireProject {
+    #[serde(deserialize_with = "nd")]
+    metadata: WireMeta,
+    #[serde(deserialize_with = "nd")]
+    spec: WireProjectSpec,
+}
+
+impl From<WireProject> for Project {
+    fn from(w: WireProject) -> Self {
+        let s = w.spec;
+        let kinds = |v: Vec<WireGroupKind>| v.into_iter().map(GroupKind::from).collect::<Vec<_>>();
+        Project {
+            name: w.metadata.name,
+            description: s.description,
+            source_repos: s.source_repos,
+            source_namespaces: s.source_namespaces,
+            destinations: s
+                .destinations
+                .into_iter()
+                .map(|d| Destination {
+                    server: d.server,
+                    name: d.name,
+                    namespace: d.namespace,
+                })
+                .collect(),
+            cluster_resource_whitelist: kinds(s.cluster_resource_whitelist),
+            cluster_resource_blacklist: kinds(s.cluster_resource_blacklist),
+            namespace_resource_whitelist: kinds(s.namespace_resource_whitelist),
+            namespace_resource_blacklist: kinds(s.namespace_resource_blacklist),
+            roles: s.roles.into_iter().map(|r| r.name).filter(|n| !n.is_empty()).collect(),
+            sync_windows: s
+                .sync_windows
+                .into_iter()
+                .map(|w| SyncWindow {
+                    kind: w.kind,
+                    schedule: w.schedule,
+                    duration: w.duration,
+                    time_zone: w.time_zone,
+                    applications: w.applications,
+                    namespaces: w.namespaces,
+                    clusters: w.clusters,
+                    manual_sync: w.manual_sync,
+                    active: None,
+                })
+                .collect(),
+            undecodable: None,
+            too_large: None,
+        }
+    }
+}
+
+impl Identify for WireAppSet {
+    fn identify(raw: &str) -> Option<ObjectId> {
+        WireApplication::identify(raw).map(|mut id| {
+            // An ApplicationSet's project is its template's; without it, the filters see none.
+            id.project = String::new();
+            id
+        })
+    }
+}
+
+impl Identify for WireProject {
+    fn identify(raw: &str) -> Option<ObjectId> {
+        WireApplication::identify(raw).map(|id| ObjectId {
+            namespace: String::new(),
+            name: id.name,
+            project: String::new(),
+        })
+    }
+}
+
+/// Decodes one Argo CD ApplicationSet object.
+pub fn decode_appset(json: &str) -> Result<DecodedAppSet, DecodeError> {
+    serde_json::from_str::<WireAppSet>(json)
+        .map(DecodedAppSet::from)
+        .map_err(|e| DecodeError {
+            what: "applicationset".into(),
+            reason: e.to_string(),
+        })
+}
+
+/// Decodes an `ApplicationSetList` incrementally, skipping (and logging) items that do not decode.
+pub fn decode_appset_list_from(reader: impl std::io::Read) -> Result<DecodedList<DecodedAppSet>, DecodeError> {
+    decode_list(
+        serde_json::Deserializer::from_reader(reader),
+        "applicationset",
+        |w: WireAppSet| DecodedAppSet::from(w),
+    )
+}
+
+/// Decodes an `AppProjectList` incrementally, skipping (and logging) items that do not decode.
+pub fn decode_project_list_from(reader: impl std::io::Read) -> Result<DecodedList<Project>, DecodeError> {
+    decode_list(
+        serde_json::Deserializer::from_reader(reader),
+        "project",
+        |w: WireProject| Project::from(w),
+    )
+}
+
+/// One ApplicationSet watch event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppSetWatchEvent {
+    /// ADDED, MODIFIED or DELETED.
+    pub kind: WatchEventType,
+    /// The ApplicationSet as of the event.
+    pub appset: DecodedAppSet,
+}
+
+/// Decodes the `result` of an ApplicationSet watch chunk (`{"type", "applicationSet"}`).
+pub fn decode_appset_watch_result(json: &str) -> Result<AppSetWatchEvent, DecodeError> {
+    #[derive(Deserialize)]
+    struct W {
+        #[serde(rename = "type", default, deserialize_with = "nd")]
+        kind: String,
+        #[serde(rename = "applicationSet", default, deserialize_with = "nd")]
+        appset: WireAppSet,
+    }
+    let w: W = serde_json::from_str(json).map_err(|e| DecodeError {
+        what: "applicationset watch event".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(AppSetWatchEvent {
+        kind: watch_type(&w.kind),
+        appset: w.appset.into(),
+    })
+}
+
+fn watch_type(kind: &str) -> WatchEventType {
+    match kind {
+        "ADDED" => WatchEventType::Added,
+        "MODIFIED" => WatchEventType::Modified,
+        "DELETED" => WatchEventType::Deleted,
+        other => WatchEventType::Other(other.to_owned()),
+    }
 }
 
 /// The JSON payload of a stream line: NDJSON as is, SSE `data:` stripped; `None` for blank lines,

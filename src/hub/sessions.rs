@@ -30,6 +30,10 @@ pub struct LiveSession {
     pub rtt_ms: Arc<std::sync::atomic::AtomicI64>,
     /// Where this copy of the identity runs (empty from older gateways).
     pub instance: String,
+    /// The gateway's capabilities (empty from gateways before protocol 3).
+    pub capabilities: Vec<String>,
+    /// How the gateway reaches the hub: `h2` or `websocket` (empty from older gateways).
+    pub transport: String,
 }
 
 /// The registry of live sessions.

@@ -51,6 +51,9 @@ pub struct HubState {
     pub tasks: TaskTracker,
     /// Install progress and pending registrations.
     pub lifecycle: super::lifecycle::Lifecycle,
+    /// The protocol version this hub speaks (`hub serve --protocol-version`; the previous one
+    /// behaves as a hub of that version did, for testing version skew).
+    pub protocol_version: u32,
 }
 
 impl HubState {
@@ -78,6 +81,7 @@ impl HubState {
             opens: tokio::sync::Semaphore::new(Limits::default().max_concurrent_opens),
             tasks: TaskTracker::new(),
             lifecycle: Default::default(),
+            protocol_version: crate::wire::PROTOCOL_VERSION,
         }
     }
 

@@ -70,6 +70,14 @@ impl ArgoActions {
             .iter()
             .find(|r| r.name == "Argo CD version" && r.status == Status::Ok)
             .map(|r| r.detail.clone());
+        let credential = match &self.client.config().auth {
+            crate::argocd::AuthSource::TokenFile(_) => "account token".to_owned(),
+            crate::argocd::AuthSource::ProjectTokensDir(_) => "project tokens".to_owned(),
+            crate::argocd::AuthSource::Login { username, .. } => format!(
+                "login as {username} ({} logins)",
+                self.client.session().map_or(0, |s| s.logins())
+            ),
+        };
         json!({
             "status": overall,
             "gatewayVersion": env!("CARGO_PKG_VERSION"),
@@ -77,13 +85,18 @@ impl ArgoActions {
                 "url": self.client.config().base_url.as_str(),
                 "reachable": reachable,
                 "version": argocd_version,
+                "credential": credential,
             },
+            "applicationSets": self.view.appsets().len(),
+            "projects": self.view.projects().len(),
             "checks": report.rows,
             "applications": self.view.application_count(),
             "clusters": self.view.clusters().len(),
             "view": {
                 "applicationsListed": status.apps_synced,
                 "clustersListed": status.clusters_synced,
+                "applicationSetsListed": status.appsets_synced,
+                "applicationSetsNote": status.appsets_note,
                 "lastListedAt": status.last_success.map(|t| t.to_string()),
                 "failing": failing,
             },
@@ -297,7 +310,9 @@ pub fn to_request_error(e: ArgoCdError) -> proto::RequestError {
                 missing_policy: policy_line.clone(),
             };
         }
-        ArgoCdError::Unauthorized { .. } => Code::PermissionDenied,
+        ArgoCdError::Unauthorized { .. } | ArgoCdError::LoginFailed { .. } | ArgoCdError::SessionRejected { .. } => {
+            Code::PermissionDenied
+        }
         ArgoCdError::Timeout { .. } => Code::Timeout,
         ArgoCdError::Rejected { .. } | ArgoCdError::UnsupportedMediaType { .. } => Code::Invalid,
         ArgoCdError::Decode(_) | ArgoCdError::BodyTooLarge { .. } | ArgoCdError::LineTooLong { .. } => Code::Internal,

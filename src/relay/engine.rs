@@ -108,6 +108,10 @@ pub struct RelayCounters {
     pub applications_sent: Counter,
     /// Cluster upserts or deletions sent.
     pub clusters_sent: Counter,
+    /// ApplicationSet upserts or deletions sent.
+    pub applicationsets_sent: Counter,
+    /// Project upserts or deletions sent.
+    pub projects_sent: Counter,
     /// Payload bytes of relay messages.
     pub bytes_sent: Counter,
     /// Changes dropped because only noisy fields differed or nothing changed.
@@ -136,6 +140,16 @@ impl RelayCounters {
             "argocd_gateway_relay_clusters_sent",
             "Cluster upserts and deletions sent",
             self.clusters_sent.clone(),
+        );
+        r.register(
+            "argocd_gateway_relay_applicationsets_sent",
+            "ApplicationSet upserts and deletions sent",
+            self.applicationsets_sent.clone(),
+        );
+        r.register(
+            "argocd_gateway_relay_projects_sent",
+            "Project upserts and deletions sent",
+            self.projects_sent.clone(),
         );
         r.register(
             "argocd_gateway_relay_bytes_sent",
@@ -184,6 +198,8 @@ pub struct Relay {
     projected: BTreeMap<EntityKey, Hash>,
     in_flight: VecDeque<InFlight>,
     next_seq: u64,
+    /// The kinds the hub of this session reads (its capabilities); others are not relayed.
+    kinds: Vec<Kind>,
     /// Counters.
     pub counters: RelayCounters,
 }
@@ -203,6 +219,7 @@ impl Relay {
             projected: BTreeMap::new(),
             in_flight: VecDeque::new(),
             next_seq: 1,
+            kinds: Kind::ALL.to_vec(),
             counters: RelayCounters::default(),
         }
     }
@@ -216,7 +233,19 @@ impl Relay {
         match kind {
             Kind::Application => bump(&self.counters.applications_sent, n),
             Kind::Cluster => bump(&self.counters.clusters_sent, n),
+            Kind::ApplicationSet => bump(&self.counters.applicationsets_sent, n),
+            Kind::Project => bump(&self.counters.projects_sent, n),
         }
+    }
+
+    /// Relays only these kinds from now on: what the hub of the coming session reads. Called
+    /// before [`Relay::on_welcome`]; an older hub is never sent a kind it cannot read, and its
+    /// digest is compared with the state of the kinds it holds.
+    pub fn set_kinds(&mut self, kinds: Vec<Kind>) {
+        if kinds != self.kinds {
+            tracing::info!(kinds = ?kinds.iter().map(|k| k.name()).collect::<Vec<_>>(), "relaying these entity kinds to this hub");
+        }
+        self.kinds = kinds;
     }
 
     /// Starts a session: compares digests with the hub and returns the snapshot chunks to send,
@@ -227,6 +256,7 @@ impl Relay {
             .source
             .entities()
             .into_iter()
+            .filter(|e| self.kinds.contains(&e.kind))
             .map(|e| ((e.kind, e.key.clone()), e))
             .collect();
         let acked_digest = digest(self.acked.iter().map(|((k, key), h)| (*k, key.as_str(), h)));
@@ -327,6 +357,7 @@ impl Relay {
                 marked_map.entry(key).or_insert(since);
             }
         }
+        marked_map.retain(|(kind, _), _| self.kinds.contains(kind));
         let mut marked: Vec<(EntityKey, Instant)> = marked_map.into_iter().collect();
         marked.sort();
         let mut entities = vec![];

@@ -14,10 +14,12 @@ use super::{RunConfig, TunnelStatus};
 use crate::identity::Identity;
 use crate::uplink::dial::{DialError, Dialer};
 use crate::uplink::{OpenError, open_tunnel};
-use crate::wire::codes::{ANSWER_PIECE_BYTES, CAP_CHUNKED_ANSWERS, error_code_name, request_name};
+use crate::wire::codes::{
+    ANSWER_PIECE_BYTES, CAP_CHUNKED_ANSWERS, CAP_WEBSOCKET, error_code_name, gateway_capabilities, request_name,
+};
 use crate::wire::proto::{GatewayMessage, Goodbye, Hello, Ping, Pong, RequestError, Response, request_error, response};
 use crate::wire::proto::{gateway_message, hub_message, rejected};
-use crate::wire::{ErrorCode, PROTOCOL_VERSION};
+use crate::wire::{ErrorCode, Kind, kinds_for};
 
 /// How a session ended.
 #[derive(Debug)]
@@ -100,13 +102,21 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
         Err(e) => return Ended::Refused(format!("stored certificate is unreadable: {e}")),
     };
     let (tx, rx) = mpsc::channel::<GatewayMessage>(64);
+    let protocol = cfg.protocol_version;
+    let transport = dialer.transport_used().name();
     let hello = GatewayMessage {
         body: Some(gateway_message::Body::Hello(Hello {
             gateway_id: identity.gateway_id.clone(),
             gateway_version: crate::VERSION.to_owned(),
-            protocol_version: PROTOCOL_VERSION,
-            capabilities: vec![],
+            protocol_version: protocol,
+            capabilities: gateway_capabilities(protocol),
             instance: cfg.store.instance(),
+            // Gateways of protocol 2 did not say.
+            transport: if protocol >= 3 {
+                transport.to_owned()
+            } else {
+                String::new()
+            },
         })),
     };
     // The channel is fresh and has room: the send cannot fail before the receiver is dropped.
@@ -133,14 +143,31 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
                 session_id = %w.session_id,
                 protocol_version = w.protocol_version,
                 hub = %dialer.endpoint().url(),
+                transport,
                 "connected to hub"
             );
             ctx.status.send_modify(|s| {
                 s.connected = true;
                 s.session_id = Some(w.session_id.clone());
                 s.last_error = None;
+                s.transport = Some(transport);
+                s.hub_capabilities = w.capabilities.clone();
             });
             ctx.metrics.connected.set(1);
+            // What later dials may try: a hub that does not take the WebSocket is not offered it.
+            cfg.hub.memory.hub_without_websocket.store(
+                !w.capabilities.iter().any(|c| c == CAP_WEBSOCKET),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            // Only the kinds both this gateway's protocol and the hub know are relayed.
+            let kinds = if protocol >= 3 {
+                kinds_for(&w.capabilities)
+            } else {
+                vec![Kind::Application, Kind::Cluster]
+            };
+            if let Some(relay) = ctx.relay.as_deref_mut() {
+                relay.set_kinds(kinds);
+            }
             let chunked = w.capabilities.iter().any(|c| c == CAP_CHUNKED_ANSWERS);
             (w.state_digest, chunked)
         }

@@ -21,12 +21,31 @@
 //! | `resources` | [ResourceState] | managed resources with sync status and health |
 //! | `images` | [string] | container images in use |
 //! | `conditions` | [Condition] | warnings and errors; `lastTransitionTime` is noisy |
+//! | `applicationSet` | string, only when set | the ApplicationSet that owns it (`metadata.ownerReferences`), by name in the same namespace |
 //! | `undecodable` | string, only when set | Argo CD's latest version could not be read: the item is the last known state, and this says why |
 //! | `tooLarge` | `{bytes, limit}`, only when set | a stub: the item was over the gateway's `--max-entity-bytes`; only namespace, name and project are filled |
 //!
 //! Cluster item: `server` (the key), `name`, `project`, `namespaces`, `labels`, `annotations`,
 //! `connectionState` (`status`, `message`), `serverVersion`, `applicationsCount`. Credentials
 //! are never part of it.
+//!
+//! ApplicationSet item (key `namespace/name`; protocol 3, hubs with the "applicationsets"
+//! capability): `namespace`, `name`, `project` (of the template; may be a template expression),
+//! `labels`, `generators` (each `{kind, generators}`: the generator's kind and, for `matrix` and
+//! `merge`, the kinds it combines), `template` (`sources`, `destination`, `project`),
+//! `conditions` (`type`, `status`, `reason`, `message`; `lastTransitionTime` is noisy), `health`,
+//! `strategy` (`type`, `steps`: the number of progressive-sync steps), `applicationStatus` (per
+//! application of a progressive sync: `application`, `status`, `step`, `message`,
+//! `targetRevisions`), `resources` (the applications it owns: `namespace`, `name`, `status`,
+//! `health`), `resourcesCount`, and `undecodable` / `tooLarge` as for applications.
+//!
+//! Project item (key: the name; hubs with the "projects" capability): `name`, `description`,
+//! `sourceRepos`, `sourceNamespaces`, `destinations`, `clusterResourceWhitelist`,
+//! `clusterResourceBlacklist`, `namespaceResourceWhitelist`, `namespaceResourceBlacklist` (each
+//! `{group, kind, name}`), `roles` (their names only: policies and token ids stay in Argo CD),
+//! `syncWindows` (`kind`, `schedule`, `duration`, `timeZone`, `applications`, `namespaces`,
+//! `clusters`, `manualSync`, and `active`: whether the window is open as the gateway last
+//! evaluated it, null when its schedule cannot be read).
 //!
 //! Status values are Argo CD's spelling; a value this version does not know is kept verbatim.
 //! Readers are tolerant: a missing field takes its default, so an item from a gateway one
@@ -289,6 +308,9 @@ pub struct Application {
     pub images: Vec<String>,
     /// Conditions (warnings and errors).
     pub conditions: Vec<Condition>,
+    /// The ApplicationSet that owns this application, by name (same namespace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application_set: Option<String>,
     /// Set when the gateway could not read Argo CD's latest version of this application: the
     /// rest is its last known state, and this says why.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -343,6 +365,198 @@ pub struct Cluster {
     /// Number of applications Argo CD manages on it.
     pub applications_count: i64,
     /// Set when the gateway could not read Argo CD's latest version of this cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecodable: Option<String>,
+    /// Set on a stub sent instead of an item too large to relay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub too_large: Option<TooLarge>,
+}
+
+/// One generator of an ApplicationSet: its kind, and for `matrix` and `merge` the kinds of the
+/// generators it combines.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Generator {
+    /// `list`, `clusters`, `git`, `scmProvider`, `clusterDecisionResource`, `pullRequest`,
+    /// `matrix`, `merge`, `plugin` (a kind this version does not know is kept as named).
+    pub kind: String,
+    /// For `matrix` and `merge`: the kinds of the generators combined.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub generators: Vec<String>,
+}
+
+/// The application template of an ApplicationSet.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppTemplate {
+    /// The project of the generated applications (may be a template expression).
+    pub project: String,
+    /// Sources (`spec.sources`, or `spec.source` as one entry).
+    pub sources: Vec<Source>,
+    /// Where the generated applications deploy (may hold template expressions).
+    pub destination: Destination,
+}
+
+/// An ApplicationSet condition (`ErrorOccurred`, `ParametersGenerated`, `ResourcesUpToDate`,
+/// `RolloutProgressing`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct AppSetCondition {
+    /// Condition type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// One-word reason.
+    pub reason: String,
+    /// Message.
+    pub message: String,
+    /// When the condition last changed (noisy).
+    pub last_transition_time: Option<jiff::Timestamp>,
+}
+
+/// The progressive-sync strategy of an ApplicationSet.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppSetStrategy {
+    /// `RollingSync` (or another type, kept as named).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Number of rollout steps.
+    pub steps: u32,
+}
+
+/// The progressive-sync state of one application of an ApplicationSet.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct AppSetApplicationStatus {
+    /// The application's name.
+    pub application: String,
+    /// `Waiting`, `Pending`, `Progressing`, `Healthy` (kept as received).
+    pub status: String,
+    /// The rollout step it belongs to.
+    pub step: String,
+    /// Detail.
+    pub message: String,
+    /// The revisions it should be synced to.
+    pub target_revisions: Vec<String>,
+}
+
+/// An application an ApplicationSet owns, as its status lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OwnedApplication {
+    /// Namespace of the Application.
+    pub namespace: String,
+    /// Name of the Application.
+    pub name: String,
+    /// Its sync status.
+    pub status: SyncStatusCode,
+    /// Its health, when reported.
+    pub health: Option<Health>,
+}
+
+/// The compact state of one Argo CD ApplicationSet, as relayed to the hub.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ApplicationSet {
+    /// Namespace of the ApplicationSet object.
+    pub namespace: String,
+    /// Name of the ApplicationSet object.
+    pub name: String,
+    /// The template's project (`default` when it leaves it empty).
+    pub project: String,
+    /// Object labels.
+    pub labels: BTreeMap<String, String>,
+    /// Generators, in order.
+    pub generators: Vec<Generator>,
+    /// The application template.
+    pub template: AppTemplate,
+    /// Conditions.
+    pub conditions: Vec<AppSetCondition>,
+    /// Health derived by Argo CD from the conditions (`status.health`).
+    pub health: Health,
+    /// Progressive-sync strategy, if any.
+    pub strategy: Option<AppSetStrategy>,
+    /// Progressive-sync state per application.
+    pub application_status: Vec<AppSetApplicationStatus>,
+    /// The applications it owns.
+    pub resources: Vec<OwnedApplication>,
+    /// How many applications it owns (may exceed `resources` when Argo CD truncates the list).
+    pub resources_count: i64,
+    /// Set when the gateway could not read Argo CD's latest version of this ApplicationSet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecodable: Option<String>,
+    /// Set on a stub sent instead of an item too large to relay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub too_large: Option<TooLarge>,
+}
+
+/// A group/kind (and for cluster resources, name) of a project's resource allow or deny list.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GroupKind {
+    /// API group (empty for the core group).
+    pub group: String,
+    /// Kind.
+    pub kind: String,
+    /// Name pattern (cluster resources only; empty: all).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+/// A sync window of a project.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SyncWindow {
+    /// `allow` or `deny`.
+    pub kind: String,
+    /// Cron schedule of the window's start.
+    pub schedule: String,
+    /// How long it stays open (Go duration, e.g. `1h`).
+    pub duration: String,
+    /// Time zone of the schedule (empty: UTC).
+    pub time_zone: String,
+    /// Application name patterns it applies to.
+    pub applications: Vec<String>,
+    /// Namespace patterns it applies to.
+    pub namespaces: Vec<String>,
+    /// Cluster patterns it applies to.
+    pub clusters: Vec<String>,
+    /// Manual syncs are allowed while a deny window is active.
+    pub manual_sync: bool,
+    /// Whether the window was open when the gateway last evaluated it; `None` when its schedule,
+    /// duration or time zone cannot be read.
+    pub active: Option<bool>,
+}
+
+/// The compact state of one Argo CD AppProject, as relayed to the hub.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Project {
+    /// Name; the key of a project.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Repositories applications may deploy from.
+    pub source_repos: Vec<String>,
+    /// Namespaces applications of this project may live in.
+    pub source_namespaces: Vec<String>,
+    /// Where applications may deploy.
+    pub destinations: Vec<Destination>,
+    /// Cluster-scoped resources allowed.
+    pub cluster_resource_whitelist: Vec<GroupKind>,
+    /// Cluster-scoped resources denied.
+    pub cluster_resource_blacklist: Vec<GroupKind>,
+    /// Namespaced resources allowed.
+    pub namespace_resource_whitelist: Vec<GroupKind>,
+    /// Namespaced resources denied.
+    pub namespace_resource_blacklist: Vec<GroupKind>,
+    /// Names of the project's roles.
+    pub roles: Vec<String>,
+    /// Sync windows.
+    pub sync_windows: Vec<SyncWindow>,
+    /// Set when the gateway could not read Argo CD's latest version of this project.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub undecodable: Option<String>,
     /// Set on a stub sent instead of an item too large to relay.

@@ -3,7 +3,8 @@
 //! machine-readable refusal and request-error codes ([`codes`]), relayed entities with their
 //! content hash and the state digest ([`entity`]), the documented JSON schema of the items the
 //! hub stores and serves ([`item`]), the signed identity assertion ([`assertion`]) and the
-//! version syntax of the desired gateway version ([`version`]).
+//! version syntax of the desired gateway version ([`version`]), and the framing of the tunnel's
+//! WebSocket transport ([`websocket`]).
 //!
 //! Gateway parts and the hub import this module; it imports neither.
 
@@ -13,6 +14,7 @@ pub mod entity;
 pub mod item;
 pub mod proto;
 pub mod version;
+pub mod websocket;
 
 pub use codes::{ErrorCode, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, protocol_supported};
-pub use entity::{EntityKey, Hash, Kind, digest};
+pub use entity::{EntityKey, Hash, Kind, digest, kinds_for};

@@ -7,12 +7,14 @@
 //! Files: [`access`] (roles, API tokens, page sessions and CSRF), [`tokens`] (registration
 //! tokens), [`install`] (the printed helm command), [`registrations`] (install progress per
 //! token, removed gateways), [`gateways`] (gateways, revocation, health check),
-//! [`applications`] (relayed state and requests forwarded to gateways), [`wait`] (deployment
+//! [`applications`] (relayed state and requests forwarded to gateways), [`appsets`]
+//! (ApplicationSets linked to their applications, and projects), [`wait`] (deployment
 //! verification), [`selector`] (list and feed filters), [`version`] (desired gateway
 //! version), [`events`] (the change feed), [`timeline`] (state timelines).
 
 pub mod access;
 pub mod applications;
+pub mod appsets;
 pub mod events;
 pub mod gateways;
 pub mod install;
@@ -114,6 +116,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/gateways/{id}/health-check", post(gateways::health_check))
         .route("/api/v1/gateways/{id}/clusters", get(applications::clusters))
         .route("/api/v1/applications", get(applications::list_all))
+        .route("/api/v1/applicationsets", get(appsets::list_all))
+        .route("/api/v1/gateways/{id}/applicationsets", get(appsets::list_gateway))
+        .route(
+            "/api/v1/gateways/{id}/applicationsets/{namespace}/{name}",
+            get(appsets::get_appset),
+        )
+        .route("/api/v1/projects", get(appsets::list_all_projects))
+        .route("/api/v1/gateways/{id}/projects", get(appsets::list_gateway_projects))
+        .route("/api/v1/gateways/{id}/projects/{name}", get(appsets::get_project))
         .route("/api/v1/gateways/{id}/applications", get(applications::list_gateway))
         .route(APP, get(applications::get_app))
         .route(&format!("{APP}/sync"), post(applications::sync))
