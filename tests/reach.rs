@@ -362,7 +362,7 @@ async fn applicationsets_and_projects_reach_the_hub_and_stay_linked() {
         )
         .await;
     assert_eq!(app["applicationSet"], "guestbook");
-    let (all, _) = env.api("/api/v1/applicationsets").await;
+    let (_, all) = env.api("/api/v1/applicationsets").await;
     assert_eq!(all["total"], 1, "{all}");
 
     // Projects: the default and the reference project, compact, with sync windows decided.
@@ -382,7 +382,7 @@ async fn applicationsets_and_projects_reach_the_hub_and_stay_linked() {
         !project.to_string().contains("jwtTokens") && !project.to_string().contains("policies"),
         "role policies and token ids stay in Argo CD: {project}"
     );
-    let (projects, _) = env.api("/api/v1/projects").await;
+    let (_, projects) = env.api("/api/v1/projects").await;
     assert_eq!(projects["total"], 2, "{projects}");
 
     // Changed: an error condition appears, then clears.
@@ -437,7 +437,7 @@ async fn applicationsets_and_projects_reach_the_hub_and_stay_linked() {
         snapshots,
         "after the hub restart the state digests matched: nothing was resent"
     );
-    let (gw, _) = env.api(&env.gw("")).await;
+    let (_, gw) = env.api(&env.gw("")).await;
     assert_eq!(gw["applicationSetCount"], 1, "{gw}");
     assert_eq!(gw["transport"], "h2");
     assert!(
@@ -498,7 +498,7 @@ async fn an_argo_cd_before_3_4_is_polled_and_one_without_the_api_is_skipped() {
     env.connect(&setup).await;
     env.until("applications", &env.gw("/applications"), |_, v| v["total"] == 3)
         .await;
-    let (sets, _) = env.api(&env.gw("/applicationsets")).await;
+    let (_, sets) = env.api(&env.gw("/applicationsets")).await;
     assert_eq!(sets["total"], 0);
     let lists = env
         .sim
@@ -530,8 +530,10 @@ fn setup_clone(s: &Setup) -> Setup {
 
 #[tokio::test]
 async fn a_gateway_that_logs_in_relays_without_a_gap_across_session_expiry() {
+    // Polling, so the gateway calls Argo CD all the time (an open watch outlives its token).
     let setup = Setup {
         login: Some("bot"),
+        gateway_flags: vec!["--watch=false".into(), "--poll-interval".into(), "200ms".into()],
         ..Default::default()
     };
     let mut env = Env::start(setup_clone(&setup)).await;
@@ -573,7 +575,7 @@ async fn a_gateway_that_logs_in_relays_without_a_gap_across_session_expiry() {
     .await;
     assert!(env.sim.logins() > logins);
     // The health check says how the gateway authenticates and that it works.
-    let (health, _) = env
+    let (_, health) = env
         .api_send(reqwest::Method::POST, &env.gw("/health-check"), None)
         .await;
     assert!(health.to_string().contains("login as bot"), "{health}");
@@ -585,7 +587,7 @@ async fn a_gateway_that_logs_in_relays_without_a_gap_across_session_expiry() {
         .filter_map(|r| r.bearer().map(str::to_owned))
         .collect();
     assert!(!tokens.is_empty());
-    let (gw, _) = env.api(&env.gw("")).await;
+    let (_, gw) = env.api(&env.gw("")).await;
     for t in &tokens {
         assert!(!gw.to_string().contains(t.as_str()) && !health.to_string().contains(t.as_str()));
     }
@@ -756,11 +758,11 @@ async fn through_an_http1_only_proxy_auto_and_websocket_connect_and_h2_names_the
         )
         .await;
         // Requests from the hub are answered over the same WebSocket.
-        let (health, _) = env
+        let (_, health) = env
             .api_send(reqwest::Method::POST, &env.gw("/health-check"), None)
             .await;
         assert!(health.is_object(), "{health}");
-        let (gw, _) = env.api(&env.gw("")).await;
+        let (_, gw) = env.api(&env.gw("")).await;
         assert_eq!(gw["transport"], "websocket", "{gw}");
         assert!(
             upgrades.load(Ordering::SeqCst) >= 2,
@@ -787,7 +789,7 @@ async fn the_websocket_keeps_mutual_tls_with_the_gateway_certificate() {
         v["total"] == 3
     })
     .await;
-    let (gw, _) = env.api(&env.gw("")).await;
+    let (_, gw) = env.api(&env.gw("")).await;
     assert_eq!(gw["transport"], "websocket");
     // The gateway's certificate renewal and relay keep working after a hub restart.
     env.restart_hub().await;
@@ -833,14 +835,14 @@ async fn a_current_gateway_and_a_hub_of_the_previous_protocol_relay_and_answer()
     )
     .await;
     // A request the hub sends is answered.
-    let (health, _) = env
+    let (_, health) = env
         .api_send(reqwest::Method::POST, &env.gw("/health-check"), None)
         .await;
     assert!(health.is_object(), "{health}");
-    let (app, _) = env.api(&env.gw("/applications/argocd/app-00001?refresh=normal")).await;
+    let (_, app) = env.api(&env.gw("/applications/argocd/app-00001?refresh=normal")).await;
     assert_eq!(app["name"], "app-00001", "{app}");
     // The older hub was never sent a kind it cannot read.
-    let (gw, _) = env.api(&env.gw("")).await;
+    let (_, gw) = env.api(&env.gw("")).await;
     assert_eq!(gw["protocolVersion"], previous, "{gw}");
     assert_eq!(gw["refused"]["count"], 0, "{gw}");
     assert_eq!(gw["applicationSetCount"], 0, "{gw}");
@@ -871,11 +873,11 @@ async fn a_current_hub_and_a_gateway_of_the_previous_protocol_relay_and_answer()
         |_, v| v["sync"]["status"] == "OutOfSync",
     )
     .await;
-    let (health, _) = env
+    let (_, health) = env
         .api_send(reqwest::Method::POST, &env.gw("/health-check"), None)
         .await;
     assert!(health.is_object(), "{health}");
-    let (gw, _) = env.api(&env.gw("")).await;
+    let (_, gw) = env.api(&env.gw("")).await;
     assert_eq!(gw["protocolVersion"], previous, "{gw}");
     assert_eq!(
         gw["capabilities"],

@@ -362,6 +362,15 @@ pub async fn run_with(
                 identity = Some(id);
                 Wait::Fixed(backoff.next_delay())
             }
+            Ended::Downgraded(msg) => {
+                tracing::warn!(
+                    hub_said = %msg,
+                    protocol_version = crate::wire::MIN_PROTOCOL_VERSION,
+                    "the hub speaks the previous protocol version; speaking it too (ApplicationSets, projects and the WebSocket transport wait for a hub upgrade)"
+                );
+                identity = Some(id);
+                Wait::Fixed(crate::util::jitter(Duration::ZERO, cfg.backoff_base))
+            }
             Ended::Refused(msg) => {
                 record_failure(&status, &format!("the hub refused the session: {msg}"), true);
                 identity = Some(id);

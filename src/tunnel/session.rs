@@ -19,7 +19,7 @@ use crate::wire::codes::{
 };
 use crate::wire::proto::{GatewayMessage, Goodbye, Hello, Ping, Pong, RequestError, Response, request_error, response};
 use crate::wire::proto::{gateway_message, hub_message, rejected};
-use crate::wire::{ErrorCode, Kind, kinds_for};
+use crate::wire::{ErrorCode, Kind, MIN_PROTOCOL_VERSION, kinds_for};
 
 /// How a session ended.
 #[derive(Debug)]
@@ -44,6 +44,8 @@ pub enum Ended {
     RetryAfter(Duration),
     /// The stream broke or closed.
     Lost(String),
+    /// The hub refused this protocol version: the next session speaks the previous one.
+    Downgraded(String),
 }
 
 /// What the session needs from the run loop.
@@ -102,7 +104,12 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
         Err(e) => return Ended::Refused(format!("stored certificate is unreadable: {e}")),
     };
     let (tx, rx) = mpsc::channel::<GatewayMessage>(64);
-    let protocol = cfg.protocol_version;
+    let older = cfg.hub.memory.older_protocol.load(std::sync::atomic::Ordering::Relaxed);
+    let protocol = if older {
+        cfg.protocol_version.min(MIN_PROTOCOL_VERSION)
+    } else {
+        cfg.protocol_version
+    };
     let transport = dialer.transport_used().name();
     let hello = GatewayMessage {
         body: Some(gateway_message::Body::Hello(Hello {
@@ -170,6 +177,18 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
             }
             let chunked = w.capabilities.iter().any(|c| c == CAP_CHUNKED_ANSWERS);
             (w.state_digest, chunked)
+        }
+        // A hub of the previous protocol version refuses this one: speak its version (once).
+        Some(hub_message::Body::Rejected(r))
+            if r.reason == rejected::Reason::UnsupportedProtocol as i32
+                && protocol > MIN_PROTOCOL_VERSION
+                && !older =>
+        {
+            cfg.hub
+                .memory
+                .older_protocol
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ended::Downgraded(r.message);
         }
         Some(hub_message::Body::Rejected(r)) => return rejected(r),
         other => return Ended::Lost(format!("unexpected first message from the hub: {other:?}")),

@@ -68,14 +68,18 @@ impl Transport {
     }
 }
 
-/// What `auto` learned, shared by every dialer of one process: once HTTP/2 failed and the
-/// WebSocket worked, later dials go straight to the WebSocket.
+/// What the gateway learned about its hub, shared by every dialer and session of one process:
+/// once HTTP/2 failed and the WebSocket worked, later dials go straight to the WebSocket; once
+/// the hub refused the current protocol, sessions speak the previous one.
 #[derive(Debug, Default)]
 pub struct TransportMemory {
     /// `auto` fell back to the WebSocket.
     pub fell_back: std::sync::atomic::AtomicBool,
     /// The hub's last welcome named no "websocket" capability: falling back cannot help.
     pub hub_without_websocket: std::sync::atomic::AtomicBool,
+    /// The hub refused this build's protocol version as too new (a hub of the previous
+    /// version): sessions speak the previous one.
+    pub older_protocol: std::sync::atomic::AtomicBool,
 }
 
 /// A configuration error found before any I/O.
