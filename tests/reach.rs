@@ -888,3 +888,162 @@ async fn a_current_hub_and_a_gateway_of_the_previous_protocol_relay_and_answer()
     assert_eq!(gw["refused"]["count"], 0, "{gw}");
     env.stop_gateway().await;
 }
+
+// ---- a gateway process: login, HTTPS_PROXY, WebSocket, and what its debug log holds ---------
+
+/// An HTTP CONNECT proxy (what `HTTPS_PROXY` names): tunnels to the requested port.
+async fn connect_proxy() -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tunnels = Arc::new(AtomicUsize::new(0));
+    let counter = tunnels.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match client.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let Some(target) = text.strip_prefix("CONNECT ").and_then(|r| r.split_whitespace().next()) else {
+                    return;
+                };
+                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                if client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (port, tunnels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_process_logs_in_and_tunnels_through_https_proxy_without_a_secret_in_its_log() {
+    let setup = Setup::default();
+    let env = Env::start(setup_clone(&setup)).await;
+    env.sim
+        .add_account("relay-bot", "Pr0cess-Secret-Pw", TokenSpec::account("relay-bot"));
+    env.sim.set_session_ttl(Duration::from_secs(3));
+    let (proxy, tunnels) = connect_proxy().await;
+    let password = env.dir.join("password");
+    std::fs::write(&password, "Pr0cess-Secret-Pw\n").unwrap();
+    let log_path = env.dir.join("gateway.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_argocd-gateway"))
+        .args([
+            "run",
+            "--hub-url",
+            &format!("https://localhost:{}", env.ports.0),
+            "--hub-ca-fingerprint",
+            &env.fingerprint,
+            "--registration-token",
+            &env.registration_token,
+            "--identity",
+            &format!("file:{}", env.dir.join("identity.json").display()),
+            "--argocd-server",
+            &env.sim.url(),
+            "--argocd-plaintext",
+            "--argocd-username",
+            "relay-bot",
+            "--argocd-password-file",
+            password.to_str().unwrap(),
+            "--watch=false",
+            "--poll-interval",
+            "200ms",
+            "--hub-transport",
+            "websocket",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+        ])
+        .env("HTTPS_PROXY", format!("http://127.0.0.1:{proxy}"))
+        .env("NO_PROXY", "")
+        .env("RUST_LOG", "debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let gateway_id = loop {
+        let (_, list) = env.api("/api/v1/gateways").await;
+        let g = &list["items"][0];
+        if g["connected"] == json!(true) && g["applicationCount"] == 3 {
+            assert_eq!(g["transport"], "websocket", "{g}");
+            break g["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the gateway process did not connect: {list}\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        tunnels.load(Ordering::SeqCst) >= 2,
+        "registration and the tunnel went through the proxy"
+    );
+    // Long enough for sessions to be renewed, with changes relayed meanwhile.
+    for n in 0..3 {
+        let status = if n % 2 == 0 { "Degraded" } else { "Healthy" };
+        env.sim.set_health("argocd", "app-00002", status, "");
+        env.until(
+            "a change from the process",
+            &format!("/api/v1/gateways/{gateway_id}/applications/argocd/app-00002"),
+            |_, v| v["health"]["status"] == status,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert!(env.sim.logins() >= 2, "logins {}", env.sim.logins());
+    // SIGTERM: goodbye and exit 0.
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(status.success(), "exit {status:?}\n{text}");
+    assert!(text.contains("DEBUG"), "logs were captured at debug level");
+    assert!(text.contains("logged in to Argo CD"));
+    // Neither the password nor any session token the gateway held reached its log.
+    let mut secrets = vec!["Pr0cess-Secret-Pw".to_owned()];
+    for r in env.sim.requests() {
+        if let Some(bearer) = r.bearer() {
+            secrets.push(bearer.to_owned());
+            secrets.push(bearer.split('.').nth(2).unwrap_or(bearer).to_owned());
+        }
+    }
+    assert!(secrets.len() > 3);
+    for s in &secrets {
+        assert!(!text.contains(s.as_str()), "a secret reached the gateway's debug log");
+    }
+}
