@@ -632,8 +632,8 @@ impl Shared {
     }
 
     fn appset_admitted(&self, a: &ApplicationSet) -> bool {
-        (self.filter.projects.is_empty() || self.filter.projects.iter().any(|p| *p == a.project))
-            && (self.filter.app_namespaces.is_empty() || self.filter.app_namespaces.iter().any(|n| *n == a.namespace))
+        (self.filter.projects.is_empty() || self.filter.projects.contains(&a.project))
+            && (self.filter.app_namespaces.is_empty() || self.filter.app_namespaces.contains(&a.namespace))
     }
 
     fn upsert_appset_locked(&self, st: &mut State, d: DecodedAppSet) {

@@ -258,6 +258,8 @@ where
         }
     }
     let stream = Rewind { prefix, inner: conn };
+    // tungstenite's handshake callback returns its (large) error response by value.
+    #[allow(clippy::result_large_err)]
     let check = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
                  mut resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
         use tokio_tungstenite::tungstenite::handshake::server::ErrorResponse;
