@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod model;
 pub mod probes;
 pub mod session;
+pub mod split;
 pub mod syncwindow;
 pub mod token;
 pub mod transport;

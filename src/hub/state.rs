@@ -54,6 +54,9 @@ pub struct HubState {
     /// The protocol version this hub speaks (`hub serve --protocol-version`; the previous one
     /// behaves as a hub of that version did, for testing version skew).
     pub protocol_version: u32,
+    /// The hub is shutting down: a session that opens now is told to come back later, so none
+    /// slips in after the drain went through the live ones.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl HubState {
@@ -82,6 +85,7 @@ impl HubState {
             tasks: TaskTracker::new(),
             lifecycle: Default::default(),
             protocol_version: crate::wire::PROTOCOL_VERSION,
+            draining: Default::default(),
         }
     }
 

@@ -19,7 +19,7 @@ use crate::wire::codes::{
 };
 use crate::wire::proto::{GatewayMessage, Goodbye, Hello, Ping, Pong, RequestError, Response, request_error, response};
 use crate::wire::proto::{gateway_message, hub_message, rejected};
-use crate::wire::{ErrorCode, Kind, MIN_PROTOCOL_VERSION, kinds_for};
+use crate::wire::{DigestKind, ErrorCode, Kind, MIN_PROTOCOL_VERSION, kinds_for};
 
 /// How a session ended.
 #[derive(Debug)]
@@ -143,7 +143,7 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
     };
     // The hub's state digest, kept until the relay has compared it with a complete local state,
     // and whether the hub takes answers in pieces.
-    let (digest, chunked_answers) = match welcome.body {
+    let (digest, chunked_answers, digest_kind) = match welcome.body {
         Some(hub_message::Body::Welcome(w)) => {
             tracing::info!(
                 gateway_id = %identity.gateway_id,
@@ -176,7 +176,7 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
                 relay.set_kinds(kinds);
             }
             let chunked = w.capabilities.iter().any(|c| c == CAP_CHUNKED_ANSWERS);
-            (w.state_digest, chunked)
+            (w.state_digest, chunked, DigestKind::negotiated(&w.capabilities))
         }
         // A hub of the previous protocol version refuses this one: speak its version (once).
         Some(hub_message::Body::Rejected(r))
@@ -218,11 +218,7 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
             if relay.ready()
                 && let Some(digest) = hub_digest.take()
             {
-                for m in relay.on_welcome(&digest) {
-                    if tx.send(m).await.is_err() {
-                        return Ended::Lost("outbound stream closed".into());
-                    }
-                }
+                relay.on_welcome(&digest, digest_kind);
             }
             while hub_digest.is_none()
                 && let Some(m) = relay.next_delta()

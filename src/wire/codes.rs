@@ -6,8 +6,9 @@ use super::proto::{request, request_error};
 
 /// The protocol version this build speaks.
 ///
-/// 3 added ApplicationSets and projects as entity kinds, the gateway's capabilities and
-/// transport in its hello, and the WebSocket transport; 2 added chunked answers.
+/// 3 added ApplicationSets and projects as entity kinds, the gateway's transport in its hello,
+/// and the WebSocket transport; 2 added chunked answers and, later, the set digest (a
+/// capability, [`super::entity::CAP_SET_DIGEST`], so 2s with and without it work together).
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest protocol version this build still accepts (the current and the previous one).
@@ -37,7 +38,7 @@ pub const CAP_WEBSOCKET: &str = "websocket";
 pub fn hub_capabilities(protocol: u32) -> Vec<String> {
     let mut caps = vec![];
     if protocol >= 2 {
-        caps.push(CAP_CHUNKED_ANSWERS);
+        caps.extend([CAP_CHUNKED_ANSWERS, super::entity::CAP_SET_DIGEST]);
     }
     if protocol >= 3 {
         caps.extend([CAP_APPLICATION_SETS, CAP_PROJECTS, CAP_WEBSOCKET]);
@@ -47,11 +48,11 @@ pub fn hub_capabilities(protocol: u32) -> Vec<String> {
 
 /// What a gateway speaking `protocol` tells the hub it does.
 pub fn gateway_capabilities(protocol: u32) -> Vec<String> {
+    let mut caps = vec![super::entity::CAP_SET_DIGEST];
     if protocol >= 3 {
-        vec![CAP_APPLICATION_SETS.to_owned(), CAP_PROJECTS.to_owned()]
-    } else {
-        vec![]
+        caps.extend([CAP_APPLICATION_SETS, CAP_PROJECTS]);
     }
+    caps.into_iter().map(str::to_owned).collect()
 }
 
 /// Checks a pinned protocol version (`--protocol-version`): the current or the previous one.

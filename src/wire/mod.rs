@@ -17,4 +17,6 @@ pub mod version;
 pub mod websocket;
 
 pub use codes::{ErrorCode, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, protocol_supported};
-pub use entity::{EntityKey, Hash, Kind, digest, kinds_for};
+pub use entity::{
+    CAP_SET_DIGEST, DigestBuilder, DigestKind, EntityKey, Hash, Kind, OrderedDigest, SetDigest, digest, kinds_for,
+};

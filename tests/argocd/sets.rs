@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use argocd_gateway::argocd::model::{decode_appset, decode_project_list_from};
+use argocd_gateway::argocd::model::{decode_appset, decode_project_list};
 use argocd_gateway::argocd::{AppKey, View, ViewEvent, ViewOptions};
 use argocd_gateway::simulator::{SimOptions, SimTls, TokenSpec, objects};
 use serde_json::{Value, json};
@@ -99,7 +99,7 @@ fn the_reference_appproject_decodes_compactly() {
         r#"{{"metadata":{{}},"items":[{}]}}"#,
         fixture("docs__operator-manual__project.json")
     );
-    let list = decode_project_list_from(body.as_bytes()).unwrap();
+    let list = decode_project_list(body.as_bytes()).unwrap();
     let p = &list.items[0];
     assert_eq!(p.name, "my-project");
     assert_eq!(p.description, "Example Project");
