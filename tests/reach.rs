@@ -54,6 +54,8 @@ struct Setup {
     /// Argo CD credential: `None` for a token file, else a username whose password file the
     /// harness writes.
     login: Option<&'static str>,
+    /// Permissions (resource, action) the gateway's token lacks.
+    denied: Vec<(&'static str, &'static str)>,
     /// Simulator options.
     sim: SimOptions,
 }
@@ -66,6 +68,7 @@ impl Default for Setup {
             gateway_flags: vec![],
             hub_url: None,
             login: None,
+            denied: vec![],
             sim: SimOptions {
                 tls: SimTls::Plaintext,
                 ..Default::default()
@@ -155,7 +158,13 @@ impl Env {
     async fn connect(&mut self, setup: &Setup) {
         let credential: Vec<String> = match setup.login {
             None => {
-                let token = self.sim.add_token(TokenSpec::account("gateway"));
+                let spec = setup
+                    .denied
+                    .iter()
+                    .fold(TokenSpec::account("gateway"), |spec, (resource, action)| {
+                        spec.without(resource, action)
+                    });
+                let token = self.sim.add_token(spec);
                 let path = self.dir.join("argocd-token");
                 std::fs::write(&path, token).unwrap();
                 vec!["--argocd-token-file".into(), path.display().to_string()]
@@ -524,6 +533,7 @@ fn setup_clone(s: &Setup) -> Setup {
         gateway_flags: s.gateway_flags.clone(),
         hub_url: s.hub_url,
         login: s.login,
+        denied: s.denied.clone(),
         sim: s.sim.clone(),
     }
 }
@@ -607,7 +617,7 @@ async fn a_wrong_password_is_a_clear_error_naming_the_setting() {
     sim.add_account("bot", "right", TokenSpec::account("bot"));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("password");
-    std::fs::write(&file, "wrong\n").unwrap();
+    std::fs::write(&file, "Not-The-Pw-7731\n").unwrap();
     let args = {
         #[derive(Parser)]
         struct W {
@@ -642,7 +652,10 @@ async fn a_wrong_password_is_a_clear_error_naming_the_setting() {
             && err.contains("gateway.argocd.username"),
         "{err}"
     );
-    assert!(!err.contains("wrong") || err.contains("wrong password") || !err.contains("\"wrong\""));
+    assert!(
+        !err.contains("Not-The-Pw-7731"),
+        "the password stays out of the error: {err}"
+    );
     // Fixed in the file: the next call logs in.
     std::fs::write(&file, "right").unwrap();
     assert!(client.userinfo().await.unwrap().logged_in);
@@ -811,6 +824,128 @@ async fn the_websocket_keeps_mutual_tls_with_the_gateway_certificate() {
     env.stop_gateway().await;
 }
 
+#[derive(Parser)]
+struct CheckCli {
+    #[command(flatten)]
+    args: argocd_gateway::check::CheckArgs,
+}
+
+/// The rows `check` prints for these flags (Argo CD rows, then hub rows).
+async fn check_rows(flags: Vec<String>) -> Vec<argocd_gateway::check::CheckRow> {
+    let cli = CheckCli::try_parse_from(std::iter::once("check".to_owned()).chain(flags)).expect("flags parse");
+    let mut report = argocd_gateway::check::Report::default();
+    argocd_gateway::argocd::probes::argocd_rows(&cli.args.argocd, &cli.args.uplink.trust, &mut report).await;
+    argocd_gateway::check::hub_rows(&cli.args, &mut report).await;
+    report.rows
+}
+
+fn row<'a>(rows: &'a [argocd_gateway::check::CheckRow], name: &str) -> &'a argocd_gateway::check::CheckRow {
+    rows.iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no row {name:?} in {rows:?}"))
+}
+
+#[tokio::test]
+async fn a_token_without_applicationsets_and_an_http1_path_are_reported_by_the_health_check_and_check() {
+    use argocd_gateway::check::Status;
+    let _serial = SERIAL.lock().await;
+    // The gateway's token may read applications but not ApplicationSets; the hub is behind a
+    // proxy that passes only HTTP/1.1.
+    let setup = Setup {
+        plaintext_hub: true,
+        hub_url: Some(via_proxy),
+        denied: vec![("applicationsets", "get")],
+        ..Default::default()
+    };
+    let mut env = Env::start(setup_clone(&setup)).await;
+    env.sim.upsert_appset(objects::appset("hidden", "argocd", &["a"], 0));
+    let (proxy, _) = http1_only_proxy(env.ports.0).await;
+    *PROXY_PORT.lock().unwrap() = proxy;
+    env.connect(&setup).await;
+
+    // Never a crash: applications relay, ApplicationSets do not, and the gateway stays up.
+    env.until(
+        "applications without the permission",
+        &env.gw("/applications"),
+        |_, v| v["total"] == 3,
+    )
+    .await;
+    env.sim.set_health("argocd", "app-00000", "Degraded", "still relaying");
+    env.until(
+        "a change without the permission",
+        &env.gw("/applications/argocd/app-00000"),
+        |_, v| v["health"]["status"] == "Degraded",
+    )
+    .await;
+    let (_, sets) = env.api(&env.gw("/applicationsets")).await;
+    assert_eq!(sets["total"], 0, "{sets}");
+    // The hub's health check names the missing permission and the policy line that grants it.
+    let (_, health) = env
+        .api_send(reqwest::Method::POST, &env.gw("/health-check"), None)
+        .await;
+    let checks = health["checks"].as_array().unwrap_or_else(|| panic!("{health}"));
+    let denied = checks
+        .iter()
+        .find(|c| c["name"] == "token can get applicationsets")
+        .unwrap_or_else(|| panic!("{health}"));
+    assert_eq!(denied["status"], "warn", "{denied}");
+    assert!(
+        denied
+            .to_string()
+            .contains("p, gateway, applicationsets, get, */*, allow"),
+        "{denied}"
+    );
+    let (_, gw) = env.api(&env.gw("")).await;
+    assert_eq!(gw["connected"], json!(true), "{gw}");
+    assert_eq!(gw["transport"], "websocket", "auto fell back through the proxy: {gw}");
+
+    // `check` with the same token and hub path: the same warning, and the fallback said.
+    let token_file = env.dir.join("argocd-token");
+    let common = |transport: &str| -> Vec<String> {
+        vec![
+            "--argocd-server".into(),
+            env.sim.url(),
+            "--argocd-plaintext".into(),
+            "--argocd-token-file".into(),
+            token_file.display().to_string(),
+            "--hub-url".into(),
+            via_proxy(0),
+            "--hub-plaintext".into(),
+            "--hub-transport".into(),
+            transport.into(),
+            "--identity".into(),
+            format!("file:{}", env.dir.join("identity.json").display()),
+        ]
+    };
+    let rows = check_rows(common("auto")).await;
+    let denied = row(&rows, "token can get applicationsets");
+    assert_eq!(denied.status, Status::Warn, "{rows:?}");
+    assert!(
+        denied
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("p, gateway, applicationsets, get, */*, allow")),
+        "{denied:?}"
+    );
+    assert_eq!(row(&rows, "token can get applications").status, Status::Ok, "{rows:?}");
+    let conn = row(&rows, "hub connection");
+    assert_eq!(conn.status, Status::Warn, "{rows:?}");
+    assert!(conn.detail.contains("fell back"), "{conn:?}");
+    assert!(
+        conn.fix
+            .as_deref()
+            .is_some_and(|f| f.contains("--hub-transport websocket") && f.contains("gateway.hub.transport=websocket")),
+        "{conn:?}"
+    );
+    let rows = check_rows(common("websocket")).await;
+    assert_eq!(row(&rows, "hub connection").status, Status::Ok, "{rows:?}");
+    let rows = check_rows(common("h2")).await;
+    let conn = row(&rows, "hub connection");
+    assert_eq!(conn.status, Status::Fail, "{rows:?}");
+    assert!(conn.detail.contains("gateway.hub.transport=websocket"), "{conn:?}");
+    env.stop_gateway().await;
+}
+
 // ---- version skew ------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -881,8 +1016,8 @@ async fn a_current_hub_and_a_gateway_of_the_previous_protocol_relay_and_answer()
     assert_eq!(gw["protocolVersion"], previous, "{gw}");
     assert_eq!(
         gw["capabilities"],
-        json!([]),
-        "a gateway of protocol 2 names none: {gw}"
+        json!([argocd_gateway::wire::CAP_SET_DIGEST]),
+        "a gateway of protocol 2 names only the set digest, no entity kind of protocol 3: {gw}"
     );
     assert_eq!(gw["applicationSetCount"], 0, "{gw}");
     assert_eq!(gw["refused"]["count"], 0, "{gw}");

@@ -1121,7 +1121,7 @@ SCHEMA_REJECTIONS = [
     ("hub-url-missing", {}, "/gateway/hub/serverGrpcUrl"),
     # Without an Argo CD token the gateway cannot read Argo CD: refused before anything runs.
     ("argocd-token-missing", deep_merge(REQUIRED, NO_ACCOUNT_SECRET),
-     "an Argo CD token is required: set gateway.argocd.authenticationToken"),
+     "an Argo CD credential is required: set gateway.argocd.authenticationToken"),
     ("environment-with-comma", with_set("registration.environments[0]=a\\,b"),
      "/registration/environments/0"),
     ("hub-url-empty", with_set("gateway.hub.serverGrpcUrl="), "/gateway/hub/serverGrpcUrl"),
@@ -1173,7 +1173,7 @@ def chart_without_schema(tmp_path_factory):
 
 @pytest.mark.parametrize("values,message", [(v, m) for _, v, m in CONFLICTS] + [
     ({}, "gateway.hub.serverGrpcUrl is required"),
-    (deep_merge(REQUIRED, NO_ACCOUNT_SECRET), "an Argo CD token is required: set gateway.argocd.authenticationToken")],
+    (deep_merge(REQUIRED, NO_ACCOUNT_SECRET), "an Argo CD credential is required: set gateway.argocd.authenticationToken")],
     ids=[i for i, _, _ in CONFLICTS] + ["hub-url-missing", "argocd-token-missing"])
 def test_templates_refuse_the_same_conflicts_without_schema(chart_without_schema, values, message):
     with pytest.raises(helm.HelmRenderError) as err:
