@@ -982,6 +982,23 @@ async fn a_current_gateway_and_a_hub_of_the_previous_protocol_relay_and_answer()
     assert_eq!(gw["refused"]["count"], 0, "{gw}");
     assert_eq!(gw["applicationSetCount"], 0, "{gw}");
     assert_eq!(env.metric("argocd_gateway_relay_applicationsets_sent_total").await, 0.0);
+
+    // The hub is upgraded: the gateway's next session speaks the current version again, and
+    // what the older hub could not read arrives.
+    env.hub_protocol = argocd_gateway::wire::PROTOCOL_VERSION;
+    env.restart_hub().await;
+    let (gw, _) = env
+        .until("the gateway on the current protocol", &env.gw(""), |_, g| {
+            g["connected"] == json!(true) && g["protocolVersion"] == argocd_gateway::wire::PROTOCOL_VERSION
+        })
+        .await;
+    assert_eq!(gw["refused"]["count"], 0, "{gw}");
+    env.until(
+        "the ApplicationSet after the hub upgrade",
+        &env.gw("/applicationsets/argocd/skew"),
+        |s, _| s == 200,
+    )
+    .await;
     env.stop_gateway().await;
 }
 

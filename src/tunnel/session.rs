@@ -161,6 +161,14 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
                 s.hub_capabilities = w.capabilities.clone();
             });
             ctx.metrics.connected.set(1);
+            // Spoken down for this session only: the next one (after this hub restarts, perhaps
+            // upgraded) offers the current version again, and an older hub refuses it once more.
+            if older {
+                cfg.hub
+                    .memory
+                    .older_protocol
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
             // What later dials may try: a hub that does not take the WebSocket is not offered it.
             cfg.hub.memory.hub_without_websocket.store(
                 !w.capabilities.iter().any(|c| c == CAP_WEBSOCKET),
