@@ -664,59 +664,68 @@ async fn a_wrong_password_is_a_clear_error_naming_the_setting() {
 
 // ---- the tunnel inside a WebSocket -------------------------------------------------------------
 
-/// A reverse proxy or load balancer that speaks only HTTP/1.1: it refuses CONNECT and the HTTP/2
-/// preface, and passes WebSocket upgrades (and the bytes after them) to the hub's gRPC port.
-async fn http1_only_proxy(backend: u16) -> (u16, Arc<AtomicUsize>) {
+/// A proxy on a free port: each connection's request head (up to its blank line) goes to
+/// `handle`, with a counter of what it passed on.
+async fn proxy<F, Fut>(handle: F) -> (u16, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream, String, Arc<AtomicUsize>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let upgrades = Arc::new(AtomicUsize::new(0));
-    let counter = upgrades.clone();
+    let passed = Arc::new(AtomicUsize::new(0));
+    let counter = passed.clone();
+    let handle = Arc::new(handle);
     tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            let counter = counter.clone();
+        while let Ok((mut client, _)) = listener.accept().await {
+            let (handle, counter) = (handle.clone(), counter.clone());
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1];
+                // The HTTP/2 preface ("PRI * HTTP/2.0\r\n\r\n…") ends its first part the same way.
                 while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
                     match client.read(&mut byte).await {
                         Ok(1) => head.push(byte[0]),
                         _ => return,
                     }
-                    if head.starts_with(b"PRI * HTTP/2.0") {
-                        let _ = client
-                            .write_all(b"HTTP/1.1 505 HTTP Version Not Supported\r\nConnection: close\r\n\r\n")
-                            .await;
-                        return;
-                    }
                 }
-                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                if text.starts_with("connect ") {
-                    let _ = client
-                        .write_all(b"HTTP/1.1 405 Method Not Allowed\r\nConnection: close\r\n\r\n")
-                        .await;
-                    return;
-                }
-                if !text.contains("upgrade: websocket") {
-                    let _ = client
-                        .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
-                        .await;
-                    return;
-                }
-                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await else {
-                    return;
-                };
-                counter.fetch_add(1, Ordering::SeqCst);
-                if server.write_all(&head).await.is_err() {
-                    return;
-                }
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                let head = String::from_utf8_lossy(&head).into_owned();
+                handle(client, head, counter).await;
             });
         }
     });
-    (port, upgrades)
+    (port, passed)
+}
+
+/// Sends `head` on to `target` and copies bytes both ways; counts the connection.
+async fn pass_on(mut client: tokio::net::TcpStream, target: &str, head: &[u8], counter: &AtomicUsize) {
+    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+        return;
+    };
+    counter.fetch_add(1, Ordering::SeqCst);
+    if !head.is_empty() && server.write_all(head).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+}
+
+/// A reverse proxy or load balancer that speaks only HTTP/1.1: it refuses CONNECT and the HTTP/2
+/// preface, and passes WebSocket upgrades (and the bytes after them) to the hub's gRPC port.
+async fn http1_only_proxy(backend: u16) -> (u16, Arc<AtomicUsize>) {
+    proxy(move |mut client, head, counter| async move {
+        let lower = head.to_ascii_lowercase();
+        let refusal: &[u8] = if head.starts_with("PRI * HTTP/2.0") {
+            b"HTTP/1.1 505 HTTP Version Not Supported\r\nConnection: close\r\n\r\n"
+        } else if lower.starts_with("connect ") {
+            b"HTTP/1.1 405 Method Not Allowed\r\nConnection: close\r\n\r\n"
+        } else if !lower.contains("upgrade: websocket") {
+            b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"
+        } else {
+            return pass_on(client, &format!("127.0.0.1:{backend}"), head.as_bytes(), &counter).await;
+        };
+        let _ = client.write_all(refusal).await;
+    })
+    .await
 }
 
 static PROXY_PORT: std::sync::Mutex<u16> = std::sync::Mutex::new(0);
@@ -1045,45 +1054,20 @@ async fn a_current_hub_and_a_gateway_of_the_previous_protocol_relay_and_answer()
 
 /// An HTTP CONNECT proxy (what `HTTPS_PROXY` names): tunnels to the requested port.
 async fn connect_proxy() -> (u16, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let tunnels = Arc::new(AtomicUsize::new(0));
-    let counter = tunnels.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
-                    match client.read(&mut byte).await {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let text = String::from_utf8_lossy(&head).into_owned();
-                let Some(target) = text.strip_prefix("CONNECT ").and_then(|r| r.split_whitespace().next()) else {
-                    return;
-                };
-                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
-                    return;
-                };
-                counter.fetch_add(1, Ordering::SeqCst);
-                if client
-                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-            });
+    proxy(|mut client, head, counter| async move {
+        let Some(target) = head.strip_prefix("CONNECT ").and_then(|r| r.split_whitespace().next()) else {
+            return;
+        };
+        if client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return;
         }
-    });
-    (port, tunnels)
+        pass_on(client, target, b"", &counter).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

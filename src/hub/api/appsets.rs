@@ -77,22 +77,30 @@ fn appset_json(g: &GatewayEntities, a: &ApplicationSet, gateway_id: &str, stale:
     v
 }
 
-fn list_appsets(state: &ApiState, gateway: Option<&str>, q: &ListQuery) -> Value {
+/// The items `item` makes of each selected gateway's entities, gateways in id order, as a list
+/// answer.
+fn list_over<F>(state: &ApiState, gateway: Option<&str>, item: F) -> Value
+where
+    F: Fn(&GatewayEntities, &str, bool) -> Vec<Value>,
+{
     let items: Vec<Value> = state.hub.entities.with_all(|all| {
         let mut gws: Vec<&String> = all.keys().filter(|gw| gateway.is_none_or(|g| g == *gw)).collect();
         gws.sort();
         gws.into_iter()
-            .flat_map(|gw| {
-                let g = &all[gw];
-                let stale = state.hub.sessions.get(gw).is_none();
-                g.appsets
-                    .values()
-                    .filter(|s| q.project.as_deref().is_none_or(|p| s.item.project == p))
-                    .map(move |s| appset_json(g, &s.item, gw, stale))
-            })
+            .flat_map(|gw| item(&all[gw], gw, state.hub.sessions.get(gw).is_none()))
             .collect()
     });
     json!({ "total": items.len(), "items": items })
+}
+
+fn list_appsets(state: &ApiState, gateway: Option<&str>, q: &ListQuery) -> Value {
+    list_over(state, gateway, |g, gw, stale| {
+        g.appsets
+            .values()
+            .filter(|s| q.project.as_deref().is_none_or(|p| s.item.project == p))
+            .map(|s| appset_json(g, &s.item, gw, stale))
+            .collect()
+    })
 }
 
 /// `GET /api/v1/applicationsets`.
@@ -142,21 +150,13 @@ fn project_json(g: &GatewayEntities, p: &Project, gateway_id: &str, stale: bool)
 }
 
 fn list_projects(state: &ApiState, gateway: Option<&str>, q: &ListQuery) -> Value {
-    let items: Vec<Value> = state.hub.entities.with_all(|all| {
-        let mut gws: Vec<&String> = all.keys().filter(|gw| gateway.is_none_or(|g| g == *gw)).collect();
-        gws.sort();
-        gws.into_iter()
-            .flat_map(|gw| {
-                let g = &all[gw];
-                let stale = state.hub.sessions.get(gw).is_none();
-                g.projects
-                    .values()
-                    .filter(|s| q.project.as_deref().is_none_or(|p| s.item.name == p))
-                    .map(move |s| project_json(g, &s.item, gw, stale))
-            })
+    list_over(state, gateway, |g, gw, stale| {
+        g.projects
+            .values()
+            .filter(|s| q.project.as_deref().is_none_or(|p| s.item.name == p))
+            .map(|s| project_json(g, &s.item, gw, stale))
             .collect()
-    });
-    json!({ "total": items.len(), "items": items })
+    })
 }
 
 /// `GET /api/v1/projects`.
