@@ -102,7 +102,9 @@ pub async fn api_token(cmd: ApiTokenCommand) -> anyhow::Result<ExitCode> {
                 println!("role:     {}", s(&v, "role"));
                 println!("expires:  {}", s(&v, "expiresAt"));
                 println!("\nStore the token now: the hub keeps only its hash and cannot show it again.");
-                println!("Use it as `Authorization: Bearer <token>`, with --admin-token, or to log in on the status page.");
+                println!(
+                    "Use it as `Authorization: Bearer <token>`, with --admin-token, or to log in on the status page."
+                );
             }
         }
         ApiTokenCommand::List(api) => {
