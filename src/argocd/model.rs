@@ -15,9 +15,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 pub use crate::wire::item::{
-    Application, Cluster, Condition, ConnectionState, Destination, Health, HealthStatusCode, Operation, OperationPhase,
-    ResourceState, Source, SyncState, SyncStatusCode,
+    Application, Cluster, Condition, ConnectionState, Destination, Health, HealthStatusCode, HistoryEntry, Operation,
+    OperationPhase, OperationProgress, ResourceState, Source, SyncPolicy, SyncState, SyncStatusCode, SyncTask,
 };
+use crate::wire::item::{MAX_HISTORY, MAX_PROGRESS_TASKS};
 
 /// Identity of an application: its namespace and name (apps in any namespace).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -197,6 +198,40 @@ struct WireDestination {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
+struct WireAutomated {
+    #[serde(deserialize_with = "nd")]
+    prune: bool,
+    #[serde(rename = "selfHeal", deserialize_with = "nd")]
+    self_heal: bool,
+    /// Nil means enabled: `automated: {}` turns automated sync on.
+    #[serde(deserialize_with = "nd")]
+    enabled: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireSyncPolicy {
+    #[serde(deserialize_with = "lenient")]
+    automated: Option<WireAutomated>,
+    #[serde(rename = "syncOptions", deserialize_with = "lenient")]
+    sync_options: Vec<String>,
+}
+
+impl From<Option<WireSyncPolicy>> for SyncPolicy {
+    fn from(w: Option<WireSyncPolicy>) -> Self {
+        let w = w.unwrap_or_default();
+        let automated = w.automated.as_ref().is_some_and(|a| a.enabled != Some(false));
+        SyncPolicy {
+            automated,
+            prune: automated && w.automated.as_ref().is_some_and(|a| a.prune),
+            self_heal: automated && w.automated.as_ref().is_some_and(|a| a.self_heal),
+            sync_options: w.sync_options,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct WireSpec {
     #[serde(deserialize_with = "nd")]
     project: String,
@@ -206,6 +241,8 @@ struct WireSpec {
     sources: Vec<WireSource>,
     #[serde(deserialize_with = "lenient")]
     destination: WireDestination,
+    #[serde(rename = "syncPolicy", deserialize_with = "lenient")]
+    sync_policy: Option<WireSyncPolicy>,
 }
 
 #[derive(Deserialize, Default)]
@@ -255,18 +292,135 @@ impl From<WireHealth> for Health {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct WireRevisions {
+struct WireSyncOperation {
     #[serde(deserialize_with = "nd")]
     revision: String,
     #[serde(deserialize_with = "nd")]
     revisions: Vec<String>,
+    #[serde(rename = "dryRun", deserialize_with = "nd")]
+    dry_run: bool,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct WireOperationSpec {
     #[serde(deserialize_with = "nd")]
-    sync: WireRevisions,
+    sync: WireSyncOperation,
+}
+
+/// One entry of `syncResult.resources`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireResourceResult {
+    #[serde(deserialize_with = "nd")]
+    group: String,
+    #[serde(deserialize_with = "nd")]
+    kind: String,
+    #[serde(deserialize_with = "nd")]
+    namespace: String,
+    #[serde(deserialize_with = "nd")]
+    name: String,
+    #[serde(deserialize_with = "nd")]
+    status: String,
+    #[serde(deserialize_with = "nd")]
+    message: String,
+    #[serde(rename = "hookType", deserialize_with = "nd")]
+    hook_type: String,
+    #[serde(rename = "hookPhase", deserialize_with = "nd")]
+    hook_phase: String,
+    #[serde(rename = "syncPhase", deserialize_with = "nd")]
+    sync_phase: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireSyncResult {
+    #[serde(deserialize_with = "nd")]
+    revision: String,
+    #[serde(deserialize_with = "nd")]
+    revisions: Vec<String>,
+    #[serde(deserialize_with = "lenient_vec")]
+    resources: Vec<WireResourceResult>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireHistory {
+    #[serde(deserialize_with = "nd")]
+    id: i64,
+    #[serde(deserialize_with = "nd")]
+    revision: String,
+    #[serde(deserialize_with = "nd")]
+    revisions: Vec<String>,
+    #[serde(rename = "deployedAt", deserialize_with = "lenient_time")]
+    deployed_at: Option<jiff::Timestamp>,
+}
+
+/// Phases a task is still busy in.
+fn task_running(hook_phase: &str) -> bool {
+    matches!(hook_phase, "Running" | "Pending" | "Terminating")
+}
+
+/// The hook and wave progress of a sync result; waves come from `status.resources`.
+fn progress(results: Vec<WireResourceResult>, resources: &[WireResource]) -> Option<OperationProgress> {
+    if results.is_empty() {
+        return None;
+    }
+    let wave_of = |r: &WireResourceResult| {
+        resources
+            .iter()
+            .find(|s| s.group == r.group && s.kind == r.kind && s.namespace == r.namespace && s.name == r.name)
+            .and_then(|s| s.sync_wave)
+    };
+    let mut p = OperationProgress::default();
+    let mut running_wave: Option<i64> = None;
+    let mut highest_wave: Option<i64> = None;
+    let mut running_phase = None;
+    let mut last_phase = String::new();
+    for r in results {
+        let wave = wave_of(&r);
+        let phase_key = if r.hook_phase.is_empty() {
+            "Pending".to_owned()
+        } else {
+            r.hook_phase.clone()
+        };
+        *p.phases.entry(phase_key).or_default() += 1;
+        if let Some(w) = wave {
+            highest_wave = Some(highest_wave.map_or(w, |h| h.max(w)));
+        }
+        if task_running(&r.hook_phase) {
+            if let Some(w) = wave {
+                running_wave = Some(running_wave.map_or(w, |h| h.min(w)));
+            }
+            running_phase.get_or_insert_with(|| r.sync_phase.clone());
+        }
+        if !r.sync_phase.is_empty() {
+            last_phase = r.sync_phase.clone();
+        }
+        let failed = matches!(r.hook_phase.as_str(), "Failed" | "Error") || r.status == "SyncFailed";
+        let task = || SyncTask {
+            group: r.group.clone(),
+            kind: r.kind.clone(),
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            hook_type: r.hook_type.clone(),
+            hook_phase: r.hook_phase.clone(),
+            status: r.status.clone(),
+            sync_phase: r.sync_phase.clone(),
+            wave,
+            message: r.message.clone(),
+        };
+        if !r.hook_type.is_empty() {
+            if p.hooks.len() < MAX_PROGRESS_TASKS {
+                p.hooks.push(task());
+            }
+        } else if failed && p.failed.len() < MAX_PROGRESS_TASKS {
+            p.failed.push(task());
+        }
+    }
+    p.sync_phase = running_phase.unwrap_or(last_phase);
+    p.wave = running_wave.or(highest_wave);
+    Some(p)
 }
 
 #[derive(Deserialize, Default)]
@@ -282,7 +436,7 @@ struct WireOperationState {
     #[serde(deserialize_with = "lenient")]
     operation: WireOperationSpec,
     #[serde(rename = "syncResult", deserialize_with = "lenient")]
-    sync_result: WireRevisions,
+    sync_result: WireSyncResult,
 }
 
 #[derive(Deserialize, Default)]
@@ -301,6 +455,8 @@ struct WireResource {
     status: SyncStatusCode,
     #[serde(deserialize_with = "lenient")]
     health: Option<WireHealth>,
+    #[serde(rename = "syncWave", deserialize_with = "lenient")]
+    sync_wave: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -340,6 +496,8 @@ struct WireStatus {
     conditions: Vec<WireCondition>,
     #[serde(rename = "resourceHealthSource", deserialize_with = "nd")]
     resource_health_source: String,
+    #[serde(deserialize_with = "lenient_vec")]
+    history: Vec<WireHistory>,
 }
 
 #[derive(Deserialize, Default)]
@@ -374,11 +532,16 @@ impl From<WireApplication> for DecodedApp {
             spec.source.into_iter().map(Source::from).collect()
         };
         let operation = status.operation_state.map(|op| {
+            let WireSyncResult {
+                revision: result_revision,
+                revisions: result_revisions,
+                resources: results,
+            } = op.sync_result;
             // The sync result names what was actually applied; the request is the fallback while running.
-            let (revision, revisions) = if op.sync_result.revision.is_empty() && op.sync_result.revisions.is_empty() {
+            let (revision, revisions) = if result_revision.is_empty() && result_revisions.is_empty() {
                 (op.operation.sync.revision, op.operation.sync.revisions)
             } else {
-                (op.sync_result.revision, op.sync_result.revisions)
+                (result_revision, result_revisions)
             };
             Operation {
                 phase: op.phase,
@@ -387,8 +550,22 @@ impl From<WireApplication> for DecodedApp {
                 finished_at: op.finished_at,
                 revision,
                 revisions,
+                dry_run: op.operation.sync.dry_run,
+                progress: progress(results, &status.resources),
             }
         });
+        let skip = status.history.len().saturating_sub(MAX_HISTORY);
+        let history = status
+            .history
+            .into_iter()
+            .skip(skip)
+            .map(|h| HistoryEntry {
+                id: h.id,
+                revision: h.revision,
+                revisions: h.revisions,
+                deployed_at: h.deployed_at,
+            })
+            .collect();
         let project = if spec.project.is_empty() {
             "default".to_owned()
         } else {
@@ -414,6 +591,8 @@ impl From<WireApplication> for DecodedApp {
                 },
                 health: status.health.into(),
                 operation,
+                sync_policy: Some(spec.sync_policy.into()),
+                history,
                 reconciled_at: status.reconciled_at,
                 resources: status
                     .resources

@@ -30,6 +30,15 @@ pub struct LiveSession {
     pub rtt_ms: Arc<std::sync::atomic::AtomicI64>,
     /// Where this copy of the identity runs (empty from older gateways).
     pub instance: String,
+    /// Optional features the gateway named in its hello (e.g. `deploy-actions`).
+    pub capabilities: Vec<String>,
+}
+
+impl LiveSession {
+    /// Whether the gateway named this capability in its hello.
+    pub fn can(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+    }
 }
 
 /// The registry of live sessions.

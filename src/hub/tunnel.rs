@@ -159,6 +159,7 @@ impl Tunnel for TunnelService {
             broker: Arc::new(super::requests::Broker::new(self.state.limits.max_answer_bytes)),
             rtt_ms: Arc::new(AtomicI64::new(-1)),
             instance: hello.instance.clone(),
+            capabilities: hello.capabilities.clone(),
         };
         if let Some(old) = self.state.sessions.insert(&gateway_id, session.clone()) {
             tracing::info!(gateway_id = %gateway_id, old_session = %old.session_id, "a new session replaces the old one");

@@ -14,7 +14,7 @@ use super::{RunConfig, TunnelStatus};
 use crate::identity::Identity;
 use crate::uplink::dial::{DialError, Dialer};
 use crate::uplink::{OpenError, open_tunnel};
-use crate::wire::codes::{ANSWER_PIECE_BYTES, CAP_CHUNKED_ANSWERS, error_code_name, request_name};
+use crate::wire::codes::{ANSWER_PIECE_BYTES, CAP_CHUNKED_ANSWERS, CAP_DEPLOY_ACTIONS, error_code_name, request_name};
 use crate::wire::proto::{GatewayMessage, Goodbye, Hello, Ping, Pong, RequestError, Response, request_error, response};
 use crate::wire::proto::{gateway_message, hub_message, rejected};
 use crate::wire::{ErrorCode, PROTOCOL_VERSION};
@@ -105,7 +105,7 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
             gateway_id: identity.gateway_id.clone(),
             gateway_version: crate::VERSION.to_owned(),
             protocol_version: PROTOCOL_VERSION,
-            capabilities: vec![],
+            capabilities: vec![CAP_DEPLOY_ACTIONS.to_owned()],
             instance: cfg.store.instance(),
         })),
     };

@@ -19,6 +19,11 @@ pub const RETRY_AFTER_KEY: &str = "x-argocd-gateway-retry-after-ms";
 /// Hub capability: answers may arrive in pieces (`Response.more`).
 pub const CAP_CHUNKED_ANSWERS: &str = "chunked-answers";
 
+/// Gateway capability: terminate, rollback, evaluate, and syncs with resources, force and
+/// options. A gateway without it would ignore a sync's resource list and sync everything, so
+/// the hub sends these only to gateways that name it.
+pub const CAP_DEPLOY_ACTIONS: &str = "deploy-actions";
+
 /// The largest gRPC message either side decodes. Senders stay well below it: relay messages
 /// aim at 1 MiB, entities above the gateway's `--max-entity-bytes` travel as a stub, and
 /// answers above 1 MiB travel in pieces.
@@ -138,6 +143,9 @@ pub fn request_name(kind: &request::Kind) -> &'static str {
         Kind::ManagedResources(_) => "managed_resources",
         Kind::Events(_) => "events",
         Kind::Logs(_) => "logs",
+        Kind::TerminateOperation(_) => "terminate_operation",
+        Kind::Rollback(_) => "rollback",
+        Kind::Evaluate(_) => "evaluate",
     }
 }
 
