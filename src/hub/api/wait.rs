@@ -716,22 +716,24 @@ impl Waiter {
                 .operation
                 .as_ref()
                 .is_some_and(|o| matches!(o.phase, OperationPhase::Running | OperationPhase::Terminating));
+            let automated = app.sync_policy.as_ref().is_some_and(|p| p.automated);
             if verdict == Some(Verdict::Deployed) {
                 self.apps[i].sync_pending = false;
                 self.trigger_line(i, "sync", "skipped", "already deployed");
             } else if verdict.is_some_and(Verdict::is_failure) {
                 self.apps[i].sync_pending = false;
-            } else if !op_running {
+            } else if automated && !self.force_sync {
                 self.apps[i].sync_pending = false;
-                match &app.sync_policy {
-                    Some(p) if p.automated && !self.force_sync => self.trigger_line(
-                        i,
-                        "sync",
-                        "skipped",
-                        "automated sync is on: Argo CD syncs it (forceSync to sync anyway)",
-                    ),
-                    _ => self.start_sync(i, app),
-                }
+                self.trigger_line(
+                    i,
+                    "sync",
+                    "skipped",
+                    "automated sync is on: Argo CD syncs it (forceSync to sync anyway)",
+                );
+            } else if !op_running {
+                // Argo CD refuses a sync while another operation runs: wait for it to end.
+                self.apps[i].sync_pending = false;
+                self.start_sync(i, app);
             }
         }
     }
