@@ -97,6 +97,11 @@ async fn main() {
     let rounds = numbers.first().copied().unwrap_or(100);
     let apps = numbers.get(1).copied().unwrap_or(200);
     argocd_gateway::tls::install_crypto_provider();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let (grpc, http_port) = (free_port(), free_port());
     let mut hub: Option<Hub> = Some(
@@ -237,6 +242,13 @@ async fn main() {
         started.elapsed()
     );
     println!("soak: lost {lost}, mismatching {mismatching}, extra {extra} (target 0, 0, 0)");
+    for (k, v) in want
+        .iter()
+        .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+        .take(5)
+    {
+        println!("soak: {k}: Argo CD has {v:?}, the hub {:?}", got.get(k));
+    }
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), gateway).await;
     if let Some(h) = hub {

@@ -9,12 +9,13 @@ use argocd_gateway::argocd::model::{
     decode_application, decode_application_list, decode_cluster, decode_cluster_list, decode_stream_chunk,
     decode_watch_result, stream_payload,
 };
+use argocd_gateway::argocd::split::{ListSplitter, Piece};
 use argocd_gateway::hub::entities::{EntityLimits, EntityState};
 use argocd_gateway::hub::feed::{Feed, HistoryConfig};
 use argocd_gateway::hub::store::Store;
 use argocd_gateway::wire::item::Application;
 use argocd_gateway::wire::proto::{self, Delta, EntityKind};
-use argocd_gateway::wire::{Hash, Kind, digest};
+use argocd_gateway::wire::{DigestKind, Hash, Kind, SetDigest, digest};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -159,6 +160,45 @@ proptest! {
     }
 
     #[test]
+    fn the_list_splitter_finds_what_a_parser_finds_however_the_body_is_cut(
+        items in prop::collection::vec(json_value(), 0..6),
+        meta in json_value(),
+        extra in json_value(),
+        pretty in any::<bool>(),
+        cuts in prop::collection::vec(1usize..64, 1..40),
+    ) {
+        let list = json!({"kind": "ApplicationList", "metadata": meta, "items": items, "extra": extra});
+        prop_assert!(list["items"].is_array());
+        let text = if pretty { serde_json::to_string_pretty(&list).unwrap() } else { list.to_string() };
+        let mut splitter = ListSplitter::new(usize::MAX);
+        let (mut got_items, mut got_meta) = (vec![], vec![]);
+        let mut rest = text.as_bytes();
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, tail) = rest.split_at((*cut).min(rest.len()));
+            rest = tail;
+            splitter
+                .feed(chunk, &mut |p| match p {
+                    Piece::Item(raw) => got_items.push(serde_json::from_slice::<Value>(raw).expect("an item is one JSON value")),
+                    Piece::Meta(raw) => got_meta.push(serde_json::from_slice::<Value>(raw).expect("metadata is one JSON value")),
+                })
+                .expect("a well-formed list splits");
+        }
+        splitter.finish().expect("the whole list was read");
+        // What a parser of the whole text finds (floats compared as parsed from the same text).
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        prop_assert_eq!(Value::Array(got_items), parsed["items"].clone());
+        prop_assert_eq!(got_meta, vec![parsed["metadata"].clone()]);
+        // Cut anywhere before its end, the same list is never taken for a whole one.
+        let cut = cuts[0] % text.len().max(1);
+        let mut partial = ListSplitter::new(usize::MAX);
+        let fed = partial.feed(&text.as_bytes()[..cut], &mut |_| {});
+        prop_assert!(fed.is_err() || partial.finish().is_err());
+    }
+
+    #[test]
     fn stream_framing_reads_ndjson_and_sse_alike(v in json_value(), noise in ".{0,40}") {
         let chunk = json!({"result": {"type": "MODIFIED", "application": v}}).to_string();
         prop_assert_eq!(stream_payload(&chunk), Some(chunk.as_str()));
@@ -262,7 +302,7 @@ proptest! {
             let refused = |_: &str| {};
             for (seq, entities) in deltas.into_iter().enumerate() {
                 let digest_after = state
-                    .apply_delta("gw", Delta { seq: seq as u64, entities, oldest_change_age_ms: None }, &limits, &refused)
+                    .apply_delta("gw", Delta { seq: seq as u64, entities, oldest_change_age_ms: None }, &limits, &refused, DigestKind::Set)
                     .await
                     .unwrap();
                 // What is held is valid, within the limits, and digests to what was acknowledged.
@@ -280,14 +320,20 @@ proptest! {
                         .map(|(k, s)| (Kind::Application, k.clone(), s.hash))
                         .chain(g.clusters.iter().map(|(k, s)| (Kind::Cluster, k.clone(), s.hash)))
                         .collect();
-                    (g.len(), digest(entries.iter().map(|(k, key, h)| (*k, key.as_str(), h))))
+                    let set = SetDigest::of(entries.iter().map(|(k, key, h)| (*k, key.as_str(), h))).finish();
+                    // The incrementally kept set digest is the set digest of what is held, and
+                    // the ordered digest still reads the same state.
+                    assert_eq!(g.digest(DigestKind::Ordered), digest(entries.iter().map(|(k, key, h)| (*k, key.as_str(), h))));
+                    (g.len(), set)
                 });
                 assert!(count <= limits.max_entities);
                 assert_eq!(recomputed, digest_after);
             }
             // A restarted hub reads back exactly what it acknowledged.
             let reloaded = EntityState::load(store, feed).await.unwrap();
-            assert_eq!(reloaded.digest("gw"), state.digest("gw"));
+            for kind in [DigestKind::Set, DigestKind::Ordered] {
+                assert_eq!(reloaded.digest("gw", kind), state.digest("gw", kind));
+            }
         });
     }
 }

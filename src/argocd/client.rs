@@ -14,9 +14,10 @@ use url::Url;
 use super::config::{ArgoCdConfig, AuthSource, TlsMode};
 use super::error::{ArgoCdError, Permission};
 use super::model::{
-    self, AppKey, Cluster, DecodedApp, DecodedList, StreamChunk, WatchEvent, decode_application, decode_stream_chunk,
-    decode_watch_result,
+    self, AppKey, Cluster, DecodedApp, DecodedList, ListItem, StreamChunk, WatchEvent, decode_application,
+    decode_stream_chunk,
 };
+use super::split::{ListSplitter, Piece};
 use super::token::{Claims, TokenStore};
 use super::transport;
 use crate::util::Backoff;
@@ -451,7 +452,20 @@ impl Client {
 
     /// `GET /api/v1/applications`: items decoded one by one, broken ones skipped and logged.
     pub async fn list_applications(&self, q: &AppQuery) -> Result<DecodedList<DecodedApp>, ArgoCdError> {
-        self.unary_streamed(
+        let mut list = DecodedList::default();
+        list.resource_version = self.list_applications_into(q, &mut list).await?;
+        Ok(list)
+    }
+
+    /// `GET /api/v1/applications`, each item handed to `sink` as soon as it has arrived and been
+    /// decoded, so a list is never held whole; returns the list's resourceVersion once all of
+    /// it has been read.
+    pub async fn list_applications_into(
+        &self,
+        q: &AppQuery,
+        sink: &mut (dyn ListSink<DecodedApp> + Send),
+    ) -> Result<String, ArgoCdError> {
+        self.list_streamed::<model::Applications>(
             Call {
                 method: Method::Get,
                 segments: vec!["api", "v1", "applications"],
@@ -463,7 +477,7 @@ impl Client {
                 stream: false,
                 retry: true,
             },
-            |r| model::decode_application_list_from(r),
+            sink,
         )
         .await
     }
@@ -498,7 +512,7 @@ impl Client {
                 Ok(l) => l,
                 Err(e) => return Some(Err(e)),
             };
-            match decode_stream_chunk(&line, decode_watch_result) {
+            match model::decode_watch_line(&line) {
                 Ok(StreamChunk::Result(ev)) => Some(Ok(ev)),
                 Ok(StreamChunk::Error(e)) => Some(Err(stream_error(e))),
                 Err(e) => Some(Err(ArgoCdError::Decode(e))),
@@ -761,21 +775,24 @@ impl Client {
 
     /// `GET /api/v1/clusters` (unscoped token).
     pub async fn list_clusters(&self) -> Result<DecodedList<Cluster>, ArgoCdError> {
-        self.unary_streamed(
-            Call {
-                method: Method::Get,
-                segments: vec!["api", "v1", "clusters"],
-                query: vec![],
-                body: None,
-                scope: None,
-                permission: &Permission::CLUSTERS_GET,
-                what: "list clusters".into(),
-                stream: false,
-                retry: true,
-            },
-            |r| model::decode_cluster_list_from(r),
-        )
-        .await
+        let mut list = DecodedList::default();
+        list.resource_version = self
+            .list_streamed::<model::Clusters>(
+                Call {
+                    method: Method::Get,
+                    segments: vec!["api", "v1", "clusters"],
+                    query: vec![],
+                    body: None,
+                    scope: None,
+                    permission: &Permission::CLUSTERS_GET,
+                    what: "list clusters".into(),
+                    stream: false,
+                    retry: true,
+                },
+                &mut list,
+            )
+            .await?;
+        Ok(list)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -811,27 +828,29 @@ impl Client {
     where
         Fut: std::future::Future<Output = Result<T, ArgoCdError>>,
     {
-        let policy = &self.inner.retry;
-        let mut backoff = Backoff::new(policy.base, policy.max);
-        let timeout = self.inner.config.request_timeout;
-        let mut attempt = 0;
+        let mut retry = Retry::new(&self.inner.retry);
         loop {
-            attempt += 1;
-            let result = match tokio::time::timeout(timeout, once()).await {
-                Ok(r) => r,
-                Err(_) => Err(ArgoCdError::Timeout {
-                    what: call.what.clone(),
-                    seconds: timeout.as_secs_f64(),
-                }),
-            };
+            let result = self.within_deadline(call, once()).await;
             match result {
-                Err(e) if call.retry && attempt < policy.attempts && is_transient(&e) => {
-                    let delay = backoff.next_delay();
-                    tracing::debug!(call = %call.what, attempt, error = %e, ?delay, "retrying Argo CD call");
-                    tokio::time::sleep(delay).await;
-                }
+                Err(e) if retry.again(call, &e) => retry.wait().await,
                 other => return other,
             }
+        }
+    }
+
+    /// Bounds one attempt by the request timeout.
+    async fn within_deadline<T>(
+        &self,
+        call: &Call<'_>,
+        attempt: impl std::future::Future<Output = Result<T, ArgoCdError>>,
+    ) -> Result<T, ArgoCdError> {
+        let timeout = self.inner.config.request_timeout;
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(ArgoCdError::Timeout {
+                what: call.what.clone(),
+                seconds: timeout.as_secs_f64(),
+            }),
         }
     }
 
@@ -844,46 +863,69 @@ impl Client {
         .await
     }
 
-    /// A unary call whose body is decoded while it arrives (on a blocking thread), so a large
-    /// list is never held whole in memory; the body cap and deadline still apply.
-    async fn unary_streamed<T: Send + 'static>(
+    /// A list call whose items are decoded and handed to `sink` while the body arrives, with
+    /// the body cap, deadline and retries of a unary call (`sink` is told when an attempt
+    /// starts over). Returns the list's resourceVersion.
+    async fn list_streamed<K: model::ListKind>(
         &self,
         call: Call<'_>,
-        decode: fn(&mut BodyReader) -> Result<T, model::DecodeError>,
-    ) -> Result<T, ArgoCdError> {
-        self.retrying(&call, || async {
-            let resp = self.send(&call).await?;
-            let limit = self.inner.config.max_body_bytes;
-            if resp.content_length().is_some_and(|n| n > limit) {
+        sink: &mut (dyn ListSink<K::Item> + Send),
+    ) -> Result<String, ArgoCdError> {
+        let mut retry = Retry::new(&self.inner.retry);
+        loop {
+            let result = self.within_deadline(&call, self.read_list::<K>(&call, sink)).await;
+            match result {
+                Err(e) if retry.again(&call, &e) => {
+                    retry.wait().await;
+                    sink.restart();
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt of [`Client::list_streamed`]: each chunk of the body goes through the list
+    /// splitter and each complete item is decoded from its bytes at once.
+    async fn read_list<K: model::ListKind>(
+        &self,
+        call: &Call<'_>,
+        sink: &mut (dyn ListSink<K::Item> + Send),
+    ) -> Result<String, ArgoCdError> {
+        let mut resp = self.send(call).await?;
+        let limit = self.inner.config.max_body_bytes;
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Err(ArgoCdError::BodyTooLarge { limit });
+        }
+        let mut splitter = ListSplitter::new(usize::try_from(limit).unwrap_or(usize::MAX));
+        let broken = |e: crate::argocd::split::SplitError| {
+            ArgoCdError::Decode(model::DecodeError {
+                what: format!("{} list", K::WHAT),
+                reason: e.to_string(),
+            })
+        };
+        let (mut resource_version, mut index, mut read) = (String::new(), 0usize, 0u64);
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => return Err(self.classify(&e, "read response")),
+            };
+            read += chunk.len() as u64;
+            if read > limit {
                 return Err(ArgoCdError::BodyTooLarge { limit });
             }
-            let mut reader = BodyReader {
-                handle: tokio::runtime::Handle::current(),
-                resp,
-                buf: hyper::body::Bytes::new(),
-                read: 0,
-                limit,
-                deadline: tokio::time::Instant::now() + self.inner.config.request_timeout,
-                failure: None,
-                client: self.clone(),
-            };
-            let joined = tokio::task::spawn_blocking(move || {
-                let decoded = decode(&mut reader);
-                (decoded, reader.failure.take())
-            })
-            .await;
-            match joined {
-                Ok((Ok(v), _)) => Ok(v),
-                // The reader's own failure (cap, deadline, broken connection) explains a decode error.
-                Ok((Err(_), Some(failure))) => Err(failure),
-                Ok((Err(e), None)) => Err(ArgoCdError::Decode(e)),
-                Err(e) => Err(ArgoCdError::Decode(model::DecodeError {
-                    what: call.what.clone(),
-                    reason: format!("decoding task failed: {e}"),
-                })),
-            }
-        })
-        .await
+            splitter
+                .feed(&chunk, &mut |piece| match piece {
+                    Piece::Meta(raw) => resource_version = model::decode_list_meta(raw),
+                    Piece::Item(raw) => {
+                        sink.item(model::decode_list_item::<K>(raw, index));
+                        index += 1;
+                    }
+                })
+                .map_err(broken)?;
+        }
+        splitter.finish().map_err(broken)?;
+        Ok(resource_version)
     }
 
     async fn read_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, ArgoCdError> {
@@ -1123,48 +1165,60 @@ fn app_from_body(bytes: &[u8]) -> Result<DecodedApp, ArgoCdError> {
     Ok(decode_application(text)?)
 }
 
-/// A blocking `Read` over a response body, for decoding on a blocking thread while the body
-/// arrives; it enforces the body cap and the deadline and remembers why it failed.
-pub(crate) struct BodyReader {
-    handle: tokio::runtime::Handle,
-    resp: reqwest::Response,
-    buf: hyper::body::Bytes,
-    read: u64,
-    limit: u64,
-    deadline: tokio::time::Instant,
-    failure: Option<ArgoCdError>,
-    client: Client,
+/// Receives a list's items as they arrive.
+pub trait ListSink<T> {
+    /// One item, decoded or skipped.
+    fn item(&mut self, item: ListItem<T>);
+    /// The list is being read again from the start (a retry after a transient failure): what
+    /// came before may come again.
+    fn restart(&mut self);
 }
 
-impl std::io::Read for BodyReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.buf.is_empty() {
-            let remaining = self.deadline.saturating_duration_since(tokio::time::Instant::now());
-            let next = self.handle.block_on(tokio::time::timeout(remaining, self.resp.chunk()));
-            let failure = match next {
-                Ok(Ok(None)) => return Ok(0),
-                Ok(Ok(Some(chunk))) => {
-                    self.read += chunk.len() as u64;
-                    if self.read > self.limit {
-                        ArgoCdError::BodyTooLarge { limit: self.limit }
-                    } else {
-                        self.buf = chunk;
-                        continue;
-                    }
-                }
-                Ok(Err(e)) => self.client.classify(&e, "read response"),
-                Err(_) => ArgoCdError::Timeout {
-                    what: "read response".into(),
-                    seconds: self.client.inner.config.request_timeout.as_secs_f64(),
-                },
-            };
-            let io = std::io::Error::other(failure.to_string());
-            self.failure = Some(failure);
-            return Err(io);
+impl<T> ListSink<T> for DecodedList<T> {
+    fn item(&mut self, item: ListItem<T>) {
+        match item {
+            ListItem::Decoded(t) => self.items.push(t),
+            ListItem::Skipped(s) => self.skipped.push(s),
         }
-        let n = out.len().min(self.buf.len());
-        out[..n].copy_from_slice(&self.buf.split_to(n));
-        Ok(n)
+    }
+
+    fn restart(&mut self) {
+        self.items.clear();
+        self.skipped.clear();
+    }
+}
+
+/// The retry policy of one call in progress.
+struct Retry<'a> {
+    policy: &'a RetryPolicy,
+    backoff: Backoff,
+    attempt: u32,
+    delay: Duration,
+}
+
+impl<'a> Retry<'a> {
+    fn new(policy: &'a RetryPolicy) -> Self {
+        Self {
+            policy,
+            backoff: Backoff::new(policy.base, policy.max),
+            attempt: 1,
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// Whether `e` is worth another attempt, which is then counted.
+    fn again(&mut self, call: &Call<'_>, e: &ArgoCdError) -> bool {
+        if !(call.retry && self.attempt < self.policy.attempts && is_transient(e)) {
+            return false;
+        }
+        self.delay = self.backoff.next_delay();
+        tracing::debug!(call = %call.what, attempt = self.attempt, error = %e, delay = ?self.delay, "retrying Argo CD call");
+        self.attempt += 1;
+        true
+    }
+
+    async fn wait(&self) {
+        tokio::time::sleep(self.delay).await;
     }
 }
 

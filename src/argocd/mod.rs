@@ -10,6 +10,7 @@ pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod probes;
+pub mod split;
 pub mod token;
 pub mod transport;
 pub mod view;

@@ -149,10 +149,24 @@ struct WireMeta {
     namespace: String,
     #[serde(rename = "resourceVersion", deserialize_with = "nd")]
     resource_version: String,
-    #[serde(deserialize_with = "lenient_map")]
+    #[serde(deserialize_with = "annotations")]
     annotations: BTreeMap<String, String>,
     #[serde(deserialize_with = "lenient_map")]
     labels: BTreeMap<String, String>,
+}
+
+/// Annotations that only repeat the object, left out of the model: `kubectl apply` keeps a copy
+/// of the whole object in one (often most of an Application's size), which nothing reads and
+/// which would otherwise be held for every application and relayed with each change.
+const COPIES_OF_THE_OBJECT: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+
+/// An object's annotations, leniently, without [`COPIES_OF_THE_OBJECT`].
+fn annotations<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let mut map = lenient_map(d)?;
+    for key in COPIES_OF_THE_OBJECT {
+        map.remove(*key);
+    }
+    Ok(map)
 }
 
 #[derive(Deserialize, Default)]
@@ -746,6 +760,16 @@ pub struct DecodedList<T> {
     pub skipped: Vec<Skipped>,
 }
 
+impl<T> Default for DecodedList<T> {
+    fn default() -> Self {
+        Self {
+            resource_version: String::new(),
+            items: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+}
+
 /// An object of a list that could not be decoded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Skipped {
@@ -766,13 +790,39 @@ pub struct ObjectId {
     pub project: String,
 }
 
-/// Reads just who an object is, ignoring everything else, for one that failed to decode.
-trait Identify {
-    fn identify(raw: &str) -> Option<ObjectId>;
+/// One element of a list: decoded, or skipped with who it is when that much could be read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ListItem<T> {
+    /// It decoded.
+    Decoded(T),
+    /// It did not (already logged).
+    Skipped(Skipped),
 }
 
-impl Identify for WireApplication {
-    fn identify(raw: &str) -> Option<ObjectId> {
+/// What kind of list an element belongs to: how it decodes and is identified.
+pub trait ListKind {
+    /// The decoded element.
+    type Item;
+    /// "application", "cluster": for messages.
+    const WHAT: &'static str;
+    /// Decodes one element's raw JSON.
+    fn decode(raw: &[u8]) -> Result<Self::Item, serde_json::Error>;
+    /// Reads just who an element is, for one that failed to decode.
+    fn identify(raw: &[u8]) -> Option<ObjectId>;
+}
+
+/// Applications.
+pub struct Applications;
+
+impl ListKind for Applications {
+    type Item = DecodedApp;
+    const WHAT: &'static str = "application";
+
+    fn decode(raw: &[u8]) -> Result<DecodedApp, serde_json::Error> {
+        serde_json::from_slice::<WireApplication>(raw).map(DecodedApp::from)
+    }
+
+    fn identify(raw: &[u8]) -> Option<ObjectId> {
         #[derive(Deserialize)]
         struct Meta {
             name: String,
@@ -790,7 +840,7 @@ impl Identify for WireApplication {
             #[serde(default, deserialize_with = "lenient")]
             spec: Spec,
         }
-        let id: Id = serde_json::from_str(raw).ok()?;
+        let id: Id = serde_json::from_slice(raw).ok()?;
         (!id.metadata.name.is_empty()).then(|| ObjectId {
             namespace: id.metadata.namespace,
             name: id.metadata.name,
@@ -803,13 +853,23 @@ impl Identify for WireApplication {
     }
 }
 
-impl Identify for WireCluster {
-    fn identify(raw: &str) -> Option<ObjectId> {
+/// Clusters.
+pub struct Clusters;
+
+impl ListKind for Clusters {
+    type Item = Cluster;
+    const WHAT: &'static str = "cluster";
+
+    fn decode(raw: &[u8]) -> Result<Cluster, serde_json::Error> {
+        serde_json::from_slice::<WireCluster>(raw).map(Cluster::from)
+    }
+
+    fn identify(raw: &[u8]) -> Option<ObjectId> {
         #[derive(Deserialize)]
         struct Id {
             server: String,
         }
-        let id: Id = serde_json::from_str(raw).ok()?;
+        let id: Id = serde_json::from_slice(raw).ok()?;
         (!id.server.is_empty()).then(|| ObjectId {
             namespace: String::new(),
             name: id.server,
@@ -818,180 +878,82 @@ impl Identify for WireCluster {
     }
 }
 
-/// Visits `{"metadata":…,"items":[…]}`, decoding each item on its own as it is read: only one
-/// item's raw text is held at a time, and a broken item is skipped without failing the list.
-struct ListVisitor<'w, W, T, F> {
-    what: &'w str,
-    convert: F,
-    _types: std::marker::PhantomData<fn(W) -> T>,
-}
-
-impl<'de, W, T, F> serde::de::Visitor<'de> for ListVisitor<'_, W, T, F>
-where
-    W: DeserializeOwned + Identify,
-    F: Fn(W) -> T,
-{
-    type Value = DecodedList<T>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "an Argo CD {} list object", self.what)
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = DecodedList {
-            resource_version: String::new(),
-            items: Vec::new(),
-            skipped: Vec::new(),
-        };
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match key.as_ref() {
-                "metadata" => {
-                    let meta: Option<WireListMeta> = map.next_value()?;
-                    out.resource_version = meta.unwrap_or_default().resource_version;
-                }
-                "items" => map.next_value_seed(ItemsSeed {
-                    list: &mut out,
-                    what: self.what,
-                    convert: &self.convert,
-                    _types: std::marker::PhantomData::<fn(W)>,
-                })?,
-                _ => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
+/// Decodes the `index`th element of a list; one that does not decode is logged and skipped, so
+/// one odd object never fails the list.
+pub fn decode_list_item<K: ListKind>(raw: &[u8], index: usize) -> ListItem<K::Item> {
+    match K::decode(raw) {
+        Ok(item) => ListItem::Decoded(item),
+        Err(e) => {
+            let id = K::identify(raw);
+            let who = id
+                .as_ref()
+                .map(|id| {
+                    if id.namespace.is_empty() {
+                        id.name.clone()
+                    } else {
+                        format!("{}/{}", id.namespace, id.name)
+                    }
+                })
+                .unwrap_or_else(|| format!("#{index} (unidentifiable)"));
+            tracing::warn!(object = %who, error = %e, "an Argo CD {} cannot be decoded; keeping its last known state", K::WHAT);
+            ListItem::Skipped(Skipped {
+                id,
+                error: DecodeError {
+                    what: format!("{} {who}", K::WHAT),
+                    reason: e.to_string(),
+                },
+            })
         }
-        Ok(out)
     }
 }
 
-struct ItemsSeed<'a, W, T, F> {
-    list: &'a mut DecodedList<T>,
-    what: &'a str,
-    convert: &'a F,
-    _types: std::marker::PhantomData<fn(W)>,
+/// The `resourceVersion` of a list's raw `metadata` (empty when it cannot be read: the view
+/// then orders nothing by it).
+pub fn decode_list_meta(raw: &[u8]) -> String {
+    serde_json::from_slice::<Option<WireListMeta>>(raw)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .resource_version
 }
 
-impl<'de, W, T, F> serde::de::DeserializeSeed<'de> for ItemsSeed<'_, W, T, F>
-where
-    W: DeserializeOwned + Identify,
-    F: Fn(W) -> T,
-{
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de, W, T, F> serde::de::Visitor<'de> for ItemsSeed<'_, W, T, F>
-where
-    W: DeserializeOwned + Identify,
-    F: Fn(W) -> T,
-{
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of items or null")
-    }
-
-    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut i = 0usize;
-        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-            match serde_json::from_str::<W>(raw.get()) {
-                Ok(w) => self.list.items.push((self.convert)(w)),
-                Err(e) => {
-                    let id = W::identify(raw.get());
-                    let who = id
-                        .as_ref()
-                        .map(|id| {
-                            if id.namespace.is_empty() {
-                                id.name.clone()
-                            } else {
-                                format!("{}/{}", id.namespace, id.name)
-                            }
-                        })
-                        .unwrap_or_else(|| format!("#{i} (unidentifiable)"));
-                    tracing::warn!(object = %who, error = %e, "an Argo CD {} cannot be decoded; keeping its last known state", self.what);
-                    self.list.skipped.push(Skipped {
-                        id,
-                        error: DecodeError {
-                            what: format!("{} {who}", self.what),
-                            reason: e.to_string(),
-                        },
-                    });
-                }
-            }
-            i += 1;
-        }
-        Ok(())
-    }
-}
-
-fn decode_list<'de, R, T, W>(
-    mut de: serde_json::Deserializer<R>,
-    what: &str,
-    convert: impl Fn(W) -> T,
-) -> Result<DecodedList<T>, DecodeError>
-where
-    R: serde_json::de::Read<'de>,
-    W: DeserializeOwned + Identify,
-{
-    let err = |e: serde_json::Error| DecodeError {
-        what: format!("{what} list"),
+/// Decodes a whole list body held in memory (the client decodes as the body arrives instead).
+pub fn decode_list<K: ListKind>(bytes: &[u8]) -> Result<DecodedList<K::Item>, DecodeError> {
+    let mut out = DecodedList {
+        resource_version: String::new(),
+        items: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let mut splitter = super::split::ListSplitter::new(usize::MAX);
+    let mut index = 0;
+    let err = |e: super::split::SplitError| DecodeError {
+        what: format!("{} list", K::WHAT),
         reason: e.to_string(),
     };
-    let visitor = ListVisitor {
-        what,
-        convert,
-        _types: std::marker::PhantomData,
-    };
-    let list = serde::Deserializer::deserialize_map(&mut de, visitor).map_err(err)?;
-    de.end().map_err(err)?;
-    Ok(list)
+    splitter
+        .feed(bytes, &mut |piece| match piece {
+            super::split::Piece::Meta(m) => out.resource_version = decode_list_meta(m),
+            super::split::Piece::Item(raw) => {
+                match decode_list_item::<K>(raw, index) {
+                    ListItem::Decoded(item) => out.items.push(item),
+                    ListItem::Skipped(s) => out.skipped.push(s),
+                }
+                index += 1;
+            }
+        })
+        .map_err(err)?;
+    splitter.finish().map_err(err)?;
+    Ok(out)
 }
 
 /// Decodes an `ApplicationList`, skipping (and logging) items that do not decode.
 pub fn decode_application_list(bytes: &[u8]) -> Result<DecodedList<DecodedApp>, DecodeError> {
-    decode_list(
-        serde_json::Deserializer::from_slice(bytes),
-        "application",
-        |w: WireApplication| DecodedApp::from(w),
-    )
-}
-
-/// Like [`decode_application_list`], reading incrementally so the whole body is never held.
-pub fn decode_application_list_from(reader: impl std::io::Read) -> Result<DecodedList<DecodedApp>, DecodeError> {
-    decode_list(
-        serde_json::Deserializer::from_reader(reader),
-        "application",
-        |w: WireApplication| DecodedApp::from(w),
-    )
+    decode_list::<Applications>(bytes)
 }
 
 /// Decodes a `ClusterList`, skipping (and logging) items that do not decode.
 pub fn decode_cluster_list(bytes: &[u8]) -> Result<DecodedList<Cluster>, DecodeError> {
-    decode_list(
-        serde_json::Deserializer::from_slice(bytes),
-        "cluster",
-        |w: WireCluster| Cluster::from(w),
-    )
-}
-
-/// Like [`decode_cluster_list`], reading incrementally.
-pub fn decode_cluster_list_from(reader: impl std::io::Read) -> Result<DecodedList<Cluster>, DecodeError> {
-    decode_list(
-        serde_json::Deserializer::from_reader(reader),
-        "cluster",
-        |w: WireCluster| Cluster::from(w),
-    )
+    decode_list::<Clusters>(bytes)
 }
 
 /// The JSON payload of a stream line: NDJSON as is, SSE `data:` stripped; `None` for blank lines,
@@ -1096,22 +1058,44 @@ pub fn decode_stream_chunk<T>(
     }
 }
 
+/// Decodes one line of an application watch, in one pass when it is a well-formed event (the
+/// common case: at a 3.x resync every application comes through here), and otherwise through
+/// [`decode_stream_chunk`], which tells an error chunk from a broken one.
+pub fn decode_watch_line(line: &str) -> Result<StreamChunk<WatchEvent>, DecodeError> {
+    #[derive(Deserialize)]
+    struct Typed {
+        result: WireWatchResult,
+        #[serde(default)]
+        error: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_str::<Typed>(line) {
+        Ok(t) if t.error.is_none() => Ok(StreamChunk::Result(t.result.into())),
+        _ => decode_stream_chunk(line, decode_watch_result),
+    }
+}
+
+impl From<WireWatchResult> for WatchEvent {
+    fn from(w: WireWatchResult) -> Self {
+        let kind = match w.kind.as_str() {
+            "ADDED" => WatchEventType::Added,
+            "MODIFIED" => WatchEventType::Modified,
+            "DELETED" => WatchEventType::Deleted,
+            other => WatchEventType::Other(other.to_owned()),
+        };
+        WatchEvent {
+            kind,
+            app: w.application.into(),
+        }
+    }
+}
+
 /// Decodes the `result` of an application watch chunk.
 pub fn decode_watch_result(json: &str) -> Result<WatchEvent, DecodeError> {
     let w: WireWatchResult = serde_json::from_str(json).map_err(|e| DecodeError {
         what: "watch event".into(),
         reason: e.to_string(),
     })?;
-    let kind = match w.kind.as_str() {
-        "ADDED" => WatchEventType::Added,
-        "MODIFIED" => WatchEventType::Modified,
-        "DELETED" => WatchEventType::Deleted,
-        other => WatchEventType::Other(other.to_owned()),
-    };
-    Ok(WatchEvent {
-        kind,
-        app: w.application.into(),
-    })
+    Ok(w.into())
 }
 
 #[cfg(test)]
@@ -1147,19 +1131,49 @@ mod tests {
     }
 
     #[test]
-    fn reader_and_slice_decoding_agree() {
+    fn metadata_after_the_items_and_unknown_keys_are_read() {
         let json = br#"{"items":[{"metadata":{"name":"a","namespace":"n"},"status":{"health":{"status":"Healthy"}}},
             {"metadata":{"name":42}},{"metadata":{"name":"b"}}],"extra":{"x":[1,2]},"metadata":{"resourceVersion":"9"}}"#;
         let a = decode_application_list(json).unwrap();
-        let b = decode_application_list_from(&json[..]).unwrap();
-        assert_eq!(a, b);
         assert_eq!(a.resource_version, "9");
         assert_eq!(a.items.len(), 2);
         assert_eq!(a.skipped.len(), 1);
-        let empty = decode_cluster_list_from(&br#"{"metadata":{},"items":null}"#[..]).unwrap();
+        let empty = decode_cluster_list(br#"{"metadata":{},"items":null}"#).unwrap();
         assert!(empty.items.is_empty());
         assert!(decode_application_list(b"[1,2]").is_err());
         assert!(decode_application_list(br#"{"items":[]} trailing"#).is_err());
+    }
+
+    #[test]
+    fn the_last_applied_copy_of_the_object_is_not_kept() {
+        let app = decode_application(
+            r#"{"metadata":{"name":"a","annotations":{"team":"x",
+                "kubectl.kubernetes.io/last-applied-configuration":"{\"apiVersion\":\"argoproj.io/v1alpha1\"}"}}}"#,
+        )
+        .unwrap()
+        .app;
+        assert_eq!(app.annotations.len(), 1, "{:?}", app.annotations);
+        assert_eq!(app.annotations["team"], "x");
+    }
+
+    #[test]
+    fn a_watch_line_decodes_in_one_pass_or_through_the_chunk_path() {
+        let ev =
+            decode_watch_line(r#"{"result":{"type":"MODIFIED","application":{"metadata":{"name":"a"}}}}"#).unwrap();
+        assert!(matches!(
+            ev,
+            StreamChunk::Result(WatchEvent {
+                kind: WatchEventType::Modified,
+                ..
+            })
+        ));
+        let err = decode_watch_line(r#"{"error":{"grpc_code":14,"http_code":503,"message":"gone"}}"#).unwrap();
+        assert!(matches!(err, StreamChunk::Error(e) if e.http_code == 503));
+        // Both: the error wins, as in the chunk path.
+        let both = decode_watch_line(r#"{"result":{"type":"ADDED","application":{}},"error":{"http_code":500}}"#);
+        assert!(matches!(both, Ok(StreamChunk::Error(_))));
+        assert!(decode_watch_line(r#"{"result":{"type":"ADDED","application":{"metadata":{"name":7}}}}"#).is_err());
+        assert!(decode_watch_line("{").is_err());
     }
 
     #[test]

@@ -31,9 +31,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client::{AppQuery, AppRef, Client};
+use super::client::{AppQuery, AppRef, Client, ListSink};
 use super::error::ArgoCdError;
-use super::model::{AppKey, Application, Cluster, DecodedApp, ObjectId, Skipped, WatchEventType};
+use super::model::{AppKey, Application, Cluster, DecodedApp, ListItem, ObjectId, Skipped, WatchEventType};
 use crate::util::Backoff;
 
 /// Parallel Gets when polling Argo CD 3.x for per-resource health.
@@ -116,6 +116,9 @@ struct Entry {
     /// resourceVersion of the object applied last, numerically: an event older than it is
     /// stale (it was already reflected by a list) and is not applied.
     rv: Option<u64>,
+    /// The list pass that last carried it: after a list, its scope's entries from older passes
+    /// are gone from Argo CD.
+    listed: u64,
 }
 
 /// A Kubernetes resourceVersion as a number (they are etcd revisions in practice); `None` when
@@ -132,6 +135,8 @@ struct State {
     list_rv: std::collections::HashMap<usize, u64>,
     clusters: BTreeMap<String, Arc<Cluster>>,
     scopes_synced: HashSet<usize>,
+    /// The last list pass started.
+    list_pass: u64,
 }
 
 /// How often one kind of failure of one loop is logged at most.
@@ -364,6 +369,7 @@ impl Shared {
                         full_rv,
                         complete: !stale,
                         rv,
+                        listed: 0,
                     },
                 );
                 self.emit(ViewEvent::AppUpsert(app));
@@ -379,76 +385,60 @@ impl Shared {
         }
     }
 
-    /// Applies a full list; returns the apps whose per-resource health the list could not show
-    /// (Argo CD 3.x) and that changed since their last complete object.
-    ///
-    /// An application the list carries but that could not be decoded keeps its last known
-    /// state, marked `undecodable` with the reason (a new one appears as a marked stub); if an
-    /// object could not even be identified, nothing is deleted on this list: known state is
-    /// never dropped because something could not be read.
-    fn apply_list(
-        &self,
-        scope: usize,
-        scope_name: Option<&str>,
-        list_rv: &str,
-        items: Vec<DecodedApp>,
-        skipped: Vec<Skipped>,
-    ) -> Vec<AppRef> {
+    /// Starts a list pass of `scope`: items are applied as they arrive ([`ListPass`]), and
+    /// [`Shared::finish_list`] removes what the list no longer has.
+    fn begin_list(self: &Arc<Self>, scope: usize, scope_name: Option<String>) -> ListPass {
+        let pass = {
+            let mut st = self.write();
+            st.list_pass += 1;
+            st.list_pass
+        };
+        ListPass {
+            shared: self.clone(),
+            scope,
+            scope_name,
+            pass,
+            stale: Vec::new(),
+            unidentified: 0,
+            health_in_tree: false,
+            listed: 0,
+        }
+    }
+
+    /// Ends a list pass whose list was read whole: applications of the scope it did not carry
+    /// are removed, unless an object could not even be identified (known state is never dropped
+    /// because something could not be read). Returns the apps whose per-resource health the
+    /// list could not show (Argo CD 3.x) and that changed since their last complete object.
+    fn finish_list(&self, pass: ListPass, list_rv: &str) -> Vec<AppRef> {
         let mut st = self.write();
         match rv_number(list_rv) {
-            Some(rv) => st.list_rv.insert(scope, rv),
-            None => st.list_rv.remove(&scope),
+            Some(rv) => st.list_rv.insert(pass.scope, rv),
+            None => st.list_rv.remove(&pass.scope),
         };
-        let mut seen = HashSet::with_capacity(items.len() + skipped.len());
-        let mut stale = Vec::new();
-        let unidentified = skipped.iter().filter(|s| s.id.is_none()).count();
-        for Skipped { id, error } in skipped {
-            let Some(id) = id else { continue };
-            if !self.filter.admits_id(&id, scope_name) {
-                continue;
-            }
-            let key = AppKey::new(&id.namespace, &id.name);
-            seen.insert(key.clone());
-            self.mark_undecodable_locked(&mut st, scope, key, &id.project, error.to_string());
-        }
-        for d in items {
-            if !self.filter.admits(&d.app, scope_name) {
-                continue;
-            }
-            let key = d.app.key();
-            let project = d.app.project.clone();
-            seen.insert(key.clone());
-            if self.upsert_locked(&mut st, scope, d, true) {
-                stale.push(AppRef {
-                    key,
-                    project: Some(project),
-                });
-            }
-        }
-        if unidentified > 0 {
+        if pass.unidentified > 0 {
             tracing::warn!(
-                unidentified,
+                unidentified = pass.unidentified,
                 "Argo CD objects that could not even be identified; no application is removed on this list"
             );
         } else {
             let gone: Vec<AppKey> = st
                 .apps
                 .iter()
-                .filter(|(k, e)| e.scope == scope && !seen.contains(*k))
+                .filter(|(_, e)| e.scope == pass.scope && e.listed != pass.pass)
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in gone {
-                self.delete_locked(&mut st, scope, &k);
+                self.delete_locked(&mut st, pass.scope, &k);
             }
         }
-        st.scopes_synced.insert(scope);
+        st.scopes_synced.insert(pass.scope);
         let all = st.scopes_synced.len() >= *self.scope_count.read().unwrap_or_else(|p| p.into_inner());
         drop(st);
         if all {
             self.status
                 .send_if_modified(|s| !std::mem::replace(&mut s.apps_synced, true));
         }
-        stale
+        pass.stale
     }
 
     /// Keeps an application's last known state, marked with why its latest could not be read.
@@ -479,6 +469,7 @@ impl Shared {
                         full_rv: String::new(),
                         complete: true,
                         rv: None,
+                        listed: 0,
                     },
                 );
                 self.emit(ViewEvent::AppUpsert(app));
@@ -606,6 +597,76 @@ impl Shared {
     }
 }
 
+/// A list being applied as it arrives: each item is compared with the view (and applied when
+/// it differs) as soon as it is decoded, so a re-list never holds a second copy of the state.
+/// An item that could not be decoded keeps its application's last known state, marked
+/// `undecodable` with the reason (a new one appears as a marked stub). Dropped without
+/// [`Shared::finish_list`] (the list broke), it removes nothing.
+struct ListPass {
+    shared: Arc<Shared>,
+    scope: usize,
+    scope_name: Option<String>,
+    pass: u64,
+    stale: Vec<AppRef>,
+    unidentified: usize,
+    health_in_tree: bool,
+    listed: usize,
+}
+
+impl ListSink<DecodedApp> for ListPass {
+    fn item(&mut self, item: ListItem<DecodedApp>) {
+        let shared = &self.shared;
+        let scope_name = self.scope_name.as_deref();
+        match item {
+            ListItem::Decoded(d) => {
+                self.listed += 1;
+                self.health_in_tree |= d.resource_health_in_tree;
+                if !shared.filter.admits(&d.app, scope_name) {
+                    return;
+                }
+                let key = d.app.key();
+                let project = d.app.project.clone();
+                let mut st = shared.write();
+                let stale = shared.upsert_locked(&mut st, self.scope, d, true);
+                if let Some(e) = st.apps.get_mut(&key) {
+                    e.listed = self.pass;
+                }
+                drop(st);
+                if stale {
+                    self.stale.push(AppRef {
+                        key,
+                        project: Some(project),
+                    });
+                }
+            }
+            ListItem::Skipped(Skipped { id, error }) => {
+                let Some(id) = id else {
+                    self.unidentified += 1;
+                    return;
+                };
+                if !shared.filter.admits_id(&id, scope_name) {
+                    return;
+                }
+                let key = AppKey::new(&id.namespace, &id.name);
+                let mut st = shared.write();
+                shared.mark_undecodable_locked(&mut st, self.scope, key.clone(), &id.project, error.to_string());
+                if let Some(e) = st.apps.get_mut(&key) {
+                    e.listed = self.pass;
+                }
+            }
+        }
+    }
+
+    fn restart(&mut self) {
+        // Items already applied are applied again, which changes nothing; what the pass learned
+        // about the list starts over.
+        self.stale.clear();
+        self.unidentified = 0;
+        self.health_in_tree = false;
+        self.listed = 0;
+    }
+}
+
 /// Sleeps, returning false if cancelled first.
 async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
@@ -721,24 +782,18 @@ async fn app_loop(
         } else {
             None
         };
+        let mut pass = shared.begin_list(scope, scope_name.clone());
         let listed = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = client.list_applications(&query) => r,
+            r = client.list_applications_into(&query, &mut pass) => r,
         };
         let (health_in_tree, stale, listed) = match listed {
-            Ok(list) => {
-                let health_in_tree = list.items.iter().any(|d| d.resource_health_in_tree);
-                let listed = list.items.len();
-                let stale = shared.apply_list(
-                    scope,
-                    scope_name.as_deref(),
-                    &list.resource_version,
-                    list.items,
-                    list.skipped,
-                );
+            Ok(resource_version) => {
+                let (health_in_tree, listed) = (pass.health_in_tree, pass.listed);
+                let stale = shared.finish_list(pass, &resource_version);
                 shared.record_ok(&loop_name);
                 list_backoff.reset();
-                last_rv = Some(list.resource_version).filter(|rv| !rv.is_empty());
+                last_rv = Some(resource_version).filter(|rv| !rv.is_empty());
                 (health_in_tree, stale, listed)
             }
             Err(e) => {

@@ -14,7 +14,7 @@ use super::feed::{AppChange, Feed};
 use super::store::Store;
 use crate::wire::item::{Application, Cluster};
 use crate::wire::proto::{self, Delta};
-use crate::wire::{Hash, Kind, digest};
+use crate::wire::{DigestKind, Hash, Kind, SetDigest, digest};
 
 /// One stored entity: the gateway's content hash and the typed item.
 #[derive(Debug)]
@@ -45,6 +45,9 @@ pub struct GatewayEntities {
     bytes: usize,
     /// Entities refused lately, newest last.
     pub refused: Refusals,
+    /// The set digest of what is held, kept up to date entity by entity, so answering a delta
+    /// costs the same whatever the gateway's size.
+    set: SetDigest,
 }
 
 /// Entities the hub refused from a gateway (limits, invalid items): a count and the latest few,
@@ -121,10 +124,16 @@ impl GatewayEntities {
     fn insert(&mut self, key: String, item: Item) {
         match item {
             Item::App(s) => {
-                self.apps.insert(key, s);
+                self.set.add(Kind::Application, &key, &s.hash);
+                if let Some(old) = self.apps.insert(key.clone(), s) {
+                    self.set.remove(Kind::Application, &key, &old.hash);
+                }
             }
             Item::Cluster(s) => {
-                self.clusters.insert(key, s);
+                self.set.add(Kind::Cluster, &key, &s.hash);
+                if let Some(old) = self.clusters.insert(key.clone(), s) {
+                    self.set.remove(Kind::Cluster, &key, &old.hash);
+                }
             }
         }
     }
@@ -132,9 +141,14 @@ impl GatewayEntities {
     /// Removes an entity; returns the application it was, if one.
     fn remove(&mut self, kind: Kind, key: &str) -> Option<Arc<Application>> {
         match kind {
-            Kind::Application => self.apps.remove(key).map(|s| s.item),
+            Kind::Application => self.apps.remove(key).map(|s| {
+                self.set.remove(kind, key, &s.hash);
+                s.item
+            }),
             Kind::Cluster => {
-                self.clusters.remove(key);
+                if let Some(s) = self.clusters.remove(key) {
+                    self.set.remove(kind, key, &s.hash);
+                }
                 None
             }
         }
@@ -157,14 +171,18 @@ impl GatewayEntities {
         self.len() == 0
     }
 
-    /// The state digest.
-    pub fn digest(&self) -> Hash {
-        digest(
-            self.apps
-                .iter()
-                .map(|(k, s)| (Kind::Application, k.as_str(), &s.hash))
-                .chain(self.clusters.iter().map(|(k, s)| (Kind::Cluster, k.as_str(), &s.hash))),
-        )
+    /// The state digest of `kind`: the set digest is kept up to date; the ordered one (for
+    /// gateways of the previous version) visits every entity.
+    pub fn digest(&self, kind: DigestKind) -> Hash {
+        match kind {
+            DigestKind::Set => self.set.finish(),
+            DigestKind::Ordered => digest(
+                self.apps
+                    .iter()
+                    .map(|(k, s)| (Kind::Application, k.as_str(), &s.hash))
+                    .chain(self.clusters.iter().map(|(k, s)| (Kind::Cluster, k.as_str(), &s.hash))),
+            ),
+        }
     }
 }
 
@@ -308,12 +326,12 @@ impl EntityState {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// The digest of a gateway's state (of nothing, when unknown).
-    pub fn digest(&self, gateway_id: &str) -> Hash {
+    /// The digest of `kind` of a gateway's state (of nothing, when unknown).
+    pub fn digest(&self, gateway_id: &str, kind: DigestKind) -> Hash {
         let g = self.gateways.read().unwrap_or_else(|e| e.into_inner());
         g.get(gateway_id)
-            .map(GatewayEntities::digest)
-            .unwrap_or_else(|| digest([]))
+            .map(|e| e.digest(kind))
+            .unwrap_or_else(|| GatewayEntities::default().digest(kind))
     }
 
     /// Reads a gateway's state.
@@ -343,6 +361,7 @@ impl EntityState {
         digest: &[u8],
         limits: &EntityLimits,
         refused: &(dyn Fn(&str) + Sync),
+        digest_kind: DigestKind,
     ) -> Result<Hash, StateError> {
         let mut fresh = GatewayEntities::default();
         let mut sizes = Sizes::new();
@@ -372,7 +391,7 @@ impl EntityState {
                 Err(reason) => refusals.push((e.key, reason)),
             }
         }
-        let new_digest = fresh.digest();
+        let new_digest = fresh.digest(digest_kind);
         if !digest.is_empty() && digest != new_digest && refusals.is_empty() {
             tracing::warn!(gateway_id, "snapshot digest mismatch; keeping what was received");
         }
@@ -416,6 +435,7 @@ impl EntityState {
         delta: Delta,
         limits: &EntityLimits,
         refused: &(dyn Fn(&str) + Sync),
+        digest_kind: DigestKind,
     ) -> Result<Hash, StateError> {
         let mut upserts = vec![];
         let mut deletes = vec![];
@@ -541,7 +561,7 @@ impl EntityState {
                 refused(&reason);
                 entry.refused.record(&key, reason);
             }
-            entry.digest()
+            entry.digest(digest_kind)
         };
         self.bump();
         self.feed.applications(gateway_id, changes).await;

@@ -425,6 +425,7 @@ impl Hub {
     /// Stops without telling gateways anything, as a crashed or killed hub would: their
     /// streams just end. For soak tests and benchmarks of the reconnect path.
     pub async fn stop_abruptly(self) {
+        self.state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
         for (_, session) in self.state.sessions.all() {
             session.broker.close();
             session.cancel.cancel();
@@ -437,16 +438,11 @@ impl Hub {
     /// Tells every gateway to come back after a short jittered delay, closes their streams and
     /// stops serving.
     pub async fn shutdown(self) {
+        self.state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
         let sessions = self.state.sessions.all();
         for (gateway_id, session) in &sessions {
-            // Spread reconnects so a restarted hub is not hit by every gateway at once.
-            let retry_after = crate::util::jitter(Duration::from_millis(500), Duration::from_millis(3000));
-            let drain = Drain {
-                retry_after_ms: retry_after.as_millis() as u32,
-                reason: "hub shutting down".into(),
-            };
             let _ = session.tx.try_send(Ok(HubMessage {
-                body: Some(hub_message::Body::Drain(drain)),
+                body: Some(hub_message::Body::Drain(drain_message())),
             }));
             session.cancel.cancel();
             tracing::debug!(gateway_id = %gateway_id, "sent drain");
@@ -456,6 +452,16 @@ impl Hub {
         if !self.tree.shutdown(Duration::from_secs(5)).await {
             tracing::warn!("some hub tasks did not stop within 5 s");
         }
+    }
+}
+
+/// The drain a gateway gets when the hub shuts down: come back after a short jittered delay,
+/// which spreads the reconnects so a restarted hub is not hit by every gateway at once.
+pub(super) fn drain_message() -> Drain {
+    let retry_after = crate::util::jitter(Duration::from_millis(500), Duration::from_millis(3000));
+    Drain {
+        retry_after_ms: retry_after.as_millis() as u32,
+        reason: "hub shutting down".into(),
     }
 }
 

@@ -51,6 +51,9 @@ pub struct HubState {
     pub tasks: TaskTracker,
     /// Install progress and pending registrations.
     pub lifecycle: super::lifecycle::Lifecycle,
+    /// The hub is shutting down: a session that opens now is told to come back later, so none
+    /// slips in after the drain went through the live ones.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl HubState {
@@ -78,6 +81,7 @@ impl HubState {
             opens: tokio::sync::Semaphore::new(Limits::default().max_concurrent_opens),
             tasks: TaskTracker::new(),
             lifecycle: Default::default(),
+            draining: Default::default(),
         }
     }
 

@@ -57,7 +57,7 @@ const SEEN_PERSIST_INTERVAL: i64 = 30;
 
 /// What this hub can do beyond the protocol version, told to every gateway in the welcome.
 fn capabilities() -> Vec<String> {
-    vec![CAP_CHUNKED_ANSWERS.to_owned()]
+    vec![CAP_CHUNKED_ANSWERS.to_owned(), crate::wire::CAP_SET_DIGEST.to_owned()]
 }
 
 /// The message a gateway gets when another instance holds its identity.
@@ -148,6 +148,8 @@ impl Tunnel for TunnelService {
             )));
             return Ok(reply);
         }
+        // The set digest when the gateway knows it (this hub always does), else the ordered one.
+        let digest_kind = crate::wire::DigestKind::negotiated(&hello.capabilities);
         let now = jiff::Timestamp::now().as_second();
         let session = LiveSession {
             session_id: crate::hub::pki::random_token(9),
@@ -161,7 +163,15 @@ impl Tunnel for TunnelService {
             instance: hello.instance.clone(),
             capabilities: hello.capabilities.clone(),
         };
-        if let Some(old) = self.state.sessions.insert(&gateway_id, session.clone()) {
+        let replaced = self.state.sessions.insert(&gateway_id, session.clone());
+        // Checked after the session is in the map: either the drain sees it, or it sees the
+        // drain (the flag is set before the drain goes through the sessions).
+        if self.state.draining.load(Ordering::SeqCst) {
+            self.state.sessions.remove_if_current(&gateway_id, &session.session_id);
+            let _ = tx.try_send(msg(hub_message::Body::Drain(super::server::drain_message())));
+            return Ok(reply);
+        }
+        if let Some(old) = replaced {
             tracing::info!(gateway_id = %gateway_id, old_session = %old.session_id, "a new session replaces the old one");
             close_with(
                 &old,
@@ -190,7 +200,7 @@ impl Tunnel for TunnelService {
             session_id: session.session_id.clone(),
             protocol_version: hello.protocol_version,
             hub_version: crate::VERSION.to_owned(),
-            state_digest: self.state.entities.digest(&gateway_id).to_vec(),
+            state_digest: self.state.entities.digest(&gateway_id, digest_kind).to_vec(),
             capabilities: capabilities(),
         };
         let _ = tx.try_send(msg(hub_message::Body::Welcome(welcome)));
@@ -209,7 +219,7 @@ impl Tunnel for TunnelService {
         let state = self.state.clone();
         self.state
             .tasks
-            .spawn(read_session(state, gateway_id, session, tx, inbound));
+            .spawn(read_session(state, gateway_id, session, tx, inbound, digest_kind));
         Ok(reply)
     }
 }
@@ -309,6 +319,7 @@ async fn read_session(
     session: LiveSession,
     tx: Outbound,
     mut inbound: Streaming<GatewayMessage>,
+    digest_kind: crate::wire::DigestKind,
 ) {
     let mut persisted_seen = session.last_seen.load(Ordering::Relaxed);
     let limits = EntityLimits::from(&state.limits);
@@ -373,7 +384,7 @@ async fn read_session(
                     Some((entities, digest)) => {
                         match state
                             .entities
-                            .apply_snapshot(&gateway_id, entities, &digest, &limits, &refused)
+                            .apply_snapshot(&gateway_id, entities, &digest, &limits, &refused, digest_kind)
                             .await
                         {
                             Ok(d) => {
@@ -397,7 +408,11 @@ async fn read_session(
                 if let Some(age) = delta.oldest_change_age_ms {
                     state.fleet.relay_lag(&gateway_id, age, &session);
                 }
-                match state.entities.apply_delta(&gateway_id, delta, &limits, &refused).await {
+                match state
+                    .entities
+                    .apply_delta(&gateway_id, delta, &limits, &refused, digest_kind)
+                    .await
+                {
                     Ok(digest) => {
                         super::lifecycle::on_state(&state, &gateway_id);
                         let ack = Ack {

@@ -9,7 +9,8 @@ use std::time::Instant;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
-use super::{Entity, EntityKey, Hash, Kind, digest};
+use super::{Entity, EntityKey, Hash, Kind};
+use crate::wire::entity::{DigestBuilder, DigestKind};
 use crate::wire::proto::{self, Delta, GatewayMessage, SnapshotChunk, gateway_message};
 
 /// Where the relay reads current state from (the Argo CD view).
@@ -21,6 +22,11 @@ pub trait Source: Send + Sync {
     /// The keys of every entity; sources that make JSON on demand answer without making it.
     fn keys(&self) -> Vec<EntityKey> {
         self.entities().into_iter().map(|e| (e.kind, e.key)).collect()
+    }
+    /// The key and hash of every entity; sources that make JSON on demand answer without
+    /// making it (a reconnect compares digests, and needs no JSON unless a snapshot is sent).
+    fn hashes(&self) -> Vec<(EntityKey, Hash)> {
+        self.entities().into_iter().map(|e| ((e.kind, e.key), e.hash)).collect()
     }
     /// Whether the source holds a complete state yet. Until it does, the relay sends nothing:
     /// comparing a half-loaded state with the hub's would trigger a needless snapshot, and
@@ -173,6 +179,21 @@ pub struct AckOutcome {
     pub latencies: Vec<std::time::Duration>,
 }
 
+/// A snapshot being sent: its chunks are made one at a time as the window allows, so the JSON
+/// of a large state is never all in memory at once.
+struct SnapshotPlan {
+    /// Keys still to send, in `(kind, key)` order.
+    keys: std::vec::IntoIter<EntityKey>,
+    /// An entity read for the previous chunk that did not fit in it.
+    carry: Option<Entity>,
+    /// The next chunk's index.
+    index: u32,
+    /// What has been sent, which the hub will hold.
+    sent: BTreeMap<EntityKey, Hash>,
+    /// The digest of what has been sent.
+    digest: DigestBuilder,
+}
+
 /// The relay state that outlives sessions.
 pub struct Relay {
     source: Arc<dyn Source>,
@@ -184,6 +205,10 @@ pub struct Relay {
     projected: BTreeMap<EntityKey, Hash>,
     in_flight: VecDeque<InFlight>,
     next_seq: u64,
+    /// The snapshot being sent, if one is.
+    snapshot: Option<SnapshotPlan>,
+    /// The digest this session agreed on with the hub.
+    digest_kind: DigestKind,
     /// Counters.
     pub counters: RelayCounters,
 }
@@ -203,6 +228,8 @@ impl Relay {
             projected: BTreeMap::new(),
             in_flight: VecDeque::new(),
             next_seq: 1,
+            snapshot: None,
+            digest_kind: DigestKind::Ordered,
             counters: RelayCounters::default(),
         }
     }
@@ -219,17 +246,15 @@ impl Relay {
         }
     }
 
-    /// Starts a session: compares digests with the hub and returns the snapshot chunks to send,
-    /// if one is needed. Deltas for any difference follow through [`Relay::next_delta`].
-    pub fn on_welcome(&mut self, hub_digest: &[u8]) -> Vec<GatewayMessage> {
+    /// Starts a session whose digest is `kind`: compares digests with the hub and decides
+    /// whether a snapshot is needed; its chunks, or deltas for any difference, follow through
+    /// [`Relay::next_delta`]. Needs only keys and hashes; no JSON is made here.
+    pub fn on_welcome(&mut self, hub_digest: &[u8], kind: DigestKind) {
         self.in_flight.clear();
-        let current: BTreeMap<EntityKey, Entity> = self
-            .source
-            .entities()
-            .into_iter()
-            .map(|e| ((e.kind, e.key.clone()), e))
-            .collect();
-        let acked_digest = digest(self.acked.iter().map(|((k, key), h)| (*k, key.as_str(), h)));
+        self.snapshot = None;
+        self.digest_kind = kind;
+        let acked_digest = kind.of(self.acked.iter().map(|((k, key), h)| (*k, key.as_str(), h)));
+        let current: BTreeMap<EntityKey, Hash> = self.source.hashes().into_iter().collect();
         if self.acked_known && acked_digest.as_slice() == hub_digest {
             // The hub holds exactly what it last acknowledged: send only what changed since.
             self.projected = self.acked.clone();
@@ -240,75 +265,102 @@ impl Relay {
             }
             self.dirty.put_back(rest);
             tracing::debug!("hub state matches the last acknowledged state; sending differences only");
-            return vec![];
+            return;
         }
-        let current_digest = digest(current.iter().map(|((k, key), e)| (*k, key.as_str(), &e.hash)));
+        let current_digest = kind.of(current.iter().map(|((k, key), h)| (*k, key.as_str(), h)));
         if current_digest.as_slice() == hub_digest {
-            self.acked = current.iter().map(|(k, e)| (k.clone(), e.hash)).collect();
+            self.acked = current;
             self.acked_known = true;
             self.projected = self.acked.clone();
             tracing::info!(
-                entities = current.len(),
+                entities = self.acked.len(),
                 "hub already holds this state; no snapshot needed"
             );
-            return vec![];
+            return;
         }
         tracing::info!(entities = current.len(), "sending a state snapshot to the hub");
         bump(&self.counters.snapshots, 1);
-        // Everything in the snapshot is current; pending marks for those keys are satisfied.
+        // The snapshot carries each entity as it is when its chunk is made; marks until now are
+        // covered by it, and later ones become deltas after it.
         let _ = self.dirty.take();
         let _ = self.dirty.take_all();
-        self.snapshot(current)
+        self.snapshot = Some(SnapshotPlan {
+            keys: current.into_keys().collect::<Vec<_>>().into_iter(),
+            carry: None,
+            index: 0,
+            sent: BTreeMap::new(),
+            digest: kind.builder(),
+        });
     }
 
-    fn snapshot(&mut self, current: BTreeMap<EntityKey, Entity>) -> Vec<GatewayMessage> {
-        let snapshot_hashes: BTreeMap<EntityKey, Hash> = current.iter().map(|(k, e)| (k.clone(), e.hash)).collect();
-        let total_digest = digest(snapshot_hashes.iter().map(|((k, key), h)| (*k, key.as_str(), h)));
-        let mut chunks: Vec<Vec<proto::Entity>> = vec![vec![]];
+    /// The next chunk of the snapshot being sent; the last one carries the digest of all.
+    fn next_chunk(&mut self) -> Option<GatewayMessage> {
+        let plan = self.snapshot.as_mut()?;
+        let mut entities = vec![];
         let mut size = 0usize;
-        for e in current.values() {
+        let mut counts = (0u64, 0u64);
+        let last = loop {
+            let e = match plan.carry.take() {
+                Some(e) => e,
+                None => {
+                    let Some((kind, key)) = plan.keys.next() else {
+                        break true;
+                    };
+                    // Gone since the welcome: not part of the snapshot (nothing to delete later).
+                    let Some(e) = self.source.get(kind, &key) else { continue };
+                    e
+                }
+            };
             let n = e.json.len() + e.key.len() + 48;
-            if size + n > MAX_MESSAGE_BYTES && !chunks.last().is_some_and(Vec::is_empty) {
-                chunks.push(vec![]);
-                size = 0;
+            if size + n > MAX_MESSAGE_BYTES && !entities.is_empty() {
+                // It starts the next chunk.
+                plan.carry = Some(e);
+                break false;
             }
             size += n;
-            self.count(e.kind, 1);
-            if let Some(c) = chunks.last_mut() {
-                c.push(e.to_proto());
+            plan.digest.add(e.kind, &e.key, &e.hash);
+            plan.sent.insert((e.kind, e.key.clone()), e.hash);
+            match e.kind {
+                Kind::Application => counts.0 += 1,
+                Kind::Cluster => counts.1 += 1,
             }
-        }
-        let count = chunks.len();
-        let mut out = Vec::with_capacity(count);
-        for (index, entities) in chunks.into_iter().enumerate() {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let last = index + 1 == count;
-            let chunk = SnapshotChunk {
-                seq,
-                index: index as u32,
-                last,
-                entities,
-                digest: if last { total_digest.to_vec() } else { vec![] },
-            };
-            bump(&self.counters.bytes_sent, prost::Message::encoded_len(&chunk) as u64);
-            self.in_flight.push_back(InFlight {
-                seq,
-                changes: vec![],
-                snapshot: last.then(|| snapshot_hashes.clone()),
-                seen: vec![],
-            });
-            out.push(GatewayMessage {
-                body: Some(gateway_message::Body::Snapshot(chunk)),
-            });
-        }
-        self.projected = snapshot_hashes;
-        out
+            entities.push(e.to_proto());
+        };
+        bump(&self.counters.applications_sent, counts.0);
+        bump(&self.counters.clusters_sent, counts.1);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let index = plan.index;
+        plan.index += 1;
+        let (digest, snapshot) = if last {
+            let plan = self.snapshot.take()?;
+            self.projected = plan.sent.clone();
+            (plan.digest.finish().to_vec(), Some(plan.sent))
+        } else {
+            (vec![], None)
+        };
+        let chunk = SnapshotChunk {
+            seq,
+            index,
+            last,
+            entities,
+            digest,
+        };
+        bump(&self.counters.bytes_sent, prost::Message::encoded_len(&chunk) as u64);
+        self.in_flight.push_back(InFlight {
+            seq,
+            changes: vec![],
+            snapshot,
+            seen: vec![],
+        });
+        Some(GatewayMessage {
+            body: Some(gateway_message::Body::Snapshot(chunk)),
+        })
     }
 
     /// True when a delta may be sent now.
     pub fn can_send(&self) -> bool {
-        self.in_flight.len() < WINDOW && !self.dirty.is_empty() && self.source.ready()
+        self.in_flight.len() < WINDOW && (self.snapshot.is_some() || !self.dirty.is_empty()) && self.source.ready()
     }
 
     /// Whether the source has a complete state to relay.
@@ -316,10 +368,14 @@ impl Relay {
         self.source.ready()
     }
 
-    /// The next delta to send, or `None` when nothing significant changed or the window is full.
+    /// The next message to send — a chunk of the snapshot being sent, else a delta — or `None`
+    /// when nothing significant changed or the window is full.
     pub fn next_delta(&mut self) -> Option<GatewayMessage> {
         if self.in_flight.len() >= WINDOW || !self.source.ready() {
             return None;
+        }
+        if self.snapshot.is_some() {
+            return self.next_chunk();
         }
         let mut marked_map = self.dirty.take();
         if let Some(since) = self.dirty.take_all() {
@@ -443,6 +499,7 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::entity::{SetDigest, digest};
     use serde_json::json;
 
     #[derive(Default)]
@@ -484,6 +541,19 @@ mod tests {
         }
     }
 
+    /// A session start with the ordered digest, and the snapshot chunks it leads to (as many as
+    /// the window allows).
+    fn welcome(relay: &mut Relay, hub_digest: &[u8]) -> Vec<GatewayMessage> {
+        relay.on_welcome(hub_digest, DigestKind::Ordered);
+        let mut out = vec![];
+        while relay.snapshot.is_some()
+            && let Some(m) = relay.next_delta()
+        {
+            out.push(m);
+        }
+        out
+    }
+
     fn seq_of(m: &GatewayMessage) -> u64 {
         match &m.body {
             Some(gateway_message::Body::Delta(d)) => d.seq,
@@ -500,7 +570,7 @@ mod tests {
         let dirty = Arc::new(Dirty::default());
         let mut relay = Relay::new(src.clone(), dirty.clone());
 
-        let snap = relay.on_welcome(&[]);
+        let snap = welcome(&mut relay, &[]);
         assert_eq!(snap.len(), 1);
         relay.on_ack(seq_of(&snap[0]));
         assert_eq!(relay.in_flight(), 0);
@@ -532,12 +602,12 @@ mod tests {
         }
         let dirty = Arc::new(Dirty::default());
         let mut relay = Relay::new(src.clone(), dirty.clone());
-        let snap = relay.on_welcome(&[]);
+        let snap = welcome(&mut relay, &[]);
         relay.on_ack(seq_of(snap.last().unwrap()));
         let hub_digest = digest(relay.acked.iter().map(|((k, key), h)| (*k, key.as_str(), h)));
 
         // Same state: nothing at all.
-        assert!(relay.on_welcome(&hub_digest).is_empty());
+        assert!(welcome(&mut relay, &hub_digest).is_empty());
         assert!(relay.next_delta().is_none());
 
         // A change while disconnected: the hub still holds the acked state, so one delta.
@@ -545,7 +615,7 @@ mod tests {
         dirty.mark(Kind::Application, "ns/3".into());
         let lost = relay.next_delta().unwrap(); // sent, never acknowledged
         assert_eq!(delta_keys(&lost), vec![("ns/3".into(), false)]);
-        assert!(relay.on_welcome(&hub_digest).is_empty());
+        assert!(welcome(&mut relay, &hub_digest).is_empty());
         let again = relay.next_delta().unwrap();
         assert_eq!(
             delta_keys(&again),
@@ -557,9 +627,9 @@ mod tests {
         let mut fresh = Relay::new(src.clone(), Arc::new(Dirty::default()));
         relay.on_ack(seq_of(&again));
         let d = digest(relay.acked.iter().map(|((k, key), h)| (*k, key.as_str(), h)));
-        assert!(fresh.on_welcome(&d).is_empty());
+        assert!(welcome(&mut fresh, &d).is_empty());
         // ...and one whose state differs gets a snapshot.
-        assert_eq!(fresh.on_welcome(&hub_digest).len(), 1);
+        assert_eq!(welcome(&mut fresh, &hub_digest).len(), 1);
     }
 
     #[test]
@@ -571,7 +641,7 @@ mod tests {
         }
         let dirty = Arc::new(Dirty::default());
         let mut relay = Relay::new(src.clone(), dirty.clone());
-        let snap = relay.on_welcome(&[]);
+        let snap = welcome(&mut relay, &[]);
         assert!(snap.len() >= 3);
         for m in &snap {
             assert!(prost::Message::encoded_len(m) < 4 * 1024 * 1024);
@@ -600,7 +670,7 @@ mod tests {
         }
         let dirty = Arc::new(Dirty::default());
         let mut relay = Relay::new(src.clone(), dirty.clone());
-        let snap = relay.on_welcome(&[]);
+        let snap = welcome(&mut relay, &[]);
         relay.on_ack(seq_of(snap.last().unwrap()));
 
         // Nothing marked individually: one change, one deletion, one addition, one untouched.
@@ -644,5 +714,85 @@ mod tests {
         src.1.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(relay.can_send());
         assert_eq!(delta_keys(&relay.next_delta().unwrap()), vec![("ns/a".into(), false)]);
+    }
+
+    #[test]
+    fn a_large_snapshot_is_made_chunk_by_chunk_within_the_window() {
+        let src = Arc::new(Map::default());
+        let big = "x".repeat(700 * 1024);
+        for i in 0..(WINDOW + 4) {
+            src.set(&format!("ns/{i:02}"), json!({"blob": big}));
+        }
+        let dirty = Arc::new(Dirty::default());
+        let mut relay = Relay::new(src.clone(), dirty.clone());
+        relay.on_welcome(&[], DigestKind::Ordered);
+        let mut first = vec![];
+        while let Some(m) = relay.next_delta() {
+            first.push(m);
+        }
+        assert_eq!(first.len(), WINDOW, "no more chunks than the window holds");
+        // A change to an entity not sent yet travels in the snapshot; one already sent follows
+        // as a delta after it.
+        src.set("ns/00", json!({"blob": "changed after its chunk"}));
+        dirty.mark(Kind::Application, "ns/00".into());
+        src.set(
+            &format!("ns/{:02}", WINDOW + 3),
+            json!({"blob": "changed before its chunk"}),
+        );
+        relay.on_ack(seq_of(&first[WINDOW - 1]));
+        let mut rest = vec![];
+        while relay.snapshot.is_some()
+            && let Some(m) = relay.next_delta()
+        {
+            rest.push(m);
+        }
+        let last = match &rest.last().unwrap().body {
+            Some(gateway_message::Body::Snapshot(s)) => s.clone(),
+            other => panic!("not a snapshot chunk: {other:?}"),
+        };
+        assert!(
+            last.last
+                && last
+                    .entities
+                    .iter()
+                    .any(|e| String::from_utf8_lossy(&e.json).contains("before its chunk"))
+        );
+        // The digest covers what was sent, in order.
+        let sent: BTreeMap<EntityKey, Hash> = first
+            .iter()
+            .chain(&rest)
+            .flat_map(|m| match &m.body {
+                Some(gateway_message::Body::Snapshot(s)) => s.entities.clone(),
+                _ => vec![],
+            })
+            .map(|e| ((Kind::Application, e.key), e.hash.try_into().unwrap()))
+            .collect();
+        assert_eq!(sent.len(), WINDOW + 4);
+        assert_eq!(
+            last.digest,
+            digest(sent.iter().map(|((k, key), h)| (*k, key.as_str(), h))).to_vec()
+        );
+        relay.on_ack(seq_of(rest.last().unwrap()));
+        assert_eq!(delta_keys(&relay.next_delta().unwrap()), vec![("ns/00".into(), false)]);
+    }
+
+    #[test]
+    fn with_the_set_digest_a_reconnect_compares_sets() {
+        let src = Arc::new(Map::default());
+        for i in 0..5 {
+            src.set(&format!("ns/{i}"), json!({"v": i}));
+        }
+        let dirty = Arc::new(Dirty::default());
+        let mut relay = Relay::new(src.clone(), dirty.clone());
+        relay.on_welcome(&[], DigestKind::Set);
+        let snap = relay.next_delta().unwrap();
+        let Some(gateway_message::Body::Snapshot(chunk)) = &snap.body else {
+            panic!("a snapshot")
+        };
+        let set = SetDigest::of(relay.projected.iter().map(|((k, key), h)| (*k, key.as_str(), h))).finish();
+        assert_eq!(chunk.digest, set.to_vec());
+        relay.on_ack(seq_of(&snap));
+        relay.on_welcome(&set, DigestKind::Set);
+        assert!(relay.next_delta().is_none(), "the hub holds this set: nothing to send");
     }
 }

@@ -144,6 +144,22 @@ impl Source for ViewSource {
             .unwrap_or_default()
     }
 
+    fn hashes(&self) -> Vec<(EntityKey, Hash)> {
+        self.entities
+            .read()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, s)| {
+                        let hash = match s {
+                            Stored::App(_, h) | Stored::Cluster(_, h) => *h,
+                        };
+                        (k.clone(), hash)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

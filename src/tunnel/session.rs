@@ -17,7 +17,7 @@ use crate::uplink::{OpenError, open_tunnel};
 use crate::wire::codes::{ANSWER_PIECE_BYTES, CAP_CHUNKED_ANSWERS, CAP_DEPLOY_ACTIONS, error_code_name, request_name};
 use crate::wire::proto::{GatewayMessage, Goodbye, Hello, Ping, Pong, RequestError, Response, request_error, response};
 use crate::wire::proto::{gateway_message, hub_message, rejected};
-use crate::wire::{ErrorCode, PROTOCOL_VERSION};
+use crate::wire::{CAP_SET_DIGEST, DigestKind, ErrorCode, PROTOCOL_VERSION};
 
 /// How a session ended.
 #[derive(Debug)]
@@ -105,7 +105,7 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
             gateway_id: identity.gateway_id.clone(),
             gateway_version: crate::VERSION.to_owned(),
             protocol_version: PROTOCOL_VERSION,
-            capabilities: vec![CAP_DEPLOY_ACTIONS.to_owned()],
+            capabilities: vec![CAP_SET_DIGEST.to_owned(), CAP_DEPLOY_ACTIONS.to_owned()],
             instance: cfg.store.instance(),
         })),
     };
@@ -126,7 +126,7 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
     };
     // The hub's state digest, kept until the relay has compared it with a complete local state,
     // and whether the hub takes answers in pieces.
-    let (digest, chunked_answers) = match welcome.body {
+    let (digest, chunked_answers, digest_kind) = match welcome.body {
         Some(hub_message::Body::Welcome(w)) => {
             tracing::info!(
                 gateway_id = %identity.gateway_id,
@@ -142,7 +142,7 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
             });
             ctx.metrics.connected.set(1);
             let chunked = w.capabilities.iter().any(|c| c == CAP_CHUNKED_ANSWERS);
-            (w.state_digest, chunked)
+            (w.state_digest, chunked, DigestKind::negotiated(&w.capabilities))
         }
         Some(hub_message::Body::Rejected(r)) => return rejected(r),
         other => return Ended::Lost(format!("unexpected first message from the hub: {other:?}")),
@@ -172,11 +172,7 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
             if relay.ready()
                 && let Some(digest) = hub_digest.take()
             {
-                for m in relay.on_welcome(&digest) {
-                    if tx.send(m).await.is_err() {
-                        return Ended::Lost("outbound stream closed".into());
-                    }
-                }
+                relay.on_welcome(&digest, digest_kind);
             }
             while hub_digest.is_none()
                 && let Some(m) = relay.next_delta()

@@ -2,8 +2,13 @@
 //! computes (leaving out noisy fields; see the relay), and the state digest that lets a
 //! reconnecting gateway skip the snapshot when the hub already holds what it has.
 //!
-//! The digest is SHA-256 over `(kind tag, key length, key, hash)` of every entity in
-//! `(kind, key)` order, so gateway and hub compute it the same way without agreeing on the JSON.
+//! Two digests exist. The ordered one ([`digest`]) is SHA-256 over `(kind tag, key length, key,
+//! hash)` of every entity in `(kind, key)` order: computing it visits every entity. The set
+//! digest ([`SetDigest`]) combines the SHA-256 of each such entry by addition, so the hub keeps
+//! it up to date as entities come and go and its cost per change does not grow with the fleet.
+//! Both sides use the set digest when both announce [`CAP_SET_DIGEST`]; otherwise the ordered
+//! one, so gateways and hubs of the previous version still skip snapshots with each other.
+//! Either way gateway and hub compute it the same way without agreeing on the JSON.
 
 use sha2::{Digest, Sha256};
 
@@ -60,16 +65,157 @@ pub type Hash = [u8; 32];
 /// An entity's identity.
 pub type EntityKey = (Kind, String);
 
+/// The capability a gateway and a hub announce (hello, welcome) when they use the set digest.
+pub const CAP_SET_DIGEST: &str = "set-digest";
+
 /// The state digest over `(kind, key, hash)` entries, which must come in `(kind, key)` order.
 pub fn digest<'a>(entries: impl IntoIterator<Item = (Kind, &'a str, &'a Hash)>) -> Hash {
-    let mut h = Sha256::new();
+    let mut d = OrderedDigest::default();
     for (kind, key, hash) in entries {
+        d.add(kind, key, hash);
+    }
+    d.finish()
+}
+
+/// [`digest`] computed entry by entry, for entries produced in `(kind, key)` order over time.
+#[derive(Clone, Default)]
+pub struct OrderedDigest(Sha256);
+
+impl OrderedDigest {
+    /// The next entry (after every smaller `(kind, key)`).
+    pub fn add(&mut self, kind: Kind, key: &str, hash: &Hash) {
+        self.0.update([kind.tag()]);
+        self.0.update((key.len() as u64).to_be_bytes());
+        self.0.update(key.as_bytes());
+        self.0.update(hash);
+    }
+
+    /// The digest of the entries added.
+    pub fn finish(self) -> Hash {
+        self.0.finalize().into()
+    }
+}
+
+/// An order-independent digest of a set of entities, kept up to date entity by entity: the sum,
+/// lane by lane modulo 2^64, of each entry's SHA-256, and the number of entries. It detects a
+/// difference between two states (not an attacker: a gateway is authenticated and may send
+/// anything anyway), which is all a reconnect needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetDigest {
+    sum: [u64; 4],
+    count: u64,
+}
+
+impl SetDigest {
+    fn entry(kind: Kind, key: &str, hash: &Hash) -> [u64; 4] {
+        let mut h = Sha256::new();
         h.update([kind.tag()]);
         h.update((key.len() as u64).to_be_bytes());
         h.update(key.as_bytes());
         h.update(hash);
+        let d: [u8; 32] = h.finalize().into();
+        std::array::from_fn(|i| u64::from_le_bytes(d[i * 8..i * 8 + 8].try_into().unwrap_or_default()))
     }
-    h.finalize().into()
+
+    /// The digest of `entries`, in any order.
+    pub fn of<'a>(entries: impl IntoIterator<Item = (Kind, &'a str, &'a Hash)>) -> Self {
+        let mut d = Self::default();
+        for (kind, key, hash) in entries {
+            d.add(kind, key, hash);
+        }
+        d
+    }
+
+    /// Counts an entity in.
+    pub fn add(&mut self, kind: Kind, key: &str, hash: &Hash) {
+        for (s, e) in self.sum.iter_mut().zip(Self::entry(kind, key, hash)) {
+            *s = s.wrapping_add(e);
+        }
+        self.count = self.count.wrapping_add(1);
+    }
+
+    /// Counts an entity out (it must have been counted in with the same hash).
+    pub fn remove(&mut self, kind: Kind, key: &str, hash: &Hash) {
+        for (s, e) in self.sum.iter_mut().zip(Self::entry(kind, key, hash)) {
+            *s = s.wrapping_sub(e);
+        }
+        self.count = self.count.wrapping_sub(1);
+    }
+
+    /// The digest as sent: SHA-256 over the sums and the count, with a domain tag so it can
+    /// never equal an ordered digest.
+    pub fn finish(&self) -> Hash {
+        let mut h = Sha256::new();
+        h.update(b"argocd-gateway set digest v1");
+        for s in self.sum {
+            h.update(s.to_le_bytes());
+        }
+        h.update(self.count.to_le_bytes());
+        h.finalize().into()
+    }
+}
+
+/// Which digest a session uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DigestKind {
+    /// [`digest`]: both sides of the previous version.
+    Ordered,
+    /// [`SetDigest`]: both sides announced [`CAP_SET_DIGEST`].
+    Set,
+}
+
+impl DigestKind {
+    /// The digest of `entries` (in `(kind, key)` order, which the ordered digest needs).
+    pub fn of<'a>(self, entries: impl IntoIterator<Item = (Kind, &'a str, &'a Hash)>) -> Hash {
+        match self {
+            Self::Ordered => digest(entries),
+            Self::Set => SetDigest::of(entries).finish(),
+        }
+    }
+
+    /// A digest to compute entry by entry, in `(kind, key)` order.
+    pub fn builder(self) -> DigestBuilder {
+        match self {
+            Self::Ordered => DigestBuilder::Ordered(OrderedDigest::default()),
+            Self::Set => DigestBuilder::Set(SetDigest::default()),
+        }
+    }
+
+    /// The kind a session uses, from what the other side announced.
+    pub fn negotiated(capabilities: &[String]) -> Self {
+        if capabilities.iter().any(|c| c == CAP_SET_DIGEST) {
+            Self::Set
+        } else {
+            Self::Ordered
+        }
+    }
+}
+
+/// A digest of either kind being computed entry by entry.
+#[derive(Clone)]
+pub enum DigestBuilder {
+    /// Ordered.
+    Ordered(OrderedDigest),
+    /// Set.
+    Set(SetDigest),
+}
+
+impl DigestBuilder {
+    /// The next entry, in `(kind, key)` order.
+    pub fn add(&mut self, kind: Kind, key: &str, hash: &Hash) {
+        match self {
+            Self::Ordered(d) => d.add(kind, key, hash),
+            Self::Set(d) => d.add(kind, key, hash),
+        }
+    }
+
+    /// The digest.
+    pub fn finish(self) -> Hash {
+        match self {
+            Self::Ordered(d) => d.finish(),
+            Self::Set(d) => d.finish(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -87,6 +233,21 @@ mod tests {
         assert_ne!(
             digest([(Kind::Application, "ab", &h1)]),
             digest([(Kind::Application, "a", &h1)])
+        );
+        // The set digest: any order, kept up to date, and never an ordered digest.
+        let entries = [(Kind::Application, "a/b", &h1), (Kind::Cluster, "s", &h2)];
+        let set = SetDigest::of(entries);
+        assert_eq!(set, SetDigest::of(entries.iter().rev().copied()));
+        let mut kept = SetDigest::of([(Kind::Application, "a/b", &h2)]);
+        kept.remove(Kind::Application, "a/b", &h2);
+        kept.add(Kind::Cluster, "s", &h2);
+        kept.add(Kind::Application, "a/b", &h1);
+        assert_eq!(kept.finish(), set.finish());
+        assert_ne!(set.finish(), d);
+        assert_ne!(SetDigest::of([]).finish(), digest([]));
+        assert_ne!(
+            SetDigest::of([(Kind::Application, "a/b", &h1)]).finish(),
+            SetDigest::of([(Kind::Application, "a/b", &h2)]).finish()
         );
         for k in [Kind::Application, Kind::Cluster] {
             assert_eq!(Kind::from_tag(k.tag()), Some(k));

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `namespace`, `name` | string | the Application object (apps in any namespace) |
 //! | `project` | string | AppProject, `default` when the spec leaves it empty |
-//! | `annotations`, `labels` | map | object metadata |
+//! | `annotations`, `labels` | map | object metadata (without `kubectl.kubernetes.io/last-applied-configuration`, a copy of the object) |
 //! | `sources` | [Source] | `spec.sources`, or `spec.source` as one entry |
 //! | `destination` | Destination | target cluster (`server` or `name`) and namespace |
 //! | `sync` | SyncState | `status`, `revision`, `revisions` (one per source) |

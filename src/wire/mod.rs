@@ -17,4 +17,4 @@ pub mod proto;
 pub mod version;
 
 pub use codes::{ErrorCode, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, protocol_supported};
-pub use entity::{EntityKey, Hash, Kind, digest};
+pub use entity::{CAP_SET_DIGEST, DigestBuilder, DigestKind, EntityKey, Hash, Kind, OrderedDigest, SetDigest, digest};

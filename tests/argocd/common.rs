@@ -129,10 +129,21 @@ pub async fn within<T>(f: impl Future<Output = T>) -> T {
 }
 
 /// Polls `cond` until true, failing after 20s.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !cond() {
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(20), cond).await;
+}
+
+/// Polls `cond` until true, failing after `limit`. A costly condition is polled less often (the
+/// pause is at least twice what it took), so on a single-threaded test runtime the polling
+/// never starves what it waits for.
+pub async fn eventually_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let t = std::time::Instant::now();
+        if cond() {
+            return;
+        }
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10).max(t.elapsed() * 2)).await;
     }
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{Env, Mode, eventually, start, within};
+use crate::common::{Env, Mode, eventually, eventually_within, start, within};
 
 fn fast_options() -> ViewOptions {
     ViewOptions {
@@ -539,16 +539,10 @@ async fn a_burst_read_slowly_with_dropped_events_still_converges_without_the_res
     env.sim.drop_watch_events(40);
     env.sim.add_synthetic_apps(700);
     // Generous: the throttled link alone needs several seconds for the burst and the re-list.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while seen(&view) != truth(&env.sim) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slowly read burst did not converge: {} of {} apps",
-            seen(&view).len(),
-            truth(&env.sim).len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_within("the slowly read burst converges", Duration::from_secs(90), || {
+        seen(&view) == truth(&env.sim)
+    })
+    .await;
     assert!(list_count(&env.sim) > lists, "converged by re-listing after the burst");
     cancel.cancel();
 }

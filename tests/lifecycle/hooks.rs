@@ -100,7 +100,9 @@ async fn a_registration_that_never_connects_is_removed_when_its_token_expires() 
     std::fs::write(env.work().join("argocd-token"), &env.argocd_token).unwrap();
     let sim_url = env.sim.url();
     let printed = env
-        .token_create(&["--name", "never", "--ttl", "20s", "--argocd-url", &sim_url])
+        // Long enough for the install and its hook to finish on a busy machine (CI took
+        // 24 s once), short enough for the expiry to come within the test.
+        .token_create(&["--name", "never", "--ttl", "90s", "--argocd-url", &sim_url])
         .await;
     let r = env.install(&printed).await;
     // The hook registers, and then no gateway ever connects (the Deployment never starts).
@@ -127,7 +129,7 @@ async fn a_registration_that_never_connects_is_removed_when_its_token_expires() 
     );
 
     // `--wait` follows it and ends when the registration is removed at the token's expiry.
-    let out = output(env.hub_cli(&["token", "status", &printed.id, "--wait", "--timeout", "50s"])).await;
+    let out = output(env.hub_cli(&["token", "status", &printed.id, "--wait", "--timeout", "180s"])).await;
     assert_eq!(out.code, Some(1), "{}", out.text());
     assert!(
         out.stderr.contains("install step failed: gateway connected to the hub"),
@@ -166,7 +168,7 @@ async fn token_status_wait_names_a_failing_first_health_check() {
     assert!(r.ok, "{:?}", r.error);
     assert!(r.find("Job", &format!("{}-register", r.fullname())).is_none());
     let _run = env.spawn(&env.pod(&r, "Deployment", ""));
-    let out = output(env.hub_cli(&["token", "status", &printed.id, "--wait", "--timeout", "50s"])).await;
+    let out = output(env.hub_cli(&["token", "status", &printed.id, "--wait", "--timeout", "180s"])).await;
     assert_eq!(out.code, Some(1), "{}", out.text());
     assert!(
         out.stdout.contains("done     gateway connected to the hub"),
