@@ -1197,4 +1197,90 @@ mod tests {
         .unwrap();
         assert!(matches!(err, StreamChunk::Error(StreamError { http_code: 403, .. })));
     }
+
+    #[test]
+    fn sync_policy_history_and_operation_progress_decode() {
+        // Field names as in Argo CD's v1alpha1 types (swagger: v1alpha1SyncPolicy,
+        // v1alpha1RevisionHistory, v1alpha1ResourceResult, v1alpha1ResourceStatus.syncWave).
+        let history: Vec<serde_json::Value> = (0..12)
+            .map(|i| {
+                serde_json::json!({"id": i, "revision": format!("{i:040x}"),
+                    "deployedAt": "2024-05-01T10:00:00Z", "source": {"repoURL": "r"}})
+            })
+            .collect();
+        let json = serde_json::json!({
+            "metadata": {"name": "shop", "namespace": "argocd"},
+            "spec": {"source": {"repoURL": "r"}, "destination": {"server": "s"},
+                     "syncPolicy": {"automated": {"prune": true, "selfHeal": true},
+                                    "syncOptions": ["CreateNamespace=true", "ServerSideApply=true"]}},
+            "status": {
+                "sync": {"status": "Synced", "revision": "abc"},
+                "history": history,
+                "resources": [
+                    {"kind": "ConfigMap", "namespace": "shop", "name": "shop", "status": "Synced", "syncWave": 0},
+                    {"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "shop", "status": "Synced", "syncWave": 1}
+                ],
+                "operationState": {
+                    "phase": "Running", "message": "waiting for completion of hook batch/Job/smoke",
+                    "operation": {"sync": {"revision": "abc", "dryRun": false}},
+                    "syncResult": {"revision": "abc", "resources": [
+                        {"group": "batch", "kind": "Job", "namespace": "shop", "name": "migrate", "hookType": "PreSync",
+                         "hookPhase": "Succeeded", "syncPhase": "PreSync", "message": "job completed"},
+                        {"kind": "ConfigMap", "namespace": "shop", "name": "shop", "status": "Synced",
+                         "hookPhase": "Succeeded", "syncPhase": "Sync", "message": "configmap/shop configured"},
+                        {"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "shop", "status": "SyncFailed",
+                         "hookPhase": "Failed", "syncPhase": "Sync", "message": "the server rejected the image"},
+                        {"group": "batch", "kind": "Job", "namespace": "shop", "name": "smoke", "hookType": "PostSync",
+                         "hookPhase": "Running", "syncPhase": "PostSync", "message": "job running"}
+                    ]}
+                }
+            }
+        });
+        let app = decode_application(&json.to_string()).unwrap().app;
+        let policy = app.sync_policy.as_ref().unwrap();
+        assert!(policy.automated && policy.prune && policy.self_heal);
+        assert_eq!(policy.sync_options, ["CreateNamespace=true", "ServerSideApply=true"]);
+        // The last ten, oldest first.
+        assert_eq!(app.history.len(), MAX_HISTORY);
+        assert_eq!(app.history[0].id, 2);
+        assert_eq!(app.history[9].id, 11);
+        assert_eq!(app.history[9].revision, format!("{:040x}", 11));
+        assert!(app.history[9].deployed_at.is_some());
+        let op = app.operation.as_ref().unwrap();
+        assert!(!op.dry_run);
+        let p = op.progress.as_ref().unwrap();
+        assert_eq!(p.phases.get("Succeeded"), Some(&2));
+        assert_eq!(p.phases.get("Running"), Some(&1));
+        assert_eq!(p.phases.get("Failed"), Some(&1));
+        assert_eq!(p.sync_phase, "PostSync", "the phase of the task still running");
+        assert_eq!(p.wave, Some(1), "no running task has a wave: the highest reached");
+        assert_eq!(p.hooks.len(), 2);
+        assert_eq!(p.hooks[1].hook_type, "PostSync");
+        assert_eq!(p.hooks[1].hook_phase, "Running");
+        assert_eq!(p.failed.len(), 1);
+        assert_eq!(p.failed[0].kind, "Deployment");
+        assert_eq!(p.failed[0].wave, Some(1));
+        assert_eq!(p.failed[0].message, "the server rejected the image");
+
+        // `automated: {}` turns automated sync on; `enabled: false` turns it off; no
+        // `syncPolicy` is manual, known (not absent as from an older gateway).
+        let policy = |p: serde_json::Value| {
+            let j = serde_json::json!({"metadata": {"name": "a"}, "spec": {"syncPolicy": p}});
+            decode_application(&j.to_string()).unwrap().app.sync_policy.unwrap()
+        };
+        assert!(policy(serde_json::json!({"automated": {}})).automated);
+        let off = policy(serde_json::json!({"automated": {"enabled": false, "prune": true}}));
+        assert!(!off.automated && !off.prune);
+        assert!(!policy(serde_json::Value::Null).automated);
+        // A hostile history or sync result does not fail the application.
+        let odd = r#"{"metadata":{"name":"a"},"status":{"history":[{"id":"x"},{"id":3,"revision":"r"}],
+            "operationState":{"phase":"Succeeded","syncResult":{"resources":[7,{"kind":"Pod","name":"p","hookPhase":"Succeeded"}]}}}}"#;
+        let a = decode_application(odd).unwrap().app;
+        assert!(
+            a.history.iter().any(|h| h.id == 3 && h.revision == "r"),
+            "{:?}",
+            a.history
+        );
+        assert_eq!(a.operation.unwrap().progress.unwrap().phases.get("Succeeded"), Some(&1));
+    }
 }
