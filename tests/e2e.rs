@@ -2853,3 +2853,268 @@ async fn terminate_rollback_and_selective_sync_reach_argocd_with_its_bodies() {
         );
     }
 }
+
+/// `argocd-gateway hub …` as a CI job runs it, against this environment's hub.
+fn hub_cli(env: &Env, args: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_argocd-gateway"));
+    c.arg("hub")
+        .args(args)
+        .args(["--hub-api", &format!("http://{}", env.hub().http_addr)])
+        .args(["--token", &env.admin_token])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+/// The lines a running `hub wait` prints, read as they come.
+struct CliLines {
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl CliLines {
+    fn follow(child: &mut tokio::process::Child) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { rx, seen: vec![] }
+    }
+
+    /// Waits (bounded) for a printed line matching `f`.
+    async fn until(&mut self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        if let Some(l) = self.seen.iter().find(|l| f(l)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some(l)) => {
+                    self.seen.push(l.clone());
+                    if f(&l) {
+                        return l;
+                    }
+                }
+                Ok(None) => panic!("hub wait ended before printing {what}: {:#?}", self.seen),
+                Err(_) => panic!("hub wait did not print {what} within {WAIT:?}: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Everything printed until the end of the output.
+    async fn rest(&mut self) -> &[String] {
+        while let Ok(Some(l)) = tokio::time::timeout(WAIT, self.rx.recv()).await {
+            self.seen.push(l);
+        }
+        &self.seen
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_wait_prints_progress_and_the_cli_terminates_rolls_back_and_syncs_a_subset() {
+    let env = Env::start(0, "5m").await;
+    let shops = ["shop-a", "shop-b"];
+    for name in shops {
+        env.sim.add_simulated_app(
+            shop_app(name, true, json!({"team": "shop"})),
+            &[&rev(1)],
+            shop_manifests("shop:1", "a"),
+        );
+    }
+    env.sim.add_simulated_app(
+        shop_app("manual", false, json!({})),
+        &[&rev(1)],
+        shop_manifests("shop:1", "a"),
+    );
+    for name in ["shop-a", "shop-b", "manual"] {
+        env.hub_shows(name, &rev(1), "Succeeded").await;
+    }
+
+    // A wrong count fails at once (exit 1), naming what was found, whatever the timeout.
+    let out = hub_cli(
+        &env,
+        &["wait", "-l", "team=shop", "--expect-count", "3", "--timeout", "1h"],
+    )
+    .output()
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("expected 3 application(s), found 2"), "{err}");
+    assert!(err.contains("argocd/shop-a") && err.contains("argocd/shop-b"), "{err}");
+
+    // A commit for both: `hub wait` refreshes them, prints each step, exits 0 once deployed.
+    for name in shops {
+        env.sim
+            .push_commit("argocd", name, 0, &rev(2), Some(shop_manifests("shop:2", "a")));
+    }
+    let revision = rev(2);
+    let mut child = hub_cli(
+        &env,
+        &[
+            "wait",
+            "-l",
+            "team=shop",
+            "--expect-count",
+            "2",
+            "--revision",
+            &revision,
+            "--expect",
+            "apps/Deployment/shop/shop:spec.template.spec.containers[name=web].image=shop:2",
+            "--refresh",
+            "--timeout",
+            "2m",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut out = CliLines::follow(&mut child);
+    for name in shops {
+        out.until(&format!("{name} refreshed"), |l| {
+            l.contains(&format!("argocd/{name}")) && l.contains("refresh ok")
+        })
+        .await;
+        out.until(&format!("{name}'s running operation"), |l| {
+            l.contains(&format!("argocd/{name}")) && l.contains("Progressing") && l.contains("operation Running")
+        })
+        .await;
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still waiting while the operations run: {:#?}",
+        out.seen
+    );
+    for name in shops {
+        assert_eq!(env.sim.run_operation("argocd", name).as_deref(), Some("Succeeded"));
+    }
+    let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    let printed = out.rest().await.join("\n");
+    assert_eq!(status.code(), Some(0), "{printed}");
+    assert!(printed.contains("result: Deployed (2 application(s)"), "{printed}");
+    for name in shops {
+        assert!(
+            printed
+                .lines()
+                .any(|l| l.contains(&format!("argocd/{name}")) && l.contains("Deployed") && l.contains(&rev(2)[..12])),
+            "{name}: {printed}"
+        );
+    }
+
+    // One application that never gets there: exit 2 at the timeout, with its verdict.
+    let out = hub_cli(
+        &env,
+        &[
+            "wait",
+            &env.gateway_id,
+            "argocd/manual",
+            "--revision",
+            &rev(9),
+            "--timeout",
+            "1s",
+        ],
+    )
+    .output()
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{printed}");
+    assert!(printed.contains("NotYetSeen"), "{printed}");
+    assert!(printed.contains("result: Timeout"), "{printed}");
+
+    // The actions, through the CLI.
+    let manual = ["argocd/manual"];
+    let gw = env.gateway_id.as_str();
+    env.sim
+        .push_commit("argocd", "manual", 0, &rev(2), Some(shop_manifests("shop:2", "b")));
+    env.sim.refresh_app("argocd", "manual");
+    env.sim.clear_requests();
+    let out = hub_cli(
+        &env,
+        &[
+            "sync",
+            gw,
+            manual[0],
+            "--resource",
+            "apps/Deployment/shop/shop",
+            "--resource",
+            "/ConfigMap/shop/shop",
+            "--force",
+            "--sync-option",
+            "Validate=false",
+            "--prune",
+        ],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reqs = env.sim.requests();
+    let sync = reqs
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/api/v1/applications/manual/sync")
+        .expect("hub sync reached Argo CD");
+    let body: Value = serde_json::from_str(&sync.body).unwrap();
+    assert_eq!(
+        body["resources"],
+        json!([{"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "shop"},
+               {"group": "", "kind": "ConfigMap", "namespace": "shop", "name": "shop"}]),
+        "{body}"
+    );
+    assert_eq!(body["strategy"], json!({"apply": {"force": true}}), "{body}");
+    assert_eq!(body["syncOptions"], json!({"items": ["Validate=false"]}), "{body}");
+    assert_eq!(body["prune"], true, "{body}");
+
+    // Terminate the running operation.
+    env.sim.clear_requests();
+    let out = hub_cli(&env, &["terminate", gw, manual[0]]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        env.sim
+            .requests()
+            .iter()
+            .any(|r| r.method == "DELETE" && r.path == "/api/v1/applications/manual/operation"),
+        "hub terminate reached Argo CD"
+    );
+    assert_eq!(
+        env.sim.app("argocd", "manual").unwrap()["status"]["operationState"]["phase"],
+        "Terminating"
+    );
+    assert_eq!(env.sim.step_operation("argocd", "manual").as_deref(), Some("Failed"));
+
+    // Roll back to history id 0.
+    env.sim.clear_requests();
+    let out = hub_cli(&env, &["rollback", gw, manual[0], "0", "--prune"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reqs = env.sim.requests();
+    let rb = reqs
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/api/v1/applications/manual/rollback")
+        .expect("hub rollback reached Argo CD");
+    let body: Value = serde_json::from_str(&rb.body).unwrap();
+    assert_eq!(
+        (body["id"].clone(), body["prune"].clone(), body["name"].clone()),
+        (json!(0), json!(true), json!("manual")),
+        "{body}"
+    );
+    assert_eq!(env.sim.run_operation("argocd", "manual").as_deref(), Some("Succeeded"));
+    // Argo CD's refusal reaches the user as an error and a non-zero exit.
+    let out = hub_cli(&env, &["rollback", gw, manual[0], "99"])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("does not have deployment with id 99"), "{err}");
+}
