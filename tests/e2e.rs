@@ -2338,6 +2338,32 @@ async fn a_failed_hook_fails_the_wait_with_the_hooks_message() {
         message(app).contains("PostSync hook Job/smoke Failed: Job has reached the specified backoff limit"),
         "{result}"
     );
+
+    // The fix, synced by the wait although automated sync is on: forceSync.
+    env.sim
+        .push_commit("argocd", "cart", 0, &rev(3), Some(shop_manifests("shop:3", "a")));
+    env.sim.clear_requests();
+    let mut w = env
+        .stream_wait(
+            &path,
+            json!({"revision": rev(3), "sync": true, "forceSync": true, "timeoutSeconds": 120}),
+            None,
+        )
+        .await;
+    w.until("the forced sync", |l| {
+        l["type"] == "trigger" && l["action"] == "sync" && l["result"] == "ok"
+    })
+    .await;
+    let reqs = env.sim.requests();
+    let sync = reqs
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/api/v1/applications/cart/sync")
+        .expect("the forced sync reached Argo CD");
+    let body: Value = serde_json::from_str(&sync.body).unwrap();
+    assert_eq!(body["revision"], rev(3), "{body}");
+    assert_eq!(env.sim.run_operation("argocd", "cart").as_deref(), Some("Succeeded"));
+    let result = w.result().await;
+    assert_eq!(result["result"], "Deployed", "{result}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
