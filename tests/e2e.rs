@@ -765,6 +765,43 @@ async fn wait_returns_deployed_failed_and_timeout() {
     assert_eq!(done["result"], "Deployed", "{done}");
     assert_eq!(done["application"]["sync"]["revision"], commit);
     assert_eq!(done["applications"][0]["verdict"], "Deployed", "{done}");
+    // The same as Server-Sent Events, asked for by the Accept header: a progress event with the
+    // verdict, then the result, and the stream ends.
+    let resp = env
+        .http
+        .post(format!(
+            "http://{}{}/wait",
+            env.hub().http_addr,
+            env.app_path("argocd", "app-00001")
+        ))
+        .bearer_auth(&env.admin_token)
+        .header("accept", "text/event-stream")
+        .json(&json!({"revision": commit, "timeoutSeconds": 60}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let text = tokio::time::timeout(WAIT, resp.text()).await.unwrap().unwrap();
+    let events: Vec<(String, Value)> = text
+        .split("\n\n")
+        .filter_map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim_start().to_owned())
+            };
+            Some((field("event:")?, serde_json::from_str(&field("data:")?).unwrap()))
+        })
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["progress", "result"], "{text}");
+    assert_eq!(events[0].1["verdict"], "Deployed", "{text}");
+    assert_eq!(events[1].1["result"], "Deployed", "{text}");
 
     // Failed: the sync operation for that revision failed.
     env.sim.set_sync_status("argocd", "app-00002", "OutOfSync");
