@@ -24,6 +24,9 @@ use crate::fake_api::FakeApi;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_argocd-gateway");
 pub const WAIT: Duration = Duration::from_secs(60);
+/// Bound on one CLI command: commands that wait carry their own `--timeout` (up to 180 s in
+/// these tests); this only catches a hang.
+const COMMAND_WAIT: Duration = Duration::from_secs(300);
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -65,7 +68,7 @@ impl Output {
 
 pub async fn output(mut cmd: tokio::process::Command) -> Output {
     cmd.kill_on_drop(true).stdin(Stdio::null());
-    let out = tokio::time::timeout(WAIT, cmd.output())
+    let out = tokio::time::timeout(COMMAND_WAIT, cmd.output())
         .await
         .expect("the command finished in time")
         .expect("the command ran");
