@@ -3181,3 +3181,46 @@ async fn hub_wait_prints_progress_and_the_cli_terminates_rolls_back_and_syncs_a_
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("does not have deployment with id 99"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_of_more_applications_than_requests_in_flight_refreshes_each() {
+    // A wait keeps at most 8 requests to gateways in flight; the refreshes of the others start
+    // as those finish, and none is forgotten.
+    let env = Env::start(0, "5m").await;
+    let names: Vec<String> = (0..12).map(|i| format!("fleet-{i:02}")).collect();
+    for name in &names {
+        env.sim.add_simulated_app(
+            shop_app(name, true, json!({"fleet": "big"})),
+            &[&rev(1)],
+            shop_manifests("shop:1", "a"),
+        );
+    }
+    for name in &names {
+        env.hub_shows(name, &rev(1), "Succeeded").await;
+        env.sim
+            .push_commit("argocd", name, 0, &rev(2), Some(shop_manifests("shop:2", "a")));
+    }
+    let mut w = env
+        .stream_wait(
+            "/api/v1/wait",
+            json!({"selector": "fleet=big", "expectCount": 12, "revision": rev(2), "refresh": true,
+                   "timeoutSeconds": 120}),
+            None,
+        )
+        .await;
+    // Each refresh reaches Argo CD, whose automated sync then starts the operation.
+    for name in &names {
+        w.until(&format!("the refresh of {name}"), |l| {
+            l["type"] == "trigger" && l["action"] == "refresh" && l["name"] == name.as_str() && l["result"] == "ok"
+        })
+        .await;
+        w.progress(name, "its operation", |l| l["missing"] == json!(["operation"]))
+            .await;
+    }
+    for name in &names {
+        assert_eq!(env.sim.run_operation("argocd", name).as_deref(), Some("Succeeded"));
+    }
+    let result = w.result().await;
+    assert_eq!(result["result"], "Deployed", "{result}");
+    assert_eq!(result["counts"], json!({"Deployed": 12}), "{result}");
+}

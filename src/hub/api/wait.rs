@@ -390,6 +390,9 @@ struct Tracked {
     eval_retry_at: Option<Instant>,
     refresh_inflight: bool,
     last_refresh: Option<Instant>,
+    /// The refresh asked for first has not been started yet (at most [`MAX_IN_FLIGHT`]
+    /// requests run at once, so a wait of many applications starts them as others finish).
+    refresh_first: bool,
     sync_pending: bool,
 }
 
@@ -438,7 +441,7 @@ impl Waiter {
         let mut heartbeat = tokio::time::interval_at(now + HEARTBEAT, HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let changes = state.hub.entities.subscribe();
-        let mut w = Self {
+        Self {
             state,
             want: Arc::new(plan.want),
             refresh: plan.refresh,
@@ -456,6 +459,7 @@ impl Waiter {
                     eval_retry_at: None,
                     refresh_inflight: false,
                     last_refresh: None,
+                    refresh_first: plan.refresh.is_some(),
                     sync_pending: plan.sync,
                 })
                 .collect(),
@@ -467,13 +471,7 @@ impl Waiter {
             heartbeat,
             single,
             finished: false,
-        };
-        if w.refresh.is_some() {
-            for i in 0..w.apps.len() {
-                w.start_refresh(i);
-            }
         }
-        w
     }
 
     fn elapsed(&self) -> f64 {
@@ -490,6 +488,7 @@ impl Waiter {
         let t = self.apps[i].target.clone();
         let state = self.state.clone();
         self.apps[i].refresh_inflight = true;
+        self.apps[i].refresh_first = false;
         self.apps[i].last_refresh = Some(Instant::now());
         self.in_flight.push(
             async move {
@@ -700,18 +699,17 @@ impl Waiter {
             }
         }
         let busy = self.in_flight.len() >= MAX_IN_FLIGHT;
-        if self.refresh.is_some()
-            && verdict == Some(Verdict::NotYetSeen)
-            && !self.apps[i].refresh_inflight
-            && !busy
+        let again = verdict == Some(Verdict::NotYetSeen)
             && self.apps[i]
                 .last_refresh
-                .is_none_or(|t| now.duration_since(t) >= REFRESH_AGAIN)
-        {
+                .is_none_or(|t| now.duration_since(t) >= REFRESH_AGAIN);
+        if self.refresh.is_some() && (self.apps[i].refresh_first || again) && !self.apps[i].refresh_inflight && !busy {
             self.start_refresh(i);
         }
         let busy = self.in_flight.len() >= MAX_IN_FLIGHT;
-        if self.apps[i].sync_pending && !self.apps[i].refresh_inflight && !busy {
+        // A sync waits for the refresh asked for first: it syncs what Argo CD then sees.
+        let refreshing = self.apps[i].refresh_inflight || self.apps[i].refresh_first;
+        if self.apps[i].sync_pending && !refreshing && !busy {
             let op_running = app
                 .operation
                 .as_ref()
