@@ -767,3 +767,43 @@ async fn unterminated_snapshots_do_not_accumulate_in_the_hub() {
     );
     let _ = child.kill().await;
 }
+
+#[tokio::test]
+async fn a_gateway_without_deploy_actions_gets_no_request_it_would_misread() {
+    // A gateway from before terminate, rollback and selective sync: its hello names no
+    // capability. A subset sync sent to it would sync everything, so the hub refuses up front.
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(&dir.path().join("hub"), |_| {}).await;
+    let id = registered(&hub, &dir.path().join("id.json")).await;
+    let (_tx, _stream) = welcomed(&hub, &id).await;
+    let app = format!("/api/v1/gateways/{}/applications/argocd/shop", id.gateway_id);
+    for (method, tail, body, what) in [
+        (reqwest::Method::DELETE, "operation", None, "terminate an operation"),
+        (reqwest::Method::POST, "rollback", Some(json!({"id": 1})), "roll back"),
+        (
+            reqwest::Method::POST,
+            "sync",
+            Some(json!({"resources": [{"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "shop"}]})),
+            "sync a subset of resources",
+        ),
+        (reqwest::Method::POST, "sync", Some(json!({"force": true})), "force"),
+        (
+            reqwest::Method::POST,
+            "sync",
+            Some(json!({"syncOptions": ["Validate=false"]})),
+            "sync options",
+        ),
+    ] {
+        let (status, v) = api(&hub, method, &format!("{app}/{tail}"), body).await;
+        assert_eq!(status, 501, "{tail}: {v}");
+        assert_eq!(v["code"], "unsupported", "{v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains(what), "{msg}");
+        assert!(msg.contains("runs version test"), "{msg}");
+        assert!(
+            msg.contains("hub desired-version set") && msg.contains("image.tag"),
+            "{msg}"
+        );
+    }
+    hub.shutdown().await;
+}

@@ -165,6 +165,21 @@ pub struct SyncRequest {
     pub dry_run: bool,
     /// Only these resources (empty: all).
     pub resources: Vec<SyncResource>,
+    /// `kubectl apply --force` (Argo CD's `strategy.apply.force`).
+    pub force: bool,
+    /// Sync options of this sync, e.g. `Validate=false` (Argo CD's `syncOptions.items`).
+    pub sync_options: Vec<String>,
+}
+
+/// Options of a rollback to a history entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RollbackRequest {
+    /// The history id (`status.history[].id`).
+    pub id: i64,
+    /// Prune resources not in that revision.
+    pub prune: bool,
+    /// Only simulate.
+    pub dry_run: bool,
 }
 
 /// One resource, for events.
@@ -268,6 +283,7 @@ pub type AppSetWatch = Pin<Box<dyn Stream<Item = Result<model::AppSetWatchEvent,
 enum Method {
     Get,
     Post,
+    Delete,
 }
 
 struct Call<'a> {
@@ -698,6 +714,12 @@ impl Client {
         if !req.resources.is_empty() {
             body["resources"] = serde_json::json!(req.resources);
         }
+        if req.force {
+            body["strategy"] = serde_json::json!({"apply": {"force": true}});
+        }
+        if !req.sync_options.is_empty() {
+            body["syncOptions"] = serde_json::json!({"items": req.sync_options});
+        }
         let bytes = self
             .unary_bytes(Call {
                 method: Method::Post,
@@ -709,6 +731,56 @@ impl Client {
                 what: format!("sync application {}", app.key),
                 stream: false,
                 // A sync is not idempotent enough to resend blindly after a 5xx.
+                retry: false,
+            })
+            .await?;
+        app_from_body(&bytes)
+    }
+
+    /// `DELETE /api/v1/applications/{name}/operation`: ends the running operation (Argo CD
+    /// checks `applications, sync`).
+    pub async fn terminate_operation(&self, app: &AppRef) -> Result<serde_json::Value, ArgoCdError> {
+        self.unary_json(Call {
+            method: Method::Delete,
+            segments: vec!["api", "v1", "applications", &app.key.name, "operation"],
+            query: Self::app_call_query(app),
+            body: None,
+            scope: app.project.as_deref(),
+            permission: &Permission::APPS_SYNC,
+            what: format!("terminate the operation of application {}", app.key),
+            stream: false,
+            retry: false,
+        })
+        .await
+    }
+
+    /// `POST /api/v1/applications/{name}/rollback`: syncs to the revision of a history entry;
+    /// returns the app with its operation set.
+    pub async fn rollback_application(&self, app: &AppRef, req: &RollbackRequest) -> Result<DecodedApp, ArgoCdError> {
+        let mut body = serde_json::json!({
+            "name": app.key.name,
+            "id": req.id,
+            "prune": req.prune,
+            "dryRun": req.dry_run,
+        });
+        if !app.key.namespace.is_empty() {
+            body["appNamespace"] = app.key.namespace.clone().into();
+        }
+        if let Some(p) = &app.project {
+            body["project"] = p.clone().into();
+        }
+        let bytes = self
+            .unary_bytes(Call {
+                method: Method::Post,
+                segments: vec!["api", "v1", "applications", &app.key.name, "rollback"],
+                query: vec![],
+                body: Some(body),
+                scope: app.project.as_deref(),
+                // Argo CD maps rollback to sync unless server.rbac.rollback.enforce.enable is
+                // set; its 403 message names which one it checked (see `send`).
+                permission: &Permission::APPS_SYNC,
+                what: format!("roll back application {} to history id {}", app.key, req.id),
+                stream: false,
                 retry: false,
             })
             .await?;
@@ -1139,6 +1211,7 @@ impl Client {
         let mut req = match call.method {
             Method::Get => self.inner.http.get(url),
             Method::Post => self.inner.http.post(url),
+            Method::Delete => self.inner.http.delete(url),
         };
         req = req.bearer_auth(token.token.expose());
         if call.stream {
@@ -1157,6 +1230,9 @@ impl Client {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(bytes);
+        } else if call.method != Method::Get {
+            // argocd-server checks the content type of every non-GET call, bodiless or not.
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
         }
         let timeout = self.inner.config.request_timeout;
         // argocd-server sends a watch's response headers only with its first event, so a quiet
@@ -1177,6 +1253,7 @@ impl Client {
             let method = match call.method {
                 Method::Get => "GET",
                 Method::Post => "POST",
+                Method::Delete => "DELETE",
             };
             m.observe(
                 method,
@@ -1234,13 +1311,21 @@ impl Client {
                 subject: token.claims.subject.clone(),
                 expires_at: token.claims.expires_at,
             },
-            403 => ArgoCdError::PermissionDenied {
-                what: call.what.clone(),
-                message,
-                policy_line: call
-                    .permission
-                    .policy_line(&token.claims.account().unwrap_or_else(|| "<account>".into())),
-            },
+            403 => {
+                // With server.rbac.rollback.enforce.enable Argo CD checks `rollback`, not `sync`,
+                // and says so in its message.
+                let permission =
+                    if call.permission == &Permission::APPS_SYNC && message.contains("applications, rollback") {
+                        &Permission::APPS_ROLLBACK
+                    } else {
+                        call.permission
+                    };
+                ArgoCdError::PermissionDenied {
+                    what: call.what.clone(),
+                    policy_line: permission.policy_line(&token.claims.account().unwrap_or_else(|| "<account>".into())),
+                    message,
+                }
+            }
             404 => ArgoCdError::NotFound { message },
             415 => ArgoCdError::UnsupportedMediaType { message },
             400 if !self.inner.config.uses_tls() && message.contains("HTTP request to an HTTPS server") => {

@@ -29,6 +29,13 @@ impl Permission {
         action: "sync",
         object: "*/*",
     };
+    /// `applications, rollback` on every project (checked instead of `sync` when Argo CD's
+    /// `server.rbac.rollback.enforce.enable` is set).
+    pub const APPS_ROLLBACK: Permission = Permission {
+        resource: "applications",
+        action: "rollback",
+        object: "*/*",
+    };
     /// `clusters, get` on every cluster.
     pub const CLUSTERS_GET: Permission = Permission {
         resource: "clusters",

@@ -19,8 +19,8 @@ pub mod transport;
 pub mod view;
 
 pub use client::{
-    AppQuery, AppRef, AppWatch, Client, LogsRequest, Refresh, ResourceRef, RetryPolicy, SyncRequest, SyncResource,
-    UserInfo, VersionInfo,
+    AppQuery, AppRef, AppWatch, Client, LogsRequest, Refresh, ResourceRef, RetryPolicy, RollbackRequest, SyncRequest,
+    SyncResource, UserInfo, VersionInfo,
 };
 pub use config::{ArgoCdArgs, ArgoCdConfig, AuthSource, ConfigError, TlsMode};
 pub use error::{ArgoCdError, Permission};

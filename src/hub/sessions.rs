@@ -36,6 +36,13 @@ pub struct LiveSession {
     pub transport: String,
 }
 
+impl LiveSession {
+    /// Whether the gateway named this capability in its hello.
+    pub fn can(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+    }
+}
+
 /// The registry of live sessions.
 #[derive(Clone, Default)]
 pub struct Sessions {

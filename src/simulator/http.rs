@@ -157,6 +157,12 @@ async fn handle(State(sim): State<SimHandle>, req: Request) -> Response {
         (Method::POST, ["api", "v1", "applications", name, "sync"]) => {
             with_auth(&sim, &parts.headers, |t| sync(&sim, &t, name, &body))
         }
+        (Method::POST, ["api", "v1", "applications", name, "rollback"]) => {
+            with_auth(&sim, &parts.headers, |t| rollback(&sim, &t, name, &body))
+        }
+        (Method::DELETE, ["api", "v1", "applications", name, "operation"]) => {
+            with_auth(&sim, &parts.headers, |t| terminate(&sim, &t, name, &query))
+        }
         (
             Method::GET,
             [
@@ -388,7 +394,9 @@ fn get_app(sim: &SimHandle, t: &TokenSpec, name: &str, q: &Query) -> Response {
     };
     if q_one(q, "refresh").is_some() {
         let ns = app["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
-        sim.touch(&ns, name);
+        if !sim.refresh_app(&ns, name) {
+            sim.touch(&ns, name);
+        }
         if let Some(a) = sim.app(&ns, name) {
             return json_ok(a);
         }
@@ -427,6 +435,21 @@ fn sync(sim: &SimHandle, t: &TokenSpec, name: &str, body: &Bytes) -> Response {
     if !t.can("applications", "sync") {
         return denied(t, "applications", "sync", &format!("{project}/{name}"));
     }
+    let ns = app["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+    let key = (ns.clone(), name.to_owned());
+    if sim.is_simulated(&ns, name) {
+        let mut st = sim.lock();
+        let started = super::gitops::sync_simulated(&mut st, &key, &req, json!({"username": t.account_name()}));
+        if let Err((status, message)) = started {
+            return grpc_error(status, &message);
+        }
+        sim.modified_locked(&mut st, &key);
+        drop(st);
+        return match sim.app(&ns, name) {
+            Some(a) => json_ok(a),
+            None => grpc_error(404, &format!("applications.argoproj.io \"{name}\" not found")),
+        };
+    }
     if app.get("operation").is_some_and(|o| !o.is_null()) {
         return grpc_error(400, "another operation is already in progress");
     }
@@ -438,7 +461,6 @@ fn sync(sim: &SimHandle, t: &TokenSpec, name: &str, body: &Bytes) -> Response {
         }
     }
     let operation = json!({"sync": op_sync, "initiatedBy": {"username": t.account_name()}});
-    let ns = app["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
     sim.modify_app(&ns, name, |a| {
         a["operation"] = operation.clone();
         a["status"]["operationState"] =
@@ -450,11 +472,116 @@ fn sync(sim: &SimHandle, t: &TokenSpec, name: &str, body: &Bytes) -> Response {
     }
 }
 
+/// The app a body-carrying call names (`appNamespace`, `project` in the body, like Argo CD's
+/// request messages), after the same visibility rules as Get.
+fn find_app_from_body(sim: &SimHandle, t: &TokenSpec, name: &str, req: &Value) -> Result<Value, Box<Response>> {
+    let mut q: Query = Vec::new();
+    if let Some(ns) = req["appNamespace"].as_str() {
+        q.push(("appNamespace".into(), ns.into()));
+    }
+    if let Some(p) = req["project"].as_str() {
+        q.push(("project".into(), p.into()));
+    }
+    find_app(sim, t, name, &q)
+}
+
+/// `POST /api/v1/applications/{name}/rollback`: Argo CD checks `sync` (rollback is mapped to
+/// it by default), refuses apps with automated sync and unknown history ids, then syncs to the
+/// history entry's revision.
+fn rollback(sim: &SimHandle, t: &TokenSpec, name: &str, body: &Bytes) -> Response {
+    let req: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return grpc_error(400, &format!("invalid request body: {e}")),
+    };
+    let app = match find_app_from_body(sim, t, name, &req) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    if !t.can("applications", "sync") {
+        return denied(t, "applications", "sync", &format!("{}/{name}", project_of(&app)));
+    }
+    let id = req["id"]
+        .as_i64()
+        .or_else(|| req["id"].as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0);
+    let ns = app["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+    let key = (ns.clone(), name.to_owned());
+    let initiated_by = json!({"username": t.account_name()});
+    let mut st = sim.lock();
+    let started = if st.repos.contains_key(&key) {
+        super::gitops::rollback_simulated(&mut st, &key, id, &req, initiated_by)
+    } else {
+        // A plain application: the operation is recorded and left running.
+        super::gitops::rollback_checks(&app, id).and_then(|entry| {
+            if app.get("operation").is_some_and(|o| !o.is_null()) {
+                return Err((400, "another operation is already in progress".into()));
+            }
+            let mut sync = json!({"prune": req["prune"].as_bool().unwrap_or(false),
+                "dryRun": req["dryRun"].as_bool().unwrap_or(false), "syncStrategy": {"apply": {}}});
+            for k in ["revision", "revisions", "source", "sources"] {
+                if !entry[k].is_null() {
+                    sync[k] = entry[k].clone();
+                }
+            }
+            let operation = json!({"sync": sync, "initiatedBy": initiated_by});
+            if let Some(a) = st.apps.get_mut(&key) {
+                a["operation"] = operation.clone();
+                a["status"]["operationState"] =
+                    json!({"operation": operation, "phase": "Running", "message": "", "startedAt": now_rfc3339()});
+            }
+            Ok(())
+        })
+    };
+    if let Err((status, message)) = started {
+        return grpc_error(status, &message);
+    }
+    sim.modified_locked(&mut st, &key);
+    drop(st);
+    match sim.app(&ns, name) {
+        Some(a) => json_ok(a),
+        None => grpc_error(404, &format!("applications.argoproj.io \"{name}\" not found")),
+    }
+}
+
+/// `DELETE /api/v1/applications/{name}/operation`: needs `sync`; marks the running operation
+/// Terminating (the controller ends it), or refuses when none runs.
+fn terminate(sim: &SimHandle, t: &TokenSpec, name: &str, q: &Query) -> Response {
+    let app = match find_app(sim, t, name, q) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    if !t.can("applications", "sync") {
+        return denied(t, "applications", "sync", &format!("{}/{name}", project_of(&app)));
+    }
+    let ns = app["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+    let key = (ns, name.to_owned());
+    let mut st = sim.lock();
+    let result = match st.apps.get_mut(&key) {
+        Some(a) => super::gitops::terminate(a),
+        None => Err((404, format!("applications.argoproj.io \"{name}\" not found"))),
+    };
+    if let Err((status, message)) = result {
+        return grpc_error(status, &message);
+    }
+    sim.modified_locked(&mut st, &key);
+    json_ok(json!({}))
+}
+
 fn app_detail(sim: &SimHandle, t: &TokenSpec, name: &str, what: &str, q: &Query) -> Response {
     let app = match find_app(sim, t, name, q) {
         Ok(a) => a,
         Err(r) => return *r,
     };
+    if what == "managed-resources" {
+        let key = (
+            app["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
+            name.to_owned(),
+        );
+        let st = sim.lock();
+        if let Some(repo) = st.repos.get(&key) {
+            return json_ok(super::gitops::managed_simulated(&app, repo));
+        }
+    }
     let app = sim.present(&app, false);
     let resources = app["status"]["resources"].as_array().cloned().unwrap_or_default();
     let ns = app["metadata"]["namespace"].clone();

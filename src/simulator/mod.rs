@@ -9,8 +9,12 @@
 //!
 //! It stores raw `serde_json::Value` objects and never uses the gateway's model types, so a model
 //! bug cannot be mirrored here. [`SimHandle`] mutates state, manages tokens, injects faults and
-//! records every request received.
+//! records every request received. Applications added with [`SimHandle::add_simulated_app`] also
+//! get a Git history, live objects and sync operations with hooks and waves, stepped by the
+//! caller (see `gitops`): they answer sync, terminate, rollback and managed resources as Argo
+//! CD's controller would.
 
+mod gitops;
 mod http;
 pub mod net;
 pub mod objects;
@@ -251,6 +255,8 @@ struct State {
     requests: Vec<RecordedRequest>,
     faults: Faults,
     generation: WatchGeneration,
+    /// Git history, live objects and operations of simulated applications.
+    repos: BTreeMap<(String, String), gitops::Repo>,
 }
 
 struct Inner {
@@ -316,6 +322,7 @@ impl Simulator {
                 requests: Vec::new(),
                 faults: Faults::default(),
                 generation: WatchGeneration::new(),
+                repos: BTreeMap::new(),
             }),
             events,
             appset_events,
@@ -533,6 +540,7 @@ impl SimHandle {
     /// Deletes an application; returns whether it existed.
     pub fn delete_app(&self, namespace: &str, name: &str) -> bool {
         let mut st = self.lock();
+        st.repos.remove(&(namespace.to_owned(), name.to_owned()));
         match st.apps.remove(&(namespace.to_owned(), name.to_owned())) {
             Some(mut app) => {
                 self.bump(&mut st, &mut app);
@@ -540,6 +548,15 @@ impl SimHandle {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Emits MODIFIED for an application changed in place under the lock.
+    fn modified_locked(&self, st: &mut State, key: &(String, String)) {
+        if let Some(mut app) = st.apps.remove(key) {
+            self.bump(st, &mut app);
+            self.broadcast(st, "MODIFIED", &app);
+            st.apps.insert(key.clone(), app);
         }
     }
 

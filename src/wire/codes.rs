@@ -23,6 +23,11 @@ pub const RETRY_AFTER_KEY: &str = "x-argocd-gateway-retry-after-ms";
 /// Hub capability: answers may arrive in pieces (`Response.more`).
 pub const CAP_CHUNKED_ANSWERS: &str = "chunked-answers";
 
+/// Gateway capability: terminate, rollback, evaluate, and syncs with resources, force and
+/// options. A gateway without it would ignore a sync's resource list and sync everything, so
+/// the hub sends these only to gateways that name it.
+pub const CAP_DEPLOY_ACTIONS: &str = "deploy-actions";
+
 /// Capability (hub and gateway): ApplicationSets travel as entities of their own kind.
 pub const CAP_APPLICATION_SETS: &str = "applicationsets";
 
@@ -50,7 +55,7 @@ pub fn hub_capabilities(protocol: u32) -> Vec<String> {
 pub fn gateway_capabilities(protocol: u32) -> Vec<String> {
     let mut caps = vec![super::entity::CAP_SET_DIGEST];
     if protocol >= 3 {
-        caps.extend([CAP_APPLICATION_SETS, CAP_PROJECTS]);
+        caps.extend([CAP_APPLICATION_SETS, CAP_PROJECTS, CAP_DEPLOY_ACTIONS]);
     }
     caps.into_iter().map(str::to_owned).collect()
 }
@@ -186,6 +191,9 @@ pub fn request_name(kind: &request::Kind) -> &'static str {
         Kind::ManagedResources(_) => "managed_resources",
         Kind::Events(_) => "events",
         Kind::Logs(_) => "logs",
+        Kind::TerminateOperation(_) => "terminate_operation",
+        Kind::Rollback(_) => "rollback",
+        Kind::Evaluate(_) => "evaluate",
     }
 }
 

@@ -16,7 +16,9 @@
 //! | `destination` | Destination | target cluster (`server` or `name`) and namespace |
 //! | `sync` | SyncState | `status`, `revision`, `revisions` (one per source) |
 //! | `health` | Health | `status`, `message` |
-//! | `operation` | Operation or null | last or current operation: `phase`, `message`, `startedAt`, `finishedAt`, `revision(s)` |
+//! | `operation` | Operation or null | last or current operation: `phase`, `message`, `startedAt`, `finishedAt`, `revision(s)`; `dryRun` when it only previewed; `progress` (below) |
+//! | `syncPolicy` | SyncPolicy, absent from older gateways | `spec.syncPolicy`: `automated` (Argo CD syncs by itself), `prune`, `selfHeal`, `syncOptions` |
+//! | `history` | [HistoryEntry] | `status.history`, the last 10 deployments, oldest first: `id`, `revision`, `revisions`, `deployedAt` |
 //! | `reconciledAt` | RFC 3339 or null | noisy: changes alone are not relayed |
 //! | `resources` | [ResourceState] | managed resources with sync status and health |
 //! | `images` | [string] | container images in use |
@@ -24,6 +26,14 @@
 //! | `applicationSet` | string, only when set | the ApplicationSet that owns it (`metadata.ownerReferences`), by name in the same namespace |
 //! | `undecodable` | string, only when set | Argo CD's latest version could not be read: the item is the last known state, and this says why |
 //! | `tooLarge` | `{bytes, limit}`, only when set | a stub: the item was over the gateway's `--max-entity-bytes`; only namespace, name and project are filled |
+//!
+//! Operation `progress`, from the sync result (`status.operationState.syncResult.resources`)
+//! and the waves in `status.resources[].syncWave`: `phases` (tasks counted by hook phase:
+//! `Running`, `Succeeded`, `Failed`, …), `syncPhase` (`PreSync`, `Sync`, `PostSync`,
+//! `SyncFail` of the tasks running, else of the last), `wave` (the lowest wave running, else the
+//! highest reached), `hooks` (every hook task: `kind`, `name`, `hookType`, `hookPhase`,
+//! `message`, …) and `failed` (other tasks that failed, with Argo CD's message); both lists are
+//! capped at [`MAX_PROGRESS_TASKS`]. None of it is noisy: each changes only when a task does.
 //!
 //! Cluster item: `server` (the key), `name`, `project`, `namespaces`, `labels`, `annotations`,
 //! `connectionState` (`status`, `message`), `serverVersion`, `applicationsCount`. Credentials
@@ -229,7 +239,89 @@ pub struct Operation {
     pub revision: String,
     /// Revisions synced to (multi-source).
     pub revisions: Vec<String>,
+    /// The operation only previewed (`operation.sync.dryRun`): nothing was applied.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// Hook and wave progress of the sync, when Argo CD reported a sync result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<OperationProgress>,
 }
+
+/// The most hook or failed tasks an operation's progress lists.
+pub const MAX_PROGRESS_TASKS: usize = 20;
+
+/// Hook and wave progress of a sync operation.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct OperationProgress {
+    /// Tasks of the sync result counted by hook phase (`Running`, `Succeeded`, `Failed`, …).
+    pub phases: BTreeMap<String, u32>,
+    /// The sync phase of the running tasks, else of the last one: PreSync, Sync, PostSync, SyncFail.
+    pub sync_phase: String,
+    /// The lowest sync wave with a running task, else the highest wave reached.
+    pub wave: Option<i64>,
+    /// Every hook task (capped at [`MAX_PROGRESS_TASKS`]).
+    pub hooks: Vec<SyncTask>,
+    /// Non-hook tasks that failed, with Argo CD's message (capped at [`MAX_PROGRESS_TASKS`]).
+    pub failed: Vec<SyncTask>,
+}
+
+/// One task of a sync: a hook or a resource, as the sync result reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SyncTask {
+    /// API group.
+    pub group: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// PreSync, Sync, PostSync, SyncFail, Skip; empty for a resource that is not a hook.
+    pub hook_type: String,
+    /// Running, Succeeded, Failed, Error, Terminating.
+    pub hook_phase: String,
+    /// Synced, SyncFailed, Pruned, PruneSkipped (empty for hooks).
+    pub status: String,
+    /// The sync phase it ran in.
+    pub sync_phase: String,
+    /// Its sync wave, when Argo CD lists it among the application's resources.
+    pub wave: Option<i64>,
+    /// Argo CD's message, e.g. why a hook failed.
+    pub message: String,
+}
+
+/// `spec.syncPolicy`: whether and how Argo CD syncs by itself.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SyncPolicy {
+    /// Automated sync is on: `automated` is set and not `enabled: false`.
+    pub automated: bool,
+    /// Automated sync prunes.
+    pub prune: bool,
+    /// Automated sync reverts changes made in the cluster.
+    pub self_heal: bool,
+    /// Sync options of the application, e.g. `CreateNamespace=true`.
+    pub sync_options: Vec<String>,
+}
+
+/// One entry of `status.history`: a deployment Argo CD made.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// The id a rollback names.
+    pub id: i64,
+    /// Revision deployed (single source).
+    pub revision: String,
+    /// Revisions deployed (multi-source, one per source).
+    pub revisions: Vec<String>,
+    /// When the deployment finished.
+    pub deployed_at: Option<jiff::Timestamp>,
+}
+
+/// The most history entries relayed per application (Argo CD's default history limit).
+pub const MAX_HISTORY: usize = 10;
 
 /// Status of one resource the application manages.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -300,6 +392,11 @@ pub struct Application {
     pub health: Health,
     /// Last or current operation, if any.
     pub operation: Option<Operation>,
+    /// `spec.syncPolicy`; absent from gateways that predate it (then unknown, not manual).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_policy: Option<SyncPolicy>,
+    /// The last deployments (`status.history`, at most [`MAX_HISTORY`]), oldest first.
+    pub history: Vec<HistoryEntry>,
     /// When Argo CD last compared live and target state.
     pub reconciled_at: Option<jiff::Timestamp>,
     /// Managed resources with their sync and health status.

@@ -7,9 +7,10 @@
 //! Files: [`access`] (roles, API tokens, page sessions and CSRF), [`tokens`] (registration
 //! tokens), [`install`] (the printed helm command), [`registrations`] (install progress per
 //! token, removed gateways), [`gateways`] (gateways, revocation, health check),
-//! [`applications`] (relayed state and requests forwarded to gateways), [`appsets`]
-//! (ApplicationSets linked to their applications, and projects), [`wait`] (deployment
-//! verification), [`selector`] (list and feed filters), [`version`] (desired gateway
+//! [`applications`] (relayed state and requests forwarded to gateways, terminate, rollback),
+//! [`appsets`] (ApplicationSets linked to their applications, and projects), [`wait`]
+//! (deployment verification of one or many applications), [`selector`] (list and feed
+//! filters), [`version`] (desired gateway
 //! version), [`events`] (the change feed), [`timeline`] (state timelines).
 
 pub mod access;
@@ -72,6 +73,20 @@ impl ApiError {
     pub fn with_body(status: StatusCode, body: serde_json::Value) -> Self {
         Self(status, body)
     }
+
+    /// The status it answers with.
+    pub fn status(&self) -> StatusCode {
+        self.0
+    }
+
+    /// Its message.
+    pub fn message(&self) -> String {
+        self.1
+            .get("error")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -129,6 +144,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(APP, get(applications::get_app))
         .route(&format!("{APP}/sync"), post(applications::sync))
         .route(&format!("{APP}/refresh"), post(applications::refresh))
+        .route(&format!("{APP}/operation"), delete(applications::terminate))
+        .route(&format!("{APP}/rollback"), post(applications::rollback))
         .route(&format!("{APP}/resource-tree"), get(applications::resource_tree))
         .route(
             &format!("{APP}/managed-resources"),
@@ -136,7 +153,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route(&format!("{APP}/events"), get(applications::events))
         .route(&format!("{APP}/logs"), get(applications::logs))
-        .route(&format!("{APP}/wait"), post(wait::wait))
+        .route(&format!("{APP}/wait"), post(wait::wait_one))
+        .route("/api/v1/wait", post(wait::wait_many))
         .route("/api/v1/desired-version", version::routes())
         .route(
             "/api/v1/api-tokens",
