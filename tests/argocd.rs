@@ -15,3 +15,6 @@ mod view;
 
 #[path = "argocd/check.rs"]
 mod check;
+
+#[path = "argocd/sets.rs"]
+mod sets;

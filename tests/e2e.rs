@@ -747,11 +747,11 @@ async fn requests_reach_argocd_and_fail_typed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wait_returns_synced_failed_and_timeout() {
+async fn wait_returns_deployed_failed_and_timeout() {
     let mut env = Env::start(5, "5m").await;
     env.wait_converged().await;
 
-    // Synced: the app moves to the wanted commit while the caller waits.
+    // Deployed: the app moves to the wanted commit while the caller waits.
     env.sim.set_sync_status("argocd", "app-00001", "OutOfSync");
     env.sim.set_health("argocd", "app-00001", "Progressing", "");
     let commit = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
@@ -769,8 +769,46 @@ async fn wait_returns_synced_failed_and_timeout() {
     env.sim.set_sync_status("argocd", "app-00001", "Synced");
     env.sim.set_health("argocd", "app-00001", "Healthy", "");
     let done = tokio::time::timeout(WAIT, waiter).await.unwrap().unwrap();
-    assert_eq!(done["result"], "Synced", "{done}");
+    assert_eq!(done["result"], "Deployed", "{done}");
     assert_eq!(done["application"]["sync"]["revision"], commit);
+    assert_eq!(done["applications"][0]["verdict"], "Deployed", "{done}");
+    // The same as Server-Sent Events, asked for by the Accept header: a progress event with the
+    // verdict, then the result, and the stream ends.
+    let resp = env
+        .http
+        .post(format!(
+            "http://{}{}/wait",
+            env.hub().http_addr,
+            env.app_path("argocd", "app-00001")
+        ))
+        .bearer_auth(&env.admin_token)
+        .header("accept", "text/event-stream")
+        .json(&json!({"revision": commit, "timeoutSeconds": 60}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let text = tokio::time::timeout(WAIT, resp.text()).await.unwrap().unwrap();
+    let events: Vec<(String, Value)> = text
+        .split("\n\n")
+        .filter_map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim_start().to_owned())
+            };
+            Some((field("event:")?, serde_json::from_str(&field("data:")?).unwrap()))
+        })
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["progress", "result"], "{text}");
+    assert_eq!(events[0].1["verdict"], "Deployed", "{text}");
+    assert_eq!(events[1].1["result"], "Deployed", "{text}");
 
     // Failed: the sync operation for that revision failed.
     env.sim.set_sync_status("argocd", "app-00002", "OutOfSync");
@@ -782,11 +820,24 @@ async fn wait_returns_synced_failed_and_timeout() {
     let (status, v) = wait_result(&env, "app-00002", json!({"revision": "abc1234", "timeoutSeconds": 10})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["result"], "Failed", "{v}");
+    assert_eq!(v["applications"][0]["verdict"], "Failed", "{v}");
+    assert!(
+        v["applications"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("operation Failed"),
+        "{v}"
+    );
 
-    // Timeout: nothing happens.
+    // Timeout: nothing happens; the verdict says Argo CD has not seen the revision.
     let (status, v) = wait_result(&env, "app-00003", json!({"revision": "ffffffff", "timeoutSeconds": 1})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["result"], "Timeout", "{v}");
+    assert_eq!(v["applications"][0]["verdict"], "NotYetSeen", "{v}");
+    // A prefix too short to name a commit is refused before any waiting.
+    let (status, v) = wait_result(&env, "app-00003", json!({"revision": "ffffff", "timeoutSeconds": 600})).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(s(&v, &["error"]).contains("at least 7"), "{v}");
 
     // A disconnected gateway: requests fail at once with a clear error, not at the deadline.
     env.stop_gateway().await;
@@ -1474,6 +1525,27 @@ async fn roles_decide_who_may_do_what() {
             Some(json!({"timeoutSeconds": 1})),
             [200, 200, 200],
         ),
+        (
+            Method::POST,
+            "/api/v1/wait".into(),
+            Some(json!({"selector": "tier=web", "timeoutSeconds": 1})),
+            [200, 200, 200],
+        ),
+        // Waiting is a read; a wait that refreshes or syncs is not.
+        (
+            Method::POST,
+            format!("{app}/wait"),
+            Some(json!({"timeoutSeconds": 1, "refresh": true})),
+            [403, 200, 200],
+        ),
+        // Argo CD refuses both (nothing runs; automated sync is on), but only operators get there.
+        (Method::DELETE, format!("{app}/operation"), None, [403, 400, 400]),
+        (
+            Method::POST,
+            format!("{app}/rollback"),
+            Some(json!({"id": 0})),
+            [403, 400, 400],
+        ),
         (Method::POST, format!("{app}/sync"), Some(json!({})), [403, 200, 200]),
         (Method::POST, format!("{app}/refresh"), Some(json!({})), [403, 200, 200]),
         (Method::POST, format!("{gw}/health-check"), None, [403, 200, 200]),
@@ -2069,7 +2141,7 @@ mod on_postgres {
         a_full_relist_of_unchanged_state_sends_nothing,
         hub_and_gateway_restarts_lose_nothing_and_skip_the_snapshot,
         requests_reach_argocd_and_fail_typed,
-        wait_returns_synced_failed_and_timeout,
+        wait_returns_deployed_failed_and_timeout,
         check_reports_registration_and_hub_reachability,
         a_huge_application_travels_as_a_stub_and_its_big_tree_arrives_in_pieces,
         an_application_that_cannot_be_read_keeps_its_state_at_the_hub_marked,
@@ -2082,4 +2154,1163 @@ mod on_postgres {
         per_application_metrics_when_asked,
         application_lists_page_sort_and_search,
     );
+}
+// ---- Deployment verification: simulated applications with Git history and operations -----
+
+/// A 40-hex "commit" per number, distinct in its first 7 characters.
+fn rev(n: u8) -> String {
+    format!("{n:02x}{}", "0123456789abcdef0123456789abcdef012345")
+}
+
+/// The manifests the `shop` applications render: a PreSync migration, a ConfigMap and a Service
+/// in wave 0, the Deployment in wave 1, a PostSync smoke test.
+fn shop_manifests(image: &str, mode: &str) -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": "migrate", "annotations": {"argocd.argoproj.io/hook": "PreSync"}}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shop"}, "data": {"mode": mode}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "shop"}, "spec": {"ports": [{"port": 80}]}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "shop", "annotations": {"argocd.argoproj.io/sync-wave": "1"}},
+               "spec": {"template": {"spec": {"containers": [{"name": "web", "image": image}]}}}}),
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": "smoke", "annotations": {"argocd.argoproj.io/hook": "PostSync"}}}),
+    ]
+}
+
+/// An Application object for the simulator: one Git source, deploying to namespace `shop`.
+fn shop_app(name: &str, automated: bool, labels: Value) -> Value {
+    let policy = if automated {
+        json!({"automated": {"prune": true}})
+    } else {
+        json!({"syncOptions": ["CreateNamespace=true"]})
+    };
+    json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "project": "default",
+            "source": {"repoURL": "https://git.example.com/shop.git", "path": "deploy", "targetRevision": "main"},
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": "shop"},
+            "syncPolicy": policy
+        }
+    })
+}
+
+/// What the shop change sets: the image of container `web`.
+fn image_is(image: &str) -> Value {
+    json!([{"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "shop",
+            "path": "spec.template.spec.containers[name=web].image", "value": image}])
+}
+
+/// A wait streamed as NDJSON: its lines are read as the hub sends them and kept.
+struct WaitStream {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl WaitStream {
+    /// Waits for a line matching `f` (bounded), keeping every line read on the way.
+    async fn until(&mut self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        if let Some(l) = self.seen.iter().find(|l| f(l)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some(l)) => {
+                    self.seen.push(l.clone());
+                    if f(&l) {
+                        return l;
+                    }
+                }
+                Ok(None) => panic!("the wait ended before {what}: {:#?}", self.seen),
+                Err(_) => panic!("not within {WAIT:?}: {what}; lines so far: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// The progress line of `app` matching `f`.
+    async fn progress(&mut self, app: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        self.until(what, |l| l["type"] == "progress" && l["name"] == app && f(l))
+            .await
+    }
+
+    async fn result(&mut self) -> Value {
+        self.until("the result", |l| l["type"] == "result").await
+    }
+
+    /// Reads what has arrived so far without waiting.
+    fn drain(&mut self) {
+        while let Ok(l) = self.rx.try_recv() {
+            self.seen.push(l);
+        }
+    }
+
+    fn has_result(&mut self) -> bool {
+        self.drain();
+        self.seen.iter().any(|l| l["type"] == "result")
+    }
+}
+
+fn message(l: &Value) -> &str {
+    l["message"].as_str().unwrap_or("")
+}
+
+impl Env {
+    /// Starts a streamed wait (NDJSON) and hands its lines over as they arrive.
+    async fn stream_wait(&self, path: &str, body: Value, token: Option<&str>) -> WaitStream {
+        let resp = self
+            .http
+            .post(format!("http://{}{path}?format=ndjson", self.hub().http_addr))
+            .bearer_auth(token.unwrap_or(&self.admin_token))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+        assert_eq!(
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/x-ndjson")
+        );
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut body = resp.bytes_stream();
+            let mut buf = Vec::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let v: Value = serde_json::from_slice(&line).expect("each line is JSON");
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        WaitStream { rx, seen: vec![] }
+    }
+
+    /// Waits until the hub shows `name` at `revision` with its operation in `phase`.
+    async fn hub_shows(&self, name: &str, revision: &str, phase: &str) {
+        self.wait_for(
+            &format!("the hub shows {name} at {revision} with operation {phase}"),
+            || async {
+                self.hub_app("argocd", name).await.is_some_and(|a| {
+                    (a["sync"]["revision"] == revision
+                        || a["sync"]["revisions"]
+                            .as_array()
+                            .is_some_and(|r| r.iter().any(|x| x == revision)))
+                        && a["operation"]["phase"] == phase
+                })
+            },
+        )
+        .await;
+    }
+
+    /// A non-streamed wait of one application.
+    async fn wait_app(&self, name: &str, body: Value) -> Value {
+        let (status, v) = wait_result(self, name, body).await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_stays_progressing_through_hooks_and_waves_until_the_operation_ends() {
+    let env = Env::start(0, "5m").await;
+    env.sim.add_simulated_app(
+        shop_app("shop", false, json!({})),
+        &[&rev(1)],
+        shop_manifests("shop:1", "a"),
+    );
+    env.hub_shows("shop", &rev(1), "Succeeded").await;
+    // The hub relays the sync policy and the history.
+    let item = env.hub_app("argocd", "shop").await.unwrap();
+    assert_eq!(item["syncPolicy"]["automated"], false, "{item}");
+    assert_eq!(item["syncPolicy"]["syncOptions"], json!(["CreateNamespace=true"]));
+    assert_eq!(item["history"][0]["id"], 0);
+    assert_eq!(item["history"][0]["revision"], rev(1));
+
+    // A commit Argo CD has not seen; the wait refreshes, then syncs (no automated sync here).
+    env.sim
+        .push_commit("argocd", "shop", 0, &rev(2), Some(shop_manifests("shop:2", "a")));
+    env.sim.clear_requests();
+    let path = format!("{}/wait", env.app_path("argocd", "shop"));
+    let mut w = env
+        .stream_wait(
+            &path,
+            json!({"revision": rev(2), "refresh": true, "sync": true, "timeoutSeconds": 120}),
+            None,
+        )
+        .await;
+    w.until("the refresh", |l| {
+        l["type"] == "trigger" && l["action"] == "refresh" && l["result"] == "ok"
+    })
+    .await;
+    w.until("the sync", |l| {
+        l["type"] == "trigger" && l["action"] == "sync" && l["result"] == "ok"
+    })
+    .await;
+    let reqs = env.sim.requests();
+    let sync = reqs
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/api/v1/applications/shop/sync")
+        .expect("the wait's sync reached Argo CD");
+    let body: Value = serde_json::from_str(&sync.body).unwrap();
+    assert_eq!(body["revision"], rev(2), "{body}");
+    assert!(
+        reqs.iter()
+            .any(|r| r.path == "/api/v1/applications/shop" && r.query_values("refresh") == vec!["normal"]),
+        "{reqs:?}"
+    );
+
+    // The operation runs: PreSync hook, wave 0, wave 1, PostSync hook.
+    w.progress("shop", "the PreSync hook", |l| {
+        message(l).contains("PreSync hook Job/migrate Running")
+    })
+    .await;
+    assert_eq!(env.sim.step_operation("argocd", "shop").as_deref(), Some("Running"));
+    w.progress("shop", "wave 0", |l| message(l).contains("(Sync, wave 0)"))
+        .await;
+    assert_eq!(env.sim.step_operation("argocd", "shop").as_deref(), Some("Running"));
+    w.progress("shop", "wave 1", |l| message(l).contains("(Sync, wave 1)"))
+        .await;
+    assert_eq!(env.sim.step_operation("argocd", "shop").as_deref(), Some("Running"));
+    let post = w
+        .progress("shop", "the PostSync hook", |l| {
+            message(l).contains("PostSync hook Job/smoke Running")
+        })
+        .await;
+    assert_eq!(post["verdict"], "Progressing", "{post}");
+    assert_eq!(post["missing"], json!(["operation"]), "{post}");
+    // The resources are applied and the application may even look Synced: still not deployed
+    // while the PostSync hook runs.
+    let item = env.hub_app("argocd", "shop").await.unwrap();
+    assert_eq!(item["operation"]["progress"]["syncPhase"], "PostSync", "{item}");
+    assert_eq!(
+        item["operation"]["progress"]["hooks"][1]["hookType"], "PostSync",
+        "{item}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!w.has_result(), "no result while the operation runs: {:#?}", w.seen);
+
+    assert_eq!(env.sim.step_operation("argocd", "shop").as_deref(), Some("Succeeded"));
+    let result = w.result().await;
+    assert_eq!(result["result"], "Deployed", "{result}");
+    let app = &result["applications"][0];
+    assert_eq!(app["verdict"], "Deployed", "{result}");
+    assert_eq!(app["argocdRevision"], rev(2)[..12], "{result}");
+    assert!(message(app).contains("Synced and Healthy"), "{result}");
+    assert_eq!(result["application"]["history"][1]["revision"], rev(2), "{result}");
+    // The progress lines said what was missing on the way.
+    assert!(
+        w.seen
+            .iter()
+            .any(|l| l["type"] == "progress" && l["verdict"] == "NotYetSeen"),
+        "{:#?}",
+        w.seen
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_hook_fails_the_wait_with_the_hooks_message() {
+    let env = Env::start(0, "5m").await;
+    env.sim.add_simulated_app(
+        shop_app("cart", true, json!({})),
+        &[&rev(1)],
+        shop_manifests("shop:1", "a"),
+    );
+    env.hub_shows("cart", &rev(1), "Succeeded").await;
+    env.sim
+        .push_commit("argocd", "cart", 0, &rev(2), Some(shop_manifests("shop:2", "a")));
+    let path = format!("{}/wait", env.app_path("argocd", "cart"));
+    // Automated sync: the refresh starts the operation; a sync request would be skipped.
+    let mut w = env
+        .stream_wait(
+            &path,
+            json!({"revision": rev(2), "refresh": "hard", "sync": true, "timeoutSeconds": 120}),
+            None,
+        )
+        .await;
+    let skipped = w
+        .until("the skipped sync", |l| l["type"] == "trigger" && l["action"] == "sync")
+        .await;
+    assert_eq!(skipped["result"], "skipped", "{skipped}");
+    assert!(message(&skipped).contains("automated sync is on"), "{skipped}");
+    w.progress("cart", "the operation", |l| l["missing"] == json!(["operation"]))
+        .await;
+    for _ in 0..3 {
+        env.sim.step_operation("argocd", "cart");
+    }
+    w.progress("cart", "the PostSync hook", |l| {
+        message(l).contains("PostSync hook Job/smoke Running")
+    })
+    .await;
+    assert!(
+        env.sim
+            .fail_hook("argocd", "cart", "smoke", "Job has reached the specified backoff limit")
+    );
+    let result = w.result().await;
+    assert_eq!(result["result"], "Failed", "{result}");
+    let app = &result["applications"][0];
+    assert_eq!(app["verdict"], "Failed", "{result}");
+    assert!(
+        message(app).contains("one or more synchronization tasks completed unsuccessfully"),
+        "{result}"
+    );
+    assert!(
+        message(app).contains("PostSync hook Job/smoke Failed: Job has reached the specified backoff limit"),
+        "{result}"
+    );
+
+    // The fix, synced by the wait although automated sync is on: forceSync.
+    env.sim
+        .push_commit("argocd", "cart", 0, &rev(3), Some(shop_manifests("shop:3", "a")));
+    env.sim.clear_requests();
+    let mut w = env
+        .stream_wait(
+            &path,
+            json!({"revision": rev(3), "sync": true, "forceSync": true, "timeoutSeconds": 120}),
+            None,
+        )
+        .await;
+    w.until("the forced sync", |l| {
+        l["type"] == "trigger" && l["action"] == "sync" && l["result"] == "ok"
+    })
+    .await;
+    let reqs = env.sim.requests();
+    let sync = reqs
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/api/v1/applications/cart/sync")
+        .expect("the forced sync reached Argo CD");
+    let body: Value = serde_json::from_str(&sync.body).unwrap();
+    assert_eq!(body["revision"], rev(3), "{body}");
+    assert_eq!(env.sim.run_operation("argocd", "cart").as_deref(), Some("Succeeded"));
+    let result = w.result().await;
+    assert_eq!(result["result"], "Deployed", "{result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_five_scenarios_get_their_verdicts_by_revision_and_by_content() {
+    let env = Env::start(0, "5m").await;
+    env.sim.add_simulated_app(
+        shop_app("web", true, json!({})),
+        &[&rev(1)],
+        shop_manifests("shop:1", "a"),
+    );
+    env.hub_shows("web", &rev(1), "Succeeded").await;
+    let deploy = |n: u8, image: &'static str, mode: &'static str| {
+        let env = &env;
+        async move {
+            env.sim
+                .push_commit("argocd", "web", 0, &rev(n), Some(shop_manifests(image, mode)));
+            env.sim.refresh_app("argocd", "web");
+            assert_eq!(env.sim.run_operation("argocd", "web").as_deref(), Some("Succeeded"));
+            env.hub_shows("web", &rev(n), "Succeeded").await;
+        }
+    };
+    let path = format!("{}/wait", env.app_path("argocd", "web"));
+
+    // (1) Argo CD runs our revision, synced and healthy.
+    let v = env
+        .wait_app("web", json!({"revision": rev(1), "timeoutSeconds": 60}))
+        .await;
+    assert_eq!(v["result"], "Deployed", "{v}");
+
+    // (3) Our commit is pushed but Argo CD has not refreshed: not yet seen, with and without
+    // expectations (the target of the older revision does not have our image).
+    env.sim
+        .push_commit("argocd", "web", 0, &rev(2), Some(shop_manifests("shop:2", "a")));
+    let mut w = env
+        .stream_wait(
+            &path,
+            json!({"revision": rev(2), "expectations": image_is("shop:2"), "timeoutSeconds": 120}),
+            None,
+        )
+        .await;
+    let l = w
+        .progress("web", "not yet seen, by content", |l| {
+            l["verdict"] == "NotYetSeen" && message(l).contains("does not have our change")
+        })
+        .await;
+    assert_eq!(l["missing"], json!(["refresh"]), "{l}");
+    assert_eq!(l["expectations"][0]["target"]["value"], "shop:1", "{l}");
+    drop(w);
+    let mut w = env
+        .stream_wait(&path, json!({"revision": rev(2), "timeoutSeconds": 120}), None)
+        .await;
+    w.progress("web", "not yet seen, by revision", |l| {
+        l["verdict"] == "NotYetSeen" && message(l).contains("revision differs, content not checked")
+    })
+    .await;
+    drop(w);
+
+    // Argo CD deploys it.
+    env.sim.refresh_app("argocd", "web");
+    assert_eq!(env.sim.run_operation("argocd", "web").as_deref(), Some("Succeeded"));
+    env.hub_shows("web", &rev(2), "Succeeded").await;
+    let v = env
+        .wait_app(
+            "web",
+            json!({"revision": rev(2), "expectations": image_is("shop:2"), "timeoutSeconds": 60}),
+        )
+        .await;
+    assert_eq!(v["result"], "Deployed", "{v}");
+    assert_eq!(v["applications"][0]["expectations"][0]["live"]["met"], true, "{v}");
+
+    // (5) A later, unrelated commit leaves our change in place: deployed, judged by content.
+    deploy(3, "shop:2", "b").await;
+    let v = env
+        .wait_app(
+            "web",
+            json!({"revision": &rev(2)[..7], "expectations": image_is("shop:2"), "timeoutSeconds": 60}),
+        )
+        .await;
+    assert_eq!(v["result"], "Deployed", "{v}");
+    assert!(message(&v["applications"][0]).contains("keeps our change"), "{v}");
+    // Without expectations the later revision cannot be judged.
+    let mut w = env
+        .stream_wait(&path, json!({"revision": rev(2), "timeoutSeconds": 120}), None)
+        .await;
+    w.progress("web", "revision differs", |l| {
+        l["verdict"] == "NotYetSeen" && message(l).contains("revision differs, content not checked")
+    })
+    .await;
+    drop(w);
+
+    // (4) A later commit by someone else overwrites our image: overwritten, at once.
+    deploy(4, "shop:3", "b").await;
+    let v = env
+        .wait_app(
+            "web",
+            json!({"revision": rev(2), "expectations": image_is("shop:2"), "timeoutSeconds": 600}),
+        )
+        .await;
+    assert_eq!(v["result"], "Failed", "{v}");
+    let app = &v["applications"][0];
+    assert_eq!(app["verdict"], "Overwritten", "{v}");
+    assert!(
+        message(app).contains("expected \"shop:2\", target has \"shop:3\""),
+        "{v}"
+    );
+    assert_eq!(app["expectations"][0]["target"]["value"], "shop:3", "{v}");
+    // Without expectations, again only "revision differs".
+    let mut w = env
+        .stream_wait(&path, json!({"revision": rev(2), "timeoutSeconds": 120}), None)
+        .await;
+    w.progress("web", "revision differs", |l| {
+        l["verdict"] == "NotYetSeen" && message(l).contains("revision differs, content not checked")
+    })
+    .await;
+    drop(w);
+    // A bad expectation path is refused before waiting.
+    let (status, v) = wait_result(
+        &env,
+        "web",
+        json!({"revision": rev(2), "timeoutSeconds": 600,
+               "expectations": [{"kind": "Deployment", "name": "shop", "path": "spec..image", "value": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_applications_by_label_with_an_expected_count() {
+    let env = Env::start(0, "5m").await;
+    let shops = ["shop-a", "shop-b", "shop-c"];
+    for name in shops {
+        env.sim.add_simulated_app(
+            shop_app(name, true, json!({"team": "shop"})),
+            &[&rev(1)],
+            shop_manifests("shop:1", "a"),
+        );
+    }
+    env.sim.add_simulated_app(
+        shop_app("other", true, json!({"team": "other"})),
+        &[&rev(1)],
+        shop_manifests("shop:1", "a"),
+    );
+    for name in shops {
+        env.hub_shows(name, &rev(1), "Succeeded").await;
+    }
+    env.hub_shows("other", &rev(1), "Succeeded").await;
+
+    // The wrong count fails at once, naming what was found (a long timeout proves no waiting).
+    let (status, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/wait",
+            Some(json!({"selector": "team=shop", "expectCount": 2, "timeoutSeconds": 3600})),
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["code"], "count_mismatch", "{v}");
+    assert_eq!(v["found"].as_array().unwrap().len(), 3, "{v}");
+    assert!(s(&v, &["error"]).contains("argocd/shop-b"), "{v}");
+    // A viewer may wait but not trigger a refresh.
+    let viewer = env.api_token("ci-read", "viewer", None).await;
+    let (status, v, _) = env
+        .call(
+            Method::POST,
+            "/api/v1/wait",
+            Some(&viewer),
+            &[],
+            Some(json!({"selector": "team=shop", "refresh": true, "timeoutSeconds": 5})),
+        )
+        .await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["requiredRole"], "operator", "{v}");
+
+    // One commit for the three: pushed, refreshed by the wait, synced by Argo CD.
+    for name in shops {
+        env.sim
+            .push_commit("argocd", name, 0, &rev(2), Some(shop_manifests("shop:2", "a")));
+    }
+    let mut w = env
+        .stream_wait(
+            "/api/v1/wait",
+            json!({"selector": "team=shop", "expectCount": 3, "revision": rev(2), "refresh": true,
+                   "expectations": image_is("shop:2"), "timeoutSeconds": 120}),
+            None,
+        )
+        .await;
+    for name in shops {
+        w.progress(name, "its operation", |l| l["missing"] == json!(["operation"]))
+            .await;
+    }
+    assert!(!w.has_result(), "{:#?}", w.seen);
+    assert!(
+        !w.seen.iter().any(|l| l["name"] == "other"),
+        "only the selected applications: {:#?}",
+        w.seen
+    );
+    for name in shops {
+        assert_eq!(env.sim.run_operation("argocd", name).as_deref(), Some("Succeeded"));
+    }
+    let result = w.result().await;
+    assert_eq!(result["result"], "Deployed", "{result}");
+    assert_eq!(result["counts"], json!({"Deployed": 3}), "{result}");
+    let names: Vec<&str> = result["applications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, shops);
+
+    // The next commit fails in one application: the whole wait fails, naming it.
+    for name in shops {
+        env.sim
+            .push_commit("argocd", name, 0, &rev(3), Some(shop_manifests("shop:3", "a")));
+    }
+    let mut w = env
+        .stream_wait(
+            "/api/v1/wait",
+            json!({"applications": [{"namespace": "argocd", "name": "shop-a"},
+                                    {"gatewayId": env.gateway_id, "namespace": "argocd", "name": "shop-b"}],
+                   "revision": rev(3), "refresh": true, "timeoutSeconds": 120}),
+            None,
+        )
+        .await;
+    for name in ["shop-a", "shop-b"] {
+        w.progress(name, "its operation", |l| l["missing"] == json!(["operation"]))
+            .await;
+    }
+    assert_eq!(env.sim.run_operation("argocd", "shop-a").as_deref(), Some("Succeeded"));
+    for _ in 0..3 {
+        env.sim.step_operation("argocd", "shop-b");
+    }
+    assert!(
+        env.sim
+            .fail_hook("argocd", "shop-b", "smoke", "smoke test: checkout returned 500")
+    );
+    let result = w.result().await;
+    assert_eq!(result["result"], "Failed", "{result}");
+    let b = result["applications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "shop-b")
+        .unwrap();
+    assert_eq!(b["verdict"], "Failed", "{result}");
+    assert!(message(b).contains("checkout returned 500"), "{result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_named_source_of_a_multi_source_application_decides() {
+    let env = Env::start(0, "5m").await;
+    let app = json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+        "metadata": {"name": "multi"},
+        "spec": {
+            "project": "default",
+            "sources": [
+                {"repoURL": "https://git.example.com/chart.git", "path": "chart", "targetRevision": "main", "name": "chart",
+                 "helm": {"valueFiles": ["$values/prod.yaml"]}},
+                {"repoURL": "https://git.example.com/values.git", "targetRevision": "main", "ref": "values", "name": "values"}
+            ],
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": "shop"}
+        }
+    });
+    env.sim
+        .add_simulated_app(app, &[&rev(0xa1), &rev(0xb1)], shop_manifests("shop:1", "a"));
+    env.hub_shows("multi", &rev(0xb1), "Succeeded").await;
+    let ok = |extra: Value| {
+        let mut body = json!({"revision": rev(0xb1), "timeoutSeconds": 60});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    for named in [
+        json!({"sourcePosition": 2}),
+        json!({"sourceName": "values"}),
+        json!({"repoURL": "https://git.example.com/values"}),
+        json!({}),
+    ] {
+        let v = env.wait_app("multi", ok(named.clone())).await;
+        assert_eq!(v["result"], "Deployed", "{named}: {v}");
+    }
+    // The values commit is not the chart source's revision.
+    let v = env
+        .wait_app(
+            "multi",
+            json!({"revision": rev(0xb1), "sourcePosition": 1, "timeoutSeconds": 1}),
+        )
+        .await;
+    assert_eq!(v["result"], "Timeout", "{v}");
+    assert_eq!(v["applications"][0]["verdict"], "NotYetSeen", "{v}");
+    assert_eq!(v["applications"][0]["argocdRevision"], rev(0xa1)[..12], "{v}");
+    // Prefixes: 7 characters match, 6 are refused.
+    let v = env
+        .wait_app(
+            "multi",
+            json!({"revision": &rev(0xb1)[..7], "sourcePosition": 2, "timeoutSeconds": 60}),
+        )
+        .await;
+    assert_eq!(v["result"], "Deployed", "{v}");
+    let (status, v) = wait_result(
+        &env,
+        "multi",
+        json!({"revision": &rev(0xb1)[..6], "sourcePosition": 2, "timeoutSeconds": 60}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(s(&v, &["error"]).contains("6-character prefix"), "{v}");
+    // A source the application does not have.
+    let v = env
+        .wait_app(
+            "multi",
+            json!({"revision": rev(0xb1), "sourcePosition": 3, "timeoutSeconds": 60}),
+        )
+        .await;
+    assert_eq!(v["result"], "Failed", "{v}");
+    assert!(message(&v["applications"][0]).contains("2 source(s)"), "{v}");
+
+    // A values commit, synced by the wait to that source's revision.
+    env.sim.push_commit("argocd", "multi", 1, &rev(0xb2), None);
+    env.sim.clear_requests();
+    let path = format!("{}/wait", env.app_path("argocd", "multi"));
+    let mut w = env
+        .stream_wait(
+            &path,
+            json!({"revision": rev(0xb2), "sourceName": "values", "sync": true, "timeoutSeconds": 120}),
+            None,
+        )
+        .await;
+    w.until("the sync", |l| {
+        l["type"] == "trigger" && l["action"] == "sync" && l["result"] == "ok"
+    })
+    .await;
+    let reqs = env.sim.requests();
+    let sync = reqs
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/api/v1/applications/multi/sync")
+        .expect("the sync reached Argo CD");
+    let body: Value = serde_json::from_str(&sync.body).unwrap();
+    assert_eq!(body["revisions"], json!([rev(0xb2)]), "{body}");
+    assert_eq!(body["sourcePositions"], json!([2]), "{body}");
+    assert_eq!(env.sim.run_operation("argocd", "multi").as_deref(), Some("Succeeded"));
+    let result = w.result().await;
+    assert_eq!(result["result"], "Deployed", "{result}");
+    assert_eq!(
+        result["application"]["sync"]["revisions"],
+        json!([rev(0xa1), rev(0xb2)]),
+        "{result}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_rollback_and_selective_sync_reach_argocd_with_its_bodies() {
+    let env = Env::start(0, "5m").await;
+    env.sim.add_simulated_app(
+        shop_app("shop", false, json!({})),
+        &[&rev(1)],
+        shop_manifests("shop:1", "a"),
+    );
+    env.hub_shows("shop", &rev(1), "Succeeded").await;
+    let app = env.app_path("argocd", "shop");
+    env.sim
+        .push_commit("argocd", "shop", 0, &rev(2), Some(shop_manifests("shop:2", "b")));
+    env.sim.refresh_app("argocd", "shop");
+
+    // A sync of one resource, forced, with a sync option.
+    env.sim.clear_requests();
+    let (status, v) = env
+        .api(
+            Method::POST,
+            &format!("{app}/sync"),
+            Some(
+                json!({"resources": [{"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "shop"}],
+                        "force": true, "syncOptions": ["Validate=false"], "prune": true}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let reqs = env.sim.requests();
+    let sync = reqs
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/api/v1/applications/shop/sync")
+        .expect("the sync reached Argo CD");
+    let body: Value = serde_json::from_str(&sync.body).unwrap();
+    assert_eq!(
+        body["resources"],
+        json!([{"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "shop"}]),
+        "{body}"
+    );
+    assert_eq!(body["strategy"], json!({"apply": {"force": true}}), "{body}");
+    assert_eq!(body["syncOptions"], json!({"items": ["Validate=false"]}), "{body}");
+    assert_eq!(body["prune"], true);
+    assert_eq!(body["appNamespace"], "argocd");
+    assert_eq!(body["project"], "default");
+    assert_eq!(env.sim.run_operation("argocd", "shop").as_deref(), Some("Succeeded"));
+    // Only the Deployment changed: the ConfigMap still has the old data.
+    let live = env.sim.live_objects("argocd", "shop");
+    let find = |kind: &str| live.iter().find(|o| o["kind"] == kind).unwrap().clone();
+    assert_eq!(
+        find("Deployment")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "shop:2"
+    );
+    assert_eq!(find("ConfigMap")["data"]["mode"], "a");
+    env.wait_for("the hub shows the second deployment in the history", || async {
+        env.hub_app("argocd", "shop")
+            .await
+            .is_some_and(|a| a["history"].as_array().is_some_and(|h| h.len() == 2))
+    })
+    .await;
+    let item = env.hub_app("argocd", "shop").await.unwrap();
+    assert_eq!(item["sync"]["status"], "OutOfSync", "{item}");
+    assert_eq!(item["history"][1]["revision"], rev(2), "{item}");
+    assert_eq!(item["operation"]["phase"], "Succeeded", "{item}");
+
+    // Terminate the running operation of a full sync.
+    let (status, v) = env.api(Method::POST, &format!("{app}/sync"), Some(json!({}))).await;
+    assert_eq!(status, 200, "{v}");
+    env.sim.clear_requests();
+    let (status, v) = env.api(Method::DELETE, &format!("{app}/operation"), None).await;
+    assert_eq!(status, 200, "{v}");
+    let reqs = env.sim.requests();
+    let del = reqs
+        .iter()
+        .find(|r| r.method == "DELETE" && r.path == "/api/v1/applications/shop/operation")
+        .expect("the termination reached Argo CD");
+    assert_eq!(del.query_values("appNamespace"), vec!["argocd"]);
+    assert_eq!(del.query_values("project"), vec!["default"]);
+    assert_eq!(
+        del.headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
+    assert_eq!(
+        env.sim.app("argocd", "shop").unwrap()["status"]["operationState"]["phase"],
+        "Terminating"
+    );
+    assert_eq!(env.sim.step_operation("argocd", "shop").as_deref(), Some("Failed"));
+    env.wait_for("the hub shows the terminated operation", || async {
+        env.hub_app("argocd", "shop")
+            .await
+            .is_some_and(|a| a["operation"]["message"] == "Operation terminated")
+    })
+    .await;
+    // Nothing runs any more: Argo CD's refusal comes back typed.
+    let (status, v) = env.api(Method::DELETE, &format!("{app}/operation"), None).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(s(&v, &["error"]).contains("No operation is in progress"), "{v}");
+
+    // Roll back to the first deployment.
+    env.sim.clear_requests();
+    let (status, v) = env
+        .api(
+            Method::POST,
+            &format!("{app}/rollback"),
+            Some(json!({"id": 0, "prune": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let reqs = env.sim.requests();
+    let rb = reqs
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/api/v1/applications/shop/rollback")
+        .expect("the rollback reached Argo CD");
+    let body: Value = serde_json::from_str(&rb.body).unwrap();
+    assert_eq!(body["id"], 0, "{body}");
+    assert_eq!(body["name"], "shop", "{body}");
+    assert_eq!(body["prune"], true, "{body}");
+    assert_eq!(body["dryRun"], false, "{body}");
+    assert_eq!(body["appNamespace"], "argocd", "{body}");
+    assert_eq!(env.sim.run_operation("argocd", "shop").as_deref(), Some("Succeeded"));
+    let live = env.sim.live_objects("argocd", "shop");
+    assert_eq!(
+        live.iter().find(|o| o["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][0]["image"],
+        "shop:1"
+    );
+    // Unknown ids and automated applications are refused by Argo CD, typed.
+    let (status, v) = env
+        .api(Method::POST, &format!("{app}/rollback"), Some(json!({"id": 99})))
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(s(&v, &["error"]).contains("does not have deployment with id 99"), "{v}");
+    env.sim.add_simulated_app(
+        shop_app("auto", true, json!({})),
+        &[&rev(1)],
+        shop_manifests("shop:1", "a"),
+    );
+    env.hub_shows("auto", &rev(1), "Succeeded").await;
+    let (status, v) = env
+        .api(
+            Method::POST,
+            &format!("{}/rollback", env.app_path("argocd", "auto")),
+            Some(json!({"id": 0})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(s(&v, &["error"]).contains("auto-sync is enabled"), "{v}");
+
+    // Without the sync permission: the policy line to add.
+    env.sim.update_token(
+        &env.argocd_token,
+        TokenSpec::account("gateway").without("applications", "sync"),
+    );
+    for (method, tail, body) in [
+        (Method::DELETE, "operation", None),
+        (Method::POST, "rollback", Some(json!({"id": 0}))),
+    ] {
+        let (status, v) = env.api(method, &format!("{app}/{tail}"), body).await;
+        assert_eq!(status, 403, "{tail}: {v}");
+        assert_eq!(v["code"], "permission_denied", "{v}");
+        assert!(
+            s(&v, &["missingPolicy"]).contains("applications, sync, */*"),
+            "{tail}: {v}"
+        );
+    }
+}
+
+/// `argocd-gateway hub …` as a CI job runs it, against this environment's hub.
+fn hub_cli(env: &Env, args: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_argocd-gateway"));
+    c.arg("hub")
+        .args(args)
+        .args(["--hub-api", &format!("http://{}", env.hub().http_addr)])
+        .args(["--token", &env.admin_token])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+/// The lines a running `hub wait` prints, read as they come.
+struct CliLines {
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl CliLines {
+    fn follow(child: &mut tokio::process::Child) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { rx, seen: vec![] }
+    }
+
+    /// Waits (bounded) for a printed line matching `f`.
+    async fn until(&mut self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        if let Some(l) = self.seen.iter().find(|l| f(l)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some(l)) => {
+                    self.seen.push(l.clone());
+                    if f(&l) {
+                        return l;
+                    }
+                }
+                Ok(None) => panic!("hub wait ended before printing {what}: {:#?}", self.seen),
+                Err(_) => panic!("hub wait did not print {what} within {WAIT:?}: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Everything printed until the end of the output.
+    async fn rest(&mut self) -> &[String] {
+        while let Ok(Some(l)) = tokio::time::timeout(WAIT, self.rx.recv()).await {
+            self.seen.push(l);
+        }
+        &self.seen
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_wait_prints_progress_and_the_cli_terminates_rolls_back_and_syncs_a_subset() {
+    let env = Env::start(0, "5m").await;
+    let shops = ["shop-a", "shop-b"];
+    for name in shops {
+        env.sim.add_simulated_app(
+            shop_app(name, true, json!({"team": "shop"})),
+            &[&rev(1)],
+            shop_manifests("shop:1", "a"),
+        );
+    }
+    env.sim.add_simulated_app(
+        shop_app("manual", false, json!({})),
+        &[&rev(1)],
+        shop_manifests("shop:1", "a"),
+    );
+    for name in ["shop-a", "shop-b", "manual"] {
+        env.hub_shows(name, &rev(1), "Succeeded").await;
+    }
+
+    // A wrong count fails at once (exit 1), naming what was found, whatever the timeout.
+    let out = hub_cli(
+        &env,
+        &["wait", "-l", "team=shop", "--expect-count", "3", "--timeout", "1h"],
+    )
+    .output()
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("expected 3 application(s), found 2"), "{err}");
+    assert!(err.contains("argocd/shop-a") && err.contains("argocd/shop-b"), "{err}");
+
+    // A commit for both: `hub wait` refreshes them, prints each step, exits 0 once deployed.
+    for name in shops {
+        env.sim
+            .push_commit("argocd", name, 0, &rev(2), Some(shop_manifests("shop:2", "a")));
+    }
+    let revision = rev(2);
+    let mut child = hub_cli(
+        &env,
+        &[
+            "wait",
+            "-l",
+            "team=shop",
+            "--expect-count",
+            "2",
+            "--revision",
+            &revision,
+            "--expect",
+            "apps/Deployment/shop/shop:spec.template.spec.containers[name=web].image=shop:2",
+            "--refresh",
+            "--timeout",
+            "2m",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut out = CliLines::follow(&mut child);
+    for name in shops {
+        out.until(&format!("{name} refreshed"), |l| {
+            l.contains(&format!("argocd/{name}")) && l.contains("refresh ok")
+        })
+        .await;
+        out.until(&format!("{name}'s running operation"), |l| {
+            l.contains(&format!("argocd/{name}")) && l.contains("Progressing") && l.contains("operation Running")
+        })
+        .await;
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still waiting while the operations run: {:#?}",
+        out.seen
+    );
+    for name in shops {
+        assert_eq!(env.sim.run_operation("argocd", name).as_deref(), Some("Succeeded"));
+    }
+    let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    let printed = out.rest().await.join("\n");
+    assert_eq!(status.code(), Some(0), "{printed}");
+    assert!(printed.contains("result: Deployed (2 application(s)"), "{printed}");
+    for name in shops {
+        assert!(
+            printed
+                .lines()
+                .any(|l| l.contains(&format!("argocd/{name}")) && l.contains("Deployed") && l.contains(&rev(2)[..12])),
+            "{name}: {printed}"
+        );
+    }
+
+    // One application that never gets there: exit 2 at the timeout, with its verdict.
+    let out = hub_cli(
+        &env,
+        &[
+            "wait",
+            &env.gateway_id,
+            "argocd/manual",
+            "--revision",
+            &rev(9),
+            "--timeout",
+            "1s",
+        ],
+    )
+    .output()
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{printed}");
+    assert!(printed.contains("NotYetSeen"), "{printed}");
+    assert!(printed.contains("result: Timeout"), "{printed}");
+
+    // The actions, through the CLI.
+    let manual = ["argocd/manual"];
+    let gw = env.gateway_id.as_str();
+    env.sim
+        .push_commit("argocd", "manual", 0, &rev(2), Some(shop_manifests("shop:2", "b")));
+    env.sim.refresh_app("argocd", "manual");
+    env.sim.clear_requests();
+    let out = hub_cli(
+        &env,
+        &[
+            "sync",
+            gw,
+            manual[0],
+            "--resource",
+            "apps/Deployment/shop/shop",
+            "--resource",
+            "/ConfigMap/shop/shop",
+            "--force",
+            "--sync-option",
+            "Validate=false",
+            "--prune",
+        ],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reqs = env.sim.requests();
+    let sync = reqs
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/api/v1/applications/manual/sync")
+        .expect("hub sync reached Argo CD");
+    let body: Value = serde_json::from_str(&sync.body).unwrap();
+    assert_eq!(
+        body["resources"],
+        json!([{"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "shop"},
+               {"group": "", "kind": "ConfigMap", "namespace": "shop", "name": "shop"}]),
+        "{body}"
+    );
+    assert_eq!(body["strategy"], json!({"apply": {"force": true}}), "{body}");
+    assert_eq!(body["syncOptions"], json!({"items": ["Validate=false"]}), "{body}");
+    assert_eq!(body["prune"], true, "{body}");
+
+    // Terminate the running operation.
+    env.sim.clear_requests();
+    let out = hub_cli(&env, &["terminate", gw, manual[0]]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        env.sim
+            .requests()
+            .iter()
+            .any(|r| r.method == "DELETE" && r.path == "/api/v1/applications/manual/operation"),
+        "hub terminate reached Argo CD"
+    );
+    assert_eq!(
+        env.sim.app("argocd", "manual").unwrap()["status"]["operationState"]["phase"],
+        "Terminating"
+    );
+    assert_eq!(env.sim.step_operation("argocd", "manual").as_deref(), Some("Failed"));
+
+    // Roll back to history id 0.
+    env.sim.clear_requests();
+    let out = hub_cli(&env, &["rollback", gw, manual[0], "0", "--prune"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reqs = env.sim.requests();
+    let rb = reqs
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/api/v1/applications/manual/rollback")
+        .expect("hub rollback reached Argo CD");
+    let body: Value = serde_json::from_str(&rb.body).unwrap();
+    assert_eq!(
+        (body["id"].clone(), body["prune"].clone(), body["name"].clone()),
+        (json!(0), json!(true), json!("manual")),
+        "{body}"
+    );
+    assert_eq!(env.sim.run_operation("argocd", "manual").as_deref(), Some("Succeeded"));
+    // Argo CD's refusal reaches the user as an error and a non-zero exit.
+    let out = hub_cli(&env, &["rollback", gw, manual[0], "99"])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("does not have deployment with id 99"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_of_more_applications_than_requests_in_flight_refreshes_each() {
+    // A wait keeps at most 8 requests to gateways in flight; the refreshes of the others start
+    // as those finish, and none is forgotten.
+    let env = Env::start(0, "5m").await;
+    let names: Vec<String> = (0..12).map(|i| format!("fleet-{i:02}")).collect();
+    for name in &names {
+        env.sim.add_simulated_app(
+            shop_app(name, true, json!({"fleet": "big"})),
+            &[&rev(1)],
+            shop_manifests("shop:1", "a"),
+        );
+    }
+    for name in &names {
+        env.hub_shows(name, &rev(1), "Succeeded").await;
+        env.sim
+            .push_commit("argocd", name, 0, &rev(2), Some(shop_manifests("shop:2", "a")));
+    }
+    let mut w = env
+        .stream_wait(
+            "/api/v1/wait",
+            json!({"selector": "fleet=big", "expectCount": 12, "revision": rev(2), "refresh": true,
+                   "timeoutSeconds": 120}),
+            None,
+        )
+        .await;
+    // Each refresh reaches Argo CD, whose automated sync then starts the operation.
+    for name in &names {
+        w.until(&format!("the refresh of {name}"), |l| {
+            l["type"] == "trigger" && l["action"] == "refresh" && l["name"] == name.as_str() && l["result"] == "ok"
+        })
+        .await;
+        w.progress(name, "its operation", |l| l["missing"] == json!(["operation"]))
+            .await;
+    }
+    for name in &names {
+        assert_eq!(env.sim.run_operation("argocd", name).as_deref(), Some("Succeeded"));
+    }
+    let result = w.result().await;
+    assert_eq!(result["result"], "Deployed", "{result}");
+    assert_eq!(result["counts"], json!({"Deployed": 12}), "{result}");
 }

@@ -68,6 +68,8 @@ fn hub_cfg(hub: &Hub) -> HubConfig {
         pin: None,
         ca_fingerprint: Some(hub.ca_fingerprint.clone()),
         connect_timeout: Duration::from_secs(5),
+        transport: argocd_gateway::uplink::Transport::Auto,
+        memory: Default::default(),
     }
 }
 
@@ -231,6 +233,7 @@ async fn a_renewal_retires_the_previous_certificate_after_its_grace() {
         healthy_after: Duration::from_secs(60),
         drain_grace: Duration::from_secs(1),
         renew_retry: Duration::from_secs(60),
+        protocol_version: argocd_gateway::wire::PROTOCOL_VERSION,
     };
     let (status_tx, mut status) = watch::channel(TunnelStatus::default());
     let stop = CancellationToken::new();
@@ -697,6 +700,8 @@ async fn unterminated_snapshots_do_not_accumulate_in_the_hub() {
             argocd_gateway::tls::Fingerprint::parse(tok["caFingerprint"].as_str().unwrap(), "test").unwrap(),
         ),
         connect_timeout: Duration::from_secs(5),
+        transport: argocd_gateway::uplink::Transport::Auto,
+        memory: Default::default(),
     };
     let args = RegistrationArgs {
         registration_token: Some(Secret::new(tok["token"].as_str().unwrap())),
@@ -761,4 +766,44 @@ async fn unterminated_snapshots_do_not_accumulate_in_the_hub() {
         text.join(", ")
     );
     let _ = child.kill().await;
+}
+
+#[tokio::test]
+async fn a_gateway_without_deploy_actions_gets_no_request_it_would_misread() {
+    // A gateway from before terminate, rollback and selective sync: its hello names no
+    // capability. A subset sync sent to it would sync everything, so the hub refuses up front.
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(&dir.path().join("hub"), |_| {}).await;
+    let id = registered(&hub, &dir.path().join("id.json")).await;
+    let (_tx, _stream) = welcomed(&hub, &id).await;
+    let app = format!("/api/v1/gateways/{}/applications/argocd/shop", id.gateway_id);
+    for (method, tail, body, what) in [
+        (reqwest::Method::DELETE, "operation", None, "terminate an operation"),
+        (reqwest::Method::POST, "rollback", Some(json!({"id": 1})), "roll back"),
+        (
+            reqwest::Method::POST,
+            "sync",
+            Some(json!({"resources": [{"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "shop"}]})),
+            "sync a subset of resources",
+        ),
+        (reqwest::Method::POST, "sync", Some(json!({"force": true})), "force"),
+        (
+            reqwest::Method::POST,
+            "sync",
+            Some(json!({"syncOptions": ["Validate=false"]})),
+            "sync options",
+        ),
+    ] {
+        let (status, v) = api(&hub, method, &format!("{app}/{tail}"), body).await;
+        assert_eq!(status, 501, "{tail}: {v}");
+        assert_eq!(v["code"], "unsupported", "{v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains(what), "{msg}");
+        assert!(msg.contains("runs version test"), "{msg}");
+        assert!(
+            msg.contains("hub desired-version set") && msg.contains("image.tag"),
+            "{msg}"
+        );
+    }
+    hub.shutdown().await;
 }

@@ -643,6 +643,8 @@ async fn registered(api: &FakeApi) -> RegisteredHub {
         pin: None,
         ca_fingerprint: Some(hub.ca_fingerprint.clone()),
         connect_timeout: Duration::from_secs(5),
+        transport: argocd_gateway::uplink::Transport::Auto,
+        memory: Default::default(),
     };
     let store = SecretStore::new(api.client(), NS, "gw-identity");
     let args = RegistrationArgs {

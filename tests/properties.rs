@@ -303,7 +303,7 @@ proptest! {
             let (feed, recorder) = Feed::new(store.clone(), HistoryConfig::default());
             tokio::spawn(recorder.run(tokio_util::sync::CancellationToken::new()));
             let state = Arc::new(EntityState::load(store.clone(), feed.clone()).await.unwrap());
-            let limits = EntityLimits { max_entities: 3, max_entity_bytes: 4096, max_state_bytes: 1 << 20 };
+            let limits = EntityLimits { kinds: argocd_gateway::wire::Kind::ALL.to_vec(), max_entities: 3, max_entity_bytes: 4096, max_state_bytes: 1 << 20 };
             let refused = |_: &str| {};
             for (seq, entities) in deltas.into_iter().enumerate() {
                 let digest_after = state

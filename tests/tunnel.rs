@@ -130,6 +130,8 @@ fn hub_config(url: &str, plaintext: bool, ca: Option<Fingerprint>, pin: Option<F
         pin,
         ca_fingerprint: ca,
         connect_timeout: Duration::from_secs(3),
+        transport: argocd_gateway::uplink::Transport::Auto,
+        memory: Default::default(),
     }
 }
 
@@ -157,6 +159,7 @@ fn run_config(hub: HubConfig, identity: &Path, token: Option<&str>) -> RunConfig
         healthy_after: Duration::from_secs(60),
         drain_grace: Duration::from_secs(2),
         renew_retry: Duration::from_millis(500),
+        protocol_version: argocd_gateway::wire::PROTOCOL_VERSION,
     }
 }
 

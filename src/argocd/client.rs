@@ -17,8 +17,9 @@ use super::model::{
     self, AppKey, Cluster, DecodedApp, DecodedList, ListItem, StreamChunk, WatchEvent, decode_application,
     decode_stream_chunk,
 };
+use super::session::Session;
 use super::split::{ListSplitter, Piece};
-use super::token::{Claims, TokenStore};
+use super::token::{Claims, LoadedToken, TokenStore};
 use super::transport;
 use crate::util::Backoff;
 
@@ -53,6 +54,8 @@ struct Inner {
     http: reqwest::Client,
     config: ArgoCdConfig,
     tokens: TokenStore,
+    /// The login session when the credential is a username and password.
+    session: Option<Session>,
     retry: RetryPolicy,
     metrics: std::sync::OnceLock<super::metrics::ArgoCdMetrics>,
 }
@@ -162,6 +165,21 @@ pub struct SyncRequest {
     pub dry_run: bool,
     /// Only these resources (empty: all).
     pub resources: Vec<SyncResource>,
+    /// `kubectl apply --force` (Argo CD's `strategy.apply.force`).
+    pub force: bool,
+    /// Sync options of this sync, e.g. `Validate=false` (Argo CD's `syncOptions.items`).
+    pub sync_options: Vec<String>,
+}
+
+/// Options of a rollback to a history entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RollbackRequest {
+    /// The history id (`status.history[].id`).
+    pub id: i64,
+    /// Prune resources not in that revision.
+    pub prune: bool,
+    /// Only simulate.
+    pub dry_run: bool,
 }
 
 /// One resource, for events.
@@ -258,10 +276,14 @@ fn null_vec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
 /// A stream of application watch events; ends when the server ends the stream.
 pub type AppWatch = Pin<Box<dyn Stream<Item = Result<WatchEvent, ArgoCdError>> + Send>>;
 
+/// A stream of ApplicationSet watch events; ends when the server ends the stream.
+pub type AppSetWatch = Pin<Box<dyn Stream<Item = Result<model::AppSetWatchEvent, ArgoCdError>> + Send>>;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Method {
     Get,
     Post,
+    Delete,
 }
 
 struct Call<'a> {
@@ -299,11 +321,19 @@ impl Client {
         }
         let http = transport::http_client(&config)?;
         let tokens = TokenStore::new(config.auth.clone());
+        let session = match &config.auth {
+            AuthSource::Login {
+                username,
+                password_file,
+            } => Some(Session::new(username.clone(), password_file.clone())),
+            _ => None,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
                 config,
                 tokens,
+                session,
                 retry,
                 metrics: std::sync::OnceLock::new(),
             }),
@@ -321,16 +351,132 @@ impl Client {
         &self.inner.config
     }
 
-    /// The claims of the token that serves `project` (None: unscoped calls).
+    /// The claims of the token that serves `project` (None: unscoped calls). With a login, the
+    /// current session's (the account as subject until the first login).
     pub fn token_claims(&self, project: Option<&str>) -> Result<Claims, ArgoCdError> {
+        if let Some(session) = &self.inner.session {
+            return Ok(session.last().map(|t| t.claims).unwrap_or_else(|| Claims {
+                subject: Some(format!("{}:login", session.username())),
+                ..Claims::default()
+            }));
+        }
         Ok(self.inner.tokens.token_for(project)?.claims)
+    }
+
+    /// The login session, when the credential is a username and password.
+    pub fn session(&self) -> Option<&Session> {
+        self.inner.session.as_ref()
+    }
+
+    /// The bearer token for a call scoped to `scope`; with a username and password, the current
+    /// session token, logging in first when there is none or it is about to expire.
+    async fn bearer(&self, scope: Option<&str>) -> Result<LoadedToken, ArgoCdError> {
+        let Some(session) = &self.inner.session else {
+            return Ok(self.inner.tokens.token_for(scope)?);
+        };
+        if let Some(t) = session.current() {
+            return Ok(t);
+        }
+        let _one_at_a_time = session.lock().await;
+        if let Some(t) = session.current() {
+            return Ok(t);
+        }
+        self.login(session).await
+    }
+
+    /// `POST /api/v1/session` with the username and password; keeps the token in memory.
+    async fn login(&self, session: &Session) -> Result<LoadedToken, ArgoCdError> {
+        let password = session.password()?;
+        let mut url = self.inner.config.base_url.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty().extend(["api", "v1", "session"]);
+        }
+        let body = serde_json::json!({"username": session.username(), "password": password.expose()});
+        let bytes = serde_json::to_vec(&body).map_err(|e| model::DecodeError {
+            what: "login request".into(),
+            reason: e.to_string(),
+        })?;
+        let timeout = self.inner.config.request_timeout;
+        let req = self
+            .inner
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes)
+            .timeout(timeout);
+        let started = std::time::Instant::now();
+        let sent = tokio::time::timeout(timeout, req.send()).await;
+        if let Some(m) = self.inner.metrics.get() {
+            let status = match &sent {
+                Ok(Ok(r)) => r.status().as_u16().to_string(),
+                Ok(Err(_)) => "error".to_owned(),
+                Err(_) => "timeout".to_owned(),
+            };
+            m.observe(
+                "POST",
+                &super::metrics::endpoint(&["api", "v1", "session"]),
+                &status,
+                started.elapsed().as_secs_f64(),
+            );
+        }
+        let resp = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(self.classify(&e, "log in")),
+            Err(_) => {
+                return Err(ArgoCdError::Timeout {
+                    what: "log in".into(),
+                    seconds: timeout.as_secs_f64(),
+                });
+            }
+        };
+        let status = resp.status();
+        let body = self.read_body(resp).await?;
+        if !status.is_success() {
+            let message = error_message(&body);
+            return Err(match status.as_u16() {
+                s @ (400 | 401 | 403 | 404) => ArgoCdError::LoginFailed {
+                    username: session.username().to_owned(),
+                    status: s,
+                    message,
+                },
+                s if s >= 500 => ArgoCdError::Unavailable {
+                    url: self.inner.config.base_url.to_string(),
+                    status: Some(s),
+                    message,
+                },
+                s => ArgoCdError::Rejected { status: s, message },
+            });
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            token: String,
+        }
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| model::DecodeError {
+            what: "login answer".into(),
+            reason: e.to_string(),
+        })?;
+        if answer.token.is_empty() {
+            return Err(ArgoCdError::LoginFailed {
+                username: session.username().to_owned(),
+                status: status.as_u16(),
+                message: "the answer carries no token".into(),
+            });
+        }
+        let loaded = session.store(&answer.token);
+        tracing::info!(
+            account = session.username(),
+            expires_at = ?loaded.claims.expires_at,
+            "logged in to Argo CD"
+        );
+        Ok(loaded)
     }
 
     /// The token scopes the view lists with: `[None]` for one account token, one per project
     /// token file otherwise (limited to `projects` when that filter is set).
     pub fn scopes(&self, projects: &[String]) -> Result<Vec<Option<String>>, ArgoCdError> {
         match self.inner.tokens.source() {
-            AuthSource::TokenFile(_) => Ok(vec![None]),
+            AuthSource::TokenFile(_) | AuthSource::Login { .. } => Ok(vec![None]),
             AuthSource::ProjectTokensDir(_) => {
                 let names = self.inner.tokens.project_token_names()?;
                 Ok(names
@@ -568,6 +714,12 @@ impl Client {
         if !req.resources.is_empty() {
             body["resources"] = serde_json::json!(req.resources);
         }
+        if req.force {
+            body["strategy"] = serde_json::json!({"apply": {"force": true}});
+        }
+        if !req.sync_options.is_empty() {
+            body["syncOptions"] = serde_json::json!({"items": req.sync_options});
+        }
         let bytes = self
             .unary_bytes(Call {
                 method: Method::Post,
@@ -579,6 +731,56 @@ impl Client {
                 what: format!("sync application {}", app.key),
                 stream: false,
                 // A sync is not idempotent enough to resend blindly after a 5xx.
+                retry: false,
+            })
+            .await?;
+        app_from_body(&bytes)
+    }
+
+    /// `DELETE /api/v1/applications/{name}/operation`: ends the running operation (Argo CD
+    /// checks `applications, sync`).
+    pub async fn terminate_operation(&self, app: &AppRef) -> Result<serde_json::Value, ArgoCdError> {
+        self.unary_json(Call {
+            method: Method::Delete,
+            segments: vec!["api", "v1", "applications", &app.key.name, "operation"],
+            query: Self::app_call_query(app),
+            body: None,
+            scope: app.project.as_deref(),
+            permission: &Permission::APPS_SYNC,
+            what: format!("terminate the operation of application {}", app.key),
+            stream: false,
+            retry: false,
+        })
+        .await
+    }
+
+    /// `POST /api/v1/applications/{name}/rollback`: syncs to the revision of a history entry;
+    /// returns the app with its operation set.
+    pub async fn rollback_application(&self, app: &AppRef, req: &RollbackRequest) -> Result<DecodedApp, ArgoCdError> {
+        let mut body = serde_json::json!({
+            "name": app.key.name,
+            "id": req.id,
+            "prune": req.prune,
+            "dryRun": req.dry_run,
+        });
+        if !app.key.namespace.is_empty() {
+            body["appNamespace"] = app.key.namespace.clone().into();
+        }
+        if let Some(p) = &app.project {
+            body["project"] = p.clone().into();
+        }
+        let bytes = self
+            .unary_bytes(Call {
+                method: Method::Post,
+                segments: vec!["api", "v1", "applications", &app.key.name, "rollback"],
+                query: vec![],
+                body: Some(body),
+                scope: app.project.as_deref(),
+                // Argo CD maps rollback to sync unless server.rbac.rollback.enforce.enable is
+                // set; its 403 message names which one it checked (see `send`).
+                permission: &Permission::APPS_SYNC,
+                what: format!("roll back application {} to history id {}", app.key, req.id),
+                stream: false,
                 retry: false,
             })
             .await?;
@@ -714,6 +916,94 @@ impl Client {
                     scope: None,
                     permission: &Permission::CLUSTERS_GET,
                     what: "list clusters".into(),
+                    stream: false,
+                    retry: true,
+                },
+                &mut list,
+            )
+            .await?;
+        Ok(list)
+    }
+
+    fn appset_query(&self, namespace_key: &'static str) -> Vec<(&'static str, String)> {
+        let config = &self.inner.config;
+        let mut out: Vec<(&'static str, String)> = config.projects.iter().map(|p| ("projects", p.clone())).collect();
+        if let [one] = config.app_namespaces.as_slice() {
+            out.push((namespace_key, one.clone()));
+        }
+        out
+    }
+
+    /// `GET /api/v1/applicationsets` (unscoped token), items decoded one by one. An Argo CD
+    /// without the endpoint answers [`ArgoCdError::NotFound`].
+    pub async fn list_applicationsets(&self) -> Result<DecodedList<model::DecodedAppSet>, ArgoCdError> {
+        let mut list = DecodedList::default();
+        list.resource_version = self
+            .list_streamed::<model::AppSets>(
+                Call {
+                    method: Method::Get,
+                    segments: vec!["api", "v1", "applicationsets"],
+                    query: self.appset_query("appsetNamespace"),
+                    body: None,
+                    scope: None,
+                    permission: &Permission::APPSETS_GET,
+                    what: "list applicationsets".into(),
+                    stream: false,
+                    retry: true,
+                },
+                &mut list,
+            )
+            .await?;
+        Ok(list)
+    }
+
+    /// `GET /api/v1/stream/applicationsets` from `resource_version` (Argo CD 3.4 and later; an
+    /// older one answers [`ArgoCdError::NotFound`]).
+    pub async fn watch_applicationsets(&self, resource_version: Option<&str>) -> Result<AppSetWatch, ArgoCdError> {
+        let mut query = self.appset_query("appSetNamespace");
+        if let Some(rv) = resource_version.filter(|rv| !rv.is_empty()) {
+            query.push(("resourceVersion", rv.to_owned()));
+        }
+        let resp = self
+            .send(&Call {
+                method: Method::Get,
+                segments: vec!["api", "v1", "stream", "applicationsets"],
+                query,
+                body: None,
+                scope: None,
+                permission: &Permission::APPSETS_GET,
+                what: "watch applicationsets".into(),
+                stream: true,
+                retry: true,
+            })
+            .await?;
+        let stream = self.lines(resp).filter_map(|line| async move {
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => return Some(Err(e)),
+            };
+            match decode_stream_chunk(&line, model::decode_appset_watch_result) {
+                Ok(StreamChunk::Result(ev)) => Some(Ok(ev)),
+                Ok(StreamChunk::Error(e)) => Some(Err(stream_error(e))),
+                Err(e) => Some(Err(ArgoCdError::Decode(e))),
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    /// `GET /api/v1/projects` (unscoped token).
+    pub async fn list_projects(&self) -> Result<DecodedList<model::Project>, ArgoCdError> {
+        let mut list = DecodedList::default();
+        list.resource_version = self
+            .list_streamed::<model::Projects>(
+                Call {
+                    method: Method::Get,
+                    segments: vec!["api", "v1", "projects"],
+                    query: vec![],
+                    body: None,
+                    scope: None,
+                    permission: &Permission::PROJECTS_GET,
+                    what: "list projects".into(),
                     stream: false,
                     retry: true,
                 },
@@ -891,13 +1181,37 @@ impl Client {
         err
     }
 
-    /// Sends one request and maps a non-2xx status to its error; returns the response for the body.
+    /// Sends one request and maps a non-2xx status to its error; returns the response for the
+    /// body. With a login, a 401 ends the session and the call is made once more after logging
+    /// in again.
     async fn send(&self, call: &Call<'_>) -> Result<reqwest::Response, ArgoCdError> {
-        let token = self.inner.tokens.token_for(call.scope)?;
+        let token = self.bearer(call.scope).await?;
+        let Some(session) = &self.inner.session else {
+            return self.send_with(call, token).await;
+        };
+        match self.send_with(call, token.clone()).await {
+            Err(ArgoCdError::Unauthorized { message, .. }) => {
+                tracing::info!(account = session.username(), reason = %message, "Argo CD refused the session token; logging in again");
+                session.invalidate(&token.token);
+                let fresh = self.bearer(call.scope).await?;
+                match self.send_with(call, fresh).await {
+                    Err(ArgoCdError::Unauthorized { message, .. }) => Err(ArgoCdError::SessionRejected {
+                        username: session.username().to_owned(),
+                        message,
+                    }),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn send_with(&self, call: &Call<'_>, token: LoadedToken) -> Result<reqwest::Response, ArgoCdError> {
         let url = self.url(call);
         let mut req = match call.method {
             Method::Get => self.inner.http.get(url),
             Method::Post => self.inner.http.post(url),
+            Method::Delete => self.inner.http.delete(url),
         };
         req = req.bearer_auth(token.token.expose());
         if call.stream {
@@ -916,6 +1230,9 @@ impl Client {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(bytes);
+        } else if call.method != Method::Get {
+            // argocd-server checks the content type of every non-GET call, bodiless or not.
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
         }
         let timeout = self.inner.config.request_timeout;
         // argocd-server sends a watch's response headers only with its first event, so a quiet
@@ -936,6 +1253,7 @@ impl Client {
             let method = match call.method {
                 Method::Get => "GET",
                 Method::Post => "POST",
+                Method::Delete => "DELETE",
             };
             m.observe(
                 method,
@@ -993,13 +1311,21 @@ impl Client {
                 subject: token.claims.subject.clone(),
                 expires_at: token.claims.expires_at,
             },
-            403 => ArgoCdError::PermissionDenied {
-                what: call.what.clone(),
-                message,
-                policy_line: call
-                    .permission
-                    .policy_line(&token.claims.account().unwrap_or_else(|| "<account>".into())),
-            },
+            403 => {
+                // With server.rbac.rollback.enforce.enable Argo CD checks `rollback`, not `sync`,
+                // and says so in its message.
+                let permission =
+                    if call.permission == &Permission::APPS_SYNC && message.contains("applications, rollback") {
+                        &Permission::APPS_ROLLBACK
+                    } else {
+                        call.permission
+                    };
+                ArgoCdError::PermissionDenied {
+                    what: call.what.clone(),
+                    policy_line: permission.policy_line(&token.claims.account().unwrap_or_else(|| "<account>".into())),
+                    message,
+                }
+            }
             404 => ArgoCdError::NotFound { message },
             415 => ArgoCdError::UnsupportedMediaType { message },
             400 if !self.inner.config.uses_tls() && message.contains("HTTP request to an HTTPS server") => {

@@ -36,6 +36,14 @@ pub struct ArgoCdArgs {
     /// (Helm gateway.argocd.projectAuthentication or projectAuthenticationSecretName).
     #[arg(long = "argocd-project-tokens-dir", env = "ARGOCD_GATEWAY_ARGOCD_PROJECT_TOKENS_DIR")]
     pub argocd_project_tokens_dir: Option<PathBuf>,
+    /// A local Argo CD account to log in as (`POST /api/v1/session`), for installations that
+    /// allow no API keys; needs --argocd-password-file (Helm gateway.argocd.username).
+    #[arg(long = "argocd-username", env = "ARGOCD_GATEWAY_ARGOCD_USERNAME")]
+    pub argocd_username: Option<String>,
+    /// File holding the password of --argocd-username; read at every login, never logged (Helm
+    /// gateway.argocd.passwordSecretName, mounted as a file).
+    #[arg(long = "argocd-password-file", env = "ARGOCD_GATEWAY_ARGOCD_PASSWORD_FILE")]
+    pub argocd_password_file: Option<PathBuf>,
     /// Watch applications (`--watch=false` polls instead, for proxies that cut long responses;
     /// Helm gateway.argocd.watch).
     #[arg(
@@ -113,6 +121,14 @@ pub enum AuthSource {
     TokenFile(PathBuf),
     /// One token file per project, `_unscoped` for calls no project scopes.
     ProjectTokensDir(PathBuf),
+    /// A local account's username and password file: the gateway logs in and keeps the session
+    /// token in memory only.
+    Login {
+        /// The account.
+        username: String,
+        /// The password file.
+        password_file: PathBuf,
+    },
 }
 
 /// Validated Argo CD settings.
@@ -176,14 +192,25 @@ pub enum ConfigError {
     InsecureAndPlaintext,
     /// No token source.
     #[error(
-        "no Argo CD token configured: set --argocd-token-file (Helm gateway.argocd.authenticationToken or authenticationTokenSecretName) or --argocd-project-tokens-dir (Helm gateway.argocd.projectAuthentication or projectAuthenticationSecretName)"
+        "no Argo CD credentials configured: set --argocd-token-file (Helm gateway.argocd.authenticationToken or authenticationTokenSecretName), --argocd-project-tokens-dir (Helm gateway.argocd.projectAuthentication or projectAuthenticationSecretName), or --argocd-username with --argocd-password-file (Helm gateway.argocd.username and gateway.argocd.passwordSecretName)"
     )]
     NoToken,
-    /// Both token sources.
+    /// More than one credential kind.
     #[error(
-        "--argocd-token-file and --argocd-project-tokens-dir are mutually exclusive (Helm gateway.argocd.authenticationToken and gateway.argocd.projectAuthentication); set only one"
+        "{given} are mutually exclusive: the gateway uses exactly one kind of Argo CD credential: --argocd-token-file (Helm gateway.argocd.authenticationToken), --argocd-project-tokens-dir (Helm gateway.argocd.projectAuthentication) or --argocd-username with --argocd-password-file (Helm gateway.argocd.username and gateway.argocd.passwordSecretName); set only one"
     )]
-    TwoTokenSources,
+    TwoTokenSources {
+        /// The flags that were given.
+        given: String,
+    },
+    /// A username without a password file, or the other way round.
+    #[error(
+        "--argocd-username and --argocd-password-file go together (Helm gateway.argocd.username and gateway.argocd.passwordSecretName); {missing} is missing"
+    )]
+    IncompleteLogin {
+        /// The flag that is missing.
+        missing: &'static str,
+    },
     /// A numeric or duration limit of zero.
     #[error("{flag} must be greater than zero (Helm {helm})")]
     Zero {
@@ -208,11 +235,41 @@ impl ArgoCdConfig {
         } else {
             TlsMode::Verify { extra_roots: trust }
         };
+        let username = args.argocd_username.as_deref().map(str::trim).filter(|u| !u.is_empty());
+        let login = username.is_some() || args.argocd_password_file.is_some();
+        let given: Vec<&str> = [
+            (args.argocd_token_file.is_some(), "--argocd-token-file"),
+            (args.argocd_project_tokens_dir.is_some(), "--argocd-project-tokens-dir"),
+            (login, "--argocd-username/--argocd-password-file"),
+        ]
+        .into_iter()
+        .filter_map(|(set, flag)| set.then_some(flag))
+        .collect();
+        if given.len() > 1 {
+            return Err(ConfigError::TwoTokenSources {
+                given: given.join(" and "),
+            });
+        }
         let auth = match (&args.argocd_token_file, &args.argocd_project_tokens_dir) {
-            (Some(_), Some(_)) => return Err(ConfigError::TwoTokenSources),
-            (Some(f), None) => AuthSource::TokenFile(f.clone()),
-            (None, Some(d)) => AuthSource::ProjectTokensDir(d.clone()),
-            (None, None) => return Err(ConfigError::NoToken),
+            (Some(f), _) => AuthSource::TokenFile(f.clone()),
+            (_, Some(d)) => AuthSource::ProjectTokensDir(d.clone()),
+            (None, None) => match (username, &args.argocd_password_file) {
+                (Some(u), Some(p)) => AuthSource::Login {
+                    username: u.to_owned(),
+                    password_file: p.clone(),
+                },
+                (Some(_), None) => {
+                    return Err(ConfigError::IncompleteLogin {
+                        missing: "--argocd-password-file",
+                    });
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::IncompleteLogin {
+                        missing: "--argocd-username",
+                    });
+                }
+                (None, None) => return Err(ConfigError::NoToken),
+            },
         };
         let nonzero = |d: Duration, flag, helm| {
             if d.is_zero() {
@@ -396,5 +453,17 @@ mod tests {
             ArgoCdConfig::from_args(&none, vec![]).unwrap_err(),
             ConfigError::NoToken
         );
+        let e = ArgoCdConfig::from_args(&args(&["--argocd-username", "bot"]), vec![]).unwrap_err();
+        assert!(matches!(e, ConfigError::TwoTokenSources { .. }), "{e}");
+        assert!(e.to_string().contains("gateway.argocd.passwordSecretName"));
+        let mut login = args(&["--argocd-username", "bot", "--argocd-password-file", "/p"]);
+        login.argocd_token_file = None;
+        assert!(matches!(
+            ArgoCdConfig::from_args(&login, vec![]).unwrap().auth,
+            AuthSource::Login { ref username, .. } if username == "bot"
+        ));
+        login.argocd_password_file = None;
+        let e = ArgoCdConfig::from_args(&login, vec![]).unwrap_err();
+        assert!(e.to_string().contains("--argocd-password-file is missing"), "{e}");
     }
 }

@@ -29,9 +29,28 @@ impl Permission {
         action: "sync",
         object: "*/*",
     };
+    /// `applications, rollback` on every project (checked instead of `sync` when Argo CD's
+    /// `server.rbac.rollback.enforce.enable` is set).
+    pub const APPS_ROLLBACK: Permission = Permission {
+        resource: "applications",
+        action: "rollback",
+        object: "*/*",
+    };
     /// `clusters, get` on every cluster.
     pub const CLUSTERS_GET: Permission = Permission {
         resource: "clusters",
+        action: "get",
+        object: "*",
+    };
+    /// `applicationsets, get` on every project.
+    pub const APPSETS_GET: Permission = Permission {
+        resource: "applicationsets",
+        action: "get",
+        object: "*/*",
+    };
+    /// `projects, get` on every project.
+    pub const PROJECTS_GET: Permission = Permission {
+        resource: "projects",
         action: "get",
         object: "*",
     };
@@ -73,6 +92,28 @@ pub enum ArgoCdError {
         subject: Option<String>,
         /// `exp` of the token sent.
         expires_at: Option<jiff::Timestamp>,
+    },
+    /// The username/password login failed (wrong password, unknown or disabled account).
+    #[error(
+        "Argo CD refused the login of account {username:?} ({status}: {message}): check the password in the file of --argocd-password-file (Helm gateway.argocd.passwordSecretName) and the account name (--argocd-username, Helm gateway.argocd.username); the account needs the login capability (accounts.{username}: login in argocd-cm)"
+    )]
+    LoginFailed {
+        /// The account.
+        username: String,
+        /// HTTP status.
+        status: u16,
+        /// Argo CD's message.
+        message: String,
+    },
+    /// A fresh session token was refused too: the account cannot use the API.
+    #[error(
+        "Argo CD rejected the session of account {username:?} right after logging in (401: {message}); check the account is enabled (--argocd-username, Helm gateway.argocd.username)"
+    )]
+    SessionRejected {
+        /// The account.
+        username: String,
+        /// Argo CD's message.
+        message: String,
     },
     /// 403: Argo CD RBAC denies the call.
     #[error("Argo CD denied {what} (403: {message}); add this RBAC policy line to argocd-rbac-cm: {policy_line}")]

@@ -15,9 +15,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 pub use crate::wire::item::{
-    Application, Cluster, Condition, ConnectionState, Destination, Health, HealthStatusCode, Operation, OperationPhase,
-    ResourceState, Source, SyncState, SyncStatusCode,
+    AppSetApplicationStatus, AppSetCondition, AppSetStrategy, AppTemplate, Application, ApplicationSet, Cluster,
+    Condition, ConnectionState, Destination, Generator, GroupKind, Health, HealthStatusCode, HistoryEntry, Operation,
+    OperationPhase, OperationProgress, OwnedApplication, Project, ResourceState, Source, SyncPolicy, SyncState,
+    SyncStatusCode, SyncTask, SyncWindow,
 };
+use crate::wire::item::{MAX_HISTORY, MAX_PROGRESS_TASKS};
 
 /// Identity of an application: its namespace and name (apps in any namespace).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -152,6 +155,27 @@ struct WireMeta {
     annotations: BTreeMap<String, String>,
     #[serde(deserialize_with = "lenient_map")]
     labels: BTreeMap<String, String>,
+    #[serde(rename = "ownerReferences", deserialize_with = "lenient_vec")]
+    owner_references: Vec<WireOwnerRef>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireOwnerRef {
+    #[serde(deserialize_with = "nd")]
+    kind: String,
+    #[serde(deserialize_with = "nd")]
+    name: String,
+}
+
+impl WireMeta {
+    /// The ApplicationSet that owns the object, if one does.
+    fn owning_appset(&self) -> Option<String> {
+        self.owner_references
+            .iter()
+            .find(|o| o.kind == "ApplicationSet" && !o.name.is_empty())
+            .map(|o| o.name.clone())
+    }
 }
 
 /// Annotations that only repeat the object, left out of the model: `kubectl apply` keeps a copy
@@ -211,6 +235,40 @@ struct WireDestination {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
+struct WireAutomated {
+    #[serde(deserialize_with = "nd")]
+    prune: bool,
+    #[serde(rename = "selfHeal", deserialize_with = "nd")]
+    self_heal: bool,
+    /// Nil means enabled: `automated: {}` turns automated sync on.
+    #[serde(deserialize_with = "nd")]
+    enabled: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireSyncPolicy {
+    #[serde(deserialize_with = "lenient")]
+    automated: Option<WireAutomated>,
+    #[serde(rename = "syncOptions", deserialize_with = "lenient")]
+    sync_options: Vec<String>,
+}
+
+impl From<Option<WireSyncPolicy>> for SyncPolicy {
+    fn from(w: Option<WireSyncPolicy>) -> Self {
+        let w = w.unwrap_or_default();
+        let automated = w.automated.as_ref().is_some_and(|a| a.enabled != Some(false));
+        SyncPolicy {
+            automated,
+            prune: automated && w.automated.as_ref().is_some_and(|a| a.prune),
+            self_heal: automated && w.automated.as_ref().is_some_and(|a| a.self_heal),
+            sync_options: w.sync_options,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct WireSpec {
     #[serde(deserialize_with = "nd")]
     project: String,
@@ -220,6 +278,8 @@ struct WireSpec {
     sources: Vec<WireSource>,
     #[serde(deserialize_with = "lenient")]
     destination: WireDestination,
+    #[serde(rename = "syncPolicy", deserialize_with = "lenient")]
+    sync_policy: Option<WireSyncPolicy>,
 }
 
 #[derive(Deserialize, Default)]
@@ -269,18 +329,135 @@ impl From<WireHealth> for Health {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct WireRevisions {
+struct WireSyncOperation {
     #[serde(deserialize_with = "nd")]
     revision: String,
     #[serde(deserialize_with = "nd")]
     revisions: Vec<String>,
+    #[serde(rename = "dryRun", deserialize_with = "nd")]
+    dry_run: bool,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct WireOperationSpec {
     #[serde(deserialize_with = "nd")]
-    sync: WireRevisions,
+    sync: WireSyncOperation,
+}
+
+/// One entry of `syncResult.resources`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireResourceResult {
+    #[serde(deserialize_with = "nd")]
+    group: String,
+    #[serde(deserialize_with = "nd")]
+    kind: String,
+    #[serde(deserialize_with = "nd")]
+    namespace: String,
+    #[serde(deserialize_with = "nd")]
+    name: String,
+    #[serde(deserialize_with = "nd")]
+    status: String,
+    #[serde(deserialize_with = "nd")]
+    message: String,
+    #[serde(rename = "hookType", deserialize_with = "nd")]
+    hook_type: String,
+    #[serde(rename = "hookPhase", deserialize_with = "nd")]
+    hook_phase: String,
+    #[serde(rename = "syncPhase", deserialize_with = "nd")]
+    sync_phase: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireSyncResult {
+    #[serde(deserialize_with = "nd")]
+    revision: String,
+    #[serde(deserialize_with = "nd")]
+    revisions: Vec<String>,
+    #[serde(deserialize_with = "lenient_vec")]
+    resources: Vec<WireResourceResult>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireHistory {
+    #[serde(deserialize_with = "nd")]
+    id: i64,
+    #[serde(deserialize_with = "nd")]
+    revision: String,
+    #[serde(deserialize_with = "nd")]
+    revisions: Vec<String>,
+    #[serde(rename = "deployedAt", deserialize_with = "lenient_time")]
+    deployed_at: Option<jiff::Timestamp>,
+}
+
+/// Phases a task is still busy in.
+fn task_running(hook_phase: &str) -> bool {
+    matches!(hook_phase, "Running" | "Pending" | "Terminating")
+}
+
+/// The hook and wave progress of a sync result; waves come from `status.resources`.
+fn progress(results: Vec<WireResourceResult>, resources: &[WireResource]) -> Option<OperationProgress> {
+    if results.is_empty() {
+        return None;
+    }
+    let wave_of = |r: &WireResourceResult| {
+        resources
+            .iter()
+            .find(|s| s.group == r.group && s.kind == r.kind && s.namespace == r.namespace && s.name == r.name)
+            .and_then(|s| s.sync_wave)
+    };
+    let mut p = OperationProgress::default();
+    let mut running_wave: Option<i64> = None;
+    let mut highest_wave: Option<i64> = None;
+    let mut running_phase = None;
+    let mut last_phase = String::new();
+    for r in results {
+        let wave = wave_of(&r);
+        let phase_key = if r.hook_phase.is_empty() {
+            "Pending".to_owned()
+        } else {
+            r.hook_phase.clone()
+        };
+        *p.phases.entry(phase_key).or_default() += 1;
+        if let Some(w) = wave {
+            highest_wave = Some(highest_wave.map_or(w, |h| h.max(w)));
+        }
+        if task_running(&r.hook_phase) {
+            if let Some(w) = wave {
+                running_wave = Some(running_wave.map_or(w, |h| h.min(w)));
+            }
+            running_phase.get_or_insert_with(|| r.sync_phase.clone());
+        }
+        if !r.sync_phase.is_empty() {
+            last_phase = r.sync_phase.clone();
+        }
+        let failed = matches!(r.hook_phase.as_str(), "Failed" | "Error") || r.status == "SyncFailed";
+        let task = || SyncTask {
+            group: r.group.clone(),
+            kind: r.kind.clone(),
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            hook_type: r.hook_type.clone(),
+            hook_phase: r.hook_phase.clone(),
+            status: r.status.clone(),
+            sync_phase: r.sync_phase.clone(),
+            wave,
+            message: r.message.clone(),
+        };
+        if !r.hook_type.is_empty() {
+            if p.hooks.len() < MAX_PROGRESS_TASKS {
+                p.hooks.push(task());
+            }
+        } else if failed && p.failed.len() < MAX_PROGRESS_TASKS {
+            p.failed.push(task());
+        }
+    }
+    p.sync_phase = running_phase.unwrap_or(last_phase);
+    p.wave = running_wave.or(highest_wave);
+    Some(p)
 }
 
 #[derive(Deserialize, Default)]
@@ -296,7 +473,7 @@ struct WireOperationState {
     #[serde(deserialize_with = "lenient")]
     operation: WireOperationSpec,
     #[serde(rename = "syncResult", deserialize_with = "lenient")]
-    sync_result: WireRevisions,
+    sync_result: WireSyncResult,
 }
 
 #[derive(Deserialize, Default)]
@@ -315,6 +492,8 @@ struct WireResource {
     status: SyncStatusCode,
     #[serde(deserialize_with = "lenient")]
     health: Option<WireHealth>,
+    #[serde(rename = "syncWave", deserialize_with = "lenient")]
+    sync_wave: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -354,6 +533,8 @@ struct WireStatus {
     conditions: Vec<WireCondition>,
     #[serde(rename = "resourceHealthSource", deserialize_with = "nd")]
     resource_health_source: String,
+    #[serde(deserialize_with = "lenient_vec")]
+    history: Vec<WireHistory>,
 }
 
 #[derive(Deserialize, Default)]
@@ -382,17 +563,23 @@ pub struct DecodedApp {
 impl From<WireApplication> for DecodedApp {
     fn from(w: WireApplication) -> Self {
         let WireApplication { metadata, spec, status } = w;
+        let application_set = metadata.owning_appset();
         let sources = if !spec.sources.is_empty() {
             spec.sources.into_iter().map(Source::from).collect()
         } else {
             spec.source.into_iter().map(Source::from).collect()
         };
         let operation = status.operation_state.map(|op| {
+            let WireSyncResult {
+                revision: result_revision,
+                revisions: result_revisions,
+                resources: results,
+            } = op.sync_result;
             // The sync result names what was actually applied; the request is the fallback while running.
-            let (revision, revisions) = if op.sync_result.revision.is_empty() && op.sync_result.revisions.is_empty() {
+            let (revision, revisions) = if result_revision.is_empty() && result_revisions.is_empty() {
                 (op.operation.sync.revision, op.operation.sync.revisions)
             } else {
-                (op.sync_result.revision, op.sync_result.revisions)
+                (result_revision, result_revisions)
             };
             Operation {
                 phase: op.phase,
@@ -401,8 +588,22 @@ impl From<WireApplication> for DecodedApp {
                 finished_at: op.finished_at,
                 revision,
                 revisions,
+                dry_run: op.operation.sync.dry_run,
+                progress: progress(results, &status.resources),
             }
         });
+        let skip = status.history.len().saturating_sub(MAX_HISTORY);
+        let history = status
+            .history
+            .into_iter()
+            .skip(skip)
+            .map(|h| HistoryEntry {
+                id: h.id,
+                revision: h.revision,
+                revisions: h.revisions,
+                deployed_at: h.deployed_at,
+            })
+            .collect();
         let project = if spec.project.is_empty() {
             "default".to_owned()
         } else {
@@ -428,6 +629,8 @@ impl From<WireApplication> for DecodedApp {
                 },
                 health: status.health.into(),
                 operation,
+                sync_policy: Some(spec.sync_policy.into()),
+                history,
                 reconciled_at: status.reconciled_at,
                 resources: status
                     .resources
@@ -452,6 +655,7 @@ impl From<WireApplication> for DecodedApp {
                         last_transition_time: c.last_transition_time,
                     })
                     .collect(),
+                application_set,
                 undecodable: None,
                 too_large: None,
             },
@@ -777,6 +981,435 @@ pub fn decode_cluster_list(bytes: &[u8]) -> Result<DecodedList<Cluster>, DecodeE
     decode_list::<Clusters>(bytes)
 }
 
+// ---------------------------------------------------------------------------------------------
+// ApplicationSets and AppProjects (field names: swagger.json `v1alpha1ApplicationSet*`,
+// `v1alpha1AppProject*`, and the generated v1alpha1 proto).
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSetTemplate {
+    #[serde(deserialize_with = "lenient")]
+    spec: WireSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireRollingSync {
+    #[serde(deserialize_with = "lenient_vec")]
+    steps: Vec<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSetStrategy {
+    #[serde(rename = "type", deserialize_with = "nd")]
+    kind: String,
+    #[serde(rename = "rollingSync", deserialize_with = "lenient")]
+    rolling_sync: Option<WireRollingSync>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSetSpec {
+    #[serde(deserialize_with = "lenient_vec")]
+    generators: Vec<BTreeMap<String, Box<RawValue>>>,
+    #[serde(deserialize_with = "lenient")]
+    template: WireAppSetTemplate,
+    #[serde(deserialize_with = "lenient")]
+    strategy: Option<WireAppSetStrategy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSetCondition {
+    #[serde(rename = "type", deserialize_with = "nd")]
+    kind: String,
+    #[serde(deserialize_with = "nd")]
+    status: String,
+    #[serde(deserialize_with = "nd")]
+    reason: String,
+    #[serde(deserialize_with = "nd")]
+    message: String,
+    #[serde(rename = "lastTransitionTime", deserialize_with = "lenient_time")]
+    last_transition_time: Option<jiff::Timestamp>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSetAppStatus {
+    #[serde(deserialize_with = "nd")]
+    application: String,
+    #[serde(deserialize_with = "nd")]
+    status: String,
+    #[serde(deserialize_with = "nd")]
+    step: String,
+    #[serde(deserialize_with = "nd")]
+    message: String,
+    // Go's json tag is all lower case here.
+    #[serde(rename = "targetrevisions", deserialize_with = "lenient")]
+    target_revisions: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSetStatus {
+    #[serde(deserialize_with = "lenient_vec")]
+    conditions: Vec<WireAppSetCondition>,
+    #[serde(rename = "applicationStatus", deserialize_with = "lenient_vec")]
+    application_status: Vec<WireAppSetAppStatus>,
+    #[serde(deserialize_with = "lenient_vec")]
+    resources: Vec<WireResource>,
+    #[serde(rename = "resourcesCount", deserialize_with = "lenient")]
+    resources_count: i64,
+    #[serde(deserialize_with = "lenient")]
+    health: WireHealth,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireAppSet {
+    #[serde(deserialize_with = "nd")]
+    metadata: WireMeta,
+    #[serde(deserialize_with = "nd")]
+    spec: WireAppSetSpec,
+    #[serde(deserialize_with = "nd")]
+    status: WireAppSetStatus,
+}
+
+/// The generator kinds of one `generators` entry (`selector` is a post-filter, not a kind).
+fn generator(entry: &BTreeMap<String, Box<RawValue>>) -> Option<Generator> {
+    #[derive(Deserialize, Default)]
+    struct Combined {
+        #[serde(default, deserialize_with = "lenient_vec")]
+        generators: Vec<BTreeMap<String, serde::de::IgnoredAny>>,
+    }
+    let (kind, raw) = entry.iter().find(|(k, _)| k.as_str() != "selector")?;
+    let generators = if kind == "matrix" || kind == "merge" {
+        serde_json::from_str::<Combined>(raw.get())
+            .unwrap_or_default()
+            .generators
+            .iter()
+            .filter_map(|g| g.keys().find(|k| k.as_str() != "selector").cloned())
+            .collect()
+    } else {
+        vec![]
+    };
+    Some(Generator {
+        kind: kind.clone(),
+        generators,
+    })
+}
+
+/// An ApplicationSet decoded from Argo CD, with its resourceVersion.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodedAppSet {
+    /// The compact model.
+    pub appset: ApplicationSet,
+    /// `metadata.resourceVersion`.
+    pub resource_version: String,
+}
+
+impl From<WireAppSet> for DecodedAppSet {
+    fn from(w: WireAppSet) -> Self {
+        let WireAppSet { metadata, spec, status } = w;
+        let tspec = spec.template.spec;
+        let sources = if !tspec.sources.is_empty() {
+            tspec.sources.into_iter().map(Source::from).collect()
+        } else {
+            tspec.source.into_iter().map(Source::from).collect()
+        };
+        let project = if tspec.project.is_empty() {
+            "default".to_owned()
+        } else {
+            tspec.project
+        };
+        DecodedAppSet {
+            appset: ApplicationSet {
+                namespace: metadata.namespace.clone(),
+                name: metadata.name.clone(),
+                project: project.clone(),
+                labels: metadata.labels.clone(),
+                generators: spec.generators.iter().filter_map(generator).collect(),
+                template: AppTemplate {
+                    project,
+                    sources,
+                    destination: Destination {
+                        server: tspec.destination.server,
+                        name: tspec.destination.name,
+                        namespace: tspec.destination.namespace,
+                    },
+                },
+                conditions: status
+                    .conditions
+                    .into_iter()
+                    .map(|c| AppSetCondition {
+                        kind: c.kind,
+                        status: c.status,
+                        reason: c.reason,
+                        message: c.message,
+                        last_transition_time: c.last_transition_time,
+                    })
+                    .collect(),
+                health: status.health.into(),
+                strategy: spec.strategy.map(|s| AppSetStrategy {
+                    kind: s.kind,
+                    steps: s.rolling_sync.map_or(0, |r| r.steps.len() as u32),
+                }),
+                application_status: status
+                    .application_status
+                    .into_iter()
+                    .map(|a| AppSetApplicationStatus {
+                        application: a.application,
+                        status: a.status,
+                        step: a.step,
+                        message: a.message,
+                        target_revisions: a.target_revisions,
+                    })
+                    .collect(),
+                resources: status
+                    .resources
+                    .into_iter()
+                    .filter(|r| r.kind == "Application" || r.kind.is_empty())
+                    .map(|r| OwnedApplication {
+                        namespace: r.namespace,
+                        name: r.name,
+                        status: r.status,
+                        health: r.health.map(Health::from),
+                    })
+                    .collect(),
+                resources_count: status.resources_count,
+                undecodable: None,
+                too_large: None,
+            },
+            resource_version: metadata.resource_version,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireGroupKind {
+    #[serde(deserialize_with = "nd")]
+    group: String,
+    #[serde(deserialize_with = "nd")]
+    kind: String,
+    #[serde(deserialize_with = "nd")]
+    name: String,
+}
+
+impl From<WireGroupKind> for GroupKind {
+    fn from(w: WireGroupKind) -> Self {
+        GroupKind {
+            group: w.group,
+            kind: w.kind,
+            name: w.name,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireRole {
+    #[serde(deserialize_with = "nd")]
+    name: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireSyncWindow {
+    #[serde(deserialize_with = "nd")]
+    kind: String,
+    #[serde(deserialize_with = "nd")]
+    schedule: String,
+    #[serde(deserialize_with = "nd")]
+    duration: String,
+    #[serde(rename = "timeZone", deserialize_with = "nd")]
+    time_zone: String,
+    #[serde(deserialize_with = "lenient")]
+    applications: Vec<String>,
+    #[serde(deserialize_with = "lenient")]
+    namespaces: Vec<String>,
+    #[serde(deserialize_with = "lenient")]
+    clusters: Vec<String>,
+    #[serde(rename = "manualSync", deserialize_with = "lenient")]
+    manual_sync: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireProjectSpec {
+    #[serde(deserialize_with = "nd")]
+    description: String,
+    #[serde(rename = "sourceRepos", deserialize_with = "lenient")]
+    source_repos: Vec<String>,
+    #[serde(rename = "sourceNamespaces", deserialize_with = "lenient")]
+    source_namespaces: Vec<String>,
+    #[serde(deserialize_with = "lenient_vec")]
+    destinations: Vec<WireDestination>,
+    #[serde(rename = "clusterResourceWhitelist", deserialize_with = "lenient_vec")]
+    cluster_resource_whitelist: Vec<WireGroupKind>,
+    #[serde(rename = "clusterResourceBlacklist", deserialize_with = "lenient_vec")]
+    cluster_resource_blacklist: Vec<WireGroupKind>,
+    #[serde(rename = "namespaceResourceWhitelist", deserialize_with = "lenient_vec")]
+    namespace_resource_whitelist: Vec<WireGroupKind>,
+    #[serde(rename = "namespaceResourceBlacklist", deserialize_with = "lenient_vec")]
+    namespace_resource_blacklist: Vec<WireGroupKind>,
+    #[serde(deserialize_with = "lenient_vec")]
+    roles: Vec<WireRole>,
+    #[serde(rename = "syncWindows", deserialize_with = "lenient_vec")]
+    sync_windows: Vec<WireSyncWindow>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireProject {
+    #[serde(deserialize_with = "nd")]
+    metadata: WireMeta,
+    #[serde(deserialize_with = "nd")]
+    spec: WireProjectSpec,
+}
+
+impl From<WireProject> for Project {
+    fn from(w: WireProject) -> Self {
+        let s = w.spec;
+        let kinds = |v: Vec<WireGroupKind>| v.into_iter().map(GroupKind::from).collect::<Vec<_>>();
+        Project {
+            name: w.metadata.name,
+            description: s.description,
+            source_repos: s.source_repos,
+            source_namespaces: s.source_namespaces,
+            destinations: s
+                .destinations
+                .into_iter()
+                .map(|d| Destination {
+                    server: d.server,
+                    name: d.name,
+                    namespace: d.namespace,
+                })
+                .collect(),
+            cluster_resource_whitelist: kinds(s.cluster_resource_whitelist),
+            cluster_resource_blacklist: kinds(s.cluster_resource_blacklist),
+            namespace_resource_whitelist: kinds(s.namespace_resource_whitelist),
+            namespace_resource_blacklist: kinds(s.namespace_resource_blacklist),
+            roles: s.roles.into_iter().map(|r| r.name).filter(|n| !n.is_empty()).collect(),
+            sync_windows: s
+                .sync_windows
+                .into_iter()
+                .map(|w| SyncWindow {
+                    kind: w.kind,
+                    schedule: w.schedule,
+                    duration: w.duration,
+                    time_zone: w.time_zone,
+                    applications: w.applications,
+                    namespaces: w.namespaces,
+                    clusters: w.clusters,
+                    manual_sync: w.manual_sync,
+                    active: None,
+                })
+                .collect(),
+            undecodable: None,
+            too_large: None,
+        }
+    }
+}
+
+/// ApplicationSets.
+pub struct AppSets;
+
+impl ListKind for AppSets {
+    type Item = DecodedAppSet;
+    const WHAT: &'static str = "applicationset";
+
+    fn decode(raw: &[u8]) -> Result<DecodedAppSet, serde_json::Error> {
+        serde_json::from_slice::<WireAppSet>(raw).map(DecodedAppSet::from)
+    }
+
+    fn identify(raw: &[u8]) -> Option<ObjectId> {
+        Applications::identify(raw).map(|mut id| {
+            // An ApplicationSet's project is its template's; without it, the filters see none.
+            id.project = String::new();
+            id
+        })
+    }
+}
+
+/// AppProjects.
+pub struct Projects;
+
+impl ListKind for Projects {
+    type Item = Project;
+    const WHAT: &'static str = "project";
+
+    fn decode(raw: &[u8]) -> Result<Project, serde_json::Error> {
+        serde_json::from_slice::<WireProject>(raw).map(Project::from)
+    }
+
+    fn identify(raw: &[u8]) -> Option<ObjectId> {
+        Applications::identify(raw).map(|id| ObjectId {
+            namespace: String::new(),
+            name: id.name,
+            project: String::new(),
+        })
+    }
+}
+
+/// Decodes one Argo CD ApplicationSet object.
+pub fn decode_appset(json: &str) -> Result<DecodedAppSet, DecodeError> {
+    serde_json::from_str::<WireAppSet>(json)
+        .map(DecodedAppSet::from)
+        .map_err(|e| DecodeError {
+            what: "applicationset".into(),
+            reason: e.to_string(),
+        })
+}
+
+/// Decodes a whole `ApplicationSetList`, skipping (and logging) items that do not decode.
+pub fn decode_appset_list(bytes: &[u8]) -> Result<DecodedList<DecodedAppSet>, DecodeError> {
+    decode_list::<AppSets>(bytes)
+}
+
+/// Decodes a whole `AppProjectList`, skipping (and logging) items that do not decode.
+pub fn decode_project_list(bytes: &[u8]) -> Result<DecodedList<Project>, DecodeError> {
+    decode_list::<Projects>(bytes)
+}
+
+/// One ApplicationSet watch event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppSetWatchEvent {
+    /// ADDED, MODIFIED or DELETED.
+    pub kind: WatchEventType,
+    /// The ApplicationSet as of the event.
+    pub appset: DecodedAppSet,
+}
+
+/// Decodes the `result` of an ApplicationSet watch chunk (`{"type", "applicationSet"}`).
+pub fn decode_appset_watch_result(json: &str) -> Result<AppSetWatchEvent, DecodeError> {
+    #[derive(Deserialize)]
+    struct W {
+        #[serde(rename = "type", default, deserialize_with = "nd")]
+        kind: String,
+        #[serde(rename = "applicationSet", default, deserialize_with = "nd")]
+        appset: WireAppSet,
+    }
+    let w: W = serde_json::from_str(json).map_err(|e| DecodeError {
+        what: "applicationset watch event".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(AppSetWatchEvent {
+        kind: watch_type(&w.kind),
+        appset: w.appset.into(),
+    })
+}
+
+fn watch_type(kind: &str) -> WatchEventType {
+    match kind {
+        "ADDED" => WatchEventType::Added,
+        "MODIFIED" => WatchEventType::Modified,
+        "DELETED" => WatchEventType::Deleted,
+        other => WatchEventType::Other(other.to_owned()),
+    }
+}
+
 /// The JSON payload of a stream line: NDJSON as is, SSE `data:` stripped; `None` for blank lines,
 /// SSE comments (keepalives) and other SSE fields.
 pub fn stream_payload(line: &str) -> Option<&str> {
@@ -1017,5 +1650,91 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(err, StreamChunk::Error(StreamError { http_code: 403, .. })));
+    }
+
+    #[test]
+    fn sync_policy_history_and_operation_progress_decode() {
+        // Field names as in Argo CD's v1alpha1 types (swagger: v1alpha1SyncPolicy,
+        // v1alpha1RevisionHistory, v1alpha1ResourceResult, v1alpha1ResourceStatus.syncWave).
+        let history: Vec<serde_json::Value> = (0..12)
+            .map(|i| {
+                serde_json::json!({"id": i, "revision": format!("{i:040x}"),
+                    "deployedAt": "2024-05-01T10:00:00Z", "source": {"repoURL": "r"}})
+            })
+            .collect();
+        let json = serde_json::json!({
+            "metadata": {"name": "shop", "namespace": "argocd"},
+            "spec": {"source": {"repoURL": "r"}, "destination": {"server": "s"},
+                     "syncPolicy": {"automated": {"prune": true, "selfHeal": true},
+                                    "syncOptions": ["CreateNamespace=true", "ServerSideApply=true"]}},
+            "status": {
+                "sync": {"status": "Synced", "revision": "abc"},
+                "history": history,
+                "resources": [
+                    {"kind": "ConfigMap", "namespace": "shop", "name": "shop", "status": "Synced", "syncWave": 0},
+                    {"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "shop", "status": "Synced", "syncWave": 1}
+                ],
+                "operationState": {
+                    "phase": "Running", "message": "waiting for completion of hook batch/Job/smoke",
+                    "operation": {"sync": {"revision": "abc", "dryRun": false}},
+                    "syncResult": {"revision": "abc", "resources": [
+                        {"group": "batch", "kind": "Job", "namespace": "shop", "name": "migrate", "hookType": "PreSync",
+                         "hookPhase": "Succeeded", "syncPhase": "PreSync", "message": "job completed"},
+                        {"kind": "ConfigMap", "namespace": "shop", "name": "shop", "status": "Synced",
+                         "hookPhase": "Succeeded", "syncPhase": "Sync", "message": "configmap/shop configured"},
+                        {"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "shop", "status": "SyncFailed",
+                         "hookPhase": "Failed", "syncPhase": "Sync", "message": "the server rejected the image"},
+                        {"group": "batch", "kind": "Job", "namespace": "shop", "name": "smoke", "hookType": "PostSync",
+                         "hookPhase": "Running", "syncPhase": "PostSync", "message": "job running"}
+                    ]}
+                }
+            }
+        });
+        let app = decode_application(&json.to_string()).unwrap().app;
+        let policy = app.sync_policy.as_ref().unwrap();
+        assert!(policy.automated && policy.prune && policy.self_heal);
+        assert_eq!(policy.sync_options, ["CreateNamespace=true", "ServerSideApply=true"]);
+        // The last ten, oldest first.
+        assert_eq!(app.history.len(), MAX_HISTORY);
+        assert_eq!(app.history[0].id, 2);
+        assert_eq!(app.history[9].id, 11);
+        assert_eq!(app.history[9].revision, format!("{:040x}", 11));
+        assert!(app.history[9].deployed_at.is_some());
+        let op = app.operation.as_ref().unwrap();
+        assert!(!op.dry_run);
+        let p = op.progress.as_ref().unwrap();
+        assert_eq!(p.phases.get("Succeeded"), Some(&2));
+        assert_eq!(p.phases.get("Running"), Some(&1));
+        assert_eq!(p.phases.get("Failed"), Some(&1));
+        assert_eq!(p.sync_phase, "PostSync", "the phase of the task still running");
+        assert_eq!(p.wave, Some(1), "no running task has a wave: the highest reached");
+        assert_eq!(p.hooks.len(), 2);
+        assert_eq!(p.hooks[1].hook_type, "PostSync");
+        assert_eq!(p.hooks[1].hook_phase, "Running");
+        assert_eq!(p.failed.len(), 1);
+        assert_eq!(p.failed[0].kind, "Deployment");
+        assert_eq!(p.failed[0].wave, Some(1));
+        assert_eq!(p.failed[0].message, "the server rejected the image");
+
+        // `automated: {}` turns automated sync on; `enabled: false` turns it off; no
+        // `syncPolicy` is manual, known (not absent as from an older gateway).
+        let policy = |p: serde_json::Value| {
+            let j = serde_json::json!({"metadata": {"name": "a"}, "spec": {"syncPolicy": p}});
+            decode_application(&j.to_string()).unwrap().app.sync_policy.unwrap()
+        };
+        assert!(policy(serde_json::json!({"automated": {}})).automated);
+        let off = policy(serde_json::json!({"automated": {"enabled": false, "prune": true}}));
+        assert!(!off.automated && !off.prune);
+        assert!(!policy(serde_json::Value::Null).automated);
+        // A hostile history or sync result does not fail the application.
+        let odd = r#"{"metadata":{"name":"a"},"status":{"history":[{"id":"x"},{"id":3,"revision":"r"}],
+            "operationState":{"phase":"Succeeded","syncResult":{"resources":[7,{"kind":"Pod","name":"p","hookPhase":"Succeeded"}]}}}}"#;
+        let a = decode_application(odd).unwrap().app;
+        assert!(
+            a.history.iter().any(|h| h.id == 3 && h.revision == "r"),
+            "{:?}",
+            a.history
+        );
+        assert_eq!(a.operation.unwrap().progress.unwrap().phases.get("Succeeded"), Some(&1));
     }
 }

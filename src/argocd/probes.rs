@@ -39,6 +39,10 @@ pub async fn argocd_rows(args: &ArgoCdArgs, trust: &TrustArgs, report: &mut Repo
     let auth = match &config.auth {
         AuthSource::TokenFile(p) => format!("token file {}", p.display()),
         AuthSource::ProjectTokensDir(p) => format!("project tokens in {}", p.display()),
+        AuthSource::Login {
+            username,
+            password_file,
+        } => format!("login as {username} (password in {})", password_file.display()),
     };
     report.push(
         "configuration",
@@ -378,6 +382,18 @@ async fn permission_rows(client: &Client, scope: Option<&str>, label: &str, repo
     ];
     if scope.is_none() {
         probes.push((&Permission::CLUSTERS_GET, vec!["*"], true, "cluster list"));
+        probes.push((
+            &Permission::APPSETS_GET,
+            vec!["*", "*"],
+            false,
+            "ApplicationSets (without it the hub sees none)",
+        ));
+        probes.push((
+            &Permission::PROJECTS_GET,
+            vec!["*"],
+            false,
+            "AppProjects (without it the hub sees none)",
+        ));
     }
     for (perm, object, required, purpose) in probes {
         let name = format!("{label} can {} {}", perm.action, perm.resource);
@@ -458,5 +474,39 @@ async fn count_rows(client: &Client, config: &ArgoCdConfig, scopes: &[Option<Str
         Ok(l) => report.push("clusters", Status::Ok, format!("{} visible", l.items.len()), None),
         Err(ArgoCdError::Token(e)) => report.push("clusters", Status::Warn, e.to_string(), None),
         Err(e) => report.push("clusters", Status::Fail, e.to_string(), None),
+    }
+    optional_rows(client, report).await;
+}
+
+/// ApplicationSets and projects: reported, never failing the check (they are optional).
+async fn optional_rows(client: &Client, report: &mut Report) {
+    let appsets_denied = matches!(
+        client.can_i(None, "applicationsets", "get", &["*", "*"]).await,
+        Ok(false)
+    );
+    match client.list_applicationsets().await {
+        Ok(l) if appsets_denied && l.items.is_empty() => report.push(
+            "applicationsets",
+            Status::Warn,
+            "can see 0 of them: can-i applicationsets get says no, so the hub sees no ApplicationSets",
+            Some("grant applicationsets get (see the permission rows above)".into()),
+        ),
+        Ok(l) => report.push(
+            "applicationsets",
+            Status::Ok,
+            format!("{} visible", l.items.len()),
+            None,
+        ),
+        Err(ArgoCdError::NotFound { .. }) => report.push(
+            "applicationsets",
+            Status::Warn,
+            "this Argo CD has no ApplicationSet API; ApplicationSets are not relayed",
+            None,
+        ),
+        Err(e) => report.push("applicationsets", Status::Warn, e.to_string(), None),
+    }
+    match client.list_projects().await {
+        Ok(l) => report.push("projects", Status::Ok, format!("{} visible", l.items.len()), None),
+        Err(e) => report.push("projects", Status::Warn, e.to_string(), None),
     }
 }

@@ -64,6 +64,22 @@ pub enum TokenError {
         /// The flag that named it.
         flag: &'static str,
     },
+    /// The password file could not be read.
+    #[error(
+        "cannot read the Argo CD password file {path}: {reason} (flag --argocd-password-file, Helm gateway.argocd.passwordSecretName)"
+    )]
+    PasswordUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error, or that the file is empty.
+        reason: String,
+    },
+    /// A call was made before a login session exists (internal: the client logs in first).
+    #[error("no Argo CD session yet for account {username:?} (flag --argocd-username, Helm gateway.argocd.username)")]
+    NoSession {
+        /// The account.
+        username: String,
+    },
     /// No project token and no `_unscoped` token fits the call.
     #[error(
         "no Argo CD token for {scope} in {dir}: add a file named {wanted} (or {UNSCOPED}) to --argocd-project-tokens-dir (Helm gateway.argocd.projectAuthentication)"
@@ -194,6 +210,9 @@ impl TokenStore {
     /// The token for a call scoped to `project` (None: a call no project scopes).
     pub fn token_for(&self, project: Option<&str>) -> Result<LoadedToken, TokenError> {
         match &self.source {
+            AuthSource::Login { username, .. } => Err(TokenError::NoSession {
+                username: username.clone(),
+            }),
             AuthSource::TokenFile(path) => self.load(path, "--argocd-token-file"),
             AuthSource::ProjectTokensDir(dir) => {
                 let flag = "--argocd-project-tokens-dir";

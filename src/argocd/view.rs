@@ -2,8 +2,12 @@
 //! plus a stream of the changes.
 //!
 //! Shape:
-//! - [`View::spawn`] starts one application loop per token scope (one for an account token, one
-//!   per project token file) and one cluster loop, all stopped by the given `CancellationToken`.
+//! - [`View::spawn`] starts one application loop per token scope (one for an account token or a
+//!   login, one per project token file; the token directory is re-read every few seconds and
+//!   loops start and stop with its files), one cluster loop, one ApplicationSet loop (list and
+//!   watch where Argo CD has the stream, 3.4 and later, else polled; an Argo CD without the API
+//!   is detected once and skipped) and one project loop (listed with the clusters, each sync
+//!   window's activity decided at every list), all stopped by the given `CancellationToken`.
 //! - An application loop lists (`GET /api/v1/applications`), then watches from the list's
 //!   `resourceVersion`; it re-lists after any watch failure or end and every `resync_interval`
 //!   (Argo CD drops watch events under load). With `watch = false` it lists every
@@ -33,7 +37,10 @@ use tokio_util::task::TaskTracker;
 
 use super::client::{AppQuery, AppRef, Client, ListSink};
 use super::error::ArgoCdError;
-use super::model::{AppKey, Application, Cluster, DecodedApp, ListItem, ObjectId, Skipped, WatchEventType};
+use super::model::{
+    AppKey, Application, ApplicationSet, Cluster, DecodedApp, DecodedAppSet, ListItem, ObjectId, Project, Skipped,
+    WatchEventType,
+};
 use crate::util::Backoff;
 
 /// Parallel Gets when polling Argo CD 3.x for per-resource health.
@@ -72,6 +79,14 @@ pub enum ViewEvent {
     ClusterUpsert(Arc<Cluster>),
     /// A cluster disappeared (by server URL).
     ClusterDelete(String),
+    /// An ApplicationSet appeared or changed.
+    AppSetUpsert(Arc<ApplicationSet>),
+    /// An ApplicationSet disappeared.
+    AppSetDelete(AppKey),
+    /// A project appeared or changed.
+    ProjectUpsert(Arc<Project>),
+    /// A project disappeared (by name).
+    ProjectDelete(String),
 }
 
 /// Health of the view, for readiness and the health check.
@@ -81,6 +96,13 @@ pub struct ViewStatus {
     pub apps_synced: bool,
     /// The cluster list succeeded at least once.
     pub clusters_synced: bool,
+    /// ApplicationSets were listed once, or will not be (no API, no unscoped token).
+    pub appsets_synced: bool,
+    /// Projects were listed once, or will not be (no unscoped token).
+    pub projects_synced: bool,
+    /// Why ApplicationSets are not relayed, when they are not (an Argo CD without the API, no
+    /// unscoped token); polling instead of watching is said here too.
+    pub appsets_note: Option<String>,
     /// Loops whose most recent attempt failed, with that failure.
     pub failing: BTreeMap<String, ArgoCdError>,
     /// The most recent failure of any loop.
@@ -103,6 +125,16 @@ pub struct Snapshot {
     pub apps: BTreeMap<AppKey, Arc<Application>>,
     /// Clusters by server URL.
     pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// ApplicationSets by namespace/name.
+    pub appsets: BTreeMap<AppKey, Arc<ApplicationSet>>,
+    /// Projects by name.
+    pub projects: BTreeMap<String, Arc<Project>>,
+}
+
+/// An ApplicationSet and the resourceVersion of the object applied last.
+struct AppSetEntry {
+    appset: Arc<ApplicationSet>,
+    rv: Option<u64>,
 }
 
 struct Entry {
@@ -135,6 +167,10 @@ struct State {
     list_rv: std::collections::HashMap<usize, u64>,
     clusters: BTreeMap<String, Arc<Cluster>>,
     scopes_synced: HashSet<usize>,
+    appsets: BTreeMap<AppKey, AppSetEntry>,
+    /// resourceVersion of the last ApplicationSet list.
+    appset_list_rv: Option<u64>,
+    projects: BTreeMap<String, Arc<Project>>,
     /// The last list pass started.
     list_pass: u64,
 }
@@ -219,7 +255,19 @@ impl View {
             );
             tracker.spawn(async move { start_app_loops(shared, client, options, cancel, t2).await });
         }
-        tracker.spawn(cluster_loop(shared.clone(), client, options, cancel));
+        tracker.spawn(cluster_loop(
+            shared.clone(),
+            client.clone(),
+            options.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(appset_loop(
+            shared.clone(),
+            client.clone(),
+            options.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(project_loop(shared.clone(), client, options, cancel));
         tracker.close();
         ViewHandle { shared, tracker }
     }
@@ -261,6 +309,21 @@ impl ViewHandle {
         self.shared.read().clusters.clone()
     }
 
+    /// All ApplicationSets.
+    pub fn appsets(&self) -> BTreeMap<AppKey, Arc<ApplicationSet>> {
+        self.shared
+            .read()
+            .appsets
+            .iter()
+            .map(|(k, e)| (k.clone(), e.appset.clone()))
+            .collect()
+    }
+
+    /// All projects.
+    pub fn projects(&self) -> BTreeMap<String, Arc<Project>> {
+        self.shared.read().projects.clone()
+    }
+
     /// A receiver of subsequent changes.
     pub fn subscribe(&self) -> broadcast::Receiver<ViewEvent> {
         self.shared.events.subscribe()
@@ -275,6 +338,12 @@ impl ViewHandle {
         let snap = Snapshot {
             apps: state.apps.iter().map(|(k, e)| (k.clone(), e.app.clone())).collect(),
             clusters: state.clusters.clone(),
+            appsets: state
+                .appsets
+                .iter()
+                .map(|(k, e)| (k.clone(), e.appset.clone()))
+                .collect(),
+            projects: state.projects.clone(),
         };
         (snap, rx)
     }
@@ -554,6 +623,172 @@ impl Shared {
         }
     }
 
+    fn appset_admitted(&self, a: &ApplicationSet) -> bool {
+        (self.filter.projects.is_empty() || self.filter.projects.contains(&a.project))
+            && (self.filter.app_namespaces.is_empty() || self.filter.app_namespaces.contains(&a.namespace))
+    }
+
+    fn upsert_appset_locked(&self, st: &mut State, d: DecodedAppSet) {
+        let key = AppKey::new(&d.appset.namespace, &d.appset.name);
+        let rv = rv_number(&d.resource_version);
+        match st.appsets.get_mut(&key) {
+            Some(e) if *e.appset == d.appset => e.rv = rv,
+            _ => {
+                let a = Arc::new(d.appset);
+                st.appsets.insert(key, AppSetEntry { appset: a.clone(), rv });
+                self.emit(ViewEvent::AppSetUpsert(a));
+            }
+        }
+    }
+
+    /// Applies an ApplicationSet list: unreadable ones keep their last known state (marked),
+    /// and nothing is removed when one could not even be identified.
+    fn apply_appsets(&self, list_rv: &str, items: Vec<DecodedAppSet>, skipped: Vec<Skipped>) {
+        let mut st = self.write();
+        st.appset_list_rv = rv_number(list_rv);
+        let mut seen = HashSet::new();
+        let unidentified = skipped.iter().any(|s| s.id.is_none());
+        for Skipped { id, error } in skipped {
+            let Some(id) = id else { continue };
+            let key = AppKey::new(&id.namespace, &id.name);
+            let reason = error.to_string();
+            seen.insert(key.clone());
+            let marked = match st.appsets.get(&key) {
+                Some(e) if e.appset.undecodable.as_deref() == Some(reason.as_str()) => continue,
+                Some(e) => ApplicationSet {
+                    undecodable: Some(reason),
+                    ..(*e.appset).clone()
+                },
+                None => ApplicationSet {
+                    namespace: id.namespace.clone(),
+                    name: id.name.clone(),
+                    undecodable: Some(reason),
+                    ..ApplicationSet::default()
+                },
+            };
+            let a = Arc::new(marked);
+            st.appsets.insert(
+                key,
+                AppSetEntry {
+                    appset: a.clone(),
+                    rv: None,
+                },
+            );
+            self.emit(ViewEvent::AppSetUpsert(a));
+        }
+        for d in items {
+            if !self.appset_admitted(&d.appset) {
+                continue;
+            }
+            seen.insert(AppKey::new(&d.appset.namespace, &d.appset.name));
+            self.upsert_appset_locked(&mut st, d);
+        }
+        if !unidentified {
+            let gone: Vec<AppKey> = st.appsets.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+            for k in gone {
+                st.appsets.remove(&k);
+                self.emit(ViewEvent::AppSetDelete(k));
+            }
+        }
+    }
+
+    /// Applies an ApplicationSet watch event unless the view already holds something newer.
+    fn apply_appset_watch(&self, kind: WatchEventType, d: DecodedAppSet) {
+        let mut st = self.write();
+        let key = AppKey::new(&d.appset.namespace, &d.appset.name);
+        if let Some(rv) = rv_number(&d.resource_version) {
+            let older = match st.appsets.get(&key) {
+                Some(e) => e.rv.is_some_and(|held| rv < held),
+                None => st.appset_list_rv.is_some_and(|listed| rv <= listed),
+            };
+            if older {
+                return;
+            }
+        }
+        if kind == WatchEventType::Deleted || !self.appset_admitted(&d.appset) {
+            if st.appsets.remove(&key).is_some() {
+                self.emit(ViewEvent::AppSetDelete(key));
+            }
+        } else {
+            self.upsert_appset_locked(&mut st, d);
+        }
+    }
+
+    /// Applies a project list; each sync window's activity is decided now.
+    fn apply_projects(&self, items: Vec<Project>, skipped: Vec<Skipped>) {
+        let now = jiff::Timestamp::now();
+        let mut st = self.write();
+        let mut seen = HashSet::new();
+        let unidentified = skipped.iter().any(|s| s.id.is_none());
+        let wanted = |name: &str| self.filter.projects.is_empty() || self.filter.projects.iter().any(|p| p == name);
+        for Skipped { id, error } in skipped {
+            let Some(id) = id else { continue };
+            if !wanted(&id.name) {
+                continue;
+            }
+            let reason = error.to_string();
+            seen.insert(id.name.clone());
+            let marked = match st.projects.get(&id.name) {
+                Some(p) if p.undecodable.as_deref() == Some(reason.as_str()) => continue,
+                Some(p) => Project {
+                    undecodable: Some(reason),
+                    ..(**p).clone()
+                },
+                None => Project {
+                    name: id.name.clone(),
+                    undecodable: Some(reason),
+                    ..Project::default()
+                },
+            };
+            let p = Arc::new(marked);
+            st.projects.insert(id.name, p.clone());
+            self.emit(ViewEvent::ProjectUpsert(p));
+        }
+        for mut p in items {
+            if !wanted(&p.name) {
+                continue;
+            }
+            for w in &mut p.sync_windows {
+                w.active = match super::syncwindow::active(&w.schedule, &w.duration, &w.time_zone, now) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        tracing::debug!(project = %p.name, error = %e, "cannot decide whether a sync window is active");
+                        None
+                    }
+                };
+            }
+            seen.insert(p.name.clone());
+            if st.projects.get(&p.name).is_some_and(|old| **old == p) {
+                continue;
+            }
+            let p = Arc::new(p);
+            st.projects.insert(p.name.clone(), p.clone());
+            self.emit(ViewEvent::ProjectUpsert(p));
+        }
+        if !unidentified {
+            let gone: Vec<String> = st.projects.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+            for k in gone {
+                st.projects.remove(&k);
+                self.emit(ViewEvent::ProjectDelete(k));
+            }
+        }
+    }
+
+    /// Forgets the applications a token scope listed (its token file is gone).
+    fn drop_scope(&self, scope: usize) {
+        let mut st = self.write();
+        let keys: Vec<AppKey> = st
+            .apps
+            .iter()
+            .filter(|(_, e)| e.scope == scope)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.delete_locked(&mut st, scope, &k);
+        }
+        st.list_rv.remove(&scope);
+    }
+
     fn record_ok(&self, loop_name: &str) {
         self.status.send_modify(|s| {
             s.failing.remove(loop_name);
@@ -675,6 +910,9 @@ async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
     }
 }
 
+/// How often the project tokens directory is re-read for added or removed token files.
+const SCOPE_RESCAN: Duration = Duration::from_secs(5);
+
 async fn start_app_loops(
     shared: Arc<Shared>,
     client: Client,
@@ -700,17 +938,54 @@ async fn start_app_loops(
         tracing::warn!("no project token files in --argocd-project-tokens-dir; no applications will be listed");
         shared.status.send_modify(|s| s.apps_synced = true);
     }
-    for (i, scope) in scopes.into_iter().enumerate() {
+    // Each scope's loop, by scope, with its index and its own stop.
+    let mut running: std::collections::HashMap<Option<String>, (usize, CancellationToken)> = Default::default();
+    let mut next_index = 0usize;
+    let mut start = |scope: Option<String>, running: &mut std::collections::HashMap<_, _>| {
+        let i = next_index;
+        next_index += 1;
+        let stop = cancel.child_token();
         let query = AppQuery::configured(&config, scope.clone());
         tracker.spawn(app_loop(
             shared.clone(),
             client.clone(),
             options.clone(),
             i,
-            scope,
+            scope.clone(),
             query,
-            cancel.clone(),
+            stop.clone(),
         ));
+        running.insert(scope, (i, stop));
+    };
+    for scope in scopes {
+        start(scope, &mut running);
+    }
+    if !matches!(config.auth, super::config::AuthSource::ProjectTokensDir(_)) {
+        return;
+    }
+    // Project token files come and go with the Secret: follow them.
+    loop {
+        if !pause(&cancel, SCOPE_RESCAN).await {
+            return;
+        }
+        let Ok(now) = client.scopes(&config.projects) else {
+            continue;
+        };
+        let now: HashSet<Option<String>> = now.into_iter().collect();
+        let gone: Vec<Option<String>> = running.keys().filter(|s| !now.contains(*s)).cloned().collect();
+        for scope in gone {
+            if let Some((i, stop)) = running.remove(&scope) {
+                tracing::info!(project = ?scope, "a project token file was removed; its applications are no longer listed");
+                stop.cancel();
+                shared.drop_scope(i);
+            }
+        }
+        for scope in now {
+            if !running.contains_key(&scope) {
+                tracing::info!(project = ?scope, "a project token file was added; listing its applications");
+                start(scope, &mut running);
+            }
+        }
     }
 }
 
@@ -924,6 +1199,179 @@ async fn cluster_loop(shared: Arc<Shared>, client: Client, options: ViewOptions,
             }
             Err(e) => {
                 shared.record_error("clusters", &e);
+                backoff.next_delay().min(client.config().cluster_interval)
+            }
+        };
+        if !pause(&cancel, delay).await {
+            return;
+        }
+    }
+}
+
+/// An ApplicationSet watch opened on its own task (see [`Feed`]).
+struct AppSetFeed {
+    rx: tokio::sync::mpsc::Receiver<Result<super::model::AppSetWatchEvent, ArgoCdError>>,
+    _task: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+impl AppSetFeed {
+    fn open(client: &Client, resource_version: String) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let client = client.clone();
+        let task = tokio::spawn(async move {
+            let mut stream = match client.watch_applicationsets(Some(&resource_version)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            while let Some(item) = stream.next().await {
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            rx,
+            _task: tokio_util::task::AbortOnDropHandle::new(task),
+        }
+    }
+}
+
+/// Why an optional loop (ApplicationSets, projects) stops for good: the Argo CD has no such
+/// API, or no unscoped token serves it. Said once.
+fn stops_for_good(e: &ArgoCdError) -> bool {
+    matches!(
+        e,
+        ArgoCdError::NotFound { .. } | ArgoCdError::Token(super::token::TokenError::NoProjectToken { .. })
+    )
+}
+
+async fn appset_loop(shared: Arc<Shared>, client: Client, options: ViewOptions, cancel: CancellationToken) {
+    const LOOP: &str = "applicationsets";
+    let mut backoff = Backoff::new(options.retry_base, options.retry_max);
+    let mut watch_backoff = Backoff::new(options.retry_base, options.retry_max);
+    // Argo CD has the ApplicationSet stream from 3.4; an older one answers 404 to it once.
+    let mut streams = true;
+    let mut last_rv: Option<String> = None;
+    'outer: loop {
+        let watching = client.config().watch && streams;
+        let feed = if watching {
+            let feed = AppSetFeed::open(&client, last_rv.clone().unwrap_or_else(|| "0".into()));
+            if !pause(&cancel, SUBSCRIBE_SETTLE).await {
+                return;
+            }
+            Some(feed)
+        } else {
+            None
+        };
+        let listed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = client.list_applicationsets() => r,
+        };
+        match listed {
+            Ok(list) => {
+                last_rv = Some(list.resource_version.clone()).filter(|rv| !rv.is_empty());
+                shared.apply_appsets(&list.resource_version, list.items, list.skipped);
+                shared.record_ok(LOOP);
+                shared
+                    .status
+                    .send_if_modified(|s| !std::mem::replace(&mut s.appsets_synced, true));
+                backoff.reset();
+            }
+            Err(e) if stops_for_good(&e) => {
+                let why = match e {
+                    ArgoCdError::NotFound { .. } => {
+                        "this Argo CD has no ApplicationSet API (GET /api/v1/applicationsets answers 404); ApplicationSets are not relayed".to_owned()
+                    }
+                    other => format!("ApplicationSets are not relayed: {other}"),
+                };
+                tracing::info!("{why}");
+                shared.status.send_modify(|s| {
+                    s.appsets_synced = true;
+                    s.appsets_note = Some(why);
+                });
+                return;
+            }
+            Err(e) => {
+                shared.record_error(LOOP, &e);
+                if !pause(&cancel, backoff.next_delay().min(client.config().poll_interval)).await {
+                    return;
+                }
+                continue;
+            }
+        }
+        let Some(mut feed) = feed else {
+            if !pause(&cancel, client.config().poll_interval).await {
+                return;
+            }
+            continue;
+        };
+        let resync_at = Instant::now() + client.config().resync_interval;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(resync_at) => continue 'outer,
+                ev = feed.rx.recv() => match ev {
+                    Some(Ok(ev)) => {
+                        watch_backoff.reset();
+                        shared.apply_appset_watch(ev.kind, ev.appset);
+                    }
+                    Some(Err(ArgoCdError::NotFound { .. })) => {
+                        let note = format!(
+                            "this Argo CD has no ApplicationSet watch (added in 3.4); polling ApplicationSets every {:?} (flag --poll-interval, Helm gateway.argocd.pollInterval)",
+                            client.config().poll_interval
+                        );
+                        tracing::info!("{note}");
+                        shared.status.send_modify(|s| s.appsets_note = Some(note));
+                        streams = false;
+                        continue 'outer;
+                    }
+                    Some(Err(e)) => {
+                        shared.record_error(LOOP, &e);
+                        if !pause(&cancel, watch_backoff.next_delay()).await {
+                            return;
+                        }
+                        continue 'outer;
+                    }
+                    None => {
+                        if !pause(&cancel, watch_backoff.next_delay()).await {
+                            return;
+                        }
+                        continue 'outer;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn project_loop(shared: Arc<Shared>, client: Client, options: ViewOptions, cancel: CancellationToken) {
+    const LOOP: &str = "projects";
+    let mut backoff = Backoff::new(options.retry_base, options.retry_max);
+    loop {
+        let listed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = client.list_projects() => r,
+        };
+        let delay = match listed {
+            Ok(list) => {
+                shared.apply_projects(list.items, list.skipped);
+                shared.record_ok(LOOP);
+                shared
+                    .status
+                    .send_if_modified(|s| !std::mem::replace(&mut s.projects_synced, true));
+                backoff.reset();
+                client.config().cluster_interval
+            }
+            Err(e) if stops_for_good(&e) => {
+                tracing::info!(error = %e, "AppProjects are not relayed");
+                shared.status.send_modify(|s| s.projects_synced = true);
+                return;
+            }
+            Err(e) => {
+                shared.record_error(LOOP, &e);
                 backoff.next_delay().min(client.config().cluster_interval)
             }
         };

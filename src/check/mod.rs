@@ -153,25 +153,43 @@ pub async fn uplink_rows(uplink: &UplinkArgs, report: &mut Report) {
         }
     };
     match dialer.connect().await {
-        Ok(_) => report.push(
-            "hub connection",
-            Status::Ok,
-            format!(
-                "reachable at {} ({}){}",
-                dialer.endpoint().url(),
-                if cfg.endpoint.plaintext {
-                    "plaintext"
-                } else {
-                    "TLS verified, HTTP/2"
-                },
-                if identity.is_some() {
-                    " with the gateway certificate"
-                } else {
-                    ""
+        Ok(_) => {
+            let websocket = dialer.transport_used() == crate::uplink::Transport::Websocket;
+            let transport = match (websocket, dialer.fell_back()) {
+                (false, _) => "HTTP/2".to_owned(),
+                (true, true) => {
+                    "inside a WebSocket: HTTP/2 does not get through, so --hub-transport auto fell back".to_owned()
                 }
-            ),
-            None,
-        ),
+                (true, false) => "inside a WebSocket (--hub-transport websocket)".to_owned(),
+            };
+            report.push(
+                "hub connection",
+                // Working, but worth knowing: something between the gateway and the hub does not
+                // pass HTTP/2.
+                if websocket && dialer.fell_back() {
+                    Status::Warn
+                } else {
+                    Status::Ok
+                },
+                format!(
+                    "reachable at {} ({}, {transport}){}",
+                    dialer.endpoint().url(),
+                    if cfg.endpoint.plaintext {
+                        "plaintext"
+                    } else {
+                        "TLS verified"
+                    },
+                    if identity.is_some() {
+                        " with the gateway certificate"
+                    } else {
+                        ""
+                    }
+                ),
+                (websocket && dialer.fell_back()).then(|| {
+                    "set --hub-transport websocket (Helm gateway.hub.transport=websocket) to skip the HTTP/2 attempt, or let HTTP/2 through".to_owned()
+                }),
+            )
+        }
         Err(e) => report.push("hub connection", Status::Fail, e.to_string(), None),
     }
 }

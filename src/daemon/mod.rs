@@ -194,7 +194,12 @@ fn readiness(status: &TunnelStatus, view: &ViewHandle, standby: bool, draining: 
             None => "Argo CD applications not listed yet".to_owned(),
         });
     }
-    for (loop_name, e) in &v.failing {
+    // ApplicationSets and projects are optional: their failures show in the health check.
+    for (loop_name, e) in v
+        .failing
+        .iter()
+        .filter(|(l, _)| !matches!(l.as_str(), "applicationsets" | "projects"))
+    {
         reasons.push(format!("Argo CD {loop_name} failing: {e}"));
     }
     Readiness {

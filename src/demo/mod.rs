@@ -113,7 +113,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     tree.spawn_critical("demo gateway", crate::daemon::run(cli.args, gateway_stop));
 
     let gateway_id = tokio::select! {
-        r = wait_for_gateway(&api, &admin_token_path) => r,
+        r = wait_for_gateway(&api, &admin_token_path, args.apps) => r,
         f = tree.failed() => Err(anyhow::Error::new(f)),
     };
     let gateway_id = match gateway_id {
@@ -196,7 +196,9 @@ async fn registration_token(api: &str, admin_token_path: &Path) -> anyhow::Resul
     Ok((field("token")?, field("caFingerprint")?))
 }
 
-async fn wait_for_gateway(api: &str, admin_token_path: &Path) -> anyhow::Result<String> {
+/// Waits until the gateway is connected and the hub holds all `apps` applications, so the
+/// commands the banner prints show them at once.
+async fn wait_for_gateway(api: &str, admin_token_path: &Path, apps: u32) -> anyhow::Result<String> {
     let client = reqwest::Client::new();
     let token = admin_token(admin_token_path)?;
     for _ in 0..300 {
@@ -213,7 +215,10 @@ async fn wait_for_gateway(api: &str, admin_token_path: &Path) -> anyhow::Result<
             l["items"]
                 .as_array()?
                 .iter()
-                .find(|g| g["connected"] == serde_json::Value::Bool(true))
+                .find(|g| {
+                    g["connected"] == serde_json::Value::Bool(true)
+                        && g["applicationCount"].as_u64().is_some_and(|n| n >= u64::from(apps))
+                })
                 .and_then(|g| g["id"].as_str().map(str::to_owned))
         });
         if let Some(id) = connected {
@@ -221,7 +226,9 @@ async fn wait_for_gateway(api: &str, admin_token_path: &Path) -> anyhow::Result<
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    anyhow::bail!("the demo gateway did not connect to the demo hub within 30 s; see the log above")
+    anyhow::bail!(
+        "the demo gateway did not connect to the demo hub and relay its applications within 30 s; see the log above"
+    )
 }
 
 fn print_banner(args: &DemoArgs, api: &str, admin_token_path: &Path, gateway_id: &str) {

@@ -12,7 +12,7 @@ use super::server::ServeArgs;
 #[derive(Debug, clap::Subcommand)]
 pub enum HubCommand {
     /// Run the hub.
-    Serve(Box<ServeArgs>),
+    Serve(ServeArgs),
     /// Create the CA, server certificate and admin token hub replicas share: into a
     /// directory, as a Kubernetes Secret manifest, or as a Kubernetes Secret.
     Init(super::init::InitArgs),
@@ -26,7 +26,7 @@ pub enum HubCommand {
 pub async fn run(cmd: HubCommand, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
     match cmd {
         HubCommand::Serve(args) => {
-            let hub = super::start(*args).await?;
+            let hub = super::start(args).await?;
             eprintln!(
                 "hub gRPC listening on {} (CA fingerprint {})",
                 hub.grpc_addr, hub.ca_fingerprint

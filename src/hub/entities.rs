@@ -1,5 +1,5 @@
-//! What the hub knows of every gateway's Argo CD: the latest applications and clusters as typed
-//! items of the relayed schema ([`crate::wire::item`]), in memory for queries and persisted in
+//! What the hub knows of every gateway's Argo CD: the latest applications, clusters,
+//! ApplicationSets and projects as typed items of the relayed schema ([`crate::wire::item`]), in memory for queries and persisted in
 //! SQLite so a restarted hub serves the last known state (stale until the gateway is back). Also
 //! the change signal `wait` listens to, and the source of the change feed's application events
 //! (what each snapshot or delta really changed, published after it is stored).
@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::feed::{AppChange, Feed};
 use super::store::Store;
-use crate::wire::item::{Application, Cluster};
+use crate::wire::item::{Application, ApplicationSet, Cluster, Project};
 use crate::wire::proto::{self, Delta};
 use crate::wire::{DigestKind, Hash, Kind, SetDigest, digest};
 
@@ -41,6 +41,10 @@ pub struct GatewayEntities {
     pub apps: BTreeMap<String, Stored<Application>>,
     /// Clusters by server URL.
     pub clusters: BTreeMap<String, Stored<Cluster>>,
+    /// ApplicationSets by `namespace/name`.
+    pub appsets: BTreeMap<String, Stored<ApplicationSet>>,
+    /// Projects by name.
+    pub projects: BTreeMap<String, Stored<Project>>,
     /// JSON bytes held, for the state limit.
     bytes: usize,
     /// Entities refused lately, newest last.
@@ -91,8 +95,10 @@ impl Refusals {
 }
 
 /// What the hub accepts from one gateway.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EntityLimits {
+    /// The kinds this hub reads (others are refused as unknown, as an older hub would).
+    pub kinds: Vec<Kind>,
     /// Entities per gateway.
     pub max_entities: usize,
     /// JSON bytes per entity.
@@ -104,6 +110,7 @@ pub struct EntityLimits {
 impl From<&super::limits::Limits> for EntityLimits {
     fn from(l: &super::limits::Limits) -> Self {
         Self {
+            kinds: Kind::ALL.to_vec(),
             max_entities: l.max_entities,
             max_entity_bytes: l.max_entity_bytes,
             max_state_bytes: l.max_state_bytes,
@@ -115,6 +122,8 @@ impl From<&super::limits::Limits> for EntityLimits {
 enum Item {
     App(Stored<Application>),
     Cluster(Stored<Cluster>),
+    AppSet(Stored<ApplicationSet>),
+    Project(Stored<Project>),
 }
 
 /// Sizes of the stored JSON, by key, so the state limit is checked without re-encoding.
@@ -135,6 +144,18 @@ impl GatewayEntities {
                     self.set.remove(Kind::Cluster, &key, &old.hash);
                 }
             }
+            Item::AppSet(s) => {
+                self.set.add(Kind::ApplicationSet, &key, &s.hash);
+                if let Some(old) = self.appsets.insert(key.clone(), s) {
+                    self.set.remove(Kind::ApplicationSet, &key, &old.hash);
+                }
+            }
+            Item::Project(s) => {
+                self.set.add(Kind::Project, &key, &s.hash);
+                if let Some(old) = self.projects.insert(key.clone(), s) {
+                    self.set.remove(Kind::Project, &key, &old.hash);
+                }
+            }
         }
     }
 
@@ -151,6 +172,18 @@ impl GatewayEntities {
                 }
                 None
             }
+            Kind::ApplicationSet => {
+                if let Some(s) = self.appsets.remove(key) {
+                    self.set.remove(kind, key, &s.hash);
+                }
+                None
+            }
+            Kind::Project => {
+                if let Some(s) = self.projects.remove(key) {
+                    self.set.remove(kind, key, &s.hash);
+                }
+                None
+            }
         }
     }
 
@@ -158,12 +191,14 @@ impl GatewayEntities {
         match kind {
             Kind::Application => self.apps.contains_key(key),
             Kind::Cluster => self.clusters.contains_key(key),
+            Kind::ApplicationSet => self.appsets.contains_key(key),
+            Kind::Project => self.projects.contains_key(key),
         }
     }
 
     /// How many entities are held.
     pub fn len(&self) -> usize {
-        self.apps.len() + self.clusters.len()
+        self.apps.len() + self.clusters.len() + self.appsets.len() + self.projects.len()
     }
 
     /// Whether none is held.
@@ -172,7 +207,7 @@ impl GatewayEntities {
     }
 
     /// The state digest of `kind`: the set digest is kept up to date; the ordered one (for
-    /// gateways of the previous version) visits every entity.
+    /// gateways of the previous version) visits every entity, in kind order.
     pub fn digest(&self, kind: DigestKind) -> Hash {
         match kind {
             DigestKind::Set => self.set.finish(),
@@ -180,7 +215,13 @@ impl GatewayEntities {
                 self.apps
                     .iter()
                     .map(|(k, s)| (Kind::Application, k.as_str(), &s.hash))
-                    .chain(self.clusters.iter().map(|(k, s)| (Kind::Cluster, k.as_str(), &s.hash))),
+                    .chain(self.clusters.iter().map(|(k, s)| (Kind::Cluster, k.as_str(), &s.hash)))
+                    .chain(
+                        self.appsets
+                            .iter()
+                            .map(|(k, s)| (Kind::ApplicationSet, k.as_str(), &s.hash)),
+                    )
+                    .chain(self.projects.iter().map(|(k, s)| (Kind::Project, k.as_str(), &s.hash))),
             ),
         }
     }
@@ -287,13 +328,30 @@ fn decode_item(kind: Kind, key: &str, hash: &[u8], json: &[u8]) -> Result<Item, 
             }
             Ok(Item::Cluster(s))
         }
+        Kind::ApplicationSet => {
+            let s: Stored<ApplicationSet> = typed(hash, json)?;
+            let own = format!("{}/{}", s.item.namespace, s.item.name);
+            if own != key || s.item.name.is_empty() {
+                return Err(format!("it names ApplicationSet {own:?}, not its key"));
+            }
+            Ok(Item::AppSet(s))
+        }
+        Kind::Project => {
+            let s: Stored<Project> = typed(hash, json)?;
+            if s.item.name != key || key.is_empty() {
+                return Err(format!("it names project {:?}, not its key", s.item.name));
+            }
+            Ok(Item::Project(s))
+        }
     }
 }
 
 /// A relayed entity's kind and, unless it is a deletion, the decoded item; the error says why
 /// it is refused.
 fn decode(e: &proto::Entity, limits: &EntityLimits) -> Result<(Kind, Option<Item>), String> {
-    let kind = Kind::from_proto(e.kind).ok_or_else(|| format!("unknown entity kind {}", e.kind))?;
+    let kind = Kind::from_proto(e.kind)
+        .filter(|k| limits.kinds.contains(k))
+        .ok_or_else(|| format!("unknown entity kind {}", e.kind))?;
     if e.json.is_empty() {
         return Ok((kind, None));
     }
@@ -521,6 +579,13 @@ impl EntityState {
     pub fn with_all<R>(&self, f: impl FnOnce(&HashMap<String, GatewayEntities>) -> R) -> R {
         let g = self.gateways.read().unwrap_or_else(|e| e.into_inner());
         f(&g)
+    }
+
+    /// One ApplicationSet of a gateway.
+    pub fn appset(&self, gateway_id: &str, key: &str) -> Option<Arc<ApplicationSet>> {
+        self.with(gateway_id, |g| {
+            g.and_then(|g| g.appsets.get(key)).map(|s| s.item.clone())
+        })
     }
 
     /// One application of a gateway.

@@ -37,6 +37,8 @@ pub struct HubMetrics {
     pub sessions_refused: Family<ReasonLabel, Counter>,
     /// Relayed entities refused, by reason (limits, invalid JSON).
     pub entities_refused: Family<ReasonLabel, Counter>,
+    /// gRPC connections upgraded to the tunnel's WebSocket.
+    pub websocket_sessions: Counter,
 }
 
 impl Default for HubMetrics {
@@ -53,6 +55,7 @@ impl Default for HubMetrics {
             http_connections_refused: Default::default(),
             sessions_refused: Default::default(),
             entities_refused: Default::default(),
+            websocket_sessions: Default::default(),
         }
     }
 }
@@ -80,6 +83,11 @@ impl HubMetrics {
             "argocd_gateway_hub_connections_refused",
             "gRPC connections closed before speaking HTTP/2, by reason",
             self.connections_refused.clone(),
+        );
+        r.register(
+            "argocd_gateway_hub_websocket_connections",
+            "gRPC connections that came as the tunnel's WebSocket (HTTP/1.1 upgrade)",
+            self.websocket_sessions.clone(),
         );
         r.register(
             "argocd_gateway_hub_http_connections_refused",

@@ -10,7 +10,8 @@
 //!   token; [`store`]: SQLite;
 //! - [`auth`]: authenticating a gateway's call; [`registration`] and [`tunnel`]: the two gRPC
 //!   services; [`sessions`]: live sessions; [`entities`]: relayed applications and clusters;
-//! - [`requests`]: requests forwarded to a gateway; [`health`]: health checks;
+//! - [`requests`]: requests forwarded to a gateway; [`health`]: health checks; [`verdict`]: the
+//!   deployment verdict of an application, which `wait` computes;
 //! - [`lifecycle`]: install progress per registration token, pending registrations and their
 //!   removal, gateways deregistering themselves;
 //! - [`feed`]: the fleet change feed and its recorder; [`timeline`]: each application's state
@@ -47,5 +48,6 @@ pub mod state;
 pub mod store;
 pub mod timeline;
 pub mod tunnel;
+pub mod verdict;
 
 pub use server::{Hub, HubError, ServeArgs, start};

@@ -62,6 +62,11 @@ pub struct ServeArgs {
     /// How often to health-check every connected gateway.
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_HEALTH_CHECK_INTERVAL", default_value = "60s", value_parser = crate::util::parse_duration)]
     pub health_check_interval: Duration,
+    /// Speak this protocol version to gateways (the current one by default; the previous one
+    /// behaves as a hub of that version did: no ApplicationSets, projects or WebSocket), for
+    /// testing version skew.
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_PROTOCOL_VERSION", default_value_t = crate::wire::PROTOCOL_VERSION, value_parser = crate::wire::codes::parse_pinned_protocol)]
+    pub protocol_version: u32,
     /// Chart reference used in the printed helm command.
     #[arg(
         long,
@@ -469,6 +474,9 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
         }
         _ => None,
     };
+    state.protocol_version = args.protocol_version;
+    // The tunnel's WebSocket arrived with protocol 3; a hub pinned older does not take it.
+    let websocket = args.protocol_version >= 3;
     let state = Arc::new(state);
     state.fleet.set_app_metrics(args.history.app_metrics);
     let tree = Tree::new();
@@ -508,14 +516,14 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
     let grpc_stop = tree.token().clone();
     let metrics = state.metrics.clone();
     if args.plaintext {
-        let incoming = listen::plaintext(&tree, grpc_listener, &args.limits, metrics);
+        let incoming = listen::plaintext(&tree, grpc_listener, &args.limits, metrics, websocket);
         tree.spawn_critical("hub gRPC server", async move {
             router
                 .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
                 .await
         });
     } else {
-        let config = server_tls(&pki.server_chain_pem, pki.server_key_pem.expose(), &ca_pem)?;
+        let config = server_tls(&pki.server_chain_pem, pki.server_key_pem.expose(), &ca_pem, websocket)?;
         let incoming = listen::tls(
             &tree,
             grpc_listener,
@@ -523,6 +531,7 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
             metrics,
             config,
             state.require_client_cert,
+            websocket,
         );
         tree.spawn_critical("hub gRPC server", async move {
             router
@@ -593,6 +602,7 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
         grpc = %grpc_addr,
         http = %http_url,
         tls = !args.plaintext,
+        protocol_version = args.protocol_version,
         ca_fingerprint = %ca_fingerprint,
         admin_token_file = %pki.admin_token_path.display(),
         "hub serving"
@@ -703,6 +713,8 @@ fn spawn_cluster(
         state.metrics.clone(),
         Arc::new(config),
         false,
+        // Replicas speak gRPC over HTTP/2 to each other; no WebSocket here.
+        false,
     );
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -752,10 +764,16 @@ pub(super) fn drain_message() -> Drain {
     }
 }
 
-/// The gRPC listener's TLS: the hub's server certificate, HTTP/2 only, and client
-/// certificates from the hub CA requested but not demanded (registration has none yet; the
-/// services require one where it matters, see `auth`).
-fn server_tls(chain_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Arc<rustls::ServerConfig>, HubError> {
+/// The gRPC listener's TLS: the hub's server certificate, HTTP/2 (and with `websocket`
+/// HTTP/1.1 for the tunnel's WebSocket), and client certificates from the hub CA requested but
+/// not demanded (registration has none yet; the services require one where it matters, see
+/// `auth`).
+fn server_tls(
+    chain_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+    websocket: bool,
+) -> Result<Arc<rustls::ServerConfig>, HubError> {
     let tls = |e: Box<dyn std::error::Error + Send + Sync>| HubError::Tls(e);
     let provider = crate::tls::provider();
     let chain = crate::tls::parse_certs_pem(chain_pem.as_bytes(), "server certificate").map_err(|e| tls(e.into()))?;
@@ -775,6 +793,9 @@ fn server_tls(chain_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Arc<rustls
         .with_single_cert(chain, key)
         .map_err(|e| tls(e.into()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    if websocket {
+        config.alpn_protocols.push(b"http/1.1".to_vec());
+    }
     Ok(Arc::new(config))
 }
 

@@ -32,6 +32,17 @@ pub struct LiveSession {
     pub instance: String,
     /// When the session started, Unix seconds.
     pub started_at: i64,
+    /// The gateway's capabilities (empty from gateways before protocol 3).
+    pub capabilities: Vec<String>,
+    /// How the gateway reaches the hub: `h2` or `websocket` (empty from older gateways).
+    pub transport: String,
+}
+
+impl LiveSession {
+    /// Whether the gateway named this capability in its hello.
+    pub fn can(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+    }
 }
 
 /// The registry of live sessions.

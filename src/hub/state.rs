@@ -53,6 +53,9 @@ pub struct HubState {
     pub lifecycle: super::lifecycle::Lifecycle,
     /// The other replicas, when the hub runs on PostgreSQL (none with SQLite: one process).
     pub cluster: Option<Arc<super::cluster::Cluster>>,
+    /// The protocol version this hub speaks (`hub serve --protocol-version`; the previous one
+    /// behaves as a hub of that version did, for testing version skew).
+    pub protocol_version: u32,
     /// The hub is shutting down: a session that opens now is told to come back later, so none
     /// slips in after the drain went through the live ones.
     pub draining: std::sync::atomic::AtomicBool,
@@ -71,6 +74,10 @@ pub struct Connection {
     pub rtt_ms: Option<i64>,
     /// The replica holding the session (with PostgreSQL).
     pub replica: Option<String>,
+    /// How the session reaches the hub (`h2`, `websocket`); empty when unknown here.
+    pub transport: String,
+    /// The gateway's capabilities; empty when unknown here (another replica's session).
+    pub capabilities: Vec<String>,
 }
 
 impl HubState {
@@ -99,6 +106,7 @@ impl HubState {
             tasks: TaskTracker::new(),
             lifecycle: Default::default(),
             cluster: None,
+            protocol_version: crate::wire::PROTOCOL_VERSION,
             draining: Default::default(),
         }
     }
@@ -114,6 +122,8 @@ impl HubState {
                 last_seen: s.last_seen.load(Ordering::Relaxed),
                 rtt_ms: (rtt >= 0).then_some(rtt),
                 replica: self.cluster.as_ref().map(|c| c.replica_id.clone()),
+                transport: s.transport.clone(),
+                capabilities: s.capabilities.clone(),
             });
         }
         let remote = self.cluster.as_ref()?.remote(gateway_id)?;
@@ -123,6 +133,8 @@ impl HubState {
             last_seen: remote.connected_at,
             rtt_ms: None,
             replica: Some(remote.replica_id),
+            transport: String::new(),
+            capabilities: vec![],
         })
     }
 

@@ -20,7 +20,6 @@ use super::metrics::{KindLabel, ReasonLabel, message_kind};
 use super::sessions::{LiveSession, close_with};
 use super::state::HubState;
 use crate::wire::assertion::Purpose;
-use crate::wire::codes::CAP_CHUNKED_ANSWERS;
 use crate::wire::proto::tunnel_server::Tunnel;
 use crate::wire::proto::{
     self, Ack, GatewayMessage, HubMessage, Pong, Rejected, SnapshotChunk, Welcome, gateway_message, hub_message,
@@ -54,11 +53,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often, at most, the last-seen time is written to the database.
 const SEEN_PERSIST_INTERVAL: i64 = 30;
-
-/// What this hub can do beyond the protocol version, told to every gateway in the welcome.
-fn capabilities() -> Vec<String> {
-    vec![CAP_CHUNKED_ANSWERS.to_owned(), crate::wire::CAP_SET_DIGEST.to_owned()]
-}
 
 /// The message a gateway gets when another instance holds its identity.
 fn copied_message(gateway_id: &str) -> String {
@@ -112,8 +106,10 @@ impl Tunnel for TunnelService {
             let _ = tx.try_send(msg(rejection(rejected::Reason::BadHello, text)));
             return Ok(reply);
         }
-        if !wire::protocol_supported(hello.protocol_version) {
-            let which = if hello.protocol_version > wire::PROTOCOL_VERSION {
+        let speaks = self.state.protocol_version;
+        let oldest = speaks.saturating_sub(1).max(1);
+        if !(oldest..=speaks).contains(&hello.protocol_version) {
+            let which = if hello.protocol_version > speaks {
                 "upgrade the hub"
             } else {
                 "upgrade the gateway"
@@ -123,8 +119,8 @@ impl Tunnel for TunnelService {
                 gateway_id,
                 hello.protocol_version,
                 crate::VERSION,
-                wire::MIN_PROTOCOL_VERSION,
-                wire::PROTOCOL_VERSION
+                oldest,
+                speaks
             );
             tracing::warn!(gateway_id = %gateway_id, protocol_version = hello.protocol_version, "refused a gateway with an unsupported protocol version");
             self.state.metrics.session_refused("unsupported_protocol");
@@ -162,6 +158,8 @@ impl Tunnel for TunnelService {
             rtt_ms: Arc::new(AtomicI64::new(-1)),
             instance: hello.instance.clone(),
             started_at: now,
+            capabilities: hello.capabilities.clone(),
+            transport: hello.transport.clone(),
         };
         // With replicas: the session is claimed in the database first (another replica's
         // session of the gateway is closed there), and the state the welcome's digest covers is
@@ -252,10 +250,10 @@ impl Tunnel for TunnelService {
             protocol_version: hello.protocol_version,
             hub_version: crate::VERSION.to_owned(),
             state_digest: self.state.entities.digest(&gateway_id, digest_kind).to_vec(),
-            capabilities: capabilities(),
+            capabilities: wire::codes::hub_capabilities(speaks),
         };
         let _ = tx.try_send(msg(hub_message::Body::Welcome(welcome)));
-        tracing::info!(gateway_id = %gateway_id, session_id = %session.session_id, version = %hello.gateway_version, "gateway connected");
+        tracing::info!(gateway_id = %gateway_id, session_id = %session.session_id, version = %hello.gateway_version, protocol_version = hello.protocol_version, transport = %hello.transport, "gateway connected");
         super::lifecycle::on_connected(&self.state, &gateway_id).await;
         self.state
             .feed
@@ -395,10 +393,11 @@ async fn read_session(
     digest_kind: crate::wire::DigestKind,
 ) {
     let mut persisted_seen = session.last_seen.load(Ordering::Relaxed);
-    let limits = EntityLimits::from(&state.limits);
-    // A write the store refuses is retried while the session lasts (the message stays
-    // unacknowledged, so the gateway keeps it); with replicas, only while this session owns the
-    // gateway.
+    let mut limits = EntityLimits::from(&state.limits);
+    // A hub reads the kinds its protocol version knows (a pinned older one, only those).
+    limits.kinds = wire::kinds_for(&wire::codes::hub_capabilities(state.protocol_version));
+    // A write the store refuses is retried for a while (the message stays unacknowledged, so
+    // the gateway keeps it); with replicas, only while this session owns the gateway.
     let writer = Writer {
         owner: state.cluster.as_ref().map(|_| session.session_id.as_str()),
         retry_until: Some(&session.cancel),

@@ -1,7 +1,9 @@
 //! Answers the hub's requests by mapping each wire request onto the Argo CD client: the health
-//! check (the same probes as `check`, plus the view's counts and state), get, sync, refresh,
-//! resource tree, managed resources, events and logs. Argo CD failures come back as typed
-//! request errors carrying Argo CD's message and, for RBAC denials, the missing policy line.
+//! check (the same probes as `check`, plus the view's counts and state), get, sync (with a
+//! resource subset, force and sync options), refresh, terminate, rollback, resource tree,
+//! managed resources, the evaluation of a deployment's expectations against them, events and
+//! logs. Argo CD failures come back as typed request errors carrying Argo CD's message and, for
+//! RBAC denials, the missing policy line.
 
 use std::time::Duration;
 
@@ -9,11 +11,14 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
-use crate::argocd::client::{AppRef, Client, LogsRequest, Refresh, ResourceRef, SyncRequest};
+use crate::argocd::client::{
+    AppRef, Client, LogsRequest, Refresh, ResourceRef, RollbackRequest, SyncRequest, SyncResource,
+};
 use crate::argocd::error::ArgoCdError;
 use crate::argocd::model::{AppKey, Application};
 use crate::argocd::view::ViewHandle;
 use crate::report::{Report, Status};
+use crate::wire::expectation::{self, Evaluation, Expectation};
 use crate::wire::proto::{self, request, request_error};
 
 /// Answers the hub's requests; the tunnel runs each with the hub's deadline.
@@ -70,6 +75,14 @@ impl ArgoActions {
             .iter()
             .find(|r| r.name == "Argo CD version" && r.status == Status::Ok)
             .map(|r| r.detail.clone());
+        let credential = match &self.client.config().auth {
+            crate::argocd::AuthSource::TokenFile(_) => "account token".to_owned(),
+            crate::argocd::AuthSource::ProjectTokensDir(_) => "project tokens".to_owned(),
+            crate::argocd::AuthSource::Login { username, .. } => format!(
+                "login as {username} ({} logins)",
+                self.client.session().map_or(0, |s| s.logins())
+            ),
+        };
         json!({
             "status": overall,
             "gatewayVersion": env!("CARGO_PKG_VERSION"),
@@ -77,13 +90,18 @@ impl ArgoActions {
                 "url": self.client.config().base_url.as_str(),
                 "reachable": reachable,
                 "version": argocd_version,
+                "credential": credential,
             },
+            "applicationSets": self.view.appsets().len(),
+            "projects": self.view.projects().len(),
             "checks": report.rows,
             "applications": self.view.application_count(),
             "clusters": self.view.clusters().len(),
             "view": {
                 "applicationsListed": status.apps_synced,
                 "clustersListed": status.clusters_synced,
+                "applicationSetsListed": status.appsets_synced,
+                "applicationSetsNote": status.appsets_note,
                 "lastListedAt": status.last_success.map(|t| t.to_string()),
                 "failing": failing,
             },
@@ -147,14 +165,35 @@ impl ArgoActions {
                 if revision.is_some() && !s.revisions.is_empty() {
                     return Err(invalid("give either revision or revisions, not both").into());
                 }
-                let positions = (1..=s.revisions.len() as i64).collect();
+                let positions = if s.source_positions.is_empty() {
+                    (1..=s.revisions.len() as i64).collect()
+                } else if s.source_positions.len() == s.revisions.len() && s.source_positions.iter().all(|p| *p >= 1) {
+                    s.source_positions
+                } else {
+                    return Err(invalid("sourcePositions must name one 1-based source position per revision").into());
+                };
+                let resources = s
+                    .resources
+                    .into_iter()
+                    .map(|r| SyncResource {
+                        group: r.group,
+                        kind: r.kind,
+                        name: r.name,
+                        namespace: r.namespace,
+                    })
+                    .collect::<Vec<_>>();
+                if resources.iter().any(|r| r.kind.is_empty() || r.name.is_empty()) {
+                    return Err(invalid("each resource of a selective sync needs kind and name").into());
+                }
                 let req = SyncRequest {
                     revision,
                     revisions: s.revisions,
                     source_positions: positions,
                     prune: s.prune,
                     dry_run: s.dry_run,
-                    resources: vec![],
+                    resources,
+                    force: s.force,
+                    sync_options: s.sync_options,
                 };
                 let d = self
                     .client
@@ -162,6 +201,32 @@ impl ArgoActions {
                     .await
                     .map_err(DispatchError::from)?;
                 Ok(model_json(&d.app))
+            }
+            Kind::TerminateOperation(a) => {
+                let app = app_ref(Some(a))?;
+                self.client
+                    .terminate_operation(&app)
+                    .await
+                    .map_err(DispatchError::from)?;
+                Ok(json!({"terminated": true}))
+            }
+            Kind::Rollback(r) => {
+                let app = app_ref(r.app)?;
+                let req = RollbackRequest {
+                    id: r.id,
+                    prune: r.prune,
+                    dry_run: r.dry_run,
+                };
+                let d = self
+                    .client
+                    .rollback_application(&app, &req)
+                    .await
+                    .map_err(DispatchError::from)?;
+                Ok(model_json(&d.app))
+            }
+            Kind::Evaluate(e) => {
+                let app = app_ref(e.app)?;
+                self.evaluate(&app, e.expectations).await
             }
             Kind::ResourceTree(a) => self
                 .client
@@ -208,6 +273,53 @@ impl ArgoActions {
     }
 }
 
+impl ArgoActions {
+    /// Evaluates expectations against the managed resources' target and live manifests. The
+    /// revision answered is the one the view holds before and after the read: when the two
+    /// differ the read is repeated, so the manifests and the revision belong together.
+    async fn evaluate(&self, app: &AppRef, wire: Vec<proto::Expectation>) -> Result<Value, DispatchError> {
+        if wire.len() > expectation::MAX_EXPECTATIONS {
+            return Err(invalid(format!("at most {} expectations", expectation::MAX_EXPECTATIONS)).into());
+        }
+        let mut expectations = Vec::with_capacity(wire.len());
+        for e in wire {
+            let value = serde_json::from_str(&e.value_json)
+                .map_err(|err| invalid(format!("expectation value is not JSON: {err}")))?;
+            let e = Expectation {
+                group: e.group,
+                kind: e.kind,
+                namespace: e.namespace,
+                name: e.name,
+                path: e.path,
+                value,
+            };
+            e.validate().map_err(invalid)?;
+            expectations.push(e);
+        }
+        let revisions = || {
+            self.view
+                .application(&app.key)
+                .map(|a| (a.sync.revision.clone(), a.sync.revisions.clone()))
+                .unwrap_or_default()
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = revisions();
+            let managed = self.client.managed_resources(app).await?;
+            let after = revisions();
+            if before == after || attempt >= 3 {
+                let answer = Evaluation {
+                    revision: after.0,
+                    revisions: after.1,
+                    results: expectation::evaluate(&expectations, &managed),
+                };
+                return Ok(serde_json::to_value(answer).unwrap_or(Value::Null));
+            }
+        }
+    }
+}
+
 impl Actions for ArgoActions {
     fn handle(
         &self,
@@ -249,7 +361,9 @@ fn target(kind: &request::Kind) -> Option<AppKey> {
         Kind::Get(g) => g.app.as_ref(),
         Kind::Sync(s) => s.app.as_ref(),
         Kind::Refresh(r) => r.app.as_ref(),
-        Kind::ResourceTree(a) | Kind::ManagedResources(a) => Some(a),
+        Kind::ResourceTree(a) | Kind::ManagedResources(a) | Kind::TerminateOperation(a) => Some(a),
+        Kind::Rollback(r) => r.app.as_ref(),
+        Kind::Evaluate(e) => e.app.as_ref(),
         Kind::Events(e) => e.app.as_ref(),
         Kind::Logs(l) => l.app.as_ref(),
     }?;
@@ -297,7 +411,9 @@ pub fn to_request_error(e: ArgoCdError) -> proto::RequestError {
                 missing_policy: policy_line.clone(),
             };
         }
-        ArgoCdError::Unauthorized { .. } => Code::PermissionDenied,
+        ArgoCdError::Unauthorized { .. } | ArgoCdError::LoginFailed { .. } | ArgoCdError::SessionRejected { .. } => {
+            Code::PermissionDenied
+        }
         ArgoCdError::Timeout { .. } => Code::Timeout,
         ArgoCdError::Rejected { .. } | ArgoCdError::UnsupportedMediaType { .. } => Code::Invalid,
         ArgoCdError::Decode(_) | ArgoCdError::BodyTooLarge { .. } | ArgoCdError::LineTooLong { .. } => Code::Internal,

@@ -114,6 +114,10 @@ pub struct RelayCounters {
     pub applications_sent: Counter,
     /// Cluster upserts or deletions sent.
     pub clusters_sent: Counter,
+    /// ApplicationSet upserts or deletions sent.
+    pub applicationsets_sent: Counter,
+    /// Project upserts or deletions sent.
+    pub projects_sent: Counter,
     /// Payload bytes of relay messages.
     pub bytes_sent: Counter,
     /// Changes dropped because only noisy fields differed or nothing changed.
@@ -142,6 +146,16 @@ impl RelayCounters {
             "argocd_gateway_relay_clusters_sent",
             "Cluster upserts and deletions sent",
             self.clusters_sent.clone(),
+        );
+        r.register(
+            "argocd_gateway_relay_applicationsets_sent",
+            "ApplicationSet upserts and deletions sent",
+            self.applicationsets_sent.clone(),
+        );
+        r.register(
+            "argocd_gateway_relay_projects_sent",
+            "Project upserts and deletions sent",
+            self.projects_sent.clone(),
         );
         r.register(
             "argocd_gateway_relay_bytes_sent",
@@ -205,6 +219,8 @@ pub struct Relay {
     projected: BTreeMap<EntityKey, Hash>,
     in_flight: VecDeque<InFlight>,
     next_seq: u64,
+    /// The kinds the hub of this session reads (its capabilities); others are not relayed.
+    kinds: Vec<Kind>,
     /// The snapshot being sent, if one is.
     snapshot: Option<SnapshotPlan>,
     /// The digest this session agreed on with the hub.
@@ -228,6 +244,7 @@ impl Relay {
             projected: BTreeMap::new(),
             in_flight: VecDeque::new(),
             next_seq: 1,
+            kinds: Kind::ALL.to_vec(),
             snapshot: None,
             digest_kind: DigestKind::Ordered,
             counters: RelayCounters::default(),
@@ -243,7 +260,19 @@ impl Relay {
         match kind {
             Kind::Application => bump(&self.counters.applications_sent, n),
             Kind::Cluster => bump(&self.counters.clusters_sent, n),
+            Kind::ApplicationSet => bump(&self.counters.applicationsets_sent, n),
+            Kind::Project => bump(&self.counters.projects_sent, n),
         }
+    }
+
+    /// Relays only these kinds from now on: what the hub of the coming session reads. Called
+    /// before [`Relay::on_welcome`]; an older hub is never sent a kind it cannot read, and its
+    /// digest is compared with the state of the kinds it holds.
+    pub fn set_kinds(&mut self, kinds: Vec<Kind>) {
+        if kinds != self.kinds {
+            tracing::info!(kinds = ?kinds.iter().map(|k| k.name()).collect::<Vec<_>>(), "relaying these entity kinds to this hub");
+        }
+        self.kinds = kinds;
     }
 
     /// Starts a session whose digest is `kind`: compares digests with the hub and decides
@@ -254,7 +283,12 @@ impl Relay {
         self.snapshot = None;
         self.digest_kind = kind;
         let acked_digest = kind.of(self.acked.iter().map(|((k, key), h)| (*k, key.as_str(), h)));
-        let current: BTreeMap<EntityKey, Hash> = self.source.hashes().into_iter().collect();
+        let current: BTreeMap<EntityKey, Hash> = self
+            .source
+            .hashes()
+            .into_iter()
+            .filter(|((kind, _), _)| self.kinds.contains(kind))
+            .collect();
         if self.acked_known && acked_digest.as_slice() == hub_digest {
             // The hub holds exactly what it last acknowledged: send only what changed since.
             self.projected = self.acked.clone();
@@ -298,7 +332,7 @@ impl Relay {
         let plan = self.snapshot.as_mut()?;
         let mut entities = vec![];
         let mut size = 0usize;
-        let mut counts = (0u64, 0u64);
+        let mut counts: BTreeMap<Kind, u64> = BTreeMap::new();
         let last = loop {
             let e = match plan.carry.take() {
                 Some(e) => e,
@@ -320,18 +354,16 @@ impl Relay {
             size += n;
             plan.digest.add(e.kind, &e.key, &e.hash);
             plan.sent.insert((e.kind, e.key.clone()), e.hash);
-            match e.kind {
-                Kind::Application => counts.0 += 1,
-                Kind::Cluster => counts.1 += 1,
-            }
+            *counts.entry(e.kind).or_default() += 1;
             entities.push(e.to_proto());
         };
-        bump(&self.counters.applications_sent, counts.0);
-        bump(&self.counters.clusters_sent, counts.1);
         let seq = self.next_seq;
         self.next_seq += 1;
         let index = plan.index;
         plan.index += 1;
+        for (kind, n) in counts {
+            self.count(kind, n);
+        }
         let (digest, snapshot) = if last {
             let plan = self.snapshot.take()?;
             self.projected = plan.sent.clone();
@@ -383,6 +415,7 @@ impl Relay {
                 marked_map.entry(key).or_insert(since);
             }
         }
+        marked_map.retain(|(kind, _), _| self.kinds.contains(kind));
         let mut marked: Vec<(EntityKey, Instant)> = marked_map.into_iter().collect();
         marked.sort();
         let mut entities = vec![];

@@ -1,5 +1,5 @@
-//! The state relay: mirrors the gateway's view of Argo CD (applications and clusters) to the
-//! hub with as little traffic as possible.
+//! The state relay: mirrors the gateway's view of Argo CD (applications, clusters, and for hubs
+//! that read them ApplicationSets and projects) to the hub with as little traffic as possible.
 //!
 //! Each entity travels as JSON with a content hash that leaves out noisy fields
 //! (`reconciledAt`, condition timestamps, cluster cache timestamps), so a change that only
@@ -75,6 +75,16 @@ fn strip_noisy(kind: Kind, v: &mut Value) {
                 }
             }
         }
+        Kind::ApplicationSet => {
+            if let Some(Value::Array(conds)) = obj.get_mut("conditions") {
+                for c in conds {
+                    if let Some(c) = c.as_object_mut() {
+                        c.remove("lastTransitionTime");
+                    }
+                }
+            }
+        }
+        Kind::Project => {}
         Kind::Cluster => {
             for field in ["refreshRequestedAt", "lastCacheSyncTime", "attemptedAt"] {
                 obj.remove(field);

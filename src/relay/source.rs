@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::engine::{Dirty, Source};
 use super::{Entity, EntityKey, Hash, Kind};
-use crate::argocd::model::{AppKey, Application, Cluster};
+use crate::argocd::model::{AppKey, Application, ApplicationSet, Cluster, Project};
 use crate::argocd::view::{Snapshot, ViewEvent, ViewHandle};
 use crate::shutdown::Tree;
 use crate::wire::item::TooLarge;
@@ -44,11 +44,29 @@ pub fn cluster_entity(cluster: &Cluster) -> Entity {
     Entity::from_value(Kind::Cluster, cluster.server.clone(), &value)
 }
 
+/// The entity of an ApplicationSet.
+pub fn appset_entity(appset: &ApplicationSet) -> Entity {
+    let value = serde_json::to_value(appset).unwrap_or_default();
+    Entity::from_value(
+        Kind::ApplicationSet,
+        format!("{}/{}", appset.namespace, appset.name),
+        &value,
+    )
+}
+
+/// The entity of a project.
+pub fn project_entity(project: &Project) -> Entity {
+    let value = serde_json::to_value(project).unwrap_or_default();
+    Entity::from_value(Kind::Project, project.name.clone(), &value)
+}
+
 /// A view object and its significance hash.
 #[derive(Clone)]
 enum Stored {
     App(Arc<Application>, Hash),
     Cluster(Arc<Cluster>, Hash),
+    AppSet(Arc<ApplicationSet>, Hash),
+    Project(Arc<Project>, Hash),
 }
 
 impl Stored {
@@ -62,6 +80,16 @@ impl Stored {
         ((e.kind, e.key), Self::Cluster(cluster, e.hash))
     }
 
+    fn appset(appset: Arc<ApplicationSet>) -> (EntityKey, Self) {
+        let e = appset_entity(&appset);
+        ((e.kind, e.key), Self::AppSet(appset, e.hash))
+    }
+
+    fn project(project: Arc<Project>) -> (EntityKey, Self) {
+        let e = project_entity(&project);
+        ((e.kind, e.key), Self::Project(project, e.hash))
+    }
+
     /// The entity as sent: the JSON is made now, the hash was made when the object changed.
     /// An object whose JSON exceeds `max_bytes` travels as a stub marked `tooLarge` (with the
     /// real hash, so digests still match): a message the hub would refuse is never sent, and
@@ -70,6 +98,8 @@ impl Stored {
         let (kind, json, hash) = match self {
             Self::App(a, h) => (Kind::Application, serde_json::to_vec(a.as_ref()), *h),
             Self::Cluster(c, h) => (Kind::Cluster, serde_json::to_vec(c.as_ref()), *h),
+            Self::AppSet(a, h) => (Kind::ApplicationSet, serde_json::to_vec(a.as_ref()), *h),
+            Self::Project(p, h) => (Kind::Project, serde_json::to_vec(p.as_ref()), *h),
         };
         let mut json = json.unwrap_or_default();
         if json.len() > max_bytes {
@@ -96,6 +126,18 @@ impl Stored {
                     name: c.name.clone(),
                     too_large,
                     ..Cluster::default()
+                }),
+                Self::AppSet(a, _) => serde_json::to_vec(&ApplicationSet {
+                    namespace: a.namespace.clone(),
+                    name: a.name.clone(),
+                    project: a.project.clone(),
+                    too_large,
+                    ..ApplicationSet::default()
+                }),
+                Self::Project(p, _) => serde_json::to_vec(&Project {
+                    name: p.name.clone(),
+                    too_large,
+                    ..Project::default()
                 }),
             };
             json = stub.unwrap_or_default();
@@ -151,7 +193,10 @@ impl Source for ViewSource {
                 m.iter()
                     .map(|(k, s)| {
                         let hash = match s {
-                            Stored::App(_, h) | Stored::Cluster(_, h) => *h,
+                            Stored::App(_, h)
+                            | Stored::Cluster(_, h)
+                            | Stored::AppSet(_, h)
+                            | Stored::Project(_, h) => *h,
                         };
                         (k.clone(), hash)
                     })
@@ -186,9 +231,11 @@ impl ViewSource {
     }
 
     fn replace_all(&self, snap: Snapshot) {
-        let mut map = HashMap::with_capacity(snap.apps.len() + snap.clusters.len());
+        let mut map = HashMap::with_capacity(snap.apps.len() + snap.clusters.len() + snap.appsets.len());
         map.extend(snap.apps.into_values().map(Stored::app));
         map.extend(snap.clusters.into_values().map(Stored::cluster));
+        map.extend(snap.appsets.into_values().map(Stored::appset));
+        map.extend(snap.projects.into_values().map(Stored::project));
         if let Ok(mut m) = self.entities.write() {
             *m = map;
         }
@@ -212,10 +259,14 @@ impl ViewSource {
         view.wait_synced().await;
         let mut status = view.status_watch();
         let clusters = async {
-            let _ = status.wait_for(|s| s.clusters_synced).await;
+            let _ = status
+                .wait_for(|s| s.clusters_synced && s.appsets_synced && s.projects_synced)
+                .await;
         };
         if tokio::time::timeout(CLUSTER_GRACE, clusters).await.is_err() {
-            tracing::info!("the cluster list is not available yet; relaying applications without waiting for it");
+            tracing::info!(
+                "the cluster, ApplicationSet or project list is not available yet; relaying applications without waiting for it"
+            );
         }
         let complete = async {
             while view.incomplete_applications() > 0 {
@@ -245,6 +296,10 @@ impl ViewSource {
                     Ok(ViewEvent::AppDelete(key)) => self.remove(Kind::Application, app_key(&key), &dirty),
                     Ok(ViewEvent::ClusterUpsert(c)) => self.upsert(Stored::cluster(c), &dirty),
                     Ok(ViewEvent::ClusterDelete(server)) => self.remove(Kind::Cluster, server, &dirty),
+                    Ok(ViewEvent::AppSetUpsert(a)) => self.upsert(Stored::appset(a), &dirty),
+                    Ok(ViewEvent::AppSetDelete(key)) => self.remove(Kind::ApplicationSet, app_key(&key), &dirty),
+                    Ok(ViewEvent::ProjectUpsert(p)) => self.upsert(Stored::project(p), &dirty),
+                    Ok(ViewEvent::ProjectDelete(name)) => self.remove(Kind::Project, name, &dirty),
                     Err(RecvError::Lagged(n)) => {
                         tracing::warn!(
                             missed = n,

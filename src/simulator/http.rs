@@ -157,6 +157,12 @@ async fn handle(State(sim): State<SimHandle>, req: Request) -> Response {
         (Method::POST, ["api", "v1", "applications", name, "sync"]) => {
             with_auth(&sim, &parts.headers, |t| sync(&sim, &t, name, &body))
         }
+        (Method::POST, ["api", "v1", "applications", name, "rollback"]) => {
+            with_auth(&sim, &parts.headers, |t| rollback(&sim, &t, name, &body))
+        }
+        (Method::DELETE, ["api", "v1", "applications", name, "operation"]) => {
+            with_auth(&sim, &parts.headers, |t| terminate(&sim, &t, name, &query))
+        }
         (
             Method::GET,
             [
@@ -171,6 +177,17 @@ async fn handle(State(sim): State<SimHandle>, req: Request) -> Response {
             with_auth(&sim, &parts.headers, |t| logs(&sim, &t, name, &query))
         }
         (Method::GET, ["api", "v1", "clusters"]) => with_auth(&sim, &parts.headers, |t| clusters(&sim, &t)),
+        (Method::POST, ["api", "v1", "session"]) => session_create(&sim, &body),
+        (Method::GET, ["api", "v1", "applicationsets"]) if sim.inner.options.applicationsets => {
+            with_auth(&sim, &parts.headers, |t| list_appsets(&sim, &t, &query))
+        }
+        (Method::GET, ["api", "v1", "stream", "applicationsets"]) if sim.has_appset_stream() => {
+            match sim.auth(&parts.headers) {
+                Ok(t) => watch_appsets(&sim, t, &query, &parts.headers).await,
+                Err(r) => *r,
+            }
+        }
+        (Method::GET, ["api", "v1", "projects"]) => with_auth(&sim, &parts.headers, |t| list_projects(&sim, &t)),
         (_, ["api", ..]) => grpc_error(404, "Not Found"),
         _ => (StatusCode::NOT_FOUND, "404 page not found\n").into_response(),
     }
@@ -377,7 +394,9 @@ fn get_app(sim: &SimHandle, t: &TokenSpec, name: &str, q: &Query) -> Response {
     };
     if q_one(q, "refresh").is_some() {
         let ns = app["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
-        sim.touch(&ns, name);
+        if !sim.refresh_app(&ns, name) {
+            sim.touch(&ns, name);
+        }
         if let Some(a) = sim.app(&ns, name) {
             return json_ok(a);
         }
@@ -416,6 +435,21 @@ fn sync(sim: &SimHandle, t: &TokenSpec, name: &str, body: &Bytes) -> Response {
     if !t.can("applications", "sync") {
         return denied(t, "applications", "sync", &format!("{project}/{name}"));
     }
+    let ns = app["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+    let key = (ns.clone(), name.to_owned());
+    if sim.is_simulated(&ns, name) {
+        let mut st = sim.lock();
+        let started = super::gitops::sync_simulated(&mut st, &key, &req, json!({"username": t.account_name()}));
+        if let Err((status, message)) = started {
+            return grpc_error(status, &message);
+        }
+        sim.modified_locked(&mut st, &key);
+        drop(st);
+        return match sim.app(&ns, name) {
+            Some(a) => json_ok(a),
+            None => grpc_error(404, &format!("applications.argoproj.io \"{name}\" not found")),
+        };
+    }
     if app.get("operation").is_some_and(|o| !o.is_null()) {
         return grpc_error(400, "another operation is already in progress");
     }
@@ -427,7 +461,6 @@ fn sync(sim: &SimHandle, t: &TokenSpec, name: &str, body: &Bytes) -> Response {
         }
     }
     let operation = json!({"sync": op_sync, "initiatedBy": {"username": t.account_name()}});
-    let ns = app["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
     sim.modify_app(&ns, name, |a| {
         a["operation"] = operation.clone();
         a["status"]["operationState"] =
@@ -439,11 +472,116 @@ fn sync(sim: &SimHandle, t: &TokenSpec, name: &str, body: &Bytes) -> Response {
     }
 }
 
+/// The app a body-carrying call names (`appNamespace`, `project` in the body, like Argo CD's
+/// request messages), after the same visibility rules as Get.
+fn find_app_from_body(sim: &SimHandle, t: &TokenSpec, name: &str, req: &Value) -> Result<Value, Box<Response>> {
+    let mut q: Query = Vec::new();
+    if let Some(ns) = req["appNamespace"].as_str() {
+        q.push(("appNamespace".into(), ns.into()));
+    }
+    if let Some(p) = req["project"].as_str() {
+        q.push(("project".into(), p.into()));
+    }
+    find_app(sim, t, name, &q)
+}
+
+/// `POST /api/v1/applications/{name}/rollback`: Argo CD checks `sync` (rollback is mapped to
+/// it by default), refuses apps with automated sync and unknown history ids, then syncs to the
+/// history entry's revision.
+fn rollback(sim: &SimHandle, t: &TokenSpec, name: &str, body: &Bytes) -> Response {
+    let req: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return grpc_error(400, &format!("invalid request body: {e}")),
+    };
+    let app = match find_app_from_body(sim, t, name, &req) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    if !t.can("applications", "sync") {
+        return denied(t, "applications", "sync", &format!("{}/{name}", project_of(&app)));
+    }
+    let id = req["id"]
+        .as_i64()
+        .or_else(|| req["id"].as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0);
+    let ns = app["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+    let key = (ns.clone(), name.to_owned());
+    let initiated_by = json!({"username": t.account_name()});
+    let mut st = sim.lock();
+    let started = if st.repos.contains_key(&key) {
+        super::gitops::rollback_simulated(&mut st, &key, id, &req, initiated_by)
+    } else {
+        // A plain application: the operation is recorded and left running.
+        super::gitops::rollback_checks(&app, id).and_then(|entry| {
+            if app.get("operation").is_some_and(|o| !o.is_null()) {
+                return Err((400, "another operation is already in progress".into()));
+            }
+            let mut sync = json!({"prune": req["prune"].as_bool().unwrap_or(false),
+                "dryRun": req["dryRun"].as_bool().unwrap_or(false), "syncStrategy": {"apply": {}}});
+            for k in ["revision", "revisions", "source", "sources"] {
+                if !entry[k].is_null() {
+                    sync[k] = entry[k].clone();
+                }
+            }
+            let operation = json!({"sync": sync, "initiatedBy": initiated_by});
+            if let Some(a) = st.apps.get_mut(&key) {
+                a["operation"] = operation.clone();
+                a["status"]["operationState"] =
+                    json!({"operation": operation, "phase": "Running", "message": "", "startedAt": now_rfc3339()});
+            }
+            Ok(())
+        })
+    };
+    if let Err((status, message)) = started {
+        return grpc_error(status, &message);
+    }
+    sim.modified_locked(&mut st, &key);
+    drop(st);
+    match sim.app(&ns, name) {
+        Some(a) => json_ok(a),
+        None => grpc_error(404, &format!("applications.argoproj.io \"{name}\" not found")),
+    }
+}
+
+/// `DELETE /api/v1/applications/{name}/operation`: needs `sync`; marks the running operation
+/// Terminating (the controller ends it), or refuses when none runs.
+fn terminate(sim: &SimHandle, t: &TokenSpec, name: &str, q: &Query) -> Response {
+    let app = match find_app(sim, t, name, q) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    if !t.can("applications", "sync") {
+        return denied(t, "applications", "sync", &format!("{}/{name}", project_of(&app)));
+    }
+    let ns = app["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+    let key = (ns, name.to_owned());
+    let mut st = sim.lock();
+    let result = match st.apps.get_mut(&key) {
+        Some(a) => super::gitops::terminate(a),
+        None => Err((404, format!("applications.argoproj.io \"{name}\" not found"))),
+    };
+    if let Err((status, message)) = result {
+        return grpc_error(status, &message);
+    }
+    sim.modified_locked(&mut st, &key);
+    json_ok(json!({}))
+}
+
 fn app_detail(sim: &SimHandle, t: &TokenSpec, name: &str, what: &str, q: &Query) -> Response {
     let app = match find_app(sim, t, name, q) {
         Ok(a) => a,
         Err(r) => return *r,
     };
+    if what == "managed-resources" {
+        let key = (
+            app["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
+            name.to_owned(),
+        );
+        let st = sim.lock();
+        if let Some(repo) = st.repos.get(&key) {
+            return json_ok(super::gitops::managed_simulated(&app, repo));
+        }
+    }
     let app = sim.present(&app, false);
     let resources = app["status"]["resources"].as_array().cloned().unwrap_or_default();
     let ns = app["metadata"]["namespace"].clone();
@@ -546,6 +684,147 @@ fn clusters(sim: &SimHandle, t: &TokenSpec) -> Response {
         Vec::new()
     };
     json_ok(json!({"metadata": {}, "items": items}))
+}
+
+/// `POST /api/v1/session` (`SessionCreateRequest`: username, password) → `{"token"}`.
+fn session_create(sim: &SimHandle, body: &Bytes) -> Response {
+    let req: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return grpc_error(400, &format!("invalid request body: {e}")),
+    };
+    let (user, password) = (
+        req["username"].as_str().unwrap_or_default(),
+        req["password"].as_str().unwrap_or_default(),
+    );
+    match sim.login(user, password) {
+        Some(token) => json_ok(json!({ "token": token })),
+        // argocd-server's session service answers Unauthenticated.
+        None => grpc_error(401, "Invalid username or password"),
+    }
+}
+
+fn appset_project(a: &Value) -> String {
+    match a["spec"]["template"]["spec"]["project"].as_str() {
+        Some(p) if !p.is_empty() => p.to_owned(),
+        _ => "default".to_owned(),
+    }
+}
+
+/// Whether `a` passes the ApplicationSet list/watch filters and the token's visibility
+/// (Argo CD drops what the caller may not get, silently).
+fn admits_appset(t: &TokenSpec, a: &Value, q: &Query, ns_key: &str) -> bool {
+    let project = appset_project(a);
+    if !(t.can("applicationsets", "get") && t.sees_project(&project)) {
+        return false;
+    }
+    let projects = q_all(q, "projects");
+    if !projects.is_empty() && !projects.contains(&project) {
+        return false;
+    }
+    if let Some(ns) = q_one(q, ns_key)
+        && a["metadata"]["namespace"].as_str() != Some(ns)
+    {
+        return false;
+    }
+    match q_one(q, "selector") {
+        Some(sel) => selector_matches(sel, &a["metadata"]["labels"]),
+        None => true,
+    }
+}
+
+fn list_appsets(sim: &SimHandle, t: &TokenSpec, q: &Query) -> Response {
+    let st = sim.lock();
+    let items: Vec<Value> = st
+        .appsets
+        .values()
+        .filter(|a| admits_appset(t, a, q, "appsetNamespace"))
+        .cloned()
+        .collect();
+    json_ok(json!({"metadata": {"resourceVersion": st.rv.to_string()}, "items": items}))
+}
+
+fn list_projects(sim: &SimHandle, t: &TokenSpec) -> Response {
+    let st = sim.lock();
+    let items: Vec<Value> = if t.can("projects", "get") {
+        st.projects.values().cloned().collect()
+    } else {
+        vec![]
+    };
+    json_ok(json!({"metadata": {"resourceVersion": st.rv.to_string()}, "items": items}))
+}
+
+/// `GET /api/v1/stream/applicationsets` (Argo CD 3.4+): like the application watch, events
+/// `{"result":{"type","applicationSet"}}` from `resourceVersion` on.
+async fn watch_appsets(sim: &SimHandle, t: TokenSpec, q: &Query, headers: &HeaderMap) -> Response {
+    let sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) == Some("text/event-stream");
+    let since: Option<u64> = q_one(q, "resourceVersion").and_then(|v| v.parse().ok());
+    let (initial, mut rx, generation) = {
+        let st = sim.lock();
+        let rx = sim.inner.appset_events.subscribe();
+        let initial: Vec<Value> = if since.is_none() {
+            st.appsets
+                .values()
+                .filter(|a| admits_appset(&t, a, q, "appSetNamespace"))
+                .cloned()
+                .collect()
+        } else {
+            vec![]
+        };
+        (initial, rx, st.generation.clone())
+    };
+    let (tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    let sim2 = sim.clone();
+    let q = q.clone();
+    tokio::spawn(async move {
+        let sim = sim2;
+        for a in initial {
+            let line = json!({"result": {"type": "ADDED", "applicationSet": a}}).to_string();
+            if tx.send(Ok(stream_frame(sse, &line))).await.is_err() {
+                return;
+            }
+        }
+        let mut keepalive = tokio::time::interval(sim.inner.options.sse_keepalive);
+        keepalive.tick().await;
+        loop {
+            tokio::select! {
+                _ = generation.cancel.cancelled() => {
+                    let _ = tx.send(Err(std::io::Error::other("watch cut by the simulator"))).await;
+                    return;
+                }
+                _ = sim.inner.cancel.cancelled() => return,
+                _ = tx.closed() => return,
+                _ = keepalive.tick(), if sse => {
+                    if tx.send(Ok(Bytes::from_static(b":\n"))).await.is_err() {
+                        return;
+                    }
+                }
+                msg = rx.recv() => {
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    let a: &Value = &msg.app;
+                    let rv: u64 = a["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+                    if since.is_some_and(|s| rv < s) || !admits_appset(&t, a, &q, "appSetNamespace") {
+                        continue;
+                    }
+                    let line = json!({"result": {"type": msg.kind, "applicationSet": a}}).to_string();
+                    if tx.send(Ok(stream_frame(sse, &line))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut body_rx = body_rx;
+    let first = body_rx.recv().await;
+    let body = futures_util::stream::iter(first).chain(ReceiverStream::new(body_rx));
+    let content_type = if sse { "text/event-stream" } else { "application/json" };
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 fn stream_frame(sse: bool, payload: &str) -> Bytes {

@@ -2,13 +2,19 @@
 //!
 //! It serves argocd-server's REST contract (see `../shared/argocd/API-NOTES.md`): HTTP/1.1,
 //! grpc-gateway error bodies, NDJSON or server-sent-event watch framing, the 415 rule, 401/403
-//! semantics, can-i, version and userinfo, 2.x or 3.x list behaviour, an optional root path, over
-//! self-signed TLS (plain HTTP on the TLS port gets a 307 like argocd-server's cmux) or plaintext.
+//! semantics, can-i, version and userinfo, 2.x or 3.x list behaviour, ApplicationSets (list, and
+//! the watch stream from 3.4 on) and AppProjects, username/password login
+//! (`POST /api/v1/session`) with expiring session tokens, an optional root path, over self-signed
+//! TLS (plain HTTP on the TLS port gets a 307 like argocd-server's cmux) or plaintext.
 //!
 //! It stores raw `serde_json::Value` objects and never uses the gateway's model types, so a model
 //! bug cannot be mirrored here. [`SimHandle`] mutates state, manages tokens, injects faults and
-//! records every request received.
+//! records every request received. Applications added with [`SimHandle::add_simulated_app`] also
+//! get a Git history, live objects and sync operations with hooks and waves, stepped by the
+//! caller (see `gitops`): they answer sync, terminate, rollback and managed resources as Argo
+//! CD's controller would.
 
+mod gitops;
 mod http;
 pub mod net;
 pub mod objects;
@@ -50,6 +56,9 @@ pub struct SimOptions {
     /// self-signed certificate as `openssl req -x509` makes it; [`SimHandle::ca_pem`] is then
     /// the certificate itself.
     pub certificate: Option<(String, String)>,
+    /// Whether the ApplicationSet API exists (false: an old Argo CD, 404 on
+    /// `/api/v1/applicationsets`). Its watch stream exists from version 3.4.
+    pub applicationsets: bool,
 }
 
 impl Default for SimOptions {
@@ -61,6 +70,7 @@ impl Default for SimOptions {
             namespace: "argocd".into(),
             sse_keepalive: Duration::from_secs(15),
             certificate: None,
+            applicationsets: true,
         }
     }
 }
@@ -79,14 +89,16 @@ pub struct TokenSpec {
 }
 
 impl TokenSpec {
-    /// An account token with the permissions of SPEC §9 (apps get/sync, clusters get, logs get),
-    /// expiring in 90 days.
+    /// An account token with the permissions of SPEC §9 (apps get/sync, clusters get, logs get,
+    /// applicationsets get, projects get), expiring in 90 days.
     pub fn account(account: &str) -> Self {
         let perms = [
             ("applications", "get"),
             ("applications", "sync"),
             ("clusters", "get"),
             ("logs", "get"),
+            ("applicationsets", "get"),
+            ("projects", "get"),
         ];
         Self {
             subject: format!("{account}:apiKey"),
@@ -204,6 +216,13 @@ struct WatchMsg {
     app: Arc<Value>,
 }
 
+/// A local account that may log in with a password, and what its sessions may do.
+#[derive(Clone, Debug)]
+struct Account {
+    password: String,
+    spec: TokenSpec,
+}
+
 /// How open watches are told to end.
 #[derive(Clone)]
 struct WatchGeneration {
@@ -223,12 +242,21 @@ impl WatchGeneration {
 
 struct State {
     apps: BTreeMap<(String, String), Value>,
+    appsets: BTreeMap<(String, String), Value>,
+    projects: BTreeMap<String, Value>,
+    accounts: HashMap<String, Account>,
+    /// Lifetime of session tokens issued at login.
+    session_ttl: Duration,
+    /// Logins that succeeded.
+    logins: u64,
     clusters: Vec<Value>,
     rv: u64,
     tokens: HashMap<String, TokenSpec>,
     requests: Vec<RecordedRequest>,
     faults: Faults,
     generation: WatchGeneration,
+    /// Git history, live objects and operations of simulated applications.
+    repos: BTreeMap<(String, String), gitops::Repo>,
 }
 
 struct Inner {
@@ -237,6 +265,7 @@ struct Inner {
     ca_pem: Option<String>,
     state: Mutex<State>,
     events: broadcast::Sender<WatchMsg>,
+    appset_events: broadcast::Sender<WatchMsg>,
     cancel: CancellationToken,
     jwt_key: ring::hmac::Key,
 }
@@ -276,19 +305,27 @@ impl Simulator {
         let jwt_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
             .map_err(|_| std::io::Error::other("cannot generate the simulator's signing key"))?;
         let (events, _) = broadcast::channel(4096);
+        let (appset_events, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
             addr,
             ca_pem: certs.map(|c| c.ca_pem),
             state: Mutex::new(State {
                 apps: BTreeMap::new(),
+                appsets: BTreeMap::new(),
+                projects: [("default".to_owned(), objects::project("default"))].into(),
+                accounts: HashMap::new(),
+                session_ttl: Duration::from_secs(24 * 3600),
+                logins: 0,
                 clusters: vec![objects::cluster("https://kubernetes.default.svc", "in-cluster")],
                 rv: 1000,
                 tokens: HashMap::new(),
                 requests: Vec::new(),
                 faults: Faults::default(),
                 generation: WatchGeneration::new(),
+                repos: BTreeMap::new(),
             }),
             events,
+            appset_events,
             cancel: cancel.clone(),
             jwt_key,
             options,
@@ -397,6 +434,54 @@ impl SimHandle {
         self.lock().tokens.remove(token);
     }
 
+    /// Adds a local account that may log in with `password` (`POST /api/v1/session`); its
+    /// sessions may do what `spec` allows (their subject becomes `<username>:login` and their
+    /// expiry the session lifetime).
+    pub fn add_account(&self, username: &str, password: &str, spec: TokenSpec) {
+        self.lock().accounts.insert(
+            username.to_owned(),
+            Account {
+                password: password.to_owned(),
+                spec,
+            },
+        );
+    }
+
+    /// Sets the lifetime of session tokens issued from now on.
+    pub fn set_session_ttl(&self, ttl: Duration) {
+        self.lock().session_ttl = ttl;
+    }
+
+    /// Logins that succeeded so far.
+    pub fn logins(&self) -> u64 {
+        self.lock().logins
+    }
+
+    /// Revokes every session token of `username` (Argo CD then answers 401 to them).
+    pub fn revoke_sessions(&self, username: &str) {
+        let subject = format!("{username}:login");
+        self.lock().tokens.retain(|_, spec| spec.subject != subject);
+    }
+
+    /// Logs in: a fresh session token, or None for a wrong username or password.
+    fn login(&self, username: &str, password: &str) -> Option<String> {
+        let (spec, ttl) = {
+            let mut st = self.lock();
+            let account = st.accounts.get(username).filter(|a| a.password == password)?.clone();
+            st.logins += 1;
+            (account.spec, st.session_ttl)
+        };
+        let exp = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::try_from(ttl).unwrap_or_default())
+            .ok();
+        let spec = TokenSpec {
+            subject: format!("{username}:login"),
+            ..spec
+        }
+        .expires(exp);
+        Some(self.add_token(spec))
+    }
+
     /// Replaces what a token may do.
     pub fn update_token(&self, token: &str, spec: TokenSpec) {
         if let Some(t) = self.lock().tokens.get_mut(token) {
@@ -455,6 +540,7 @@ impl SimHandle {
     /// Deletes an application; returns whether it existed.
     pub fn delete_app(&self, namespace: &str, name: &str) -> bool {
         let mut st = self.lock();
+        st.repos.remove(&(namespace.to_owned(), name.to_owned()));
         match st.apps.remove(&(namespace.to_owned(), name.to_owned())) {
             Some(mut app) => {
                 self.bump(&mut st, &mut app);
@@ -462,6 +548,15 @@ impl SimHandle {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Emits MODIFIED for an application changed in place under the lock.
+    fn modified_locked(&self, st: &mut State, key: &(String, String)) {
+        if let Some(mut app) = st.apps.remove(key) {
+            self.bump(st, &mut app);
+            self.broadcast(st, "MODIFIED", &app);
+            st.apps.insert(key.clone(), app);
         }
     }
 
@@ -585,6 +680,92 @@ impl SimHandle {
             }
         }
         out
+    }
+
+    // ---- ApplicationSets and projects ---------------------------------------------------------
+
+    fn broadcast_appset(&self, kind: &'static str, obj: &Value) {
+        let _ = self.inner.appset_events.send(WatchMsg {
+            kind,
+            app: Arc::new(obj.clone()),
+        });
+    }
+
+    /// Adds or replaces an ApplicationSet object (namespace defaults to the control-plane one).
+    pub fn upsert_appset(&self, mut appset: Value) -> (String, String) {
+        if !appset["metadata"]["namespace"].is_string() {
+            appset["metadata"]["namespace"] = json!(self.inner.options.namespace);
+        }
+        let key = (
+            appset["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
+            appset["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+        );
+        let mut st = self.lock();
+        self.bump(&mut st, &mut appset);
+        let kind = if st.appsets.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.broadcast_appset(kind, &appset);
+        st.appsets.insert(key.clone(), appset);
+        key
+    }
+
+    /// Changes an ApplicationSet in place with `f` and emits MODIFIED; false if it does not exist.
+    pub fn modify_appset(&self, namespace: &str, name: &str, f: impl FnOnce(&mut Value)) -> bool {
+        let mut st = self.lock();
+        let key = (namespace.to_owned(), name.to_owned());
+        let Some(mut appset) = st.appsets.remove(&key) else {
+            return false;
+        };
+        f(&mut appset);
+        self.bump(&mut st, &mut appset);
+        self.broadcast_appset("MODIFIED", &appset);
+        st.appsets.insert(key, appset);
+        true
+    }
+
+    /// Deletes an ApplicationSet; returns whether it existed.
+    pub fn delete_appset(&self, namespace: &str, name: &str) -> bool {
+        let mut st = self.lock();
+        match st.appsets.remove(&(namespace.to_owned(), name.to_owned())) {
+            Some(mut a) => {
+                self.bump(&mut st, &mut a);
+                self.broadcast_appset("DELETED", &a);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every ApplicationSet object.
+    pub fn appsets(&self) -> Vec<Value> {
+        self.lock().appsets.values().cloned().collect()
+    }
+
+    /// Adds or replaces an AppProject (by `metadata.name`).
+    pub fn upsert_project(&self, mut project: Value) {
+        if !project["metadata"]["namespace"].is_string() {
+            project["metadata"]["namespace"] = json!(self.inner.options.namespace);
+        }
+        let name = project["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let mut st = self.lock();
+        self.bump(&mut st, &mut project);
+        st.projects.insert(name, project);
+    }
+
+    /// Removes an AppProject.
+    pub fn delete_project(&self, name: &str) -> bool {
+        self.lock().projects.remove(name).is_some()
+    }
+
+    /// Whether this simulated version has the ApplicationSet watch stream (3.4 and later).
+    fn has_appset_stream(&self) -> bool {
+        let v = self.inner.options.version.trim_start_matches('v');
+        let mut parts = v.split(['.', '+', '-']).map(|p| p.parse::<u64>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        self.inner.options.applicationsets && (major, minor) >= (3, 4)
     }
 
     // ---- clusters ---------------------------------------------------------------------------

@@ -134,3 +134,78 @@ pub fn cluster(server: &str, name: &str) -> Value {
         "annotations": null
     })
 }
+
+/// An AppProject as `GET /api/v1/projects` returns it: everything allowed, like Argo CD's own
+/// `default` project.
+pub fn project(name: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": "argocd", "resourceVersion": "1", "creationTimestamp": "2026-01-05T09:00:00Z"},
+        "spec": {
+            "sourceRepos": ["*"],
+            "destinations": [{"server": "*", "namespace": "*"}],
+            "clusterResourceWhitelist": [{"group": "*", "kind": "*"}]
+        },
+        "status": {}
+    })
+}
+
+/// An ApplicationSet with a list generator over `elements` (each becomes an application
+/// `<name>-<element>`), a rolling-sync strategy of `steps` steps when non-zero, and a healthy
+/// status listing the applications it owns (shaped like Argo CD's `resource_customizations`
+/// ApplicationSet test data).
+pub fn appset(name: &str, namespace: &str, elements: &[&str], steps: usize) -> Value {
+    let elements_json: Vec<Value> = elements
+        .iter()
+        .map(|e| json!({"cluster": e, "url": "https://kubernetes.default.svc"}))
+        .collect();
+    let resources: Vec<Value> = elements
+        .iter()
+        .map(|e| {
+            json!({"group": "argoproj.io", "version": "v1alpha1", "kind": "Application",
+                   "namespace": namespace, "name": format!("{name}-{e}"), "status": "Synced",
+                   "health": {"status": "Healthy"}})
+        })
+        .collect();
+    let mut spec = json!({
+        "generators": [{"list": {"elements": elements_json}}],
+        "template": {
+            "metadata": {"name": format!("{name}-{{{{cluster}}}}")},
+            "spec": {
+                "project": "default",
+                "source": {"repoURL": "https://github.com/argoproj/argocd-example-apps/", "path": "guestbook", "targetRevision": "HEAD"},
+                "destination": {"server": "{{url}}", "namespace": "guestbook"}
+            }
+        }
+    });
+    if steps > 0 {
+        let steps: Vec<Value> = (0..steps)
+            .map(|i| json!({"matchExpressions": [{"key": "step", "operator": "In", "values": [i.to_string()]}]}))
+            .collect();
+        spec["strategy"] = json!({"type": "RollingSync", "rollingSync": {"steps": steps}});
+    }
+    json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "ApplicationSet",
+        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": "2026-01-05T09:00:00Z"},
+        "spec": spec,
+        "status": {
+            "conditions": [
+                {"lastTransitionTime": "2026-01-05T09:00:00Z", "message": "Successfully generated parameters for all Applications",
+                 "reason": "ApplicationSetUpToDate", "status": "False", "type": "ErrorOccurred"},
+                {"lastTransitionTime": "2026-01-05T09:00:00Z", "message": "Successfully generated parameters for all Applications",
+                 "reason": "ParametersGenerated", "status": "True", "type": "ParametersGenerated"},
+                {"lastTransitionTime": "2026-01-05T09:00:00Z", "message": "ApplicationSet up to date",
+                 "reason": "ApplicationSetUpToDate", "status": "True", "type": "ResourcesUpToDate"}
+            ],
+            "resources": resources,
+            "resourcesCount": elements.len(),
+            "health": {"status": "Healthy"}
+        }
+    })
+}
+
+/// The owner reference an ApplicationSet puts on the applications it generates.
+pub fn appset_owner(name: &str) -> Value {
+    json!([{"apiVersion": "argoproj.io/v1alpha1", "kind": "ApplicationSet", "name": name,
+            "uid": format!("uid-{name}"), "controller": true, "blockOwnerDeletion": true}])
+}

@@ -44,6 +44,11 @@ pub struct RunArgs {
     /// as a stub marked "tooLarge" with its size (Helm gateway.hub.maxEntityBytes).
     #[arg(long, env = "ARGOCD_GATEWAY_MAX_ENTITY_BYTES", default_value_t = 3 * 1024 * 1024)]
     pub max_entity_bytes: usize,
+    /// Speak this protocol version to the hub (the current one by default; the previous one
+    /// behaves as a gateway of that version did: no ApplicationSets, no projects), for testing
+    /// version skew.
+    #[arg(long, env = "ARGOCD_GATEWAY_PROTOCOL_VERSION", default_value_t = crate::wire::PROTOCOL_VERSION, value_parser = crate::wire::codes::parse_pinned_protocol)]
+    pub protocol_version: u32,
 }
 
 /// Validated settings of the tunnel.
@@ -73,6 +78,8 @@ pub struct RunConfig {
     pub drain_grace: Duration,
     /// How soon to retry a failed renewal.
     pub renew_retry: Duration,
+    /// The protocol version spoken (`--protocol-version`).
+    pub protocol_version: u32,
 }
 
 impl RunArgs {
@@ -91,6 +98,7 @@ impl RunArgs {
             healthy_after: Duration::from_secs(60),
             drain_grace: Duration::from_secs(5),
             renew_retry: Duration::from_secs(60),
+            protocol_version: self.protocol_version,
         }
     }
 }
@@ -114,6 +122,10 @@ pub struct TunnelStatus {
     pub last_rtt: Option<Duration>,
     /// Client certificate expiry.
     pub cert_not_after: Option<jiff::Timestamp>,
+    /// The transport of the current or last session (`h2` or `websocket`).
+    pub transport: Option<&'static str>,
+    /// The hub's capabilities, from its last welcome.
+    pub hub_capabilities: Vec<String>,
 }
 
 /// Why the tunnel gave up for good.
@@ -349,6 +361,15 @@ pub async fn run_with(
                 record_failure(&status, &e.to_string(), e.is_config());
                 identity = Some(id);
                 Wait::Fixed(backoff.next_delay())
+            }
+            Ended::Downgraded(msg) => {
+                tracing::warn!(
+                    hub_said = %msg,
+                    protocol_version = crate::wire::MIN_PROTOCOL_VERSION,
+                    "the hub speaks the previous protocol version; speaking it too (ApplicationSets, projects and the WebSocket transport wait for a hub upgrade)"
+                );
+                identity = Some(id);
+                Wait::Fixed(crate::util::jitter(Duration::ZERO, cfg.backoff_base))
             }
             Ended::Refused(msg) => {
                 record_failure(&status, &format!("the hub refused the session: {msg}"), true);

@@ -14,10 +14,12 @@ use super::{RunConfig, TunnelStatus};
 use crate::identity::Identity;
 use crate::uplink::dial::{DialError, Dialer};
 use crate::uplink::{OpenError, open_tunnel};
-use crate::wire::codes::{ANSWER_PIECE_BYTES, CAP_CHUNKED_ANSWERS, error_code_name, request_name};
+use crate::wire::codes::{
+    ANSWER_PIECE_BYTES, CAP_CHUNKED_ANSWERS, CAP_WEBSOCKET, error_code_name, gateway_capabilities, request_name,
+};
 use crate::wire::proto::{GatewayMessage, Goodbye, Hello, Ping, Pong, RequestError, Response, request_error, response};
 use crate::wire::proto::{gateway_message, hub_message, rejected};
-use crate::wire::{CAP_SET_DIGEST, DigestKind, ErrorCode, PROTOCOL_VERSION};
+use crate::wire::{DigestKind, ErrorCode, Kind, MIN_PROTOCOL_VERSION, kinds_for};
 
 /// How a session ended.
 #[derive(Debug)]
@@ -42,6 +44,8 @@ pub enum Ended {
     RetryAfter(Duration),
     /// The stream broke or closed.
     Lost(String),
+    /// The hub refused this protocol version: the next session speaks the previous one.
+    Downgraded(String),
 }
 
 /// What the session needs from the run loop.
@@ -100,13 +104,26 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
         Err(e) => return Ended::Refused(format!("stored certificate is unreadable: {e}")),
     };
     let (tx, rx) = mpsc::channel::<GatewayMessage>(64);
+    let older = cfg.hub.memory.older_protocol.load(std::sync::atomic::Ordering::Relaxed);
+    let protocol = if older {
+        cfg.protocol_version.min(MIN_PROTOCOL_VERSION)
+    } else {
+        cfg.protocol_version
+    };
+    let transport = dialer.transport_used().name();
     let hello = GatewayMessage {
         body: Some(gateway_message::Body::Hello(Hello {
             gateway_id: identity.gateway_id.clone(),
             gateway_version: crate::VERSION.to_owned(),
-            protocol_version: PROTOCOL_VERSION,
-            capabilities: vec![CAP_SET_DIGEST.to_owned()],
+            protocol_version: protocol,
+            capabilities: gateway_capabilities(protocol),
             instance: cfg.store.instance(),
+            // Gateways of protocol 2 did not say.
+            transport: if protocol >= 3 {
+                transport.to_owned()
+            } else {
+                String::new()
+            },
         })),
     };
     // The channel is fresh and has room: the send cannot fail before the receiver is dropped.
@@ -133,16 +150,53 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
                 session_id = %w.session_id,
                 protocol_version = w.protocol_version,
                 hub = %dialer.endpoint().url(),
+                transport,
                 "connected to hub"
             );
             ctx.status.send_modify(|s| {
                 s.connected = true;
                 s.session_id = Some(w.session_id.clone());
                 s.last_error = None;
+                s.transport = Some(transport);
+                s.hub_capabilities = w.capabilities.clone();
             });
             ctx.metrics.connected.set(1);
+            // Spoken down for this session only: the next one (after this hub restarts, perhaps
+            // upgraded) offers the current version again, and an older hub refuses it once more.
+            if older {
+                cfg.hub
+                    .memory
+                    .older_protocol
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            // What later dials may try: a hub that does not take the WebSocket is not offered it.
+            cfg.hub.memory.hub_without_websocket.store(
+                !w.capabilities.iter().any(|c| c == CAP_WEBSOCKET),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            // Only the kinds both this gateway's protocol and the hub know are relayed.
+            let kinds = if protocol >= 3 {
+                kinds_for(&w.capabilities)
+            } else {
+                vec![Kind::Application, Kind::Cluster]
+            };
+            if let Some(relay) = ctx.relay.as_deref_mut() {
+                relay.set_kinds(kinds);
+            }
             let chunked = w.capabilities.iter().any(|c| c == CAP_CHUNKED_ANSWERS);
             (w.state_digest, chunked, DigestKind::negotiated(&w.capabilities))
+        }
+        // A hub of the previous protocol version refuses this one: speak its version (once).
+        Some(hub_message::Body::Rejected(r))
+            if r.reason == rejected::Reason::UnsupportedProtocol as i32
+                && protocol > MIN_PROTOCOL_VERSION
+                && !older =>
+        {
+            cfg.hub
+                .memory
+                .older_protocol
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ended::Downgraded(r.message);
         }
         Some(hub_message::Body::Rejected(r)) => return rejected(r),
         other => return Ended::Lost(format!("unexpected first message from the hub: {other:?}")),

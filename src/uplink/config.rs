@@ -28,6 +28,11 @@ pub struct UplinkArgs {
     /// first contact with a self-signed hub (Helm registration.caFingerprint).
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_CA_FINGERPRINT")]
     pub hub_ca_fingerprint: Option<String>,
+    /// How the session reaches the hub: `auto` tries gRPC over HTTP/2 and, when HTTP/2 cannot
+    /// get through, falls back once to the same session inside a WebSocket (HTTP/1.1 upgrade);
+    /// `h2` or `websocket` use only that one (Helm gateway.hub.transport).
+    #[arg(long, env = "ARGOCD_GATEWAY_HUB_TRANSPORT", default_value = "auto", value_enum)]
+    pub hub_transport: Transport,
     /// Give up a dial step (DNS, TCP, TLS, HTTP/2) after this long.
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_CONNECT_TIMEOUT", default_value = "10s", value_parser = crate::util::parse_duration)]
     pub hub_connect_timeout: Duration,
@@ -39,6 +44,42 @@ pub struct UplinkArgs {
     /// file:argocd-gateway-identity.json.
     #[arg(long = "identity", env = "ARGOCD_GATEWAY_IDENTITY")]
     pub identity: Option<String>,
+}
+
+/// How the gateway's calls reach the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// HTTP/2, falling back to WebSocket once when HTTP/2 cannot get through.
+    Auto,
+    /// gRPC over HTTP/2 only.
+    H2,
+    /// The gRPC session inside a WebSocket (HTTP/1.1 upgrade) only.
+    Websocket,
+}
+
+impl Transport {
+    /// The name as the flag and the hello spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::H2 => "h2",
+            Self::Websocket => "websocket",
+        }
+    }
+}
+
+/// What the gateway learned about its hub, shared by every dialer and session of one process:
+/// once HTTP/2 failed and the WebSocket worked, later dials go straight to the WebSocket; once
+/// the hub refused the current protocol, sessions speak the previous one.
+#[derive(Debug, Default)]
+pub struct TransportMemory {
+    /// `auto` fell back to the WebSocket.
+    pub fell_back: std::sync::atomic::AtomicBool,
+    /// The hub's last welcome named no "websocket" capability: falling back cannot help.
+    pub hub_without_websocket: std::sync::atomic::AtomicBool,
+    /// The hub refused this build's protocol version as too new (a hub of the previous
+    /// version): sessions speak the previous one.
+    pub older_protocol: std::sync::atomic::AtomicBool,
 }
 
 /// A configuration error found before any I/O.
@@ -192,6 +233,10 @@ pub struct HubConfig {
     pub ca_fingerprint: Option<Fingerprint>,
     /// Per-step dial timeout.
     pub connect_timeout: Duration,
+    /// The configured transport.
+    pub transport: Transport,
+    /// What `auto` learned so far (shared by clones).
+    pub memory: std::sync::Arc<TransportMemory>,
 }
 
 impl UplinkArgs {
@@ -230,6 +275,8 @@ impl UplinkArgs {
             pin,
             ca_fingerprint,
             connect_timeout: self.hub_connect_timeout,
+            transport: self.hub_transport,
+            memory: Default::default(),
         })
     }
 }

@@ -1,6 +1,11 @@
 //! Dialing the hub one step at a time (DNS, TCP, proxy, TLS, HTTP/2) so a failure says which
 //! step failed and what to change. DNS is resolved on every dial: a hub that moved is found
 //! again without a restart. `HTTPS_PROXY`/`NO_PROXY` are honoured with HTTP CONNECT.
+//!
+//! Where only HTTP/1.1 gets through (a proxy or load balancer without HTTP/2), the same gRPC
+//! connection travels inside a WebSocket ([`crate::wire::websocket`]): TLS offers `http/1.1`,
+//! an upgrade request goes to the hub's gRPC port, and HTTP/2 runs over the binary messages.
+//! `--hub-transport auto` tries HTTP/2 first and falls back once, remembering it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -14,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
-use super::config::{HubConfig, HubEndpoint};
+use super::config::{HubConfig, HubEndpoint, Transport, TransportMemory};
 use super::trust::{FailureSlot, HubVerifier, TrustFailure};
 use crate::identity::Identity;
 use crate::util::error_chain;
@@ -43,7 +48,9 @@ pub enum DialError {
         source: std::io::Error,
     },
     /// The HTTP CONNECT proxy refused or failed.
-    #[error("HTTPS proxy {proxy} could not tunnel to the hub: {reason}; check HTTPS_PROXY / NO_PROXY")]
+    #[error(
+        "HTTPS proxy {proxy} could not tunnel to the hub: {reason}; check HTTPS_PROXY / NO_PROXY (a proxy that passes only HTTP/1.1 needs --hub-transport websocket, Helm gateway.hub.transport=websocket)"
+    )]
     Proxy {
         /// The proxy address.
         proxy: String,
@@ -79,13 +86,31 @@ pub enum DialError {
     },
     /// TLS worked but HTTP/2 did not.
     #[error(
-        "HTTP/2 with the hub at {addr} failed: {reason}; anything between the gateway and the hub must pass HTTP/2 (gRPC)"
+        "HTTP/2 with the hub at {addr} failed: {reason}; anything between the gateway and the hub must pass HTTP/2 (gRPC), or carry the session over HTTP/1.1 with --hub-transport websocket (Helm gateway.hub.transport=websocket)"
     )]
     Http2 {
         /// The hub address.
         addr: String,
         /// What failed.
         reason: String,
+    },
+    /// The WebSocket upgrade failed.
+    #[error(
+        "the WebSocket upgrade with the hub at {addr} failed: {reason}; the hub must speak protocol 3 or later (it then names the \"websocket\" capability) and anything in between must pass WebSocket upgrades (flag --hub-transport, Helm gateway.hub.transport)"
+    )]
+    WebSocket {
+        /// The hub address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// `auto`: HTTP/2 failed and so did the WebSocket fallback.
+    #[error("{h2}; the WebSocket fallback failed too: {websocket}")]
+    BothTransports {
+        /// The HTTP/2 failure.
+        h2: Box<DialError>,
+        /// The WebSocket failure.
+        websocket: Box<DialError>,
     },
     /// A step took longer than --hub-connect-timeout.
     #[error("timed out during {step} with the hub at {addr} after {timeout:?} (flag --hub-connect-timeout)")]
@@ -116,6 +141,16 @@ impl DialError {
         )
     }
 
+    /// True when the failure is HTTP/2's own (something in between does not pass it), so the
+    /// WebSocket transport may get through where HTTP/2 did not.
+    pub fn is_http2_blocked(&self) -> bool {
+        match self {
+            Self::Http2 { .. } | Self::Proxy { .. } | Self::Tls { .. } => true,
+            Self::Timeout { step, .. } => step.starts_with("HTTP/2"),
+            _ => false,
+        }
+    }
+
     /// True when retrying cannot help until the configuration changes.
     pub fn is_config(&self) -> bool {
         matches!(
@@ -131,8 +166,14 @@ impl DialError {
 pub struct Dialer {
     endpoint: HubEndpoint,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The same TLS settings offering HTTP/1.1, for the WebSocket transport.
+    ws_tls: Option<Arc<rustls::ClientConfig>>,
     failure: FailureSlot,
     timeout: Duration,
+    transport: Transport,
+    memory: Arc<TransportMemory>,
+    /// Whether the last successful dial went through a WebSocket.
+    via_websocket: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -178,14 +219,36 @@ impl Dialer {
                 None => builder.with_no_client_auth(),
             };
             config.alpn_protocols = vec![b"h2".to_vec()];
-            Some(Arc::new(config))
+            Some(config)
         };
+        let ws_tls = tls.clone().map(|mut c| {
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(c)
+        });
         Ok(Self {
             endpoint: cfg.endpoint.clone(),
-            tls,
+            tls: tls.map(Arc::new),
+            ws_tls,
             failure,
             timeout: cfg.connect_timeout,
+            transport: cfg.transport,
+            memory: cfg.memory.clone(),
+            via_websocket: Default::default(),
         })
+    }
+
+    /// The transport the last successful dial used (`h2` or `websocket`).
+    pub fn transport_used(&self) -> Transport {
+        if self.via_websocket.load(Ordering::Relaxed) {
+            Transport::Websocket
+        } else {
+            Transport::H2
+        }
+    }
+
+    /// Whether `auto` fell back to the WebSocket in this process.
+    pub fn fell_back(&self) -> bool {
+        self.memory.fell_back.load(Ordering::Relaxed)
     }
 
     /// The hub endpoint.
@@ -193,9 +256,50 @@ impl Dialer {
         &self.endpoint
     }
 
-    /// Dials and completes the HTTP/2 handshake. The channel re-dials by itself if the
-    /// connection drops later (with fresh DNS), but sessions open a new one per attempt.
+    /// Dials with the configured transport and completes the HTTP/2 handshake. The channel
+    /// re-dials by itself if the connection drops later (with fresh DNS), but sessions open a
+    /// new one per attempt.
     pub async fn connect(&self) -> Result<Channel, DialError> {
+        let websocket = match self.transport {
+            Transport::H2 => false,
+            Transport::Websocket => true,
+            Transport::Auto => self.memory.fell_back.load(Ordering::Relaxed),
+        };
+        let result = self.connect_with(websocket).await;
+        let result = match result {
+            Err(h2) if self.transport == Transport::Auto && !websocket && h2.is_http2_blocked() => {
+                if self.memory.hub_without_websocket.load(Ordering::Relaxed) {
+                    return Err(h2);
+                }
+                match self.connect_with(true).await {
+                    Ok(c) => {
+                        if !self.memory.fell_back.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                hub = %self.endpoint.url(),
+                                http2_error = %h2,
+                                "HTTP/2 to the hub does not get through; using the WebSocket transport from now on (set --hub-transport websocket, Helm gateway.hub.transport=websocket, to skip the HTTP/2 attempt)"
+                            );
+                        }
+                        Ok(c)
+                    }
+                    Err(ws) => Err(DialError::BothTransports {
+                        h2: Box::new(h2),
+                        websocket: Box::new(ws),
+                    }),
+                }
+            }
+            other => other,
+        };
+        if result.is_ok() {
+            self.via_websocket.store(
+                websocket || self.memory.fell_back.load(Ordering::Relaxed) && self.transport == Transport::Auto,
+                Ordering::Relaxed,
+            );
+        }
+        result
+    }
+
+    async fn connect_with(&self, websocket: bool) -> Result<Channel, DialError> {
         let attempt = Arc::new(Mutex::new(None::<DialError>));
         let sniffed = Arc::new(AtomicU16::new(NOTHING_READ));
         let this = self.clone();
@@ -205,7 +309,7 @@ impl Dialer {
             let attempt = attempt_c.clone();
             let sniffed = sniffed_c.clone();
             async move {
-                match this.open_stream(sniffed).await {
+                match this.open_stream(sniffed, websocket).await {
                     Ok(io) => Ok(io),
                     Err(e) => {
                         let msg = e.to_string();
@@ -301,7 +405,57 @@ impl Dialer {
             .unwrap_or(false)
     }
 
-    async fn open_stream(&self, sniffed: Arc<AtomicU16>) -> Result<TokioIo<Conn>, DialError> {
+    async fn open_stream(&self, sniffed: Arc<AtomicU16>, websocket: bool) -> Result<TokioIo<Conn>, DialError> {
+        let base = self.open_base(sniffed, websocket).await?;
+        if !websocket {
+            return Ok(TokioIo::new(tokio_util::either::Either::Left(base)));
+        }
+        let addr = self.endpoint.authority();
+        let scheme = if self.endpoint.plaintext { "ws" } else { "wss" };
+        let ws_err = |reason: String| DialError::WebSocket {
+            addr: addr.clone(),
+            reason,
+        };
+        let request = http::Request::builder()
+            .method("GET")
+            .uri(format!("{scheme}://{addr}{}", crate::wire::websocket::PATH))
+            .header("Host", &addr)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header(
+                "Sec-WebSocket-Key",
+                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+            )
+            .header("Sec-WebSocket-Protocol", crate::wire::websocket::SUBPROTOCOL)
+            .header("User-Agent", format!("argocd-gateway/{}", crate::VERSION))
+            .body(())
+            .map_err(|e| ws_err(e.to_string()))?;
+        let upgrade =
+            tokio_tungstenite::client_async_with_config(request, base, Some(crate::wire::websocket::config()));
+        let ws = match tokio::time::timeout(self.timeout, upgrade).await {
+            Err(_) => {
+                return Err(DialError::Timeout {
+                    step: "WebSocket upgrade",
+                    addr,
+                    timeout: self.timeout,
+                });
+            }
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                return Err(ws_err(format!(
+                    "the server answered {} instead of switching protocols",
+                    resp.status()
+                )));
+            }
+            Ok(Err(e)) => return Err(ws_err(e.to_string())),
+            Ok(Ok((ws, _))) => ws,
+        };
+        Ok(TokioIo::new(tokio_util::either::Either::Right(Box::new(
+            crate::wire::websocket::WsIo::new(ws),
+        ))))
+    }
+
+    async fn open_base(&self, sniffed: Arc<AtomicU16>, websocket: bool) -> Result<Base, DialError> {
         let addr = self.endpoint.authority();
         let tcp = match proxy_for(&self.endpoint) {
             Some(proxy) => self.via_proxy(&proxy).await?,
@@ -312,8 +466,9 @@ impl Dialer {
             inner: tcp,
             first: sniffed.clone(),
         };
-        let Some(tls) = &self.tls else {
-            return Ok(TokioIo::new(tokio_util::either::Either::Left(tcp)));
+        let tls = if websocket { &self.ws_tls } else { &self.tls };
+        let Some(tls) = tls else {
+            return Ok(tokio_util::either::Either::Left(tcp));
         };
         let server_name = ServerName::try_from(self.endpoint.host.clone()).map_err(setup)?;
         if let Ok(mut slot) = self.failure.lock() {
@@ -337,13 +492,22 @@ impl Dialer {
                 if first != NOTHING_READ && !looks_like_tls(first) {
                     return Err(DialError::NotTls { addr });
                 }
-                return Err(DialError::Tls {
-                    addr,
-                    reason: e.to_string(),
-                });
+                let reason = e.to_string();
+                if !websocket && reason.contains("NoApplicationProtocol") {
+                    return Err(DialError::Http2 {
+                        addr,
+                        reason: format!(
+                            "the server does not offer HTTP/2 in TLS (ALPN h2): {reason}; is a proxy that only speaks HTTP/1.1 in between?"
+                        ),
+                    });
+                }
+                return Err(DialError::Tls { addr, reason });
             }
             Ok(Ok(s)) => s,
         };
+        if websocket {
+            return Ok(tokio_util::either::Either::Right(Box::new(stream)));
+        }
         if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(DialError::Http2 {
                 addr,
@@ -352,7 +516,7 @@ impl Dialer {
                         .into(),
             });
         }
-        Ok(TokioIo::new(tokio_util::either::Either::Right(Box::new(stream))))
+        Ok(tokio_util::either::Either::Right(Box::new(stream)))
     }
 
     async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, DialError> {
@@ -471,7 +635,11 @@ fn setup(e: impl std::error::Error + Send + Sync + 'static) -> DialError {
     DialError::Setup(Box::new(e))
 }
 
-type Conn = tokio_util::either::Either<Sniff<TcpStream>, Box<tokio_rustls::client::TlsStream<Sniff<TcpStream>>>>;
+/// TCP, or TLS over it.
+type Base = tokio_util::either::Either<Sniff<TcpStream>, Box<tokio_rustls::client::TlsStream<Sniff<TcpStream>>>>;
+
+/// What HTTP/2 runs on: the base stream, or a WebSocket over it.
+type Conn = tokio_util::either::Either<Base, Box<crate::wire::websocket::WsIo<Base>>>;
 
 const NOTHING_READ: u16 = u16::MAX;
 

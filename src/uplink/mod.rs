@@ -19,7 +19,9 @@ pub mod version;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-pub use config::{ConfigError, HubConfig, HubConfigError, HubEndpoint, UplinkArgs, UplinkConfig};
+pub use config::{
+    ConfigError, HubConfig, HubConfigError, HubEndpoint, Transport, TransportMemory, UplinkArgs, UplinkConfig,
+};
 pub use dial::{DialError, Dialer};
 
 use crate::certs::CertError;

@@ -5,7 +5,11 @@
 use super::proto::{request, request_error};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+///
+/// 3 added ApplicationSets and projects as entity kinds, the gateway's transport in its hello,
+/// and the WebSocket transport; 2 added chunked answers and, later, the set digest (a
+/// capability, [`super::entity::CAP_SET_DIGEST`], so 2s with and without it work together).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest protocol version this build still accepts (the current and the previous one).
 pub const MIN_PROTOCOL_VERSION: u32 = if PROTOCOL_VERSION > 1 { PROTOCOL_VERSION - 1 } else { 1 };
@@ -18,6 +22,55 @@ pub const RETRY_AFTER_KEY: &str = "x-argocd-gateway-retry-after-ms";
 
 /// Hub capability: answers may arrive in pieces (`Response.more`).
 pub const CAP_CHUNKED_ANSWERS: &str = "chunked-answers";
+
+/// Gateway capability: terminate, rollback, evaluate, and syncs with resources, force and
+/// options. A gateway without it would ignore a sync's resource list and sync everything, so
+/// the hub sends these only to gateways that name it.
+pub const CAP_DEPLOY_ACTIONS: &str = "deploy-actions";
+
+/// Capability (hub and gateway): ApplicationSets travel as entities of their own kind.
+pub const CAP_APPLICATION_SETS: &str = "applicationsets";
+
+/// Capability (hub and gateway): AppProjects travel as entities of their own kind.
+pub const CAP_PROJECTS: &str = "projects";
+
+/// Hub capability: the gRPC port also takes the tunnel inside a WebSocket (HTTP/1.1 upgrade on
+/// [`crate::wire::websocket::PATH`]).
+pub const CAP_WEBSOCKET: &str = "websocket";
+
+/// What a hub speaking `protocol` offers (a hub pinned to an older version offers what that
+/// version did, so version skew can be tested with one build).
+pub fn hub_capabilities(protocol: u32) -> Vec<String> {
+    let mut caps = vec![];
+    if protocol >= 2 {
+        caps.extend([CAP_CHUNKED_ANSWERS, super::entity::CAP_SET_DIGEST]);
+    }
+    if protocol >= 3 {
+        caps.extend([CAP_APPLICATION_SETS, CAP_PROJECTS, CAP_WEBSOCKET]);
+    }
+    caps.into_iter().map(str::to_owned).collect()
+}
+
+/// What a gateway speaking `protocol` tells the hub it does.
+pub fn gateway_capabilities(protocol: u32) -> Vec<String> {
+    let mut caps = vec![super::entity::CAP_SET_DIGEST];
+    if protocol >= 3 {
+        caps.extend([CAP_APPLICATION_SETS, CAP_PROJECTS, CAP_DEPLOY_ACTIONS]);
+    }
+    caps.into_iter().map(str::to_owned).collect()
+}
+
+/// Checks a pinned protocol version (`--protocol-version`): the current or the previous one.
+pub fn parse_pinned_protocol(text: &str) -> Result<u32, String> {
+    let v: u32 = text.trim().parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if protocol_supported(v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "this build speaks protocol versions {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
+        ))
+    }
+}
 
 /// The largest gRPC message either side decodes. Senders stay well below it: relay messages
 /// aim at 1 MiB, entities above the gateway's `--max-entity-bytes` travel as a stub, and
@@ -138,6 +191,9 @@ pub fn request_name(kind: &request::Kind) -> &'static str {
         Kind::ManagedResources(_) => "managed_resources",
         Kind::Events(_) => "events",
         Kind::Logs(_) => "logs",
+        Kind::TerminateOperation(_) => "terminate_operation",
+        Kind::Rollback(_) => "rollback",
+        Kind::Evaluate(_) => "evaluate",
     }
 }
 

@@ -2,6 +2,9 @@
 //! computes (leaving out noisy fields; see the relay), and the state digest that lets a
 //! reconnecting gateway skip the snapshot when the hub already holds what it has.
 //!
+//! Kinds derive their order from their tag (applications, clusters, ApplicationSets, projects),
+//! so a `BTreeMap` keyed by `(Kind, key)` iterates in digest order.
+//!
 //! Two digests exist. The ordered one ([`digest`]) is SHA-256 over `(kind tag, key length, key,
 //! hash)` of every entity in `(kind, key)` order: computing it visits every entity. The set
 //! digest ([`SetDigest`]) combines the SHA-256 of each such entry by addition, so the hub keeps
@@ -21,6 +24,11 @@ pub enum Kind {
     Application,
     /// An Argo CD cluster, keyed by server URL.
     Cluster,
+    /// An Argo CD ApplicationSet, keyed `namespace/name` (relayed to hubs with the
+    /// "applicationsets" capability).
+    ApplicationSet,
+    /// An Argo CD AppProject, keyed by name (relayed to hubs with the "projects" capability).
+    Project,
 }
 
 impl Kind {
@@ -29,6 +37,8 @@ impl Kind {
         match self {
             Self::Application => EntityKind::Application,
             Self::Cluster => EntityKind::Cluster,
+            Self::ApplicationSet => EntityKind::ApplicationSet,
+            Self::Project => EntityKind::Project,
         }
     }
 
@@ -37,6 +47,8 @@ impl Kind {
         match EntityKind::try_from(k).ok()? {
             EntityKind::Application => Some(Self::Application),
             EntityKind::Cluster => Some(Self::Cluster),
+            EntityKind::ApplicationSet => Some(Self::ApplicationSet),
+            EntityKind::Project => Some(Self::Project),
             EntityKind::Unspecified => None,
         }
     }
@@ -46,6 +58,21 @@ impl Kind {
         match self {
             Self::Application => 1,
             Self::Cluster => 2,
+            Self::ApplicationSet => 3,
+            Self::Project => 4,
+        }
+    }
+
+    /// Every kind, in digest order.
+    pub const ALL: [Kind; 4] = [Self::Application, Self::Cluster, Self::ApplicationSet, Self::Project];
+
+    /// The name used in logs, metrics and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Application => "application",
+            Self::Cluster => "cluster",
+            Self::ApplicationSet => "applicationset",
+            Self::Project => "project",
         }
     }
 
@@ -54,6 +81,8 @@ impl Kind {
         match tag {
             1 => Some(Self::Application),
             2 => Some(Self::Cluster),
+            3 => Some(Self::ApplicationSet),
+            4 => Some(Self::Project),
             _ => None,
         }
     }
@@ -64,6 +93,20 @@ pub type Hash = [u8; 32];
 
 /// An entity's identity.
 pub type EntityKey = (Kind, String);
+
+/// The kinds a peer with these capabilities reads: applications and clusters always, the
+/// others when the capability naming them is present.
+pub fn kinds_for(capabilities: &[String]) -> Vec<Kind> {
+    let has = |c: &str| capabilities.iter().any(|x| x == c);
+    let mut kinds = vec![Kind::Application, Kind::Cluster];
+    if has(super::codes::CAP_APPLICATION_SETS) {
+        kinds.push(Kind::ApplicationSet);
+    }
+    if has(super::codes::CAP_PROJECTS) {
+        kinds.push(Kind::Project);
+    }
+    kinds
+}
 
 /// The capability a gateway and a hub announce (hello, welcome) when they use the set digest.
 pub const CAP_SET_DIGEST: &str = "set-digest";
@@ -249,7 +292,7 @@ mod tests {
             SetDigest::of([(Kind::Application, "a/b", &h1)]).finish(),
             SetDigest::of([(Kind::Application, "a/b", &h2)]).finish()
         );
-        for k in [Kind::Application, Kind::Cluster] {
+        for k in Kind::ALL {
             assert_eq!(Kind::from_tag(k.tag()), Some(k));
             assert_eq!(Kind::from_proto(k.to_proto() as i32), Some(k));
         }

@@ -16,17 +16,46 @@
 //! | `destination` | Destination | target cluster (`server` or `name`) and namespace |
 //! | `sync` | SyncState | `status`, `revision`, `revisions` (one per source) |
 //! | `health` | Health | `status`, `message` |
-//! | `operation` | Operation or null | last or current operation: `phase`, `message`, `startedAt`, `finishedAt`, `revision(s)` |
+//! | `operation` | Operation or null | last or current operation: `phase`, `message`, `startedAt`, `finishedAt`, `revision(s)`; `dryRun` when it only previewed; `progress` (below) |
+//! | `syncPolicy` | SyncPolicy, absent from older gateways | `spec.syncPolicy`: `automated` (Argo CD syncs by itself), `prune`, `selfHeal`, `syncOptions` |
+//! | `history` | [HistoryEntry] | `status.history`, the last 10 deployments, oldest first: `id`, `revision`, `revisions`, `deployedAt` |
 //! | `reconciledAt` | RFC 3339 or null | noisy: changes alone are not relayed |
 //! | `resources` | [ResourceState] | managed resources with sync status and health |
 //! | `images` | [string] | container images in use |
 //! | `conditions` | [Condition] | warnings and errors; `lastTransitionTime` is noisy |
+//! | `applicationSet` | string, only when set | the ApplicationSet that owns it (`metadata.ownerReferences`), by name in the same namespace |
 //! | `undecodable` | string, only when set | Argo CD's latest version could not be read: the item is the last known state, and this says why |
 //! | `tooLarge` | `{bytes, limit}`, only when set | a stub: the item was over the gateway's `--max-entity-bytes`; only namespace, name and project are filled |
+//!
+//! Operation `progress`, from the sync result (`status.operationState.syncResult.resources`)
+//! and the waves in `status.resources[].syncWave`: `phases` (tasks counted by hook phase:
+//! `Running`, `Succeeded`, `Failed`, …), `syncPhase` (`PreSync`, `Sync`, `PostSync`,
+//! `SyncFail` of the tasks running, else of the last), `wave` (the lowest wave running, else the
+//! highest reached), `hooks` (every hook task: `kind`, `name`, `hookType`, `hookPhase`,
+//! `message`, …) and `failed` (other tasks that failed, with Argo CD's message); both lists are
+//! capped at [`MAX_PROGRESS_TASKS`]. None of it is noisy: each changes only when a task does.
 //!
 //! Cluster item: `server` (the key), `name`, `project`, `namespaces`, `labels`, `annotations`,
 //! `connectionState` (`status`, `message`), `serverVersion`, `applicationsCount`. Credentials
 //! are never part of it.
+//!
+//! ApplicationSet item (key `namespace/name`; protocol 3, hubs with the "applicationsets"
+//! capability): `namespace`, `name`, `project` (of the template; may be a template expression),
+//! `labels`, `generators` (each `{kind, generators}`: the generator's kind and, for `matrix` and
+//! `merge`, the kinds it combines), `template` (`sources`, `destination`, `project`),
+//! `conditions` (`type`, `status`, `reason`, `message`; `lastTransitionTime` is noisy), `health`,
+//! `strategy` (`type`, `steps`: the number of progressive-sync steps), `applicationStatus` (per
+//! application of a progressive sync: `application`, `status`, `step`, `message`,
+//! `targetRevisions`), `resources` (the applications it owns: `namespace`, `name`, `status`,
+//! `health`), `resourcesCount`, and `undecodable` / `tooLarge` as for applications.
+//!
+//! Project item (key: the name; hubs with the "projects" capability): `name`, `description`,
+//! `sourceRepos`, `sourceNamespaces`, `destinations`, `clusterResourceWhitelist`,
+//! `clusterResourceBlacklist`, `namespaceResourceWhitelist`, `namespaceResourceBlacklist` (each
+//! `{group, kind, name}`), `roles` (their names only: policies and token ids stay in Argo CD),
+//! `syncWindows` (`kind`, `schedule`, `duration`, `timeZone`, `applications`, `namespaces`,
+//! `clusters`, `manualSync`, and `active`: whether the window is open as the gateway last
+//! evaluated it, null when its schedule cannot be read).
 //!
 //! Status values are Argo CD's spelling; a value this version does not know is kept verbatim.
 //! Readers are tolerant: a missing field takes its default, so an item from a gateway one
@@ -210,7 +239,89 @@ pub struct Operation {
     pub revision: String,
     /// Revisions synced to (multi-source).
     pub revisions: Vec<String>,
+    /// The operation only previewed (`operation.sync.dryRun`): nothing was applied.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// Hook and wave progress of the sync, when Argo CD reported a sync result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<OperationProgress>,
 }
+
+/// The most hook or failed tasks an operation's progress lists.
+pub const MAX_PROGRESS_TASKS: usize = 20;
+
+/// Hook and wave progress of a sync operation.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct OperationProgress {
+    /// Tasks of the sync result counted by hook phase (`Running`, `Succeeded`, `Failed`, …).
+    pub phases: BTreeMap<String, u32>,
+    /// The sync phase of the running tasks, else of the last one: PreSync, Sync, PostSync, SyncFail.
+    pub sync_phase: String,
+    /// The lowest sync wave with a running task, else the highest wave reached.
+    pub wave: Option<i64>,
+    /// Every hook task (capped at [`MAX_PROGRESS_TASKS`]).
+    pub hooks: Vec<SyncTask>,
+    /// Non-hook tasks that failed, with Argo CD's message (capped at [`MAX_PROGRESS_TASKS`]).
+    pub failed: Vec<SyncTask>,
+}
+
+/// One task of a sync: a hook or a resource, as the sync result reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SyncTask {
+    /// API group.
+    pub group: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// PreSync, Sync, PostSync, SyncFail, Skip; empty for a resource that is not a hook.
+    pub hook_type: String,
+    /// Running, Succeeded, Failed, Error, Terminating.
+    pub hook_phase: String,
+    /// Synced, SyncFailed, Pruned, PruneSkipped (empty for hooks).
+    pub status: String,
+    /// The sync phase it ran in.
+    pub sync_phase: String,
+    /// Its sync wave, when Argo CD lists it among the application's resources.
+    pub wave: Option<i64>,
+    /// Argo CD's message, e.g. why a hook failed.
+    pub message: String,
+}
+
+/// `spec.syncPolicy`: whether and how Argo CD syncs by itself.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SyncPolicy {
+    /// Automated sync is on: `automated` is set and not `enabled: false`.
+    pub automated: bool,
+    /// Automated sync prunes.
+    pub prune: bool,
+    /// Automated sync reverts changes made in the cluster.
+    pub self_heal: bool,
+    /// Sync options of the application, e.g. `CreateNamespace=true`.
+    pub sync_options: Vec<String>,
+}
+
+/// One entry of `status.history`: a deployment Argo CD made.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// The id a rollback names.
+    pub id: i64,
+    /// Revision deployed (single source).
+    pub revision: String,
+    /// Revisions deployed (multi-source, one per source).
+    pub revisions: Vec<String>,
+    /// When the deployment finished.
+    pub deployed_at: Option<jiff::Timestamp>,
+}
+
+/// The most history entries relayed per application (Argo CD's default history limit).
+pub const MAX_HISTORY: usize = 10;
 
 /// Status of one resource the application manages.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -281,6 +392,11 @@ pub struct Application {
     pub health: Health,
     /// Last or current operation, if any.
     pub operation: Option<Operation>,
+    /// `spec.syncPolicy`; absent from gateways that predate it (then unknown, not manual).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_policy: Option<SyncPolicy>,
+    /// The last deployments (`status.history`, at most [`MAX_HISTORY`]), oldest first.
+    pub history: Vec<HistoryEntry>,
     /// When Argo CD last compared live and target state.
     pub reconciled_at: Option<jiff::Timestamp>,
     /// Managed resources with their sync and health status.
@@ -289,6 +405,9 @@ pub struct Application {
     pub images: Vec<String>,
     /// Conditions (warnings and errors).
     pub conditions: Vec<Condition>,
+    /// The ApplicationSet that owns this application, by name (same namespace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application_set: Option<String>,
     /// Set when the gateway could not read Argo CD's latest version of this application: the
     /// rest is its last known state, and this says why.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -343,6 +462,198 @@ pub struct Cluster {
     /// Number of applications Argo CD manages on it.
     pub applications_count: i64,
     /// Set when the gateway could not read Argo CD's latest version of this cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecodable: Option<String>,
+    /// Set on a stub sent instead of an item too large to relay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub too_large: Option<TooLarge>,
+}
+
+/// One generator of an ApplicationSet: its kind, and for `matrix` and `merge` the kinds of the
+/// generators it combines.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Generator {
+    /// `list`, `clusters`, `git`, `scmProvider`, `clusterDecisionResource`, `pullRequest`,
+    /// `matrix`, `merge`, `plugin` (a kind this version does not know is kept as named).
+    pub kind: String,
+    /// For `matrix` and `merge`: the kinds of the generators combined.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub generators: Vec<String>,
+}
+
+/// The application template of an ApplicationSet.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppTemplate {
+    /// The project of the generated applications (may be a template expression).
+    pub project: String,
+    /// Sources (`spec.sources`, or `spec.source` as one entry).
+    pub sources: Vec<Source>,
+    /// Where the generated applications deploy (may hold template expressions).
+    pub destination: Destination,
+}
+
+/// An ApplicationSet condition (`ErrorOccurred`, `ParametersGenerated`, `ResourcesUpToDate`,
+/// `RolloutProgressing`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct AppSetCondition {
+    /// Condition type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// One-word reason.
+    pub reason: String,
+    /// Message.
+    pub message: String,
+    /// When the condition last changed (noisy).
+    pub last_transition_time: Option<jiff::Timestamp>,
+}
+
+/// The progressive-sync strategy of an ApplicationSet.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppSetStrategy {
+    /// `RollingSync` (or another type, kept as named).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Number of rollout steps.
+    pub steps: u32,
+}
+
+/// The progressive-sync state of one application of an ApplicationSet.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct AppSetApplicationStatus {
+    /// The application's name.
+    pub application: String,
+    /// `Waiting`, `Pending`, `Progressing`, `Healthy` (kept as received).
+    pub status: String,
+    /// The rollout step it belongs to.
+    pub step: String,
+    /// Detail.
+    pub message: String,
+    /// The revisions it should be synced to.
+    pub target_revisions: Vec<String>,
+}
+
+/// An application an ApplicationSet owns, as its status lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OwnedApplication {
+    /// Namespace of the Application.
+    pub namespace: String,
+    /// Name of the Application.
+    pub name: String,
+    /// Its sync status.
+    pub status: SyncStatusCode,
+    /// Its health, when reported.
+    pub health: Option<Health>,
+}
+
+/// The compact state of one Argo CD ApplicationSet, as relayed to the hub.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ApplicationSet {
+    /// Namespace of the ApplicationSet object.
+    pub namespace: String,
+    /// Name of the ApplicationSet object.
+    pub name: String,
+    /// The template's project (`default` when it leaves it empty).
+    pub project: String,
+    /// Object labels.
+    pub labels: BTreeMap<String, String>,
+    /// Generators, in order.
+    pub generators: Vec<Generator>,
+    /// The application template.
+    pub template: AppTemplate,
+    /// Conditions.
+    pub conditions: Vec<AppSetCondition>,
+    /// Health derived by Argo CD from the conditions (`status.health`).
+    pub health: Health,
+    /// Progressive-sync strategy, if any.
+    pub strategy: Option<AppSetStrategy>,
+    /// Progressive-sync state per application.
+    pub application_status: Vec<AppSetApplicationStatus>,
+    /// The applications it owns.
+    pub resources: Vec<OwnedApplication>,
+    /// How many applications it owns (may exceed `resources` when Argo CD truncates the list).
+    pub resources_count: i64,
+    /// Set when the gateway could not read Argo CD's latest version of this ApplicationSet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecodable: Option<String>,
+    /// Set on a stub sent instead of an item too large to relay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub too_large: Option<TooLarge>,
+}
+
+/// A group/kind (and for cluster resources, name) of a project's resource allow or deny list.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GroupKind {
+    /// API group (empty for the core group).
+    pub group: String,
+    /// Kind.
+    pub kind: String,
+    /// Name pattern (cluster resources only; empty: all).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+/// A sync window of a project.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SyncWindow {
+    /// `allow` or `deny`.
+    pub kind: String,
+    /// Cron schedule of the window's start.
+    pub schedule: String,
+    /// How long it stays open (Go duration, e.g. `1h`).
+    pub duration: String,
+    /// Time zone of the schedule (empty: UTC).
+    pub time_zone: String,
+    /// Application name patterns it applies to.
+    pub applications: Vec<String>,
+    /// Namespace patterns it applies to.
+    pub namespaces: Vec<String>,
+    /// Cluster patterns it applies to.
+    pub clusters: Vec<String>,
+    /// Manual syncs are allowed while a deny window is active.
+    pub manual_sync: bool,
+    /// Whether the window was open when the gateway last evaluated it; `None` when its schedule,
+    /// duration or time zone cannot be read.
+    pub active: Option<bool>,
+}
+
+/// The compact state of one Argo CD AppProject, as relayed to the hub.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Project {
+    /// Name; the key of a project.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Repositories applications may deploy from.
+    pub source_repos: Vec<String>,
+    /// Namespaces applications of this project may live in.
+    pub source_namespaces: Vec<String>,
+    /// Where applications may deploy.
+    pub destinations: Vec<Destination>,
+    /// Cluster-scoped resources allowed.
+    pub cluster_resource_whitelist: Vec<GroupKind>,
+    /// Cluster-scoped resources denied.
+    pub cluster_resource_blacklist: Vec<GroupKind>,
+    /// Namespaced resources allowed.
+    pub namespace_resource_whitelist: Vec<GroupKind>,
+    /// Namespaced resources denied.
+    pub namespace_resource_blacklist: Vec<GroupKind>,
+    /// Names of the project's roles.
+    pub roles: Vec<String>,
+    /// Sync windows.
+    pub sync_windows: Vec<SyncWindow>,
+    /// Set when the gateway could not read Argo CD's latest version of this project.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub undecodable: Option<String>,
     /// Set on a stub sent instead of an item too large to relay.

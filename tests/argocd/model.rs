@@ -4,6 +4,7 @@ use argocd_gateway::argocd::model::{HealthStatusCode, OperationPhase, SyncStatus
 use argocd_gateway::simulator::objects::synthetic_app;
 use serde_json::Value;
 
+/// The Application fixtures (the directory also holds ApplicationSets and a project).
 fn fixtures() -> Vec<(String, String)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/argocd");
     let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
@@ -15,6 +16,7 @@ fn fixtures() -> Vec<(String, String)> {
             let text = std::fs::read_to_string(&p).expect("read fixture");
             (p.file_name().unwrap_or_default().to_string_lossy().into_owned(), text)
         })
+        .filter(|(_, text)| serde_json::from_str::<Value>(text).is_ok_and(|v| v["kind"] == "Application"))
         .collect();
     out.sort();
     out

@@ -56,6 +56,7 @@ PATHS = {
     "argocd_token": "/var/run/secrets/argocd-gateway/argocd-token",
     "project_tokens": "/var/run/secrets/argocd-gateway/argocd-project-tokens",
     "registration_token": "/var/run/secrets/argocd-gateway/registration-token",
+    "argocd_password": "/var/run/secrets/argocd-gateway/argocd-password",
 }
 
 
@@ -170,6 +171,7 @@ def args_of(container: dict[str, Any]) -> list[str]:
 FLAG_ENV = {
     "--hub-url": "ARGOCD_GATEWAY_HUB_URL",
     "--hub-plaintext": "ARGOCD_GATEWAY_HUB_PLAINTEXT",
+    "--hub-transport": "ARGOCD_GATEWAY_HUB_TRANSPORT",
     "--hub-fingerprint": "ARGOCD_GATEWAY_HUB_FINGERPRINT",
     "--hub-ca-fingerprint": "ARGOCD_GATEWAY_HUB_CA_FINGERPRINT",
     "--trust-ca": "ARGOCD_GATEWAY_TRUST_CA",
@@ -185,6 +187,8 @@ FLAG_ENV = {
     "--argocd-plaintext": "ARGOCD_GATEWAY_ARGOCD_PLAINTEXT",
     "--argocd-token-file": "ARGOCD_GATEWAY_ARGOCD_TOKEN_FILE",
     "--argocd-project-tokens-dir": "ARGOCD_GATEWAY_ARGOCD_PROJECT_TOKENS_DIR",
+    "--argocd-username": "ARGOCD_GATEWAY_ARGOCD_USERNAME",
+    "--argocd-password-file": "ARGOCD_GATEWAY_ARGOCD_PASSWORD_FILE",
     "--watch": "ARGOCD_GATEWAY_WATCH",
     "--poll-interval": "ARGOCD_GATEWAY_POLL_INTERVAL",
     "--resync-interval": "ARGOCD_GATEWAY_RESYNC_INTERVAL",
@@ -276,6 +280,7 @@ def check_defaults(r: Render) -> None:
     assert one_flag(gw, "--keepalive-interval") == "30"
     assert one_flag(gw, "--keepalive-max-failures") == "10"
     assert one_flag(gw, "--log-format") == "json"
+    assert one_flag(gw, "--hub-transport") == "auto"
     for off in ("--argocd-insecure", "--argocd-plaintext", "--hub-plaintext", "--debug"):
         assert not flag_on(gw, off)
     assert flag_on(gw, "--watch")
@@ -292,7 +297,7 @@ def check_defaults(r: Render) -> None:
     for absent in ("--argocd-project-tokens-dir", "--trust-ca", "--leader-elect",
                    "--registration-token-file", "--hub-fingerprint", "--hub-ca-fingerprint",
                    "--lease-name", "--name", "--environment", "--argocd-web-url", "--selector",
-                   "--project", "--app-namespace"):
+                   "--project", "--app-namespace", "--argocd-username", "--argocd-password-file"):
         assert flag_values(gw, absent) == []
     # Probes on the admin server, which always runs, even without metrics.enabled.
     port = gw["ports"][0]
@@ -449,6 +454,22 @@ def check_existing_secrets(r: Render) -> None:
         assert mount(c, "trust-secret")["mountPath"] == PATHS["trust_secret"]
     # The chart makes no Secret or ConfigMap of its own here.
     assert not r.all("Secret") and not r.all("ConfigMap")
+
+
+def check_username_password(r: Render) -> None:
+    """A local account and its password Secret instead of a token; the WebSocket transport."""
+    gw, job = r.gateway(), r.register()
+    for c, spec in ((gw, deployment_spec(r)), (job, job_spec(r))):
+        assert one_flag(c, "--argocd-username") == "deploy-bot"
+        assert one_flag(c, "--argocd-password-file") == f"{PATHS['argocd_password']}/password"
+        assert flag_values(c, "--argocd-token-file") == []
+        vol = volume(spec, "argocd-password")["secret"]
+        assert vol["secretName"] == "argocd-login"
+        assert vol["items"] == [{"key": "pw", "path": "password"}]
+        assert mount(c, "argocd-password")["mountPath"] == PATHS["argocd_password"]
+        assert not has_mount(c, "argocd-token")
+    for c in (gw, job, r.self_update()):
+        assert one_flag(c, "--hub-transport") == "websocket"
 
 
 def check_registration_inline(r: Render) -> None:
@@ -726,6 +747,10 @@ CASES = [
         "registration.tokenSecretName=hub-registration,registration.tokenSecretKey=reg-token",
         "gateway.serverCertificateSecretName=corp-ca"), check_existing_secrets,
          external={"argocd-gateway-account", "hub-registration", "corp-ca"}),
+    Case("username-password", with_set(
+        "gateway.argocd.authenticationTokenSecretName=", "gateway.argocd.username=deploy-bot",
+        "gateway.argocd.passwordSecretName=argocd-login", "gateway.argocd.passwordSecretKey=pw",
+        "gateway.hub.transport=websocket"), check_username_password, external={"argocd-login"}),
     Case("registration-inline", deep_merge(REQUIRED, {"registration": {
         "token": REGISTRATION_TOKEN, "name": "prod eu #1: main", "environments": ["production", "eu-west"],
         "argocd": {"webUiUrl": "https://argocd.example.com"}, "caFingerprint": "AB:CD:EF"}}),
@@ -1078,6 +1103,14 @@ CONFLICTS = [
     ("account-and-project-tokens", deep_merge(REQUIRED, NO_ACCOUNT_SECRET, {"gateway": {"argocd": {
         "projectAuthentication": [{"project": "a", "token": "t"}], "authenticationToken": "x"}}}),
      "cannot both be set; with per-project tokens, the _unscoped project token replaces the account token"),
+    ("username-and-token", with_set("gateway.argocd.username=bot", "gateway.argocd.passwordSecretName=pw"),
+     "the gateway uses exactly one kind of Argo CD credential"),
+    ("username-without-password", with_set("gateway.argocd.authenticationTokenSecretName=",
+                                           "gateway.argocd.username=bot"),
+     "gateway.argocd.username needs gateway.argocd.passwordSecretName"),
+    ("password-without-username", with_set("gateway.argocd.authenticationTokenSecretName=",
+                                           "gateway.argocd.passwordSecretName=pw"),
+     "gateway.argocd.passwordSecretName needs gateway.argocd.username"),
     ("account-secret-and-project-secret", with_set(
         "gateway.argocd.authenticationTokenSecretName=a,gateway.argocd.projectAuthenticationSecretName=b"),
      "cannot both be set; with per-project tokens, the _unscoped project token replaces the account token"),
@@ -1088,7 +1121,7 @@ SCHEMA_REJECTIONS = [
     ("hub-url-missing", {}, "/gateway/hub/serverGrpcUrl"),
     # Without an Argo CD token the gateway cannot read Argo CD: refused before anything runs.
     ("argocd-token-missing", deep_merge(REQUIRED, NO_ACCOUNT_SECRET),
-     "an Argo CD token is required: set gateway.argocd.authenticationToken"),
+     "an Argo CD credential is required: set gateway.argocd.authenticationToken"),
     ("environment-with-comma", with_set("registration.environments[0]=a\\,b"),
      "/registration/environments/0"),
     ("hub-url-empty", with_set("gateway.hub.serverGrpcUrl="), "/gateway/hub/serverGrpcUrl"),
@@ -1099,6 +1132,7 @@ SCHEMA_REJECTIONS = [
      "/gateway/hub/keepAlive/intervalSeconds"),
     ("port-out-of-range", with_set("metrics.port=70000"), "/metrics/port"),
     ("log-format-unknown", with_set("gateway.logFormat=xml"), "/gateway/logFormat"),
+    ("transport-unknown", with_set("gateway.hub.transport=http3"), "/gateway/hub/transport"),
     ("misspelt-value", with_set("gateway.argocd.insecrue=true"), "insecrue"),
     ("project-without-token", deep_merge(REQUIRED, {"gateway": {"argocd": {
         "projectAuthentication": [{"project": "a"}]}}}), "/gateway/argocd/projectAuthentication/0"),
@@ -1139,7 +1173,7 @@ def chart_without_schema(tmp_path_factory):
 
 @pytest.mark.parametrize("values,message", [(v, m) for _, v, m in CONFLICTS] + [
     ({}, "gateway.hub.serverGrpcUrl is required"),
-    (deep_merge(REQUIRED, NO_ACCOUNT_SECRET), "an Argo CD token is required: set gateway.argocd.authenticationToken")],
+    (deep_merge(REQUIRED, NO_ACCOUNT_SECRET), "an Argo CD credential is required: set gateway.argocd.authenticationToken")],
     ids=[i for i, _, _ in CONFLICTS] + ["hub-url-missing", "argocd-token-missing"])
 def test_templates_refuse_the_same_conflicts_without_schema(chart_without_schema, values, message):
     with pytest.raises(helm.HelmRenderError) as err:

@@ -65,6 +65,8 @@ async fn self_update_holds_when_argocd_manages_the_deployment() {
         pin: None,
         ca_fingerprint: Some(env.hub.ca_fingerprint.clone()),
         connect_timeout: Duration::from_secs(5),
+        transport: argocd_gateway::uplink::Transport::Auto,
+        memory: Default::default(),
     };
     let store = SecretStore::new(env.kube.client(), NS, "gw-identity");
     let args = RegistrationArgs {

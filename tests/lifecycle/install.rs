@@ -265,7 +265,7 @@ async fn printed_command_without_an_argocd_token_is_refused_naming_the_value() {
     assert!(!r.ok);
     let error = r.error.unwrap();
     assert!(
-        error.contains("an Argo CD token is required: set gateway.argocd.authenticationToken"),
+        error.contains("an Argo CD credential is required: set gateway.argocd.authenticationToken"),
         "{error}"
     );
     assert!(!error.contains(&printed.token));

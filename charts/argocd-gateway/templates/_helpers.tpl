@@ -80,6 +80,7 @@ trustConfigMap: /etc/argocd-gateway/trust/certificates
 trustSecret: /etc/argocd-gateway/trust/secret
 argocdToken: /var/run/secrets/argocd-gateway/argocd-token
 argocdProjectTokens: /var/run/secrets/argocd-gateway/argocd-project-tokens
+argocdPassword: /var/run/secrets/argocd-gateway/argocd-password
 registrationToken: /var/run/secrets/argocd-gateway/registration-token
 {{- end }}
 
@@ -128,6 +129,8 @@ hubEnv: what every subcommand that talks to the hub shares (URL, TLS, trust, ide
   value: {{ $v.gateway.hub.serverGrpcUrl | quote }}
 - name: ARGOCD_GATEWAY_HUB_PLAINTEXT
   value: {{ include "argocd-gateway.bool" $v.gateway.hub.plaintext | eq "true" | toString | quote }}
+- name: ARGOCD_GATEWAY_HUB_TRANSPORT
+  value: {{ $v.gateway.hub.transport | default "auto" | quote }}
 {{- with $v.gateway.hub.serverThumbprint }}
 - name: ARGOCD_GATEWAY_HUB_FINGERPRINT
   value: {{ . | quote }}
@@ -191,6 +194,12 @@ hubEnv: what every subcommand that talks to the hub shares (URL, TLS, trust, ide
 - name: ARGOCD_GATEWAY_ARGOCD_PROJECT_TOKENS_DIR
   value: {{ $paths.argocdProjectTokens | quote }}
 {{- end }}
+{{- with $a.username }}
+- name: ARGOCD_GATEWAY_ARGOCD_USERNAME
+  value: {{ . | quote }}
+- name: ARGOCD_GATEWAY_ARGOCD_PASSWORD_FILE
+  value: {{ printf "%s/password" $paths.argocdPassword | quote }}
+{{- end }}
 - name: ARGOCD_GATEWAY_WATCH
   value: {{ include "argocd-gateway.bool" $a.watch | eq "true" | toString | quote }}
 - name: ARGOCD_GATEWAY_POLL_INTERVAL
@@ -238,6 +247,15 @@ hubEnv: what every subcommand that talks to the hub shares (URL, TLS, trust, ide
     secretName: {{ . }}
     defaultMode: 0440
 {{- end }}
+{{- if .ctx.Values.gateway.argocd.username }}
+- name: argocd-password
+  secret:
+    secretName: {{ .ctx.Values.gateway.argocd.passwordSecretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ .ctx.Values.gateway.argocd.passwordSecretKey | default "password" }}
+        path: password
+{{- end }}
 {{- end }}
 
 {{- define "argocd-gateway.argocdVolumeMounts" -}}
@@ -250,6 +268,11 @@ hubEnv: what every subcommand that talks to the hub shares (URL, TLS, trust, ide
 {{- if include "argocd-gateway.projectTokensSecretFor" . }}
 - name: argocd-project-tokens
   mountPath: {{ $paths.argocdProjectTokens }}
+  readOnly: true
+{{- end }}
+{{- if .ctx.Values.gateway.argocd.username }}
+- name: argocd-password
+  mountPath: {{ $paths.argocdPassword }}
   readOnly: true
 {{- end }}
 {{- end }}

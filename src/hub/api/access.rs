@@ -4,7 +4,8 @@
 //! every state-changing request.
 //!
 //! Roles, each including the one before:
-//! - `viewer`: read everything but tokens, follow the change feed, `wait`;
+//! - `viewer`: read everything but tokens, follow the change feed, `wait` (one application or
+//!   `/api/v1/wait`; one that refreshes or syncs needs `operator`);
 //! - `operator`: plus sync, refresh, health checks and every other action on an application
 //!   (terminate, rollback: any state-changing request under `…/applications/{ns}/{name}/`);
 //! - `admin`: plus registration tokens, gateways (delete), the desired version and API tokens.
@@ -76,7 +77,9 @@ pub fn required_role(method: &Method, route: &str) -> Role {
     if matches!(*method, Method::GET | Method::HEAD) {
         return Role::Viewer;
     }
-    // `wait` only reads, however long; logging out concerns only the caller.
+    // `wait` (of one application or many) only reads, however long — a wait that refreshes or
+    // syncs is checked for the operator role by its handler; logging out concerns only the
+    // caller.
     if route.ends_with("/wait") || route == "/api/v1/logout" {
         return Role::Viewer;
     }
@@ -567,6 +570,7 @@ mod tests {
             (Method::GET, &format!("{APP}/logs"), Role::Viewer),
             (Method::GET, &format!("{APP}/timeline"), Role::Viewer),
             (Method::POST, &format!("{APP}/wait"), Role::Viewer),
+            (Method::POST, "/api/v1/wait", Role::Viewer),
             (Method::POST, "/api/v1/logout", Role::Viewer),
             (Method::POST, &format!("{APP}/sync"), Role::Operator),
             (Method::POST, &format!("{APP}/refresh"), Role::Operator),

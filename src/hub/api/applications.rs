@@ -1,6 +1,7 @@
 //! The hub API over relayed state and requests forwarded to gateways: list and filter
 //! applications (per gateway or across all), show one (as relayed, or live from Argo CD), list
-//! clusters, and forward syncs, refreshes and reads (tree, managed resources, events, logs).
+//! clusters, and forward syncs (optionally of a resource subset, forced, with sync options),
+//! refreshes, terminations, rollbacks and reads (tree, managed resources, events, logs).
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use serde_json::{Value, json};
 use super::selector::{AppFilter, Matcher};
 use super::{ApiError, ApiState};
 use crate::hub::requests::{REQUEST_DEADLINE, RequestFailure, forward};
+use crate::wire::codes::CAP_DEPLOY_ACTIONS;
 use crate::wire::item::{Application, Cluster};
 use crate::wire::proto::{self, request};
 
@@ -345,9 +347,27 @@ pub(super) async fn clusters(
     Ok(Json(json!({ "items": items })))
 }
 
+/// 501 unless the gateway, when connected, named `deploy-actions` in its hello: an older
+/// gateway cannot terminate or roll back, and would sync everything instead of a subset.
+pub(super) fn require_deploy_actions(state: &ApiState, id: &str, what: &str) -> Result<(), ApiError> {
+    match state.hub.sessions.get(id) {
+        Some(s) if !s.can(CAP_DEPLOY_ACTIONS) => Err(ApiError::with_body(
+            StatusCode::NOT_IMPLEMENTED,
+            json!({
+                "error": format!(
+                    "gateway {id} runs version {}, which cannot {what}: upgrade it (argocd-gateway hub desired-version set, or Helm image.tag)",
+                    s.version
+                ),
+                "code": "unsupported",
+            }),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Forwards a request about one application, naming it with the project the hub knows (so the
 /// gateway can pick a project token), and maps a failure to the API's typed error.
-async fn forward_app(
+pub(super) async fn forward_app(
     state: &ApiState,
     id: &str,
     namespace: &str,
@@ -371,13 +391,115 @@ fn app_ref(state: &ApiState, id: &str, namespace: &str, name: &str) -> proto::Ap
     }
 }
 
+/// One resource of a selective sync.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct SyncResourceBody {
+    #[serde(default)]
+    group: String,
+    kind: String,
+    #[serde(default)]
+    namespace: String,
+    name: String,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct SyncBody {
     revision: Option<String>,
     revisions: Option<Vec<String>>,
+    /// 1-based source positions the `revisions` apply to.
+    source_positions: Option<Vec<i64>>,
     prune: Option<bool>,
     dry_run: Option<bool>,
+    /// `kubectl apply --force`.
+    force: Option<bool>,
+    /// Only these resources.
+    resources: Option<Vec<SyncResourceBody>>,
+    /// Sync options, e.g. `Validate=false`.
+    sync_options: Option<Vec<String>>,
+}
+
+impl SyncBody {
+    /// A sync to `revision` (or the app's target revision), nothing else.
+    pub(super) fn to_revision(
+        revision: Option<String>,
+        revisions: Option<Vec<String>>,
+        positions: Option<Vec<i64>>,
+    ) -> Self {
+        Self {
+            revision,
+            revisions,
+            source_positions: positions,
+            ..Self::default()
+        }
+    }
+
+    /// Whether it asks for more than a gateway without `deploy-actions` can do.
+    fn needs_deploy_actions(&self) -> bool {
+        self.force == Some(true)
+            || self.resources.as_ref().is_some_and(|r| !r.is_empty())
+            || self.sync_options.as_ref().is_some_and(|o| !o.is_empty())
+            || self.source_positions.as_ref().is_some_and(|p| !p.is_empty())
+    }
+
+    /// The wire request.
+    pub(super) fn into_request(self, app: proto::AppRef) -> Result<proto::SyncRequest, ApiError> {
+        let bad = |m: String| ApiError::with_body(StatusCode::BAD_REQUEST, json!({"error": m, "code": "invalid"}));
+        let revisions = self.revisions.unwrap_or_default();
+        let positions = self.source_positions.unwrap_or_default();
+        if !positions.is_empty() && positions.len() != revisions.len() {
+            return Err(bad(format!(
+                "sourcePositions has {} entries but revisions has {}: give one 1-based position per revision",
+                positions.len(),
+                revisions.len()
+            )));
+        }
+        if positions.iter().any(|p| *p < 1) {
+            return Err(bad("sourcePositions are 1-based".into()));
+        }
+        let resources = self.resources.unwrap_or_default();
+        if let Some(r) = resources.iter().find(|r| r.kind.is_empty() || r.name.is_empty()) {
+            return Err(bad(format!("each resource needs kind and name: {r:?}")));
+        }
+        Ok(proto::SyncRequest {
+            app: Some(app),
+            revision: self.revision.unwrap_or_default(),
+            revisions,
+            prune: self.prune.unwrap_or(false),
+            dry_run: self.dry_run.unwrap_or(false),
+            resources: resources
+                .into_iter()
+                .map(|r| proto::SyncResource {
+                    group: r.group,
+                    kind: r.kind,
+                    namespace: r.namespace,
+                    name: r.name,
+                })
+                .collect(),
+            force: self.force.unwrap_or(false),
+            sync_options: self.sync_options.unwrap_or_default(),
+            source_positions: positions,
+        })
+    }
+}
+
+/// Forwards a sync; the wait's trigger uses it too.
+pub(super) async fn forward_sync(
+    state: &ApiState,
+    id: &str,
+    namespace: &str,
+    name: &str,
+    body: SyncBody,
+) -> Result<Value, ApiError> {
+    if body.needs_deploy_actions() {
+        require_deploy_actions(state, id, "sync a subset of resources, force, or pass sync options")?;
+    }
+    let request = body.into_request(app_ref(state, id, namespace, name))?;
+    tracing::info!(gateway_id = %id, app = %app_key(namespace, name), revision = %request.revision, resources = request.resources.len(), "sync requested");
+    forward(&state.hub, id, request::Kind::Sync(request), REQUEST_DEADLINE)
+        .await
+        .map_err(failure)
 }
 
 pub(super) async fn sync(
@@ -387,15 +509,46 @@ pub(super) async fn sync(
 ) -> Result<Json<Value>, ApiError> {
     ensure_gateway(&state, &id).await?;
     let b = body.map(|Json(b)| b).unwrap_or_default();
-    let revision = b.revision.unwrap_or_default();
-    tracing::info!(gateway_id = %id, app = %app_key(&namespace, &name), revision = %revision, "sync requested");
+    forward_sync(&state, &id, &namespace, &name, b).await.map(Json)
+}
+
+/// `DELETE …/operation`: ends the running operation through Argo CD.
+pub(super) async fn terminate(
+    State(state): State<Arc<ApiState>>,
+    Path((id, namespace, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    ensure_gateway(&state, &id).await?;
+    require_deploy_actions(&state, &id, "terminate an operation")?;
+    tracing::info!(gateway_id = %id, app = %app_key(&namespace, &name), "operation termination requested");
+    forward_app(&state, &id, &namespace, &name, request::Kind::TerminateOperation)
+        .await
+        .map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RollbackBody {
+    /// The history id to go back to.
+    id: i64,
+    prune: Option<bool>,
+    dry_run: Option<bool>,
+}
+
+/// `POST …/rollback {"id"}`: syncs to the revision of a history entry through Argo CD.
+pub(super) async fn rollback(
+    State(state): State<Arc<ApiState>>,
+    Path((id, namespace, name)): Path<(String, String, String)>,
+    Json(body): Json<RollbackBody>,
+) -> Result<Json<Value>, ApiError> {
+    ensure_gateway(&state, &id).await?;
+    require_deploy_actions(&state, &id, "roll back")?;
+    tracing::info!(gateway_id = %id, app = %app_key(&namespace, &name), history_id = body.id, "rollback requested");
     forward_app(&state, &id, &namespace, &name, |app| {
-        request::Kind::Sync(proto::SyncRequest {
+        request::Kind::Rollback(proto::RollbackRequest {
             app: Some(app),
-            revision,
-            revisions: b.revisions.unwrap_or_default(),
-            prune: b.prune.unwrap_or(false),
-            dry_run: b.dry_run.unwrap_or(false),
+            id: body.id,
+            prune: body.prune.unwrap_or(false),
+            dry_run: body.dry_run.unwrap_or(false),
         })
     })
     .await

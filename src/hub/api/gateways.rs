@@ -45,6 +45,15 @@ pub(super) struct GatewayView {
     /// With replicas on PostgreSQL: the hub replica holding the gateway's session.
     #[serde(skip_serializing_if = "Option::is_none")]
     replica: Option<String>,
+    /// How the live session reaches the hub (`h2`, `websocket`; empty from older gateways or
+    /// when disconnected).
+    transport: String,
+    /// The live session's gateway capabilities.
+    capabilities: Vec<String>,
+    /// ApplicationSets relayed.
+    application_set_count: usize,
+    /// Projects relayed.
+    project_count: usize,
 }
 
 fn gateway_view(
@@ -70,6 +79,9 @@ fn gateway_view(
         .hub
         .entities
         .with(&g.id, |e| (e.map(|e| e.apps.len()).unwrap_or(0), counts(e)));
+    let (application_set_count, project_count) = state.hub.entities.with(&g.id, |e| {
+        e.map(|e| (e.appsets.len(), e.projects.len())).unwrap_or_default()
+    });
     GatewayView {
         connected: live.is_some(),
         last_seen_at: rfc3339(last_seen),
@@ -94,6 +106,10 @@ fn gateway_view(
         state: lifecycle_state,
         update_held: held.map(|(reason, since)| serde_json::json!({"reason": reason, "since": rfc3339(Some(*since))})),
         replica: live.as_ref().and_then(|l| l.replica.clone()),
+        transport: live.as_ref().map(|s| s.transport.clone()).unwrap_or_default(),
+        capabilities: live.as_ref().map(|s| s.capabilities.clone()).unwrap_or_default(),
+        application_set_count,
+        project_count,
         id: g.id,
         name: g.name,
         environments: g.environments,

@@ -7,12 +7,15 @@
 //! Files: [`access`] (roles, API tokens, page sessions and CSRF), [`tokens`] (registration
 //! tokens), [`install`] (the printed helm command), [`registrations`] (install progress per
 //! token, removed gateways), [`gateways`] (gateways, revocation, health check),
-//! [`applications`] (relayed state and requests forwarded to gateways), [`wait`] (deployment
-//! verification), [`selector`] (list and feed filters), [`version`] (desired gateway
+//! [`applications`] (relayed state and requests forwarded to gateways, terminate, rollback),
+//! [`appsets`] (ApplicationSets linked to their applications, and projects), [`wait`]
+//! (deployment verification of one or many applications), [`selector`] (list and feed
+//! filters), [`version`] (desired gateway
 //! version), [`events`] (the change feed), [`timeline`] (state timelines).
 
 pub mod access;
 pub mod applications;
+pub mod appsets;
 pub mod events;
 pub mod gateways;
 pub mod install;
@@ -70,6 +73,20 @@ impl ApiError {
     pub fn with_body(status: StatusCode, body: serde_json::Value) -> Self {
         Self(status, body)
     }
+
+    /// The status it answers with.
+    pub fn status(&self) -> StatusCode {
+        self.0
+    }
+
+    /// Its message.
+    pub fn message(&self) -> String {
+        self.1
+            .get("error")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -114,10 +131,21 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/gateways/{id}/health-check", post(gateways::health_check))
         .route("/api/v1/gateways/{id}/clusters", get(applications::clusters))
         .route("/api/v1/applications", get(applications::list_all))
+        .route("/api/v1/applicationsets", get(appsets::list_all))
+        .route("/api/v1/gateways/{id}/applicationsets", get(appsets::list_gateway))
+        .route(
+            "/api/v1/gateways/{id}/applicationsets/{namespace}/{name}",
+            get(appsets::get_appset),
+        )
+        .route("/api/v1/projects", get(appsets::list_all_projects))
+        .route("/api/v1/gateways/{id}/projects", get(appsets::list_gateway_projects))
+        .route("/api/v1/gateways/{id}/projects/{name}", get(appsets::get_project))
         .route("/api/v1/gateways/{id}/applications", get(applications::list_gateway))
         .route(APP, get(applications::get_app))
         .route(&format!("{APP}/sync"), post(applications::sync))
         .route(&format!("{APP}/refresh"), post(applications::refresh))
+        .route(&format!("{APP}/operation"), delete(applications::terminate))
+        .route(&format!("{APP}/rollback"), post(applications::rollback))
         .route(&format!("{APP}/resource-tree"), get(applications::resource_tree))
         .route(
             &format!("{APP}/managed-resources"),
@@ -125,7 +153,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route(&format!("{APP}/events"), get(applications::events))
         .route(&format!("{APP}/logs"), get(applications::logs))
-        .route(&format!("{APP}/wait"), post(wait::wait))
+        .route(&format!("{APP}/wait"), post(wait::wait_one))
+        .route("/api/v1/wait", post(wait::wait_many))
         .route("/api/v1/desired-version", version::routes())
         .route(
             "/api/v1/api-tokens",

@@ -1,5 +1,6 @@
 //! The `hub` subcommands that call the hub's HTTP API: registration tokens, gateways,
-//! applications and their actions, `wait`, health checks and the desired gateway version. Each
+//! applications and their actions (sync, refresh, terminate, rollback), `wait` (in
+//! [`super::wait`]), health checks and the desired gateway version. Each
 //! prints a table (or JSON with `-o json`) and maps the answer to an exit code.
 
 use std::process::ExitCode;
@@ -41,7 +42,38 @@ pub enum ClientCommand {
         /// Revisions, one per source (multi-source apps; repeatable).
         #[arg(long = "revisions", value_delimiter = ',')]
         revisions: Vec<String>,
+        /// For --revisions: the 1-based source position of each (default 1, 2, …).
+        #[arg(long = "source-positions", value_delimiter = ',')]
+        source_positions: Vec<i64>,
         /// Delete resources no longer in Git.
+        #[arg(long)]
+        prune: bool,
+        /// Only preview.
+        #[arg(long)]
+        dry_run: bool,
+        /// kubectl apply --force: delete and recreate resources that cannot be patched.
+        #[arg(long)]
+        force: bool,
+        /// Sync only this resource, GROUP/KIND/NAMESPACE/NAME (empty group for the core group;
+        /// repeatable).
+        #[arg(long = "resource", value_name = "GROUP/KIND/NAMESPACE/NAME")]
+        resources: Vec<String>,
+        /// A sync option for this sync, e.g. Validate=false or ServerSideApply=true (repeatable).
+        #[arg(long = "sync-option", value_name = "OPTION")]
+        sync_options: Vec<String>,
+    },
+    /// Terminate the operation an application is running.
+    Terminate {
+        #[command(flatten)]
+        app: AppArgs,
+    },
+    /// Roll an application back to an entry of its history (`hub app` shows `history`).
+    Rollback {
+        #[command(flatten)]
+        app: AppArgs,
+        /// The history id to go back to.
+        id: i64,
+        /// Delete resources not in that revision.
         #[arg(long)]
         prune: bool,
         /// Only preview.
@@ -56,18 +88,10 @@ pub enum ClientCommand {
         #[arg(long)]
         hard: bool,
     },
-    /// Wait until an application is Synced and Healthy (at a revision); exit 0 Synced,
-    /// 1 Failed, 2 Timeout.
-    Wait {
-        #[command(flatten)]
-        app: AppArgs,
-        /// The commit (or prefix) the application must be synced to.
-        #[arg(long)]
-        revision: Option<String>,
-        /// How long to wait.
-        #[arg(long, default_value = "5m", value_parser = crate::util::parse_duration)]
-        timeout: std::time::Duration,
-    },
+    /// Wait until what was committed runs and is healthy, for one application or many (by
+    /// selector, annotation, project, gateway or list); exit 0 Deployed, 1 Failed or
+    /// Overwritten, 2 Timeout.
+    Wait(super::wait::WaitArgs),
     /// Health-check a gateway now.
     Health {
         #[command(flatten)]
@@ -412,8 +436,12 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             app,
             revision,
             revisions,
+            source_positions,
             prune,
             dry_run,
+            force,
+            resources,
+            sync_options,
         } => {
             let mut body = serde_json::json!({ "prune": prune, "dryRun": dry_run });
             if let Some(r) = revision {
@@ -421,6 +449,29 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             }
             if !revisions.is_empty() {
                 body["revisions"] = revisions.into();
+            }
+            if !source_positions.is_empty() {
+                body["sourcePositions"] = source_positions.into();
+            }
+            if force {
+                body["force"] = true.into();
+            }
+            if !resources.is_empty() {
+                let list = resources
+                    .iter()
+                    .map(|r| match r.split('/').collect::<Vec<_>>().as_slice() {
+                        [group, kind, namespace, name] if !kind.is_empty() && !name.is_empty() => Ok(
+                            serde_json::json!({"group": group, "kind": kind, "namespace": namespace, "name": name}),
+                        ),
+                        _ => Err(anyhow::anyhow!(
+                            "--resource {r:?}: give GROUP/KIND/NAMESPACE/NAME, for example apps/Deployment/shop/web or /Service/shop/web"
+                        )),
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                body["resources"] = list.into();
+            }
+            if !sync_options.is_empty() {
+                body["syncOptions"] = sync_options.into();
             }
             let v = ApiClient::new(&app.api)?
                 .call(Method::POST, &app.path("/sync")?, Some(body))
@@ -447,31 +498,40 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Wait { app, revision, timeout } => {
-            let mut body = serde_json::json!({ "timeoutSeconds": timeout.as_secs().max(1) });
-            if let Some(r) = &revision {
-                body["revision"] = r.clone().into();
-            }
-            let client = ApiClient::new(&app.api)?;
-            let v = client.call(Method::POST, &app.path("/wait")?, Some(body)).await?;
-            let result = v.get("result").and_then(Value::as_str).unwrap_or("");
+        ClientCommand::Wait(a) => super::wait::wait(a).await,
+        ClientCommand::Terminate { app } => {
+            let v = ApiClient::new(&app.api)?
+                .call(Method::DELETE, &app.path("/operation")?, None)
+                .await?;
             if app.api.output == "json" {
                 print_json(&v)?;
             } else {
-                let a = v.get("application").cloned().unwrap_or(Value::Null);
+                println!("the operation of {} is terminating (gateway {})", app.app, app.gateway);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Rollback {
+            app,
+            id,
+            prune,
+            dry_run,
+        } => {
+            let v = ApiClient::new(&app.api)?
+                .call(
+                    Method::POST,
+                    &app.path("/rollback")?,
+                    Some(serde_json::json!({ "id": id, "prune": prune, "dryRun": dry_run })),
+                )
+                .await?;
+            if app.api.output == "json" {
+                print_json(&v)?;
+            } else {
                 println!(
-                    "{result}: {} sync={} health={} revision={}",
-                    app.app,
-                    a.get("sync").map(|x| s(x, "status")).unwrap_or_else(|| "-".into()),
-                    a.get("health").map(|x| s(x, "status")).unwrap_or_else(|| "-".into()),
-                    a.get("sync").map(|x| s(x, "revision")).unwrap_or_else(|| "-".into()),
+                    "rollback of {} to history id {id} started through gateway {}",
+                    app.app, app.gateway
                 );
             }
-            Ok(match result {
-                "Synced" => ExitCode::SUCCESS,
-                "Failed" => ExitCode::from(1),
-                _ => ExitCode::from(2),
-            })
+            Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Health { api, gateway } => {
             let v = ApiClient::new(&api)?

@@ -1,12 +1,13 @@
 //! The hub's API client: the `hub token|gateways|apps|…` commands are thin clients of the HTTP
 //! API ([`commands`]), so anything they do can also be scripted with curl. [`ApiArgs`] says how
 //! to reach the API; [`ApiClient`] makes the calls; [`print`] formats the answers; [`status`]
-//! follows an install's progress.
+//! follows an install's progress; [`wait`] follows a deployment check.
 
 pub mod commands;
 pub mod fleet;
 pub mod print;
 pub mod status;
+pub mod wait;
 
 use std::path::PathBuf;
 
