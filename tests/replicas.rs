@@ -492,6 +492,9 @@ async fn requests_waits_logs_and_revocation_reach_a_gateway_on_another_replica()
         .await
         .unwrap();
     assert_eq!(feed.status(), 200);
+    // The application is mid-rollout when the wait starts (as a deployment tool sees it).
+    gw.sim.set_sync_status("argocd", "app-00001", "OutOfSync");
+    gw.sim.set_health("argocd", "app-00001", "Progressing", "");
     let waiting = {
         let path = format!("{app}/wait");
         let fleet = &fleet;
@@ -515,7 +518,7 @@ async fn requests_waits_logs_and_revocation_reach_a_gateway_on_another_replica()
     };
     let ((status, waited), ()) = tokio::join!(waiting, change);
     assert_eq!(status, 200, "{waited}");
-    assert_eq!(waited["result"], "Synced", "{waited}");
+    assert_eq!(waited["result"], "Deployed", "{waited}");
     let progress = read_events(feed, |e| {
         e["key"] == "argocd/app-00001"
             && e["application"]["sync"]["revision"]
