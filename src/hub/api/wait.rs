@@ -626,7 +626,8 @@ impl Waiter {
         let now = Instant::now();
         for i in 0..self.apps.len() {
             let app = self.app(i);
-            let stale = self.state.hub.sessions.get(&self.apps[i].target.gateway_id).is_none();
+            // Connected here or, with replicas, to another one (its state is followed from there).
+            let stale = !self.state.hub.is_connected(&self.apps[i].target.gateway_id);
             let judgement = match &app {
                 None => Judgement {
                     verdict: Verdict::NotYetSeen,
