@@ -83,7 +83,7 @@ impl ApiClient {
                 std::fs::read_to_string(&args.admin_token_file)
                     .map_err(|e| {
                         ClientError::Usage(format!(
-                            "cannot read the admin token file {}: {e} (flag --admin-token-file or --token; the hub prints the file's path at start)",
+                            "cannot read the admin token file {}: {e} (flag --admin-token-file, or --admin-token; the hub prints the file's path at start)",
                             args.admin_token_file.display()
                         ))
                     })?
