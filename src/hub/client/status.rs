@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::exit;
 use super::print::Output;
-use super::{ApiArgs, ApiClient, enc};
+use super::{ApiArgs, ApiClient, CALL_TIMEOUT, WAIT_MARGIN, enc};
 
 /// How often `--wait` asks the hub.
 const POLL: Duration = Duration::from_secs(1);
@@ -129,6 +129,10 @@ pub async fn token_status(
             return Ok(ExitCode::from(exit::TIMEOUT));
         }
         tokio::time::sleep(POLL).await;
-        current = client.call(Method::GET, &path, None).await?;
+        // A hub that stops answering must not hold the command past its own --timeout.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        current = client
+            .call_for(Method::GET, &path, None, CALL_TIMEOUT.min(left + WAIT_MARGIN))
+            .await?;
     }
 }
