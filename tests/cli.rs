@@ -356,6 +356,25 @@ async fn sync_to_a_revision_then_wait_for_it_single_and_multi_source() {
         env.sim.requests().iter().filter(|r| r.path.ends_with("/sync")).count(),
         before
     );
+    // The API refuses it too, for scripts that call it directly.
+    let admin = std::fs::read_to_string(&env.hub.admin_token_path).unwrap();
+    let refused = reqwest::Client::new()
+        .post(format!(
+            "http://{}/api/v1/gateways/{gw}/applications/argocd/app-00003/sync",
+            env.hub.http_addr
+        ))
+        .bearer_auth(admin.trim())
+        .json(&json!({ "revision": commit }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    let answer: Value = refused.json().await.unwrap();
+    assert!(answer["error"].as_str().unwrap().contains("2 sources"), "{answer}");
+    assert_eq!(
+        env.sim.requests().iter().filter(|r| r.path.ends_with("/sync")).count(),
+        before
+    );
     // A source that does not exist is named as such.
     let out = env
         .hub(&["sync", &gw, "argocd/app-00003", "--revision", commit, "--source", "7"])

@@ -388,6 +388,21 @@ pub(super) async fn sync(
     ensure_gateway(&state, &id).await?;
     let b = body.map(|Json(b)| b).unwrap_or_default();
     let revision = b.revision.unwrap_or_default();
+    // One revision for several sources is ambiguous: Argo CD would apply it to a source the
+    // caller did not choose. The caller names the source by giving one revision per source.
+    if !revision.is_empty()
+        && let Some(app) = stored_app(&state, &id, &namespace, &name)
+        && app.sources.len() > 1
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} has {} sources: give \"revisions\" with one revision per source instead of \"revision\" (the CLI: hub sync --revision REV --source POSITION|NAME)",
+                app_key(&namespace, &name),
+                app.sources.len()
+            ),
+        ));
+    }
     tracing::info!(gateway_id = %id, app = %app_key(&namespace, &name), revision = %revision, "sync requested");
     forward_app(&state, &id, &namespace, &name, |app| {
         request::Kind::Sync(proto::SyncRequest {
