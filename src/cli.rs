@@ -54,7 +54,7 @@ pub enum Command {
     /// CronJob); --dry-run prints the plan.
     SelfUpdate(Box<crate::kube::self_update::SelfUpdateArgs>),
     /// The central server and its API clients.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = crate::hub::client::exit::EXIT_CODES_HELP)]
     Hub(Box<crate::hub::cli::HubCommand>),
     /// Print the version and the wire protocol version.
     Version,
@@ -63,6 +63,9 @@ pub enum Command {
     /// Try the whole system on one machine: a hub, a simulated Argo CD whose applications keep
     /// changing, and a gateway connected to the hub.
     Demo(Box<crate::demo::DemoArgs>),
+    /// Run the simulated Argo CD on its own (an address, a number of applications, an account
+    /// token in a file), for a gateway to point at when no Argo CD is at hand.
+    Simulator(Box<crate::simulator::command::SimulatorArgs>),
 }
 
 /// Flags of `argocd-gateway register`.
@@ -102,6 +105,19 @@ pub fn open_identity_store(location: &IdentityLocation) -> Arc<dyn IdentityStore
             namespace.clone(),
             name.clone(),
         )),
+    }
+}
+
+impl Cli {
+    /// Parses the process's arguments. A wrong command line exits with [`EXIT_CONFIG`] (64),
+    /// not clap's 2, which `hub wait` and `hub token status --wait` use for "Timeout"; `--help`
+    /// and `--version` exit 0.
+    pub fn parse_args() -> Cli {
+        Cli::try_parse().unwrap_or_else(|e| {
+            let code = if e.use_stderr() { i32::from(EXIT_CONFIG) } else { 0 };
+            let _ = e.print();
+            std::process::exit(code)
+        })
     }
 }
 
@@ -238,8 +254,11 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                         eprintln!("error: {e:#}");
                         if serve {
                             termination_message(&format!("{e:#}"));
+                            ExitCode::FAILURE
+                        } else {
+                            // The client commands' documented codes (see `hub --help`).
+                            crate::hub::client::exit::code_for(&e)
                         }
-                        ExitCode::FAILURE
                     }
                 }
             };
@@ -252,6 +271,18 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Demo(args) => {
             let work = async {
                 match crate::demo::run(*args, shutdown.clone()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            };
+            run_with_signals(shutdown.clone(), work).await
+        }
+        Command::Simulator(args) => {
+            let work = async {
+                match crate::simulator::command::run(*args, shutdown.clone()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: {e:#}");

@@ -1,10 +1,8 @@
 //! The `argocd-gateway` binary: install the crypto provider, parse flags, start logging, dispatch.
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
     argocd_gateway::tls::install_crypto_provider();
-    let cli = argocd_gateway::cli::Cli::parse();
+    let cli = argocd_gateway::cli::Cli::parse_args();
     argocd_gateway::telemetry::init(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -1,5 +1,9 @@
 //! Logs and metrics plumbing shared by gateway and hub: `tracing` with JSON (the in-cluster
 //! default) or text output and `--debug`; Prometheus text encoding and the build-info metric.
+//!
+//! Text logs are coloured only when stderr is a terminal and `NO_COLOR` is unset
+//! (<https://no-color.org>), so a log file or a pipe never carries escape codes. Fields are
+//! logged with their `Display` form (`key=value`, snake_case keys), never Rust's `Debug`.
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -41,11 +45,21 @@ pub fn init(args: &LogArgs) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
     };
+}
+
+/// Whether text logs are coloured: only on a terminal, and never when `NO_COLOR` is set to
+/// anything but the empty string.
+pub fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Renders a registry in the Prometheus text format.
@@ -83,4 +97,19 @@ pub fn register_build_info(r: &mut Registry) {
     })
     .set(1);
     r.register("argocd_gateway_build_info", "Build information", info);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some(OsStr::new("1"))));
+    }
 }

@@ -20,6 +20,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {s:?} ({e}); use seconds like 30 or units like 500ms, 30s, 5m"))
 }
 
+/// `path` made absolute against the working directory (as it is, when that is unknown), for
+/// printed commands that must work from another directory.
+pub fn absolute(path: &Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// Writes `data` to `path` atomically with mode 0600: a temporary file in the same directory is
 /// written, synced and renamed over the target, so a crash never leaves a half-written file.
 pub fn write_private_file_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {

@@ -1453,7 +1453,7 @@ impl<'a> Retry<'a> {
             return false;
         }
         self.delay = self.backoff.next_delay();
-        tracing::debug!(call = %call.what, attempt = self.attempt, error = %e, delay = ?self.delay, "retrying Argo CD call");
+        tracing::debug!(call = %call.what, attempt = self.attempt, error = %e, delay = %humantime::format_duration(self.delay), "retrying Argo CD call");
         self.attempt += 1;
         true
     }

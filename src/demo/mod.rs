@@ -1,6 +1,10 @@
 //! `argocd-gateway demo`: the whole system in one process for a first look — a hub with its
 //! own data directory, the Argo CD simulator with applications that keep changing, and a
 //! gateway registered to that hub, connected over real TLS gRPC exactly as in a cluster.
+//!
+//! Its ports differ from `hub serve`'s and `run`'s defaults, so the demo and a quickstart hub
+//! and gateway can run side by side. It prints what to try as `export` lines once and short
+//! commands after them. On Ctrl-C the gateway says goodbye first, then the hub stops.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,12 +12,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{self, ServeArgs};
 use crate::shutdown::Tree;
-use crate::simulator::{SimHandle, SimOptions, SimTls, Simulator, TokenSpec};
+use crate::simulator::churn::{LEFT_ALONE, churn};
 
 /// Flags of `argocd-gateway demo`.
 #[derive(Debug, clap::Args)]
@@ -24,18 +27,25 @@ pub struct DemoArgs {
     /// How many simulated Argo CD applications.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=20_000))]
     pub apps: u32,
-    /// The hub's HTTP API.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// The hub's HTTP API and status page (not `hub serve`'s 8080, so both can run).
+    #[arg(long, default_value = "127.0.0.1:8088")]
     pub http_addr: SocketAddr,
-    /// The hub's gRPC listener the gateway dials.
-    #[arg(long, default_value = "127.0.0.1:8443")]
+    /// The hub's gRPC listener the gateway dials (not `hub serve`'s 8443).
+    #[arg(long, default_value = "127.0.0.1:8444")]
     pub grpc_addr: SocketAddr,
-    /// The gateway's admin server (/healthz, /readyz, /metrics).
-    #[arg(long, default_value = "127.0.0.1:9090")]
+    /// The gateway's admin server, /healthz, /readyz, /metrics (not `run`'s 9090).
+    #[arg(long, default_value = "127.0.0.1:9091")]
     pub admin_addr: SocketAddr,
-    /// Mean time between simulated changes (0 = no changes).
+    /// The simulated Argo CD's address (default: a free port).
+    #[arg(long)]
+    pub sim_addr: Option<SocketAddr>,
+    /// Mean time between simulated changes (0 = no changes). app-00001 and app-00003 are left
+    /// alone, for you to sync.
     #[arg(long, default_value = "2s", value_parser = crate::util::parse_duration)]
     pub change_every: Duration,
+    /// How long each step of a sync you ask for takes in the simulated Argo CD.
+    #[arg(long, default_value = "1s", value_parser = crate::util::parse_duration)]
+    pub sync_step: Duration,
 }
 
 /// The gateway's flags, parsed like the command line so the demo runs `run` exactly as a user
@@ -67,15 +77,16 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     let api = format!("http://{}", hub.http_addr);
     let admin_token_path = hub.admin_token_path.clone();
 
-    let sim = Simulator::start(SimOptions {
-        tls: SimTls::Plaintext,
-        ..SimOptions::default()
-    })
-    .await
-    .context("the Argo CD simulator could not start")?;
-    sim.add_synthetic_apps(args.apps as usize);
-    let token_file = args.data_dir.join("argocd-token");
-    write_private(&token_file, &sim.add_token(TokenSpec::account("gateway")))?;
+    let started =
+        crate::simulator::command::start(args.sim_addr, args.apps as usize, &args.data_dir, false, args.sync_step)
+            .await;
+    let crate::simulator::command::Started { sim, token_file, .. } = match started {
+        Ok(s) => s,
+        Err(e) => {
+            hub.shutdown().await;
+            return Err(e);
+        }
+    };
 
     let identity = args.data_dir.join("gateway-identity.json");
     let mut gateway_flags: Vec<String> = vec![
@@ -125,16 +136,14 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
             return Err(e);
         }
     };
-    print_banner(&args, &api, &admin_token_path, &gateway_id);
+    print_banner(&args, &api, &admin_token_path, &gateway_id, &sim.url());
 
-    if !args.change_every.is_zero() {
-        tree.spawn(churn(
-            sim.clone(),
-            args.apps as usize,
-            args.change_every,
-            tree.token().clone(),
-        ));
-    }
+    tree.spawn(churn(
+        sim.clone(),
+        args.apps as usize,
+        args.change_every,
+        tree.token().clone(),
+    ));
 
     let failure = tokio::select! {
         _ = tree.token().cancelled() => tree.failure(),
@@ -148,21 +157,6 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         Some(f) => Err(anyhow::Error::new(f)),
         None => Ok(()),
     }
-}
-
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(contents.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn admin_token(path: &Path) -> anyhow::Result<String> {
@@ -231,72 +225,54 @@ async fn wait_for_gateway(api: &str, admin_token_path: &Path, apps: u32) -> anyh
     )
 }
 
-fn print_banner(args: &DemoArgs, api: &str, admin_token_path: &Path, gateway_id: &str) {
-    let token = admin_token_path.display();
-    let common = format!("--hub-api {api} --admin-token-file {token}");
+/// The banner: where things are, then the environment once (`export …`) and short commands
+/// to paste. tests/demo.rs runs these lines as printed.
+fn print_banner(args: &DemoArgs, api: &str, admin_token_path: &Path, gateway_id: &str, sim_url: &str) {
+    let token = crate::util::absolute(admin_token_path);
+    let bin = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "argocd-gateway".into());
+    let sync_app = format!("app-{:05}", LEFT_ALONE[0]);
+    let multi_app = format!("app-{:05}", LEFT_ALONE[1]);
+    let mut tries = vec![
+        "$B hub gateways".to_owned(),
+        "$B hub apps".to_owned(),
+        format!("$B hub app $GW argocd/{sync_app}"),
+        format!("$B hub sync $GW argocd/{sync_app} --revision {DEMO_REVISION}"),
+        format!(
+            "$B hub wait $GW argocd/{sync_app} --revision {} --timeout 60s",
+            &DEMO_REVISION[..7]
+        ),
+    ];
+    if args.apps as usize > LEFT_ALONE[1] {
+        tries.push(format!(
+            "$B hub sync $GW argocd/{multi_app} --revision {DEMO_REVISION} --source 1"
+        ));
+    }
+    tries.push("$B hub health $GW -o yaml".to_owned());
     println!(
-        "\nargocd-gateway demo is running: a hub, a simulated Argo CD with {apps} applications that \
-         change every ~{every:?}, and gateway {gateway_id} connected to the hub.\n\n\
+        "\nargocd-gateway demo is running: a hub, a simulated Argo CD ({sim_url}) with {apps} \
+         applications that change every ~{every}, and gateway {gateway_id} connected to the hub.\n\n\
          status page:       {api}/  (log in with the token in {token})\n\
          hub API:           {api}\n\
-         admin token file:  {token}\n\
          gateway metrics:   http://{admin}/metrics\n\n\
-         Try, in another terminal (with B=target/debug/argocd-gateway):\n\n  \
-         $B hub apps {common}\n  \
-         $B hub app {common} {gateway_id} argocd/app-00001\n  \
-         $B hub wait {common} {gateway_id} argocd/app-00002 --timeout 30s\n\n\
+         Try, in another terminal (paste the exports once):\n\n\
+         export ARGOCD_GATEWAY_HUB_API={api}\n\
+         export ARGOCD_GATEWAY_ADMIN_TOKEN_FILE={token}\n\
+         export GW={gateway_id}\n\
+         export B={bin}\n\n\
+         {tries}\n\n\
+         {sync_app} and {multi_app} are left alone by the simulated churn: a sync you ask for runs \
+         to the revision you give, and `wait` exits 0 once it is Synced and Healthy there.\n\
          Ctrl-C stops everything; the hub data and the gateway identity stay in {dir}.\n",
         apps = args.apps,
-        every = args.change_every,
+        every = humantime::format_duration(args.change_every),
         admin = args.admin_addr,
+        token = token.display(),
+        tries = tries.join("\n"),
         dir = args.data_dir.display(),
     );
 }
 
-/// Keeps the simulated applications moving the way a busy Argo CD does: a new commit makes an
-/// app OutOfSync, a sync runs, the rollout progresses and ends Healthy (now and then Degraded).
-async fn churn(sim: SimHandle, apps: usize, every: Duration, stop: CancellationToken) {
-    let ns = sim.options().namespace.clone();
-    // Rollouts in progress; they end with the churn.
-    let mut rollouts = tokio::task::JoinSet::new();
-    loop {
-        while rollouts.try_join_next().is_some() {}
-        let (pause, i, roll) = {
-            let mut rng = rand::rng();
-            let jitter = rng.random_range(0.5..1.5);
-            (
-                every.mul_f64(jitter),
-                rng.random_range(0..apps),
-                rng.random_range(0..10u32),
-            )
-        };
-        tokio::select! {
-            _ = stop.cancelled() => {
-                rollouts.abort_all();
-                return;
-            }
-            _ = tokio::time::sleep(pause) => {}
-        }
-        let name = format!("app-{i:05}");
-        let commit = format!("{:040x}", rand::rng().random::<u128>());
-        sim.set_sync_status(&ns, &name, "OutOfSync");
-        let step = every.mul_f64(0.4).min(Duration::from_secs(2));
-        let sim = sim.clone();
-        let ns = ns.clone();
-        rollouts.spawn(async move {
-            sim.set_operation_phase(&ns, &name, "Running");
-            tokio::time::sleep(step).await;
-            sim.set_revision(&ns, &name, &commit);
-            sim.set_sync_status(&ns, &name, "Synced");
-            sim.set_health(&ns, &name, "Progressing", "Waiting for rollout to finish");
-            tokio::time::sleep(step).await;
-            if roll == 0 {
-                sim.set_operation_phase(&ns, &name, "Failed");
-                sim.set_health(&ns, &name, "Degraded", "Deployment exceeded its progress deadline");
-            } else {
-                sim.set_operation_phase(&ns, &name, "Succeeded");
-                sim.set_health(&ns, &name, "Healthy", "");
-            }
-        });
-    }
-}
+/// The commit the banner's sync example deploys (any 40-hex revision works).
+const DEMO_REVISION: &str = "4f7c2a9e1b3d5f60718293a4b5c6d7e8f9012345";

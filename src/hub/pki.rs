@@ -136,7 +136,7 @@ pub fn load_or_init(dir: &Path, hostnames: &[String]) -> Result<HubPki, PkiError
             let (issued, key_pem) = ca.issue_server(hostnames, SERVER_CERT_LIFETIME)?;
             write(&server_key, &key_pem)?;
             write(&server_cert, &issued.pem)?;
-            tracing::info!(names = ?hostnames, "issued the hub server certificate");
+            tracing::info!(names = %hostnames.join(","), "issued the hub server certificate");
             (issued.pem, key_pem)
         }
     };

@@ -466,6 +466,7 @@ fn sync(sim: &SimHandle, t: &TokenSpec, name: &str, body: &Bytes) -> Response {
         a["status"]["operationState"] =
             json!({"operation": operation, "phase": "Running", "message": "", "startedAt": now_rfc3339()});
     });
+    sim.run_sync(&ns, name);
     match sim.app(&ns, name) {
         Some(a) => json_ok(a),
         None => grpc_error(404, &format!("applications.argoproj.io \"{name}\" not found")),

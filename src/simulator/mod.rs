@@ -14,6 +14,8 @@
 //! caller (see `gitops`): they answer sync, terminate, rollback and managed resources as Argo
 //! CD's controller would.
 
+pub mod churn;
+pub mod command;
 mod gitops;
 mod http;
 pub mod net;
@@ -59,6 +61,13 @@ pub struct SimOptions {
     /// Whether the ApplicationSet API exists (false: an old Argo CD, 404 on
     /// `/api/v1/applicationsets`). Its watch stream exists from version 3.4.
     pub applicationsets: bool,
+    /// Where to listen (default `127.0.0.1:0`, a free port).
+    pub addr: Option<SocketAddr>,
+    /// How long each step of a sync takes: with a value, a sync request runs like Argo CD's
+    /// controller runs it (the operation finishes, `sync.revision` becomes the requested
+    /// revision, per source for multi-source apps, then the rollout turns Healthy); without,
+    /// the operation stays Running until the test moves it ([`SimHandle::set_operation_phase`]).
+    pub sync_step: Option<Duration>,
 }
 
 impl Default for SimOptions {
@@ -71,6 +80,8 @@ impl Default for SimOptions {
             sse_keepalive: Duration::from_secs(15),
             certificate: None,
             applicationsets: true,
+            addr: None,
+            sync_step: None,
         }
     }
 }
@@ -300,7 +311,8 @@ impl Simulator {
             SimTls::Plaintext => None,
         };
         let cancel = CancellationToken::new();
-        let (listener, addr) = net::listen(certs.as_ref(), cancel.clone()).await?;
+        let bind = options.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (listener, addr) = net::listen(bind, certs.as_ref(), cancel.clone()).await?;
         let rng = ring::rand::SystemRandom::new();
         let jwt_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
             .map_err(|_| std::io::Error::other("cannot generate the simulator's signing key"))?;
@@ -339,6 +351,65 @@ impl Simulator {
             }
         });
         Ok(SimHandle { inner })
+    }
+}
+
+/// The controller's side of a finished sync: the requested revisions become the synced ones,
+/// the operation ends Succeeded with its result, and the rollout starts.
+fn finish_sync(a: &mut Value) {
+    let now = now_rfc3339();
+    let requested = a["status"]["operationState"]["operation"]["sync"].clone();
+    let sync = &mut a["status"]["sync"];
+    let multi = sync.get("revisions").is_some_and(Value::is_array);
+    // A commit lands as given; a branch, tag or HEAD resolves to the commit the source is at
+    // (nothing is pushed to the simulated repositories).
+    let land = |slot: &mut Value, revision: &Value| {
+        let commit = revision
+            .as_str()
+            .is_some_and(|r| r.len() >= 7 && r.chars().all(|c| c.is_ascii_hexdigit()));
+        if commit || !slot.is_string() {
+            *slot = revision.clone();
+        }
+    };
+    if let Some(revision) = requested
+        .get("revision")
+        .filter(|r| r.as_str().is_some_and(|r| !r.is_empty()))
+    {
+        if multi {
+            if let Some(first) = sync["revisions"].get_mut(0) {
+                land(first, revision);
+            }
+        } else {
+            land(&mut sync["revision"], revision);
+        }
+    }
+    if let (true, Some(revisions)) = (multi, requested["revisions"].as_array()) {
+        // `sourcePositions` are 1-based; without them the revisions are in source order.
+        let positions: Vec<usize> = match requested["sourcePositions"].as_array() {
+            Some(p) => p.iter().filter_map(Value::as_u64).map(|p| p as usize).collect(),
+            None => (1..=revisions.len()).collect(),
+        };
+        for (revision, position) in revisions.iter().zip(positions) {
+            if let Some(slot) = position.checked_sub(1).and_then(|i| sync["revisions"].get_mut(i)) {
+                land(slot, revision);
+            }
+        }
+    }
+    sync["status"] = json!("Synced");
+    let result = if multi {
+        json!({"revisions": sync["revisions"].clone()})
+    } else {
+        json!({"revision": sync["revision"].clone()})
+    };
+    let op = &mut a["status"]["operationState"];
+    op["phase"] = json!("Succeeded");
+    op["message"] = json!("successfully synced (all tasks run)");
+    op["finishedAt"] = json!(now);
+    op["syncResult"] = result;
+    a["status"]["health"] =
+        json!({"status": "Progressing", "message": "Waiting for rollout to finish", "lastTransitionTime": now});
+    if let Some(o) = a.as_object_mut() {
+        o.remove("operation");
     }
 }
 
@@ -625,6 +696,32 @@ impl SimHandle {
                 }
             }
         })
+    }
+
+    /// Runs the sync operation just started on an application the way Argo CD's controller
+    /// does, when [`SimOptions::sync_step`] is set: after one step the operation has Succeeded,
+    /// `sync.revision` is the requested revision (for a multi-source app, each requested
+    /// revision lands at its source position), the app is Synced and its rollout Progressing;
+    /// after another step it is Healthy. Ends with the simulator.
+    pub(crate) fn run_sync(&self, namespace: &str, name: &str) {
+        let Some(step) = self.inner.options.sync_step else {
+            return;
+        };
+        let (sim, ns, name) = (self.clone(), namespace.to_owned(), name.to_owned());
+        let cancel = self.inner.cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(step) => {}
+            }
+            sim.modify_app(&ns, &name, finish_sync);
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(step) => {
+                    sim.set_health(&ns, &name, "Healthy", "");
+                }
+            }
+        });
     }
 
     /// Sets the health of resource `index` in `status.resources`.

@@ -101,8 +101,12 @@ impl axum::serve::Listener for SimListener {
 }
 
 /// Binds `127.0.0.1:0` and starts accepting; `certs` selects TLS.
-pub async fn listen(certs: Option<&SimCerts>, cancel: CancellationToken) -> std::io::Result<(SimListener, SocketAddr)> {
-    let tcp = TcpListener::bind("127.0.0.1:0").await?;
+pub async fn listen(
+    addr: SocketAddr,
+    certs: Option<&SimCerts>,
+    cancel: CancellationToken,
+) -> std::io::Result<(SimListener, SocketAddr)> {
+    let tcp = TcpListener::bind(addr).await?;
     let local = tcp.local_addr()?;
     let acceptor = match certs {
         Some(c) => Some(c.acceptor().map_err(std::io::Error::other)?),

@@ -308,7 +308,7 @@ pub async fn run_with(
                 Wait::Fixed(after)
             }
             Ended::RetryAfter(after) => {
-                tracing::info!(retry_after = ?after, "the hub is busy accepting other sessions; coming back when it asked");
+                tracing::info!(retry_after = %humantime::format_duration(after), "the hub is busy accepting other sessions; coming back when it asked");
                 identity = Some(id);
                 Wait::Fixed(after + crate::util::jitter(Duration::ZERO, Duration::from_millis(250)))
             }
@@ -387,7 +387,11 @@ pub async fn run_with(
                 }
             }
         };
-        tracing::debug!(?wait, "reconnecting after a wait");
+        let (at_most, early) = match wait {
+            Wait::Fixed(d) => (d, false),
+            Wait::UntilBack { at_most, early } => (at_most, early),
+        };
+        tracing::debug!(wait = %humantime::format_duration(at_most), until_hub_back = early, "reconnecting after a wait");
         let go_on = match wait {
             Wait::Fixed(d) => pause(&shutdown, d).await,
             Wait::UntilBack { at_most, early } => wait_until_back(&cfg, &shutdown, at_most, early).await,

@@ -299,7 +299,7 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
                     *ctx.keepalive_failures += 1;
                     let failures = *ctx.keepalive_failures;
                     ctx.status.send_modify(|s| s.keepalive_failures = failures);
-                    tracing::warn!(failures, max = cfg.keepalive_max_failures, interval = ?keepalive, "no keepalive answer from the hub");
+                    tracing::warn!(failures, max = cfg.keepalive_max_failures, interval = %humantime::format_duration(keepalive), "no keepalive answer from the hub");
                     if failures >= cfg.keepalive_max_failures {
                         return Ended::KeepaliveExhausted;
                     }
@@ -316,7 +316,7 @@ pub async fn run_once(mut ctx: SessionCtx<'_>, identity: &mut Identity) -> Ended
                     Ok(renewed) => match cfg.store.replace(&renewed).await {
                         Ok(()) => {
                             let info = renewed.cert_info().ok();
-                            tracing::info!(gateway_id = %renewed.gateway_id, not_after = ?info.as_ref().map(|i| i.not_after), "renewed the gateway certificate");
+                            tracing::info!(gateway_id = %renewed.gateway_id, not_after = %info.as_ref().map(|i| i.not_after.to_string()).unwrap_or_default(), "renewed the gateway certificate");
                             renew_at = info.as_ref().map(renewal_instant).unwrap_or_else(|| retry_soon(cfg));
                             ctx.status.send_modify(|s| s.cert_not_after = info.map(|i| i.not_after));
                             *identity = renewed;

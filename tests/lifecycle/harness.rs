@@ -66,9 +66,14 @@ impl Output {
     }
 }
 
-pub async fn output(mut cmd: tokio::process::Command) -> Output {
+pub async fn output(cmd: tokio::process::Command) -> Output {
+    output_within(cmd, COMMAND_WAIT).await
+}
+
+/// Like [`output`], for a command that waits on purpose for up to `within`.
+pub async fn output_within(mut cmd: tokio::process::Command, within: Duration) -> Output {
     cmd.kill_on_drop(true).stdin(Stdio::null());
-    let out = tokio::time::timeout(COMMAND_WAIT, cmd.output())
+    let out = tokio::time::timeout(within, cmd.output())
         .await
         .expect("the command finished in time")
         .expect("the command ran");

@@ -495,6 +495,21 @@ pub(super) async fn forward_sync(
     if body.needs_deploy_actions() {
         require_deploy_actions(state, id, "sync a subset of resources, force, or pass sync options")?;
     }
+    // One revision for several sources is ambiguous: Argo CD would apply it to a source the
+    // caller did not choose. The caller names the source by giving one revision per source.
+    if body.revision.as_deref().is_some_and(|r| !r.is_empty())
+        && let Some(app) = stored_app(state, id, namespace, name)
+        && app.sources.len() > 1
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} has {} sources: give \"revisions\" with one revision per source instead of \"revision\" (the CLI: hub sync --revision REV --source POSITION|NAME)",
+                app_key(namespace, name),
+                app.sources.len()
+            ),
+        ));
+    }
     let request = body.into_request(app_ref(state, id, namespace, name))?;
     tracing::info!(gateway_id = %id, app = %app_key(namespace, name), revision = %request.revision, resources = request.resources.len(), "sync requested");
     forward(&state.hub, id, request::Kind::Sync(request), REQUEST_DEADLINE)

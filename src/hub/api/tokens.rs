@@ -115,7 +115,7 @@ pub(super) async fn create_token(
     };
     state.hub.store.insert_token(record, hash).await?;
     let fingerprint = state.hub.ca.fingerprint().to_string();
-    tracing::info!(token_id = %id, name = %name, expires_at = ?rfc3339(Some(expires_at)), "created a registration token");
+    tracing::info!(token_id = %id, name = %name, expires_at = %rfc3339(Some(expires_at)).unwrap_or_default(), "created a registration token");
     let hub_url = nonempty(req.public_url).unwrap_or_else(|| state.public_url.clone());
     let mut warnings = Vec::new();
     if install::is_loopback(&hub_url) {

@@ -1,14 +1,15 @@
 //! The `hub` subcommands that call the hub's HTTP API: registration tokens, gateways,
 //! applications and their actions (sync, refresh, terminate, rollback), `wait` (in
-//! [`super::wait`]), health checks and the desired gateway version. Each
-//! prints a table (or JSON with `-o json`) and maps the answer to an exit code.
+//! [`super::wait`]), health checks and the desired gateway version. Each prints a table (or the
+//! answer as JSON or YAML with `-o json|yaml`) and maps the answer to one of the exit codes of
+//! [`super::exit`].
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use serde_json::Value;
 
-use super::print::{print_apps, print_gateways, print_json, print_table, s};
+use super::exit::{self, ClientError};
+use super::print::{print_apps, print_fields, print_gateways, print_table, s};
 use super::{ApiArgs, ApiClient, enc};
 
 /// The API client subcommands of `hub`.
@@ -36,9 +37,14 @@ pub enum ClientCommand {
     Sync {
         #[command(flatten)]
         app: AppArgs,
-        /// Revision to sync to (single-source apps).
+        /// Revision to sync to. For a multi-source application name the source with --source.
         #[arg(long)]
         revision: Option<String>,
+        /// With --revision on a multi-source application: the source it is for, as its 1-based
+        /// position or its name (`sources[].name`); the other sources sync to their
+        /// targetRevision.
+        #[arg(long, requires = "revision")]
+        source: Option<String>,
         /// Revisions, one per source (multi-source apps; repeatable).
         #[arg(long = "revisions", value_delimiter = ',')]
         revisions: Vec<String>,
@@ -91,6 +97,7 @@ pub enum ClientCommand {
     /// Wait until what was committed runs and is healthy, for one application or many (by
     /// selector, annotation, project, gateway or list); exit 0 Deployed, 1 Failed or
     /// Overwritten, 2 Timeout.
+    #[command(after_help = exit::EXIT_CODES_HELP)]
     Wait(super::wait::WaitArgs),
     /// Health-check a gateway now.
     Health {
@@ -191,12 +198,17 @@ pub struct AppArgs {
 }
 
 impl AppArgs {
-    fn path(&self, suffix: &str) -> anyhow::Result<String> {
+    fn path(&self, suffix: &str) -> Result<String, ClientError> {
         let (ns, name) = self
             .app
             .split_once('/')
             .filter(|(n, m)| !n.is_empty() && !m.is_empty())
-            .ok_or_else(|| anyhow::anyhow!("give the application as namespace/name, for example argocd/guestbook"))?;
+            .ok_or_else(|| {
+                ClientError::Usage(format!(
+                    "{:?}: give the application as namespace/name, for example argocd/guestbook",
+                    self.app
+                ))
+            })?;
         Ok(format!(
             "/api/v1/gateways/{}/applications/{}/{}{}",
             enc(&self.gateway),
@@ -287,6 +299,203 @@ pub enum GatewayCommand {
     },
 }
 
+/// The revision fields of a sync request. A single-source application takes `revision`; a
+/// multi-source one takes one revision per source, so `--revision` must say which source it
+/// is for (`--source`), and the others keep their `targetRevision`.
+fn sync_revisions(
+    app: &Value,
+    revision: Option<String>,
+    source: Option<&str>,
+) -> Result<(Option<String>, Vec<String>), ClientError> {
+    let Some(revision) = revision else {
+        return Ok((None, vec![]));
+    };
+    let sources = app
+        .get("sources")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let multi = sources.len() > 1
+        || app
+            .get("sync")
+            .and_then(|s| s.get("revisions"))
+            .and_then(Value::as_array)
+            .is_some_and(|r| !r.is_empty());
+    let describe = |i: usize, src: &Value| {
+        let label = [s(src, "name"), s(src, "ref")]
+            .into_iter()
+            .find(|n| n != "-" && !n.is_empty())
+            .map(|n| format!(" {n}"))
+            .unwrap_or_default();
+        format!("{}{label} ({})", i + 1, s(src, "repoURL"))
+    };
+    if !multi {
+        return match source {
+            None | Some("1") => Ok((Some(revision), vec![])),
+            Some(other) if sources.first().is_some_and(|f| s(f, "name") == other) => Ok((Some(revision), vec![])),
+            Some(other) => Err(ClientError::Usage(format!(
+                "--source {other}: the application has a single source; leave --source out"
+            ))),
+        };
+    }
+    let listed = sources
+        .iter()
+        .enumerate()
+        .map(|(i, src)| describe(i, src))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let Some(which) = source else {
+        return Err(ClientError::Usage(format!(
+            "the application has {} sources ({listed}): say which one --revision {revision} is for with --source POSITION|NAME, or give one revision per source with --revisions",
+            sources.len()
+        )));
+    };
+    let index = match which.parse::<usize>() {
+        Ok(n) if (1..=sources.len()).contains(&n) => Some(n - 1),
+        Ok(_) => None,
+        Err(_) => sources
+            .iter()
+            .position(|src| s(src, "name") == which || s(src, "ref") == which),
+    };
+    let Some(index) = index else {
+        return Err(ClientError::Usage(format!(
+            "--source {which}: the application's sources are {listed}"
+        )));
+    };
+    let revisions = sources
+        .iter()
+        .enumerate()
+        .map(|(i, src)| {
+            if i == index {
+                revision.clone()
+            } else {
+                // What Argo CD syncs a source to when no revision is given.
+                let target = s(src, "targetRevision");
+                if target == "-" || target.is_empty() {
+                    "HEAD".into()
+                } else {
+                    target
+                }
+            }
+        })
+        .collect();
+    Ok((None, revisions))
+}
+
+/// One application for people: its status, then its resources.
+fn print_app(a: &Value) {
+    let sync = a.get("sync").cloned().unwrap_or(Value::Null);
+    let revision = match s(&sync, "revision") {
+        r if r == "-" || r.is_empty() => s(&sync, "revisions"),
+        r => r,
+    };
+    let operation = a
+        .get("operation")
+        .filter(|o| !o.is_null())
+        .map(|o| format!("{} {}", s(o, "phase"), s(o, "message")).trim().to_owned())
+        .unwrap_or_else(|| "-".into());
+    let health = a.get("health").cloned().unwrap_or(Value::Null);
+    let health_text = match s(&health, "message") {
+        m if m == "-" || m.is_empty() => s(&health, "status"),
+        m => format!("{} ({m})", s(&health, "status")),
+    };
+    let sources = a
+        .get("sources")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .map(|src| {
+                    format!(
+                        "{} {} @ {}",
+                        s(src, "repoURL"),
+                        s(src, "path"),
+                        s(src, "targetRevision")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default();
+    let dest = a.get("destination").cloned().unwrap_or(Value::Null);
+    print_fields(&[
+        ("application", format!("{}/{}", s(a, "namespace"), s(a, "name"))),
+        ("gateway", s(a, "gatewayId")),
+        ("project", s(a, "project")),
+        ("sources", sources),
+        (
+            "destination",
+            format!("{} {}", s(&dest, "server"), s(&dest, "namespace")),
+        ),
+        ("sync", s(&sync, "status")),
+        ("revision", revision),
+        ("health", health_text),
+        ("operation", operation),
+        ("reconciled at", s(a, "reconciledAt")),
+        (
+            "stale",
+            if a.get("stale").and_then(Value::as_bool) == Some(true) {
+                "yes".into()
+            } else {
+                "no".into()
+            },
+        ),
+    ]);
+    let resources = a
+        .get("resources")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if !resources.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = resources
+            .iter()
+            .map(|r| {
+                vec![
+                    s(r, "kind"),
+                    s(r, "namespace"),
+                    s(r, "name"),
+                    s(r, "status"),
+                    r.get("health").map(|h| s(h, "status")).unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        print_table(&["KIND", "NAMESPACE", "NAME", "SYNC", "HEALTH"], &rows);
+    }
+}
+
+/// A health-check result for people: the verdict, then each check.
+fn print_health(gateway: &str, v: &Value) {
+    let argocd = v.get("argocd").cloned().unwrap_or(Value::Null);
+    print_fields(&[
+        ("gateway", gateway.to_owned()),
+        ("status", s(v, "status")),
+        ("gateway version", s(v, "gatewayVersion")),
+        (
+            "Argo CD",
+            format!("{} (version {})", s(&argocd, "url"), s(&argocd, "version")),
+        ),
+        ("applications", s(v, "applications")),
+        ("clusters", s(v, "clusters")),
+        ("hub round trip", format!("{} ms", s(v, "hubRoundTripMillis"))),
+        ("checked at", s(v, "checkedAt")),
+    ]);
+    let checks = v.get("checks").and_then(Value::as_array).cloned().unwrap_or_default();
+    if !checks.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = checks
+            .iter()
+            .map(|c| {
+                let mut detail = s(c, "detail");
+                if let Some(fix) = c.get("fix").and_then(Value::as_str) {
+                    detail.push_str(&format!(" — {fix}"));
+                }
+                vec![s(c, "name"), s(c, "status").to_uppercase(), detail]
+            })
+            .collect();
+        print_table(&["CHECK", "STATUS", "DETAIL"], &rows);
+    }
+}
+
 /// Runs an API client subcommand.
 pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
     use reqwest::Method;
@@ -334,19 +543,17 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             let v = client
                 .call(Method::POST, "/api/v1/registration-tokens", Some(body))
                 .await?;
-            if api.output == "json" {
-                print_json(&v)?;
-            } else {
+            api.output.emit(&v, |v| {
                 for w in v.get("warnings").and_then(Value::as_array).into_iter().flatten() {
                     eprintln!("warning: {}", w.as_str().unwrap_or_default());
                 }
-                println!("token:           {}", s(&v, "token"));
-                println!("id:              {}", s(&v, "id"));
-                println!("expires at:      {}", s(&v, "expiresAt"));
-                println!("CA fingerprint:  {}", s(&v, "caFingerprint"));
-                println!("\nInstall the gateway with:\n\n{}\n", s(&v, "helmCommand"));
-                println!("Follow the install with:\n\n{}\n", s(&v, "statusCommand"));
-            }
+                println!("token:           {}", s(v, "token"));
+                println!("id:              {}", s(v, "id"));
+                println!("expires at:      {}", s(v, "expiresAt"));
+                println!("CA fingerprint:  {}", s(v, "caFingerprint"));
+                println!("\nInstall the gateway with:\n\n{}\n", s(v, "helmCommand"));
+                println!("Follow the install with:\n\n{}\n", s(v, "statusCommand"));
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Token(TokenCommand::Status { api, id, wait, timeout }) => {
@@ -356,9 +563,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             let v = ApiClient::new(&api)?
                 .call(Method::GET, "/api/v1/registration-tokens", None)
                 .await?;
-            if api.output == "json" {
-                print_json(&v)?;
-            } else {
+            api.output.emit(&v, |v| {
                 let items = v.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
                 let rows: Vec<Vec<String>> = items
                     .iter()
@@ -374,36 +579,35 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                     })
                     .collect();
                 print_table(&["ID", "STATE", "NAME", "ENVIRONMENTS", "EXPIRES", "GATEWAY"], &rows);
-            }
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Token(TokenCommand::Revoke { api, id }) => {
             ApiClient::new(&api)?
-                .call(Method::DELETE, &format!("/api/v1/registration-tokens/{id}"), None)
+                .call(
+                    Method::DELETE,
+                    &format!("/api/v1/registration-tokens/{}", enc(&id)),
+                    None,
+                )
                 .await?;
-            println!("revoked registration token {id}");
+            let v = serde_json::json!({ "id": id, "revoked": true });
+            api.output.emit(&v, |_| println!("revoked registration token {id}"))?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Gateways(api) => {
             let v = ApiClient::new(&api)?
                 .call(Method::GET, "/api/v1/gateways", None)
                 .await?;
-            if api.output == "json" {
-                print_json(&v)?;
-            } else {
-                print_gateways(&v.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
-            }
+            api.output.emit(&v, |v| {
+                print_gateways(&v.get("items").and_then(Value::as_array).cloned().unwrap_or_default())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Gateway(GatewayCommand::Show { api, id }) => {
             let v = ApiClient::new(&api)?
-                .call(Method::GET, &format!("/api/v1/gateways/{id}"), None)
+                .call(Method::GET, &format!("/api/v1/gateways/{}", enc(&id)), None)
                 .await?;
-            if api.output == "json" {
-                print_json(&v)?;
-            } else {
-                print_gateways(&[v]);
-            }
+            api.output.emit(&v, |v| print_gateways(std::slice::from_ref(v)))?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Apps(a) => {
@@ -417,11 +621,9 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             };
             let path = if qs.is_empty() { base } else { format!("{base}?{qs}") };
             let v = ApiClient::new(&a.api)?.call(Method::GET, &path, None).await?;
-            if a.api.output == "json" {
-                print_json(&v)?;
-            } else {
-                print_apps(&v.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
-            }
+            a.api.output.emit(&v, |v| {
+                print_apps(&v.get("items").and_then(Value::as_array).cloned().unwrap_or_default())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::App { app: a, refresh } => {
@@ -429,12 +631,13 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             let v = ApiClient::new(&a.api)?
                 .call(Method::GET, &a.path(&suffix)?, None)
                 .await?;
-            print_json(&v)?;
+            a.api.output.emit(&v, print_app)?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Sync {
             app,
             revision,
+            source,
             revisions,
             source_positions,
             prune,
@@ -443,10 +646,20 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             resources,
             sync_options,
         } => {
+            let client = ApiClient::new(&app.api)?;
+            let (revision, from_source) = if revision.is_some() {
+                // Whether the application has one source or several decides the request's
+                // shape, so it is read first.
+                let current = client.call(Method::GET, &app.path("")?, None).await?;
+                sync_revisions(&current, revision, source.as_deref())?
+            } else {
+                (None, vec![])
+            };
             let mut body = serde_json::json!({ "prune": prune, "dryRun": dry_run });
             if let Some(r) = revision {
                 body["revision"] = r.into();
             }
+            let revisions = if from_source.is_empty() { revisions } else { from_source };
             if !revisions.is_empty() {
                 body["revisions"] = revisions.into();
             }
@@ -473,14 +686,10 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             if !sync_options.is_empty() {
                 body["syncOptions"] = sync_options.into();
             }
-            let v = ApiClient::new(&app.api)?
-                .call(Method::POST, &app.path("/sync")?, Some(body))
-                .await?;
-            if app.api.output == "json" {
-                print_json(&v)?;
-            } else {
-                println!("sync of {} started through gateway {}", app.app, app.gateway);
-            }
+            let v = client.call(Method::POST, &app.path("/sync")?, Some(body)).await?;
+            app.api.output.emit(&v, |_| {
+                println!("sync of {} started through gateway {}", app.app, app.gateway)
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Refresh { app, hard } => {
@@ -491,11 +700,9 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                     Some(serde_json::json!({ "hard": hard })),
                 )
                 .await?;
-            if app.api.output == "json" {
-                print_json(&v)?;
-            } else {
-                println!("refreshed {} through gateway {}", app.app, app.gateway);
-            }
+            app.api.output.emit(&v, |_| {
+                println!("refreshed {} through gateway {}", app.app, app.gateway)
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Wait(a) => super::wait::wait(a).await,
@@ -503,11 +710,9 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             let v = ApiClient::new(&app.api)?
                 .call(Method::DELETE, &app.path("/operation")?, None)
                 .await?;
-            if app.api.output == "json" {
-                print_json(&v)?;
-            } else {
-                println!("the operation of {} is terminating (gateway {})", app.app, app.gateway);
-            }
+            app.api.output.emit(&v, |_| {
+                println!("the operation of {} is terminating (gateway {})", app.app, app.gateway)
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Rollback {
@@ -523,14 +728,12 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                     Some(serde_json::json!({ "id": id, "prune": prune, "dryRun": dry_run })),
                 )
                 .await?;
-            if app.api.output == "json" {
-                print_json(&v)?;
-            } else {
+            app.api.output.emit(&v, |_| {
                 println!(
                     "rollback of {} to history id {id} started through gateway {}",
                     app.app, app.gateway
-                );
-            }
+                )
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Health { api, gateway } => {
@@ -541,14 +744,17 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                     None,
                 )
                 .await?;
-            print_json(&v)?;
+            api.output.emit(&v, |v| print_health(&gateway, v))?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Gateway(GatewayCommand::Delete { api, id }) => {
             ApiClient::new(&api)?
-                .call(Method::DELETE, &format!("/api/v1/gateways/{id}"), None)
+                .call(Method::DELETE, &format!("/api/v1/gateways/{}", enc(&id)), None)
                 .await?;
-            println!("deleted gateway {id}; it must register again with a new token");
+            let v = serde_json::json!({ "id": id, "deleted": true });
+            api.output.emit(&v, |_| {
+                println!("deleted gateway {id}; it must register again with a new token")
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::DesiredVersion(cmd) => {
@@ -561,8 +767,12 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 }
                 DesiredVersionCommand::Set { api, version } => {
                     // Checked here too so a typo fails before any request is made.
-                    crate::wire::version::parse(&version)
-                        .with_context(|| format!("{version:?} is not a semantic version such as 1.4.2"))?;
+                    if let Err(e) = crate::wire::version::parse(&version) {
+                        return Err(ClientError::Usage(format!(
+                            "{version:?} is not a semantic version such as 1.4.2: {e}"
+                        ))
+                        .into());
+                    }
                     let v = ApiClient::new(&api)?
                         .call(
                             Method::PUT,
@@ -573,14 +783,11 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                     (api, v)
                 }
             };
-            if api.output == "json" {
-                print_json(&v)?;
-            } else {
-                match v.get("version").and_then(Value::as_str) {
+            api.output
+                .emit(&v, |v| match v.get("version").and_then(Value::as_str) {
                     Some(version) => println!("desired gateway version: {version}"),
                     None => println!("no desired gateway version is set; self-update leaves gateways as they are"),
-                }
-            }
+                })?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -5,12 +5,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::commands::FilterArgs;
-use super::print::{print_json, print_table, s};
+use super::exit::ClientError;
+use super::print::{print_table, s};
 use super::{ApiArgs, ApiClient, enc};
 
 /// API token subcommands.
@@ -93,28 +93,24 @@ pub async fn api_token(cmd: ApiTokenCommand) -> anyhow::Result<ExitCode> {
             let v = ApiClient::new(&api)?
                 .call(Method::POST, "/api/v1/api-tokens", Some(body))
                 .await?;
-            if api.output == "json" {
-                print_json(&v)?;
-            } else {
-                println!("token:    {}", s(&v, "token"));
-                println!("id:       {}", s(&v, "id"));
-                println!("name:     {}", s(&v, "name"));
-                println!("role:     {}", s(&v, "role"));
-                println!("expires:  {}", s(&v, "expiresAt"));
+            api.output.emit(&v, |v| {
+                println!("token:    {}", s(v, "token"));
+                println!("id:       {}", s(v, "id"));
+                println!("name:     {}", s(v, "name"));
+                println!("role:     {}", s(v, "role"));
+                println!("expires:  {}", s(v, "expiresAt"));
                 println!("\nStore the token now: the hub keeps only its hash and cannot show it again.");
                 println!(
                     "Use it as `Authorization: Bearer <token>`, with --admin-token, or to log in on the status page."
                 );
-            }
+            })?;
         }
         ApiTokenCommand::List(api) => {
             let v = ApiClient::new(&api)?
                 .call(Method::GET, "/api/v1/api-tokens", None)
                 .await?;
-            if api.output == "json" {
-                print_json(&v)?;
-            } else {
-                let rows: Vec<Vec<String>> = items(&v)
+            api.output.emit(&v, |v| {
+                let rows: Vec<Vec<String>> = items(v)
                     .iter()
                     .map(|t| {
                         ["id", "name", "role", "state", "createdAt", "expiresAt", "lastUsedAt"]
@@ -127,13 +123,16 @@ pub async fn api_token(cmd: ApiTokenCommand) -> anyhow::Result<ExitCode> {
                     &["ID", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST USED"],
                     &rows,
                 );
-            }
+            })?;
         }
         ApiTokenCommand::Revoke { api, id } => {
             ApiClient::new(&api)?
                 .call(Method::DELETE, &format!("/api/v1/api-tokens/{}", enc(&id)), None)
                 .await?;
-            println!("revoked API token {id}");
+            api.output
+                .emit(&serde_json::json!({ "id": id, "revoked": true }), |_| {
+                    println!("revoked API token {id}")
+                })?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -231,7 +230,13 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
                     .ok()
                     .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
                     .unwrap_or(text);
-                bail!("hub API {} /api/v1/events: {msg}", status.as_u16());
+                return Err(ClientError::Refused {
+                    status: status.as_u16(),
+                    path: "/api/v1/events".into(),
+                    message: msg,
+                    code: None,
+                }
+                .into());
             }
             Err(e) => {
                 let wait = backoff.next_delay();
@@ -253,22 +258,14 @@ pub async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
                 };
                 match e.get("type").and_then(Value::as_str) {
                     Some("heartbeat") => continue,
-                    Some("error") => bail!("{}", s(&e, "error")),
+                    Some("error") => anyhow::bail!("{}", s(&e, "error")),
                     _ => {}
                 }
                 if let Some(id) = e.get("id").and_then(Value::as_i64) {
                     since = Some(id);
                 }
-                {
-                    use std::io::Write;
-                    let text = if a.api.output == "json" {
-                        e.to_string()
-                    } else {
-                        event_line(&e)
-                    };
-                    if writeln!(std::io::stdout().lock(), "{text}").is_err() {
-                        return Ok(ExitCode::SUCCESS);
-                    }
+                if !a.api.output.emit_line(&e, event_line) {
+                    return Ok(ExitCode::SUCCESS);
                 }
                 printed += 1;
                 if a.max.is_some_and(|m| printed >= m) {
@@ -288,7 +285,11 @@ pub async fn timeline(a: TimelineArgs) -> anyhow::Result<ExitCode> {
             let (ns, name) = app
                 .split_once('/')
                 .filter(|(n, m)| !n.is_empty() && !m.is_empty())
-                .context("give the application as namespace/name, for example argocd/guestbook")?;
+                .ok_or_else(|| {
+                    ClientError::Usage(format!(
+                        "{app:?}: give the application as namespace/name, for example argocd/guestbook"
+                    ))
+                })?;
             format!(
                 "/api/v1/gateways/{}/applications/{}/{}/timeline",
                 enc(&a.gateway),
@@ -306,10 +307,8 @@ pub async fn timeline(a: TimelineArgs) -> anyhow::Result<ExitCode> {
     let v = ApiClient::new(&a.api)?
         .call(reqwest::Method::GET, &format!("{base}?{}", q.finish()), None)
         .await?;
-    if a.api.output == "json" {
-        print_json(&v)?;
-    } else {
-        let rows: Vec<Vec<String>> = items(&v)
+    a.api.output.emit(&v, |v| {
+        let rows: Vec<Vec<String>> = items(v)
             .iter()
             .map(|p| {
                 let revision: String = s(p, "revision").chars().take(12).collect();
@@ -336,6 +335,6 @@ pub async fn timeline(a: TimelineArgs) -> anyhow::Result<ExitCode> {
             ],
             &rows,
         );
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
 }

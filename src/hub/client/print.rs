@@ -1,7 +1,70 @@
-//! How the API client commands print: aligned tables for people, JSON for scripts. A closed
-//! pipe (`| head`) ends the output, never the process with a panic.
+//! How the API client commands print: aligned tables for people, the API's answer as JSON or
+//! YAML for scripts (`-o`). A closed pipe (`| head`) ends the output, never the process with a
+//! panic.
 
 use serde_json::Value;
+
+/// The `-o` formats every client command honours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns (or a short summary) for people.
+    #[default]
+    Table,
+    /// The hub API's answer as pretty JSON.
+    Json,
+    /// The hub API's answer as YAML.
+    Yaml,
+}
+
+impl Output {
+    /// Prints `v` as JSON or YAML, or calls `table` to print it for people.
+    pub fn emit(self, v: &Value, table: impl FnOnce(&Value)) -> anyhow::Result<()> {
+        match self {
+            Output::Table => {
+                table(v);
+                Ok(())
+            }
+            Output::Json => print_json(v),
+            Output::Yaml => print_yaml(v),
+        }
+    }
+
+    /// Prints one item of a stream (the change feed): JSON one object per line, YAML one
+    /// document per item, or `line` for people.
+    pub fn emit_line(self, v: &Value, line: impl FnOnce(&Value) -> String) -> bool {
+        let text = match self {
+            Output::Table => line(v),
+            Output::Json => v.to_string(),
+            Output::Yaml => format!("---\n{}", to_yaml(v).trim_end()),
+        };
+        use std::io::Write;
+        writeln!(std::io::stdout().lock(), "{text}").is_ok()
+    }
+}
+
+fn to_yaml(v: &Value) -> String {
+    // A serde_json::Value always serialises; the fallback only keeps this total.
+    serde_norway::to_string(v).unwrap_or_else(|e| format!("# cannot render as YAML: {e}\n"))
+}
+
+/// Prints YAML.
+pub fn print_yaml(v: &Value) -> anyhow::Result<()> {
+    use std::io::Write;
+    let _ = write!(std::io::stdout().lock(), "{}", to_yaml(v));
+    Ok(())
+}
+
+/// Prints `field: value` lines, aligned, for one object shown to people.
+pub fn print_fields(fields: &[(&str, String)]) {
+    use std::io::Write;
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = std::io::stdout().lock();
+    for (k, v) in fields {
+        if writeln!(out, "{:<width$} {v}", format!("{k}:")).is_err() {
+            return;
+        }
+    }
+}
 
 /// A field as a table cell: strings as they are, arrays joined with commas, missing as `-`.
 pub fn s(v: &Value, k: &str) -> String {

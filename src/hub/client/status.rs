@@ -9,8 +9,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::print::print_json;
-use super::{ApiArgs, ApiClient, enc};
+use super::exit;
+use super::print::Output;
+use super::{ApiArgs, ApiClient, CALL_TIMEOUT, WAIT_MARGIN, enc};
 
 /// How often `--wait` asks the hub.
 const POLL: Duration = Duration::from_secs(1);
@@ -55,7 +56,7 @@ fn verdict(v: &Value) -> ExitCode {
     match failed(v) {
         Some((title, message)) => {
             eprintln!("install step failed: {title}: {message}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::FAILED)
         }
         None => ExitCode::SUCCESS,
     }
@@ -72,36 +73,46 @@ pub async fn token_status(
     let path = format!("/api/v1/registration-tokens/{}", enc(id));
     let first = client.call(Method::GET, &path, None).await?;
     if !wait {
-        if api.output == "json" {
-            print_json(&first)?;
-        } else {
-            println!("registration {id} ({})", text(&first, "name"));
-            for step in steps(&first) {
+        api.output.emit(&first, |v| {
+            println!("registration {id} ({})", text(v, "name"));
+            for step in steps(v) {
                 println!("{}", line(&step));
             }
-        }
+        })?;
         return Ok(verdict(&first));
     }
     let deadline = tokio::time::Instant::now() + timeout;
     // Each step is printed once it is no longer pending, and again if its state changes.
     let mut shown: HashMap<String, String> = HashMap::new();
     let mut current = first;
-    println!("waiting for registration {id} ({})", text(&current, "name"));
+    // With -o json|yaml, stdout carries only the final answer; the progress goes to stderr.
+    let table = api.output == Output::Table;
+    let say = |text: String| {
+        if table {
+            println!("{text}");
+        } else {
+            eprintln!("{text}");
+        }
+    };
+    let last = |v: &Value| api.output.emit(v, |_| {});
+    say(format!("waiting for registration {id} ({})", text(&current, "name")));
     loop {
         for step in steps(&current) {
             let name = text(&step, "step");
             let state = text(&step, "state");
             if state != "pending" && shown.get(&name) != Some(&state) {
-                println!("{}", line(&step));
+                say(line(&step));
                 shown.insert(name, state);
             }
         }
         if let Some((title, message)) = failed(&current) {
+            last(&current)?;
             eprintln!("install step failed: {title}: {message}");
-            return Ok(ExitCode::FAILURE);
+            return Ok(ExitCode::from(exit::FAILED));
         }
         if complete(&current) {
-            println!("the gateway is installed, connected and healthy");
+            last(&current)?;
+            say("the gateway is installed, connected and healthy".into());
             return Ok(ExitCode::SUCCESS);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -110,13 +121,18 @@ pub async fn token_status(
                 .find(|s| text(s, "state") == "pending")
                 .map(|s| line(&s))
                 .unwrap_or_default();
+            last(&current)?;
             eprintln!(
                 "gave up after {}: still {waiting} (flag --timeout)",
                 humantime::format_duration(timeout)
             );
-            return Ok(ExitCode::from(2));
+            return Ok(ExitCode::from(exit::TIMEOUT));
         }
         tokio::time::sleep(POLL).await;
-        current = client.call(Method::GET, &path, None).await?;
+        // A hub that stops answering must not hold the command past its own --timeout.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        current = client
+            .call_for(Method::GET, &path, None, CALL_TIMEOUT.min(left + WAIT_MARGIN))
+            .await?;
     }
 }

@@ -266,11 +266,13 @@ fn line_text(v: &Value) -> Option<String> {
 
 /// The exit code of a final result.
 fn exit_code(result: &str) -> ExitCode {
-    match result {
-        "Deployed" => ExitCode::SUCCESS,
-        "Failed" => ExitCode::from(1),
-        _ => ExitCode::from(2),
-    }
+    use super::exit::{FAILED, OK, TIMEOUT};
+    ExitCode::from(match result {
+        "Deployed" => OK,
+        "Timeout" => TIMEOUT,
+        // Failed, Overwritten: what was committed is not what runs.
+        _ => FAILED,
+    })
 }
 
 fn print_result(v: &Value) {
@@ -299,11 +301,14 @@ pub async fn wait(a: WaitArgs) -> anyhow::Result<ExitCode> {
     let resp = client
         .request(reqwest::Method::POST, &format!("{path}?format=ndjson"))
         // The answer streams for as long as the wait lasts; the client's usual limit would cut it.
-        .timeout(a.timeout + Duration::from_secs(60))
+        .timeout(a.timeout + super::WAIT_MARGIN)
         .json(&body)
         .send()
         .await
-        .with_context(|| format!("cannot reach the hub API at {} (flag --hub-api)", a.api.hub_api))?;
+        .map_err(|e| super::exit::ClientError::Unreachable {
+            base: a.api.hub_api.clone(),
+            detail: e.to_string(),
+        })?;
     let status = resp.status();
     if !status.is_success() {
         let text = resp.text().await.unwrap_or_default();
@@ -313,13 +318,20 @@ pub async fn wait(a: WaitArgs) -> anyhow::Result<ExitCode> {
             .and_then(Value::as_str)
             .map(str::to_owned)
             .unwrap_or(text);
-        if v.get("code").and_then(Value::as_str) == Some("count_mismatch") {
+        let code = v.get("code").and_then(Value::as_str).map(str::to_owned);
+        if code.as_deref() == Some("count_mismatch") {
             eprintln!("{msg}");
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(super::exit::FAILED));
         }
-        bail!("hub API {} {path}: {msg}", status.as_u16());
+        return Err(super::exit::ClientError::Refused {
+            status: status.as_u16(),
+            path,
+            message: msg,
+            code,
+        }
+        .into());
     }
-    let json_out = a.api.output == "json";
+    let output = a.api.output;
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -330,19 +342,23 @@ pub async fn wait(a: WaitArgs) -> anyhow::Result<ExitCode> {
             let Ok(v) = serde_json::from_slice::<Value>(&line) else {
                 continue;
             };
-            if json_out {
-                println!("{v}");
+            // Every line as it comes for json and yaml; for people, progress lines and the
+            // verdict table.
+            if output != super::print::Output::Table {
+                output.emit_line(&v, |_| String::new());
             }
             match v.get("type").and_then(Value::as_str) {
                 Some("result") => {
-                    if !json_out {
+                    if output == super::print::Output::Table {
                         print_result(&v);
                     }
                     return Ok(exit_code(&s(&v, "result")));
                 }
                 Some("error") => bail!("the hub ended the wait: {}", s(&v, "error")),
                 _ => {
-                    if !json_out && let Some(text) = line_text(&v) {
+                    if output == super::print::Output::Table
+                        && let Some(text) = line_text(&v)
+                    {
                         println!("{text}");
                     }
                 }
