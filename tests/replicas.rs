@@ -274,8 +274,11 @@ struct Gw {
 impl Gw {
     async fn start(hub_url: &str, token: &str, fingerprint: &str, apps: usize) -> Gw {
         let dir = tempfile::tempdir().unwrap();
+        // Syncs run to their end like Argo CD's controller runs them (the operation succeeds
+        // and the revision lands, then the rollout turns Healthy): a wait judges operations.
         let sim = Simulator::start(SimOptions {
             tls: SimTls::Plaintext,
+            sync_step: Some(Duration::from_millis(300)),
             ..Default::default()
         })
         .await
@@ -452,6 +455,19 @@ async fn requests_waits_logs_and_revocation_reach_a_gateway_on_another_replica()
         serde_json::from_str::<Value>(&sync.body).unwrap()["revision"],
         "0123abcd"
     );
+    // The sync runs to its end at Argo CD, and replica 1 sees its outcome: the operation
+    // Succeeded at the revision asked for, the application Synced and Healthy there.
+    wait_for("replica 1 sees the sync it was asked for succeed", || async {
+        let (status, a) = fleet.api(1, Method::GET, &app, None).await;
+        status == 200
+            && a["operation"]["phase"] == "Succeeded"
+            && a["sync"]["revision"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("0123abcd"))
+            && a["sync"]["status"] == "Synced"
+            && a["health"]["status"] == "Healthy"
+    })
+    .await;
 
     // Logs: a streamed answer, in pieces through both replicas.
     let (status, logs) = fleet
