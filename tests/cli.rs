@@ -176,7 +176,7 @@ async fn wait_longer_than_a_minute_succeeds_when_the_app_turns_healthy() {
     let healthy_at = healthy_at.await.unwrap();
     assert_eq!(code(&out), Some(0), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("Synced: argocd/app-00002"),
+        String::from_utf8_lossy(&out.stdout).contains("result: Deployed"),
         "{}",
         text(&out)
     );
@@ -196,7 +196,7 @@ async fn exit_codes_are_the_documented_ones() {
     let help_text = String::from_utf8_lossy(&help.stdout).into_owned();
     for line in [
         "0    done",
-        "1    `wait`: the sync operation Failed",
+        "1    `wait`: Failed or Overwritten",
         "2    `wait`",
         "3    the hub answered",
         "4    the hub API could not",
@@ -215,7 +215,7 @@ async fn exit_codes_are_the_documented_ones() {
     let out = env.hub(&["wait", &gw, "argocd/app-00000", "--timeout", "2s"]).await;
     assert_eq!(code(&out), Some(2), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("Timeout:"),
+        String::from_utf8_lossy(&out.stdout).contains("result: Timeout"),
         "{}",
         text(&out)
     );
@@ -226,12 +226,12 @@ async fn exit_codes_are_the_documented_ones() {
     let out = env.hub(&["wait", &gw, "argocd/app-00000", "--timeout", "30s"]).await;
     assert_eq!(code(&out), Some(1), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("Failed:"),
+        String::from_utf8_lossy(&out.stdout).contains("result: Failed"),
         "{}",
         text(&out)
     );
 
-    // 0: Synced and Healthy.
+    // 0: Deployed (Synced and Healthy, no operation running).
     let out = env.hub(&["wait", &gw, "argocd/app-00001", "--timeout", "30s"]).await;
     assert_eq!(code(&out), Some(0), "{}", text(&out));
 
@@ -438,6 +438,9 @@ async fn sync_to_a_revision_then_wait_for_it_single_and_multi_source() {
             "argocd/app-00003",
             "--revision",
             &commit[..12],
+            // Both sources are now at revisions with this prefix: the wait names its source.
+            "--source-position",
+            "1",
             "--timeout",
             "60s",
         ])

@@ -76,7 +76,7 @@ fn check(line: &str, out: &Output, gateway_id: &str, apps: usize) {
         ),
         "sync" => assert!(stdout.contains("sync of"), "{line}\n{stdout}"),
         "wait" => {
-            assert!(stdout.starts_with("Synced: "), "{line}\n{stdout}");
+            assert!(stdout.contains("result: Deployed"), "{line}\n{stdout}");
             if line.contains("&& echo deployed") {
                 assert!(stdout.trim_end().ends_with("deployed"), "{line}\n{stdout}");
             }

@@ -4,10 +4,11 @@
 
 use std::process::ExitCode;
 
-/// The command did what was asked; `wait`: the application is Synced and Healthy (at the
-/// revision); `token status --wait`: the install is complete.
+/// The command did what was asked; `wait`: every application is Deployed (Synced and Healthy
+/// at the revision, operation finished); `token status --wait`: the install is complete.
 pub const OK: u8 = 0;
-/// `wait`: the application's operation failed; `token status`: an install step failed.
+/// `wait`: an application Failed or was Overwritten, or the count was wrong; `token status`:
+/// an install step failed.
 pub const FAILED: u8 = 1;
 /// `wait`, `token status --wait`: the timeout passed first.
 pub const TIMEOUT: u8 = 2;
@@ -23,8 +24,9 @@ pub const INTERRUPTED: u8 = crate::cli::EXIT_ABORTED;
 /// The exit codes as `--help` shows them.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0    done; `wait`: Synced and Healthy (at --revision); `token status --wait`: installed
-  1    `wait`: the sync operation Failed; `token status`: an install step failed
+  0    done; `wait`: every application Deployed; `token status --wait`: installed
+  1    `wait`: Failed or Overwritten, or not --expect-count applications; `token status`:
+       an install step failed
   2    `wait`, `token status --wait`: --timeout passed first
   3    the hub answered with an error (not found, forbidden, gateway disconnected, …)
   4    the hub API could not be reached or did not answer (flag --hub-api)

@@ -296,7 +296,8 @@ fn print_result(v: &Value) {
 
 /// Runs `hub wait`.
 pub async fn wait(a: WaitArgs) -> anyhow::Result<ExitCode> {
-    let (path, body) = request(&a)?;
+    // Everything `request` refuses is the command line's fault.
+    let (path, body) = request(&a).map_err(|e| super::exit::ClientError::Usage(format!("{e:#}")))?;
     let client = ApiClient::new(&a.api)?;
     let resp = client
         .request(reqwest::Method::POST, &format!("{path}?format=ndjson"))
@@ -342,16 +343,11 @@ pub async fn wait(a: WaitArgs) -> anyhow::Result<ExitCode> {
             let Ok(v) = serde_json::from_slice::<Value>(&line) else {
                 continue;
             };
-            // Every line as it comes for json and yaml; for people, progress lines and the
-            // verdict table.
-            if output != super::print::Output::Table {
-                output.emit_line(&v, |_| String::new());
-            }
             match v.get("type").and_then(Value::as_str) {
                 Some("result") => {
-                    if output == super::print::Output::Table {
-                        print_result(&v);
-                    }
+                    // For people: the verdict table after the progress lines; for scripts
+                    // (-o json|yaml): the result alone, one document (the API streams the rest).
+                    output.emit(&v, print_result)?;
                     return Ok(exit_code(&s(&v, "result")));
                 }
                 Some("error") => bail!("the hub ended the wait: {}", s(&v, "error")),
