@@ -315,8 +315,12 @@ async fn main() {
         "swarm: {gateways} gateways registered and connected in {:.1?}",
         registering.elapsed()
     );
-    // Settled: every gateway's state stored (its snapshot acknowledged).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Settled: every gateway's state stored (its snapshot acknowledged), and every session
+    // older than the tunnel's STABLE_SESSION (5 s), as sessions are when a replica dies in
+    // production. A session that breaks within 5 s of opening waits out its backoff on purpose
+    // (a hub that accepts and drops must not cause a tight loop), which killing 3 s after the
+    // connect rush measured instead of the failover.
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let holders = api.holders(replicas[0].http).await;
     let on = |id: &str| holders.values().filter(|h| h.as_str() == id).count();
     let victim = if on(&ids[0]) >= on(&ids[1]) { 0 } else { 1 };
