@@ -49,5 +49,5 @@ def test_renders_with_set_and_set_file_values(tmp_path):
 def test_values_the_schema_refuses_fail_with_the_engines_message():
     out = template("prod")
     assert out.returncode == 1
-    assert "an Argo CD token is required" in out.stderr, out.stderr
+    assert "an Argo CD credential is required" in out.stderr, out.stderr
     assert out.stdout == ""
