@@ -17,6 +17,8 @@
 //!
 //! `cargo bench --bench hub` (optionally `-- GATEWAYS APPS_PER_GATEWAY`, default 1000 and 10).
 
+#[path = "../tests/support/ports.rs"]
+mod ports;
 mod support;
 
 use std::collections::BTreeMap;
@@ -31,6 +33,7 @@ use argocd_gateway::relay::source::app_entity;
 use argocd_gateway::relay::{Entity, EntityKey, Kind};
 use argocd_gateway::tunnel::{self, Attachments, RunArgs, TunnelStatus};
 use clap::Parser;
+use ports::free_port;
 use serde_json::{Value, json};
 use support::{process_cpu, real_sized_app, status_mib};
 use tokio::sync::watch;
@@ -40,13 +43,6 @@ use tokio_util::sync::CancellationToken;
 const RATE: u32 = 500;
 /// Changes per cost-per-change phase.
 const CHANGES: usize = 5_000;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A gateway's applications, as the relay reads them: entities made by the gateway's own
 /// model from Argo CD JSON.

@@ -18,6 +18,8 @@
 
 #[path = "../tests/support/balancer.rs"]
 mod balancer;
+#[path = "../tests/support/ports.rs"]
+mod ports;
 #[path = "../tests/support/postgres.rs"]
 mod postgres;
 mod support;
@@ -33,16 +35,10 @@ use argocd_gateway::relay::{Entity, Kind};
 use argocd_gateway::simulator::{SimOptions, SimTls, Simulator, TokenSpec};
 use argocd_gateway::tunnel::{Attachments, RunArgs, TunnelStatus};
 use clap::Parser;
+use ports::free_port;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// One `hub serve` process.
 struct Replica {

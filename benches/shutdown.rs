@@ -4,6 +4,8 @@
 //! drained). Repeated with fresh gateways; prints the median and the worst against the target.
 //! `cargo bench --bench shutdown` (ROUNDS=n for more rounds).
 
+#[path = "../tests/support/ports.rs"]
+mod ports;
 #[path = "../tests/support/procs.rs"]
 mod procs;
 

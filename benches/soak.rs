@@ -6,12 +6,15 @@
 //!
 //! `cargo bench --bench soak` (optionally `-- ROUNDS APPS`, default 100 and 200).
 
+#[path = "../tests/support/ports.rs"]
+mod ports;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use argocd_gateway::hub::{self, Hub, ServeArgs};
 use argocd_gateway::simulator::{SimHandle, SimOptions, SimTls, Simulator, TokenSpec};
 use clap::Parser;
+use ports::free_port;
 use rand::Rng;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -20,13 +23,6 @@ use tokio_util::sync::CancellationToken;
 struct RunCli {
     #[command(flatten)]
     args: argocd_gateway::daemon::DaemonArgs,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn serve_args(dir: &std::path::Path, grpc: u16, http: u16) -> ServeArgs {

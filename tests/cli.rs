@@ -3,6 +3,8 @@
 //! table|json|yaml`, a `wait` longer than an ordinary call may take, and syncs of single- and
 //! multi-source applications to a revision.
 
+#[path = "support/ports.rs"]
+mod ports;
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -11,6 +13,7 @@ use argocd_gateway::daemon::{DaemonArgs, DaemonError};
 use argocd_gateway::hub::{self, Hub, ServeArgs};
 use argocd_gateway::simulator::{SimHandle, SimOptions, SimTls, Simulator, TokenSpec};
 use clap::Parser;
+use ports::free_port;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -21,13 +24,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_argocd-gateway");
 struct RunCli {
     #[command(flatten)]
     args: DaemonArgs,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// A hub, a simulated Argo CD whose syncs run like the controller's, and a connected gateway.

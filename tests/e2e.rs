@@ -2,6 +2,8 @@
 //! hub → its HTTP API. Expectations are computed from the simulator's raw Argo CD JSON by this
 //! file's own mapping, never through the gateway's model types.
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/postgres.rs"]
 mod postgres;
 
@@ -13,6 +15,7 @@ use argocd_gateway::daemon::{DaemonArgs, DaemonError};
 use argocd_gateway::hub::{self, Hub, ServeArgs};
 use argocd_gateway::simulator::{SimHandle, SimOptions, SimTls, Simulator, TokenSpec};
 use clap::Parser;
+use ports::free_port;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -26,13 +29,6 @@ const WAIT: Duration = Duration::from_secs(45);
 struct RunCli {
     #[command(flatten)]
     args: DaemonArgs,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn serve_args(dir: &Path, grpc_port: u16, http_port: u16) -> ServeArgs {

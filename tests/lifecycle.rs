@@ -5,6 +5,8 @@
 //! work; pending registrations that expire; deregistration on uninstall; install progress;
 //! trusting a self-signed certificate; and self-update holding when Argo CD manages it.
 
+#[path = "support/ports.rs"]
+mod ports;
 // Shared with tests/kube.rs; this binary uses part of it.
 #[allow(dead_code)]
 #[path = "support/fake_api.rs"]

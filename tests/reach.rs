@@ -4,6 +4,8 @@
 //! previous protocol version). In-process hub and gateway over real TLS or plaintext gRPC;
 //! expectations come from the simulator's raw JSON, never the gateway's model types.
 
+#[path = "support/ports.rs"]
+mod ports;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use argocd_gateway::daemon::{DaemonArgs, DaemonError};
 use argocd_gateway::hub::{self, Hub, ServeArgs};
 use argocd_gateway::simulator::{SimHandle, SimOptions, SimTls, Simulator, TokenSpec, objects};
 use clap::Parser;
+use ports::free_port;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -26,13 +29,6 @@ const WAIT: Duration = Duration::from_secs(20);
 struct RunCli {
     #[command(flatten)]
     args: DaemonArgs,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 struct Gateway {

@@ -9,6 +9,8 @@
 
 #[path = "support/balancer.rs"]
 mod balancer;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/postgres.rs"]
 mod postgres;
 
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 use argocd_gateway::daemon::{DaemonArgs, DaemonError};
 use argocd_gateway::simulator::{SimHandle, SimOptions, SimTls, Simulator, TokenSpec};
 use clap::Parser;
+use ports::free_port;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -27,13 +30,6 @@ use tokio_util::sync::CancellationToken;
 
 /// The bound on every wait: generous, for a busy machine; the behaviour is what is asserted.
 const WAIT: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// One `hub serve` process.
 struct Replica {

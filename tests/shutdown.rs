@@ -3,6 +3,8 @@
 //! it; `cargo bench --bench shutdown` prints the real figure against its 1 s target. Its log,
 //! written to a file, has no escape codes even with a terminal type set.
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/procs.rs"]
 mod procs;
 

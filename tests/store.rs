@@ -1,6 +1,8 @@
 //! The hub's store interface, one behaviour for both implementations: every test here runs
 //! against the embedded SQLite file and against a real PostgreSQL server started for it.
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/postgres.rs"]
 mod postgres;
 

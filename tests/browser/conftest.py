@@ -1,6 +1,7 @@
 """Fixtures of the browser tests: a real hub, Argo CD simulator and gateway as processes, and a
 headless Chromium driven through Debian's chromedriver. Run through tests/browser/run.sh."""
 
+import itertools
 import json
 import os
 import shutil
@@ -27,7 +28,28 @@ WEB_URL = "https://argocd.example.test/"
 WAIT = 60
 
 
+_NEXT_PORT = itertools.count()
+
+
 def free_port():
+    """A free port below the kernel's ephemeral range (see tests/support/ports.rs for why)."""
+    low, high = 10_000, 32_768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            high = min(high, int(f.read().split()[0]))
+    except (OSError, ValueError, IndexError):
+        pass
+    span = high - low
+    if span > 1_000:
+        offset = (os.getpid() * 7_919) % span
+        for _ in range(span):
+            port = low + (offset + next(_NEXT_PORT)) % span
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -21,6 +21,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::fake_api::FakeApi;
+pub use crate::ports::free_port;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_argocd-gateway");
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -30,13 +31,6 @@ const COMMAND_WAIT: Duration = Duration::from_secs(300);
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// The chart tests' Python with the Helm engine (tests/chart/venv.sh makes it once).

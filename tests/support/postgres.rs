@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+use crate::ports::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -126,13 +127,6 @@ fn template() -> &'static Path {
         }
         path.join("data")
     })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 impl Postgres {
