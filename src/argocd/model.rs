@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use compact_str::CompactString;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -196,17 +197,17 @@ fn annotations<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Strin
 #[serde(default)]
 struct WireSource {
     #[serde(rename = "repoURL", deserialize_with = "nd")]
-    repo_url: String,
+    repo_url: CompactString,
     #[serde(deserialize_with = "nd")]
-    path: String,
+    path: CompactString,
     #[serde(deserialize_with = "nd")]
-    chart: String,
+    chart: CompactString,
     #[serde(rename = "targetRevision", deserialize_with = "nd")]
-    target_revision: String,
+    target_revision: CompactString,
     #[serde(rename = "ref", deserialize_with = "nd")]
-    reference: String,
+    reference: CompactString,
     #[serde(deserialize_with = "nd")]
-    name: String,
+    name: CompactString,
 }
 
 impl From<WireSource> for Source {
@@ -226,11 +227,11 @@ impl From<WireSource> for Source {
 #[serde(default)]
 struct WireDestination {
     #[serde(deserialize_with = "nd")]
-    server: String,
+    server: CompactString,
     #[serde(deserialize_with = "nd")]
-    name: String,
+    name: CompactString,
     #[serde(deserialize_with = "nd")]
-    namespace: String,
+    namespace: CompactString,
 }
 
 #[derive(Deserialize, Default)]
@@ -297,14 +298,14 @@ struct WireSync {
 struct WireHealth {
     status: HealthStatusCode,
     #[serde(deserialize_with = "nd")]
-    message: String,
+    message: CompactString,
 }
 
 impl From<String> for WireHealth {
     fn from(status: String) -> Self {
         Self {
             status: HealthStatusCode::parse(&status),
-            message: String::new(),
+            message: CompactString::default(),
         }
     }
 }
@@ -350,23 +351,23 @@ struct WireOperationSpec {
 #[serde(default)]
 struct WireResourceResult {
     #[serde(deserialize_with = "nd")]
-    group: String,
+    group: CompactString,
     #[serde(deserialize_with = "nd")]
-    kind: String,
+    kind: CompactString,
     #[serde(deserialize_with = "nd")]
-    namespace: String,
+    namespace: CompactString,
     #[serde(deserialize_with = "nd")]
-    name: String,
+    name: CompactString,
     #[serde(deserialize_with = "nd")]
-    status: String,
+    status: CompactString,
     #[serde(deserialize_with = "nd")]
     message: String,
     #[serde(rename = "hookType", deserialize_with = "nd")]
-    hook_type: String,
+    hook_type: CompactString,
     #[serde(rename = "hookPhase", deserialize_with = "nd")]
-    hook_phase: String,
+    hook_phase: CompactString,
     #[serde(rename = "syncPhase", deserialize_with = "nd")]
-    sync_phase: String,
+    sync_phase: CompactString,
 }
 
 #[derive(Deserialize, Default)]
@@ -413,15 +414,21 @@ fn progress(results: Vec<WireResourceResult>, resources: &[WireResource]) -> Opt
     let mut running_wave: Option<i64> = None;
     let mut highest_wave: Option<i64> = None;
     let mut running_phase = None;
-    let mut last_phase = String::new();
+    let mut last_phase = CompactString::default();
     for r in results {
         let wave = wave_of(&r);
         let phase_key = if r.hook_phase.is_empty() {
-            "Pending".to_owned()
+            "Pending"
         } else {
-            r.hook_phase.clone()
+            &r.hook_phase
         };
-        *p.phases.entry(phase_key).or_default() += 1;
+        // Looked up before inserting: a key is allocated once per phase, not once per task.
+        match p.phases.get_mut(phase_key) {
+            Some(n) => *n += 1,
+            None => {
+                p.phases.insert(phase_key.to_owned(), 1);
+            }
+        }
         if let Some(w) = wave {
             highest_wave = Some(highest_wave.map_or(w, |h| h.max(w)));
         }
@@ -480,15 +487,15 @@ struct WireOperationState {
 #[serde(default)]
 struct WireResource {
     #[serde(deserialize_with = "nd")]
-    group: String,
+    group: CompactString,
     #[serde(deserialize_with = "nd")]
-    version: String,
+    version: CompactString,
     #[serde(deserialize_with = "nd")]
-    kind: String,
+    kind: CompactString,
     #[serde(deserialize_with = "nd")]
-    namespace: String,
+    namespace: CompactString,
     #[serde(deserialize_with = "nd")]
-    name: String,
+    name: CompactString,
     status: SyncStatusCode,
     #[serde(deserialize_with = "lenient")]
     health: Option<WireHealth>,
@@ -1171,8 +1178,8 @@ impl From<WireAppSet> for DecodedAppSet {
                     .into_iter()
                     .filter(|r| r.kind == "Application" || r.kind.is_empty())
                     .map(|r| OwnedApplication {
-                        namespace: r.namespace,
-                        name: r.name,
+                        namespace: r.namespace.into(),
+                        name: r.name.into(),
                         status: r.status,
                         health: r.health.map(Health::from),
                     })

@@ -46,7 +46,7 @@ impl Status {
         };
         Self {
             health: app.health.status.as_str().to_owned(),
-            health_message: app.health.message.clone(),
+            health_message: app.health.message.to_string(),
             sync: app.sync.status.as_str().to_owned(),
             revision,
             operation_phase,

@@ -324,7 +324,7 @@ pub fn progress_text(op: &Operation) -> String {
     if let Some(p) = &op.progress {
         let mut where_ = vec![];
         if !p.sync_phase.is_empty() {
-            where_.push(p.sync_phase.clone());
+            where_.push(p.sync_phase.to_string());
         }
         if let Some(w) = p.wave {
             where_.push(format!("wave {w}"));

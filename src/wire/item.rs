@@ -64,6 +64,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Generates a string-backed status enum that keeps unknown values verbatim.
@@ -173,19 +174,19 @@ status_enum! {
 pub struct Source {
     /// Git or Helm repository URL.
     #[serde(rename = "repoURL")]
-    pub repo_url: String,
+    pub repo_url: CompactString,
     /// Directory within a Git repository.
-    pub path: String,
+    pub path: CompactString,
     /// Helm chart name (Helm repositories).
-    pub chart: String,
+    pub chart: CompactString,
     /// Branch, tag, commit or chart version to deploy.
     #[serde(rename = "targetRevision")]
-    pub target_revision: String,
+    pub target_revision: CompactString,
     /// Reference name used by other sources (`$ref/...`).
     #[serde(rename = "ref")]
-    pub reference: String,
+    pub reference: CompactString,
     /// Optional name of the source (Argo CD 2.14+).
-    pub name: String,
+    pub name: CompactString,
 }
 
 /// Where the application deploys to.
@@ -193,11 +194,11 @@ pub struct Source {
 #[serde(default)]
 pub struct Destination {
     /// API server URL of the target cluster.
-    pub server: String,
+    pub server: CompactString,
     /// Name of the target cluster (alternative to `server`).
-    pub name: String,
+    pub name: CompactString,
     /// Target namespace.
-    pub namespace: String,
+    pub namespace: CompactString,
 }
 
 /// Sync status and the revision(s) it was compared against.
@@ -219,7 +220,7 @@ pub struct Health {
     /// Healthy, Progressing, Degraded, Suspended, Missing or Unknown.
     pub status: HealthStatusCode,
     /// Human-readable detail, often empty.
-    pub message: String,
+    pub message: CompactString,
 }
 
 /// The last or current operation (sync) of an application.
@@ -257,7 +258,7 @@ pub struct OperationProgress {
     /// Tasks of the sync result counted by hook phase (`Running`, `Succeeded`, `Failed`, …).
     pub phases: BTreeMap<String, u32>,
     /// The sync phase of the running tasks, else of the last one: PreSync, Sync, PostSync, SyncFail.
-    pub sync_phase: String,
+    pub sync_phase: CompactString,
     /// The lowest sync wave with a running task, else the highest wave reached.
     pub wave: Option<i64>,
     /// Every hook task (capped at [`MAX_PROGRESS_TASKS`]).
@@ -271,21 +272,21 @@ pub struct OperationProgress {
 #[serde(default, rename_all = "camelCase")]
 pub struct SyncTask {
     /// API group.
-    pub group: String,
+    pub group: CompactString,
     /// Kind.
-    pub kind: String,
+    pub kind: CompactString,
     /// Namespace.
-    pub namespace: String,
+    pub namespace: CompactString,
     /// Name.
-    pub name: String,
+    pub name: CompactString,
     /// PreSync, Sync, PostSync, SyncFail, Skip; empty for a resource that is not a hook.
-    pub hook_type: String,
+    pub hook_type: CompactString,
     /// Running, Succeeded, Failed, Error, Terminating.
-    pub hook_phase: String,
+    pub hook_phase: CompactString,
     /// Synced, SyncFailed, Pruned, PruneSkipped (empty for hooks).
-    pub status: String,
+    pub status: CompactString,
     /// The sync phase it ran in.
-    pub sync_phase: String,
+    pub sync_phase: CompactString,
     /// Its sync wave, when Argo CD lists it among the application's resources.
     pub wave: Option<i64>,
     /// Argo CD's message, e.g. why a hook failed.
@@ -328,15 +329,15 @@ pub const MAX_HISTORY: usize = 10;
 #[serde(default)]
 pub struct ResourceState {
     /// API group (empty for the core group).
-    pub group: String,
+    pub group: CompactString,
     /// API version.
-    pub version: String,
+    pub version: CompactString,
     /// Kind.
-    pub kind: String,
+    pub kind: CompactString,
     /// Namespace (empty for cluster-scoped resources).
-    pub namespace: String,
+    pub namespace: CompactString,
     /// Name.
-    pub name: String,
+    pub name: CompactString,
     /// Sync status of this resource.
     pub status: SyncStatusCode,
     /// Health of this resource; absent when Argo CD does not report it (e.g. 3.x lists).
