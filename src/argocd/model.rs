@@ -621,8 +621,8 @@ impl From<WireApplication> for DecodedApp {
                 namespace: metadata.namespace,
                 name: metadata.name,
                 project,
-                annotations: metadata.annotations,
-                labels: metadata.labels,
+                annotations: metadata.annotations.into_iter().collect(),
+                labels: metadata.labels.into_iter().collect(),
                 sources,
                 destination: Destination {
                     server: spec.destination.server,
@@ -1614,7 +1614,7 @@ mod tests {
         .unwrap()
         .app;
         assert_eq!(app.annotations.len(), 1, "{:?}", app.annotations);
-        assert_eq!(app.annotations["team"], "x");
+        assert_eq!(app.annotations.get("team"), Some("x"));
     }
 
     #[test]

@@ -67,6 +67,110 @@ use std::fmt;
 use compact_str::CompactString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// A small string map (labels, annotations) kept as one sorted vector of inline strings.
+///
+/// Why not a `BTreeMap`: a B-tree allocates a node for eleven entries even for one, about
+/// 550 bytes, and an application carries two such maps of one to three entries; with 10,000
+/// applications in memory that was 11 MB on the gateway and again on the hub. Lookups are a
+/// binary search. On the wire it is a JSON object, as before.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct StrMap(Vec<(CompactString, CompactString)>);
+
+impl StrMap {
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.position(key).ok().map(|i| self.0[i].1.as_str())
+    }
+
+    /// Whether `key` is present.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.position(key).is_ok()
+    }
+
+    /// Sets `key` to `value`, replacing an earlier value.
+    pub fn insert(&mut self, key: impl Into<CompactString>, value: impl Into<CompactString>) {
+        let key = key.into();
+        match self.position(&key) {
+            Ok(i) => self.0[i].1 = value.into(),
+            Err(i) => self.0.insert(i, (key, value.into())),
+        }
+    }
+
+    /// Removes `key`; returns whether it was present.
+    pub fn remove(&mut self, key: &str) -> bool {
+        match self.position(key) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The entries, sorted by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn position(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+}
+
+impl<K: Into<CompactString>, V: Into<CompactString>> FromIterator<(K, V)> for StrMap {
+    /// Sorted by key in O(n log n) whatever the input order; of a key given twice, the last wins.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut entries: Vec<(CompactString, CompactString)> =
+            iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        // Stable, so of equal keys the later stays later; dedup keeps the first of a run,
+        // hence the reverse around it.
+        entries.reverse();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|later, earlier| later.0 == earlier.0);
+        entries.shrink_to_fit();
+        StrMap(entries)
+    }
+}
+
+impl Serialize for StrMap {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for StrMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = StrMap;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StrMap, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<CompactString, CompactString>()? {
+                    entries.push(entry);
+                }
+                Ok(entries.into_iter().collect())
+            }
+            fn visit_unit<E>(self) -> Result<StrMap, E> {
+                Ok(StrMap::default())
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
 /// Generates a string-backed status enum that keeps unknown values verbatim.
 macro_rules! status_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
@@ -380,9 +484,9 @@ pub struct Application {
     /// AppProject (`default` when the spec leaves it empty).
     pub project: String,
     /// Object annotations.
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: StrMap,
     /// Object labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: StrMap,
     /// Sources (`spec.sources`, or `spec.source` as a single entry).
     pub sources: Vec<Source>,
     /// Deployment target.
@@ -660,4 +764,56 @@ pub struct Project {
     /// Set on a stub sent instead of an item too large to relay.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub too_large: Option<TooLarge>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_string_map_reads_any_order_keeps_the_last_of_a_repeated_key_and_writes_an_object() {
+        let map: StrMap = serde_json::from_str(r#"{"tier":"web","app":"a","tier":"db","b":""}"#).unwrap();
+        assert_eq!(map.len(), 3);
+        assert_eq!(map.get("tier"), Some("db"));
+        assert_eq!(map.get("b"), Some(""));
+        assert_eq!(map.get("missing"), None);
+        assert_eq!(
+            map.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["app", "b", "tier"],
+            "entries are sorted by key"
+        );
+        assert_eq!(
+            serde_json::to_string(&map).unwrap(),
+            r#"{"app":"a","b":"","tier":"db"}"#
+        );
+        let none: StrMap = serde_json::from_str("null").unwrap();
+        assert!(none.is_empty());
+        assert!(
+            serde_json::from_str::<StrMap>(r#"{"a":1}"#).is_err(),
+            "a non-string value is an error"
+        );
+    }
+
+    #[test]
+    fn a_string_map_inserts_and_removes_in_order() {
+        let mut map = StrMap::default();
+        map.insert("b", "2");
+        map.insert("a", "1");
+        map.insert("b", "3");
+        assert_eq!(map.iter().collect::<Vec<_>>(), [("a", "1"), ("b", "3")]);
+        assert!(map.contains_key("a"));
+        assert!(map.remove("a"));
+        assert!(!map.remove("a"));
+        assert_eq!(map.len(), 1);
+    }
+
+    #[test]
+    fn an_application_with_labels_round_trips_unchanged() {
+        let json = serde_json::json!({"namespace": "argocd", "name": "a", "labels": {"team": "x", "app": "y"},
+                                      "annotations": {"note": "n"}});
+        let app: Application = serde_json::from_value(json).unwrap();
+        let back = serde_json::to_value(&app).unwrap();
+        assert_eq!(back["labels"], serde_json::json!({"app": "y", "team": "x"}));
+        assert_eq!(back["annotations"], serde_json::json!({"note": "n"}));
+    }
 }

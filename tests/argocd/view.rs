@@ -182,7 +182,7 @@ async fn filters_and_project_tokens() {
     within(view.wait_synced()).await;
     let want: Vec<AppKey> = truth(&env.sim)
         .into_values()
-        .filter(|a| a.project != "default" && a.labels.get("tier").map(String::as_str) == Some("web"))
+        .filter(|a| a.project != "default" && a.labels.get("tier") == Some("web"))
         .map(|a| a.key())
         .collect();
     assert!(!want.is_empty());

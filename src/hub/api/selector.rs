@@ -158,7 +158,7 @@ impl Matcher {
     /// asks it of an application's previous state, so a watcher of Degraded applications also
     /// learns when one recovers).
     pub fn matches_as(&self, app: &Application, health: &str, sync: &str) -> bool {
-        let label = |k: &str| app.labels.get(k).map(String::as_str);
+        let label = |k: &str| app.labels.get(k);
         let ok_selector = self.selector.iter().all(|r| match r {
             Req::Eq(k, v) => label(k) == Some(v.as_str()),
             Req::Ne(k, v) => label(k) != Some(v.as_str()),
@@ -170,7 +170,7 @@ impl Matcher {
         let ok_annotations = self
             .annotations
             .iter()
-            .all(|(k, v)| app.annotations.get(k).map(String::as_str) == Some(v.as_str()));
+            .all(|(k, v)| app.annotations.get(k) == Some(v.as_str()));
         let eq_ci = |want: &Option<String>, got: &str| want.as_ref().is_none_or(|w| got.eq_ignore_ascii_case(w));
         ok_selector
             && ok_annotations
