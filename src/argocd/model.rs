@@ -1570,7 +1570,7 @@ mod tests {
             "status":{"sync":{"status":"Drifting","revisions":null},"health":{"status":null},
             "resources":[{"kind":"Pod","name":"x","health":null,"status":"Synced"}],"conditions":null}}"#;
         let d = decode_application(json).unwrap();
-        assert_eq!(d.app.sync.status, SyncStatusCode::Other("Drifting".into()));
+        assert_eq!(d.app.sync.status, SyncStatusCode::parse("Drifting"));
         assert_eq!(d.app.health.status, HealthStatusCode::Empty);
         assert_eq!(d.app.project, "default");
         assert_eq!(d.app.sources.len(), 1);

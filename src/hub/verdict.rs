@@ -144,7 +144,7 @@ pub fn named_sources(app: &Application, source: &SourceRef) -> Result<Vec<usize>
                 .sources
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| &s.name == name)
+                .filter(|(_, s)| s.name == name)
                 .map(|(i, _)| i)
                 .collect();
             if found.is_empty() {
