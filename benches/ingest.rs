@@ -105,7 +105,9 @@ fn main() {
     ])
     .expect("flags");
     let config = ArgoCdConfig::from_args(&flags.argocd, vec![]).expect("config");
+    let sim_seen = sim.clone();
     let lists = std::thread::spawn(move || {
+        let sim = sim_seen;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -118,18 +120,33 @@ fn main() {
                 ViewOptions::default(),
                 cancel.clone(),
             );
-            let mut status = view.status_watch();
+            // A list is done when the next one is asked for: the view polls again only a poll
+            // interval after it has applied a list. Counting the simulator's application list
+            // requests keeps the other loops' polls (clusters, ApplicationSets, projects), which
+            // also move the view's status, out of the marks.
+            let app_lists = || {
+                sim.requests()
+                    .iter()
+                    .filter(|r| r.method == "GET" && r.path == "/api/v1/applications")
+                    .count()
+            };
+            let status = view.status_watch();
             let mut marks = vec![];
-            let mut last = None;
-            // One mark per completed application list (the cluster list completes once, first
-            // or early, and is tiny).
+            let mut seen = 0;
             while marks.len() < RELISTS + 1 {
-                let _ = status.changed().await;
-                let s = status.borrow_and_update().clone();
-                if s.apps_synced && s.last_success != last {
-                    last = s.last_success;
-                    marks.push(thread_cpu());
+                let now = app_lists();
+                if now > seen {
+                    seen = now;
+                    // Request n started: list n - 1 is done. Before the view holds every
+                    // application (its first list, and the full objects it fetches for list
+                    // items without per-resource health) a new request marks nothing: the
+                    // first list is everything until then.
+                    let synced = status.borrow().apps_synced && view.application_count() == apps;
+                    if synced {
+                        marks.push(thread_cpu());
+                    }
                 }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             assert_eq!(view.application_count(), apps, "every application is in the view");
             cancel.cancel();
