@@ -142,9 +142,38 @@ pub fn unix_ms_now() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
+/// An RFC 3339 UTC time with exactly three fractional digits.
+///
+/// A fixed width keeps the text sortable: `Timestamp`'s own `Display` drops a zero fraction, so
+/// `…:01Z` would sort after `…:01.5Z` although it is earlier, and API clients compare these as text.
+pub fn rfc3339_ms(t: jiff::Timestamp) -> String {
+    format!("{t:.3}")
+}
+
+/// [`rfc3339_ms`] for Unix milliseconds; empty when out of range.
+pub fn rfc3339_from_ms(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(rfc3339_ms)
+        .unwrap_or_default()
+}
+
+/// [`rfc3339_ms`] for now.
+pub fn rfc3339_now() -> String {
+    rfc3339_ms(jiff::Timestamp::now())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_have_a_fixed_width_and_sort_as_text() {
+        assert_eq!(rfc3339_from_ms(1_000), "1970-01-01T00:00:01.000Z");
+        assert_eq!(rfc3339_from_ms(1_500), "1970-01-01T00:00:01.500Z");
+        assert_eq!(rfc3339_from_ms(5), "1970-01-01T00:00:00.005Z");
+        assert!(rfc3339_from_ms(1_000) < rfc3339_from_ms(1_001));
+        assert_eq!(rfc3339_now().len(), "1970-01-01T00:00:00.000Z".len());
+    }
 
     #[test]
     fn durations() {

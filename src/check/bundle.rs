@@ -29,7 +29,7 @@ pub async fn write(args: &CheckArgs, report: &Report, path: &Path) -> std::io::R
 /// The bundle as JSON.
 pub async fn build(args: &CheckArgs, report: &Report) -> Value {
     json!({
-        "generatedAt": jiff::Timestamp::now().to_string(),
+        "generatedAt": crate::util::rfc3339_now(),
         "version": {
             "gateway": crate::VERSION,
             "protocol": crate::wire::PROTOCOL_VERSION,

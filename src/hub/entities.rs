@@ -89,7 +89,7 @@ impl Refusals {
         self.recent.push_back(Refusal {
             key: key.chars().take(256).collect(),
             reason,
-            at: jiff::Timestamp::now().to_string(),
+            at: crate::util::rfc3339_now(),
         });
     }
 }

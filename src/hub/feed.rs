@@ -203,12 +203,6 @@ fn now_ms() -> i64 {
     crate::util::unix_ms_now()
 }
 
-fn rfc3339_ms(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
-
 /// An application as the feed serves it: the relayed item plus its gateway.
 pub fn app_json(app: &Application, gateway_id: &str) -> Value {
     let mut v = serde_json::to_value(app).unwrap_or(Value::Null);
@@ -426,7 +420,7 @@ fn app_event(gateway_id: &str, at_ms: i64, change: &AppChange, points: &mut Vec<
     };
     let mut body = Map::new();
     body.insert("type".into(), json!(kind.as_str()));
-    body.insert("at".into(), json!(rfc3339_ms(at_ms)));
+    body.insert("at".into(), json!(crate::util::rfc3339_from_ms(at_ms)));
     body.insert("gatewayId".into(), json!(gateway_id));
     body.insert("key".into(), json!(change.key));
     let mut previous = None;
@@ -466,7 +460,7 @@ fn app_event(gateway_id: &str, at_ms: i64, change: &AppChange, points: &mut Vec<
 fn gateway_event(gateway_id: &str, at_ms: i64, kind: EventKind, extra: Map<String, Value>) -> Pending {
     let mut body = Map::new();
     body.insert("type".into(), json!(kind.as_str()));
-    body.insert("at".into(), json!(rfc3339_ms(at_ms)));
+    body.insert("at".into(), json!(crate::util::rfc3339_from_ms(at_ms)));
     body.insert("gatewayId".into(), json!(gateway_id));
     body.extend(extra);
     let json = Value::Object(body).to_string();

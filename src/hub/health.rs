@@ -44,7 +44,7 @@ pub async fn run_health_check(state: &HubState, id: &str) -> Result<Value, Reque
     {
         o.insert("hubRoundTripMillis".into(), json!(rtt));
     }
-    let checked_at = jiff::Timestamp::now().to_string();
+    let checked_at = crate::util::rfc3339_now();
     if let Some(o) = result.as_object_mut() {
         o.insert("checkedAt".into(), json!(checked_at));
     }

@@ -115,10 +115,7 @@ pub fn point(
 pub fn to_json(row: &TimelineRow) -> serde_json::Value {
     let mut v = serde_json::to_value(row).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
-        let at = jiff::Timestamp::from_millisecond(row.at_ms)
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        o.insert("at".into(), at.into());
+        o.insert("at".into(), crate::util::rfc3339_from_ms(row.at_ms).into());
         o.insert("id".into(), row.id.into());
         if let Some((namespace, name)) = row.app.split_once('/') {
             o.insert("namespace".into(), namespace.into());

@@ -273,7 +273,7 @@ pub(super) async fn events(
                 Frame::Event(e, summary) => format!("{}\n", if summary { &e.summary } else { &e.full }),
                 Frame::Heartbeat => format!(
                     "{}\n",
-                    serde_json::json!({"type": "heartbeat", "at": jiff::Timestamp::now().to_string()})
+                    serde_json::json!({"type": "heartbeat", "at": crate::util::rfc3339_now()})
                 ),
                 Frame::Gone(message) => format!(
                     "{}\n",

@@ -416,7 +416,7 @@ struct Waiter {
 }
 
 fn now_text() -> String {
-    jiff::Timestamp::now().to_string()
+    crate::util::rfc3339_now()
 }
 
 /// The state an evaluation depends on: Argo CD's revision and the live state's signs.
