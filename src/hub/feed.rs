@@ -203,15 +203,6 @@ fn now_ms() -> i64 {
     crate::util::unix_ms_now()
 }
 
-/// An application as the feed serves it: the relayed item plus its gateway.
-pub fn app_json(app: &Application, gateway_id: &str) -> Value {
-    let mut v = serde_json::to_value(app).unwrap_or(Value::Null);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("gatewayId".into(), json!(gateway_id));
-    }
-    v
-}
-
 /// The summary of an application's JSON: the same without the resource list and images (with
 /// their count instead), for lists and live views of many applications.
 pub fn summarize(mut app: Value) -> Value {
@@ -222,6 +213,117 @@ pub fn summarize(mut app: Value) -> Value {
         o.insert("resourceCount".into(), json!(count));
     }
     app
+}
+
+/// [`summarize`] of the feed's application JSON, serialised straight from the typed item: every field but
+/// the resources and images, borrowed. The feed writes one of these per change, so it goes
+/// through no `Value` (a test keeps its fields equal to [`summarize`]'s).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AppSummary<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    project: &'a str,
+    annotations: &'a crate::wire::item::StrMap,
+    labels: &'a crate::wire::item::StrMap,
+    sources: &'a [crate::wire::item::Source],
+    destination: &'a crate::wire::item::Destination,
+    sync: &'a crate::wire::item::SyncState,
+    health: &'a crate::wire::item::Health,
+    operation: &'a Option<crate::wire::item::Operation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync_policy: &'a Option<crate::wire::item::SyncPolicy>,
+    history: &'a [crate::wire::item::HistoryEntry],
+    reconciled_at: &'a Option<jiff::Timestamp>,
+    conditions: &'a [crate::wire::item::Condition],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    application_set: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    undecodable: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    too_large: &'a Option<crate::wire::item::TooLarge>,
+    resource_count: usize,
+    gateway_id: &'a str,
+}
+
+impl<'a> AppSummary<'a> {
+    fn of(app: &'a Application, gateway_id: &'a str) -> Self {
+        // Destructured, so a field added to the item fails to compile here until it is
+        // placed in the summary or left out on purpose.
+        let Application {
+            namespace,
+            name,
+            project,
+            annotations,
+            labels,
+            sources,
+            destination,
+            sync,
+            health,
+            operation,
+            sync_policy,
+            history,
+            reconciled_at,
+            resources,
+            images: _,
+            conditions,
+            application_set,
+            undecodable,
+            too_large,
+        } = app;
+        AppSummary {
+            namespace,
+            name,
+            project,
+            annotations,
+            labels,
+            sources,
+            destination,
+            sync,
+            health,
+            operation,
+            sync_policy,
+            history,
+            reconciled_at,
+            conditions,
+            application_set,
+            undecodable,
+            too_large,
+            resource_count: resources.len(),
+            gateway_id,
+        }
+    }
+}
+
+/// An application as the feed serves it: the relayed item plus `gatewayId` (`summary`: as
+/// [`summarize`] makes it), without a `Value` in between.
+fn app_text(app: &Application, gateway_id: &str, summary: bool) -> String {
+    let text = if summary {
+        serde_json::to_string(&AppSummary::of(app, gateway_id))
+    } else {
+        serde_json::to_string(app).map(|mut s| {
+            // The item is a JSON object: its closing brace makes room for the gateway.
+            s.pop();
+            s.push_str(",\"gatewayId\":");
+            s.push_str(&Value::from(gateway_id).to_string());
+            s.push('}');
+            s
+        })
+    };
+    // Serialising a struct of strings, numbers and maps into a String cannot fail.
+    text.unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// An event body (a JSON object's text) with `application` added as JSON text.
+fn with_application(mut body: String, app: &str) -> String {
+    body.pop();
+    if body.len() > 1 {
+        body.push(',');
+    }
+    body.push_str("\"application\":");
+    body.push_str(app);
+    body.push('}');
+    body
 }
 
 /// Puts the id first into an event body serialised without one.
@@ -366,24 +468,37 @@ impl Feed {
 
 /// An event read back from the store.
 fn stored_event(row: FeedEventRow) -> Option<Event> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct Previous {
+        #[serde(default)]
+        health: String,
+        #[serde(default)]
+        sync: String,
+    }
     let kind = EventKind::parse(&row.event.kind)?;
-    let body: Value = serde_json::from_str(&row.event.json).ok()?;
-    let app = body
+    // Borrowed raw parts: only the application is decoded, once, into the typed item.
+    let parts: std::collections::BTreeMap<String, &RawValue> = serde_json::from_str(&row.event.json).ok()?;
+    let app = parts
         .get("application")
-        .and_then(|a| serde_json::from_value::<Application>(a.clone()).ok())
+        .and_then(|a| serde_json::from_str::<Application>(a.get()).ok())
         .map(Arc::new);
-    let previous = body.get("previous").map(|p| {
-        let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-        (s("health"), s("sync"))
-    });
-    let summary = if kind.is_application() {
-        let mut b = body.clone();
-        if let Some(a) = b.get_mut("application") {
-            *a = summarize(a.take());
+    let previous = parts
+        .get("previous")
+        .and_then(|p| serde_json::from_str::<Previous>(p.get()).ok())
+        .map(|p| (p.health, p.sync));
+    let summary = match &app {
+        Some(a) if kind.is_application() => {
+            // The stored body with its application replaced by the summary, as served live.
+            let rest: std::collections::BTreeMap<&str, &RawValue> = parts
+                .iter()
+                .filter(|(k, _)| *k != "application")
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect();
+            let rest = serde_json::to_string(&rest).ok()?;
+            with_id(row.id, &with_application(rest, &app_text(a, &row.event.gateway_id, true)))
         }
-        with_id(row.id, &b.to_string())
-    } else {
-        with_id(row.id, &row.event.json)
+        _ => with_id(row.id, &row.event.json),
     };
     Some(Event {
         id: row.id,
@@ -436,10 +551,9 @@ fn app_event(gateway_id: &str, at_ms: i64, change: &AppChange, points: &mut Vec<
             previous = Some((s.health, s.sync));
         }
     }
-    let full_app = app_json(&app, gateway_id);
-    let mut summary = body.clone();
-    summary.insert("application".into(), summarize(full_app.clone()));
-    body.insert("application".into(), full_app);
+    let body = Value::Object(body).to_string();
+    let full = with_application(body.clone(), &app_text(&app, gateway_id, false));
+    let summary = with_application(body, &app_text(&app, gateway_id, true));
     if let Some(p) = point {
         points.push(p);
     }
@@ -448,9 +562,9 @@ fn app_event(gateway_id: &str, at_ms: i64, change: &AppChange, points: &mut Vec<
             at_ms,
             kind: kind.as_str().to_owned(),
             gateway_id: gateway_id.to_owned(),
-            json: Value::Object(body).to_string(),
+            json: full,
         },
-        summary: Value::Object(summary).to_string(),
+        summary,
         kind,
         app: Some(app),
         previous,
@@ -646,6 +760,78 @@ mod tests {
             s,
             json!({"name": "a", "resourceCount": 2, "health": {"status": "Healthy"}})
         );
+    }
+
+    /// An application as the feed serves it, by way of `Value`: the reference for [`app_text`].
+    fn app_json(app: &Application, gateway_id: &str) -> Value {
+        let mut v = serde_json::to_value(app).unwrap();
+        v.as_object_mut().unwrap().insert("gatewayId".into(), json!(gateway_id));
+        v
+    }
+
+    /// An application with every optional part filled, as a gateway relays it.
+    fn full_app() -> Application {
+        Application {
+            name: "guestbook".into(),
+            namespace: "argocd".into(),
+            project: "default".into(),
+            labels: [("team".to_owned(), "a".to_owned())].into_iter().collect(),
+            annotations: [("note".to_owned(), "é \"quoted\"".to_owned())].into_iter().collect(),
+            sources: vec![Default::default()],
+            history: vec![Default::default()],
+            conditions: vec![Default::default()],
+            reconciled_at: Some(jiff::Timestamp::UNIX_EPOCH),
+            resources: vec![Default::default(), Default::default()],
+            images: vec!["nginx:1".into()],
+            application_set: Some("set".into()),
+            undecodable: Some("bad".into()),
+            too_large: Some(Default::default()),
+            sync_policy: Some(Default::default()),
+            operation: Some(Default::default()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn typed_texts_equal_the_value_forms() {
+        let app = full_app();
+        let full: Value = serde_json::from_str(&app_text(&app, "gw-\"1", false)).unwrap();
+        assert_eq!(full, app_json(&app, "gw-\"1"));
+        let summary: Value = serde_json::from_str(&app_text(&app, "gw-\"1", true)).unwrap();
+        assert_eq!(summary, summarize(app_json(&app, "gw-\"1")));
+        assert_eq!(summary["resourceCount"], 2);
+        // And with every optional part absent.
+        let bare = Application::default();
+        let summary: Value = serde_json::from_str(&app_text(&bare, "g", true)).unwrap();
+        assert_eq!(summary, summarize(app_json(&bare, "g")));
+        assert_eq!(with_application("{}".into(), "1"), r#"{"application":1}"#);
+        assert_eq!(with_application(r#"{"a":2}"#.into(), "1"), r#"{"a":2,"application":1}"#);
+    }
+
+    #[test]
+    fn a_stored_event_replays_as_it_was_served_live() {
+        let app = Arc::new(full_app());
+        let mut points = vec![];
+        let change = AppChange {
+            key: "argocd/guestbook".into(),
+            before: Some(Arc::new(Application::default())),
+            after: Some(app.clone()),
+        };
+        let p = app_event("gw-1", 5, &change, &mut points).unwrap();
+        let row = FeedEventRow {
+            id: 9,
+            event: p.stored.clone(),
+        };
+        let replayed = stored_event(row).unwrap();
+        let live_full: Value = serde_json::from_str(&with_id(9, &p.stored.json)).unwrap();
+        let live_summary: Value = serde_json::from_str(&with_id(9, &p.summary)).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&replayed.full).unwrap(), live_full);
+        assert_eq!(serde_json::from_str::<Value>(&replayed.summary).unwrap(), live_summary);
+        assert_eq!(live_summary["application"]["resourceCount"], 2);
+        assert!(live_summary["application"].get("resources").is_none());
+        assert_eq!(live_full["application"]["gatewayId"], "gw-1");
+        assert_eq!(replayed.app.as_deref(), Some(&*app));
+        assert_eq!(replayed.previous, p.previous);
     }
 
     #[tokio::test]
