@@ -496,7 +496,10 @@ fn stored_event(row: FeedEventRow) -> Option<Event> {
                 .map(|(k, v)| (k.as_str(), *v))
                 .collect();
             let rest = serde_json::to_string(&rest).ok()?;
-            with_id(row.id, &with_application(rest, &app_text(a, &row.event.gateway_id, true)))
+            with_id(
+                row.id,
+                &with_application(rest, &app_text(a, &row.event.gateway_id, true)),
+            )
         }
         _ => with_id(row.id, &row.event.json),
     };
