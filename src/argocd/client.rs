@@ -1136,7 +1136,9 @@ impl Client {
                 .feed(&chunk, &mut |piece| match piece {
                     Piece::Meta(raw) => resource_version = model::decode_list_meta(raw),
                     Piece::Item(raw) => {
-                        sink.item(model::decode_list_item::<K>(raw, index));
+                        if !sink.known(raw) {
+                            sink.item(model::decode_list_item::<K>(raw, index));
+                        }
                         index += 1;
                     }
                 })
@@ -1408,6 +1410,12 @@ fn app_from_body(bytes: &[u8]) -> Result<DecodedApp, ArgoCdError> {
 
 /// Receives a list's items as they arrive.
 pub trait ListSink<T> {
+    /// Offered an item's raw JSON before it is decoded: true when the sink already holds
+    /// exactly these bytes, so decoding them again would change nothing (then no
+    /// [`ListSink::item`] follows for them). By default nothing is known.
+    fn known(&mut self, _raw: &[u8]) -> bool {
+        false
+    }
     /// One item, decoded or skipped.
     fn item(&mut self, item: ListItem<T>);
     /// The list is being read again from the start (a retry after a transient failure): what

@@ -26,4 +26,4 @@ pub use config::{ArgoCdArgs, ArgoCdConfig, AuthSource, ConfigError, TlsMode};
 pub use error::{ArgoCdError, Permission};
 pub use model::{AppKey, Application, ApplicationSet, Cluster, Project};
 pub use token::Claims;
-pub use view::{Snapshot, View, ViewEvent, ViewHandle, ViewOptions, ViewStatus};
+pub use view::{ListFigures, Snapshot, View, ViewEvent, ViewHandle, ViewOptions, ViewStatus};

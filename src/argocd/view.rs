@@ -38,8 +38,8 @@ use tokio_util::task::TaskTracker;
 use super::client::{AppQuery, AppRef, Client, ListSink};
 use super::error::ArgoCdError;
 use super::model::{
-    AppKey, Application, ApplicationSet, Cluster, DecodedApp, DecodedAppSet, ListItem, ObjectId, Project, Skipped,
-    WatchEventType,
+    AppKey, Application, ApplicationSet, Applications, Cluster, DecodedApp, DecodedAppSet, ListItem, ListKind,
+    ObjectId, Project, Skipped, WatchEventType,
 };
 use crate::util::Backoff;
 
@@ -109,6 +109,17 @@ pub struct ViewStatus {
     pub last_error: Option<ArgoCdError>,
     /// When a list last succeeded.
     pub last_success: Option<jiff::Timestamp>,
+    /// What the last complete application list carried.
+    pub last_app_list: ListFigures,
+}
+
+/// What one application list carried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListFigures {
+    /// Items in the list.
+    pub items: usize,
+    /// Items byte for byte as the view last decoded them, so not decoded again.
+    pub unchanged: usize,
 }
 
 impl ViewStatus {
@@ -151,6 +162,13 @@ struct Entry {
     /// The list pass that last carried it: after a list, its scope's entries from older passes
     /// are gone from Argo CD.
     listed: u64,
+    /// Hash of the raw list item this entry was last decoded from, while nothing newer was
+    /// applied (0: none). A later list item with the same bytes is the same object at the same
+    /// resourceVersion, so it is not decoded again: an unchanged re-list costs a hash and a
+    /// partial parse per item instead of a full decode.
+    raw: u64,
+    /// That list item came without per-resource health (Argo CD 3.x).
+    raw_health_in_tree: bool,
 }
 
 /// A Kubernetes resourceVersion as a number (they are etcd revisions in practice); `None` when
@@ -188,6 +206,9 @@ struct Shared {
     status: watch::Sender<ViewStatus>,
     scope_count: RwLock<usize>,
     filter: Filter,
+    /// Keys for [`Entry::raw`], random per process so that nobody can craft an object whose
+    /// bytes hash like another version's.
+    raw_hasher: std::hash::RandomState,
 }
 
 #[derive(Clone, Debug)]
@@ -243,6 +264,7 @@ impl View {
                 projects: client.config().projects.clone(),
                 app_namespaces: client.config().app_namespaces.clone(),
             },
+            raw_hasher: std::hash::RandomState::new(),
         });
         let tracker = TaskTracker::new();
         {
@@ -423,6 +445,10 @@ impl Shared {
         let rv = rv_number(&decoded.resource_version);
         match st.apps.get_mut(&key) {
             Some(e) if *e.app == app => {
+                if rv.is_none() || e.rv != rv {
+                    // Another version of the object: the last list item's bytes are not it.
+                    e.raw = 0;
+                }
                 e.scope = scope;
                 e.full_rv = full_rv;
                 e.complete = !stale;
@@ -439,6 +465,8 @@ impl Shared {
                         complete: !stale,
                         rv,
                         listed: 0,
+                        raw: 0,
+                        raw_health_in_tree: false,
                     },
                 );
                 self.emit(ViewEvent::AppUpsert(app));
@@ -471,6 +499,8 @@ impl Shared {
             unidentified: 0,
             health_in_tree: false,
             listed: 0,
+            unchanged: 0,
+            raw: 0,
         }
     }
 
@@ -513,8 +543,12 @@ impl Shared {
     /// Keeps an application's last known state, marked with why its latest could not be read.
     fn mark_undecodable_locked(&self, st: &mut State, scope: usize, key: AppKey, project: &str, reason: String) {
         match st.apps.get_mut(&key) {
-            Some(e) if e.app.undecodable.as_deref() == Some(reason.as_str()) => e.scope = scope,
+            Some(e) if e.app.undecodable.as_deref() == Some(reason.as_str()) => {
+                e.scope = scope;
+                e.raw = 0;
+            }
             Some(e) => {
+                e.raw = 0;
                 let mut app = (*e.app).clone();
                 app.undecodable = Some(reason);
                 let app = Arc::new(app);
@@ -539,6 +573,8 @@ impl Shared {
                         complete: true,
                         rv: None,
                         listed: 0,
+                        raw: 0,
+                        raw_health_in_tree: false,
                     },
                 );
                 self.emit(ViewEvent::AppUpsert(app));
@@ -846,12 +882,44 @@ struct ListPass {
     unidentified: usize,
     health_in_tree: bool,
     listed: usize,
+    unchanged: usize,
+    /// [`Entry::raw`] of the item offered last to [`ListSink::known`] (0: none).
+    raw: u64,
 }
 
 impl ListSink<DecodedApp> for ListPass {
+    fn known(&mut self, raw: &[u8]) -> bool {
+        let shared = &self.shared;
+        // Never 0, which marks an entry without one.
+        let hash = std::hash::BuildHasher::hash_one(&shared.raw_hasher, raw) | 1;
+        self.raw = hash;
+        let Some(id) = Applications::identify(raw) else {
+            return false;
+        };
+        let key = AppKey::new(&id.namespace, &id.name);
+        let mut st = shared.write();
+        let Some(e) = st.apps.get_mut(&key) else {
+            return false;
+        };
+        if e.raw != hash || e.scope != self.scope {
+            return false;
+        }
+        // What applying the item again would do: it was admitted, changes nothing, is listed.
+        e.listed = self.pass;
+        self.listed += 1;
+        self.unchanged += 1;
+        self.health_in_tree |= e.raw_health_in_tree;
+        if !e.complete {
+            let project = Some(e.app.project.clone());
+            self.stale.push(AppRef { key, project });
+        }
+        true
+    }
+
     fn item(&mut self, item: ListItem<DecodedApp>) {
         let shared = &self.shared;
         let scope_name = self.scope_name.as_deref();
+        let raw = std::mem::take(&mut self.raw);
         match item {
             ListItem::Decoded(d) => {
                 self.listed += 1;
@@ -861,10 +929,13 @@ impl ListSink<DecodedApp> for ListPass {
                 }
                 let key = d.app.key();
                 let project = d.app.project.clone();
+                let in_tree = d.resource_health_in_tree;
                 let mut st = shared.write();
                 let stale = shared.upsert_locked(&mut st, self.scope, d, true);
                 if let Some(e) = st.apps.get_mut(&key) {
                     e.listed = self.pass;
+                    e.raw = raw;
+                    e.raw_health_in_tree = in_tree;
                 }
                 drop(st);
                 if stale {
@@ -899,6 +970,8 @@ impl ListSink<DecodedApp> for ListPass {
         self.unidentified = 0;
         self.health_in_tree = false;
         self.listed = 0;
+        self.unchanged = 0;
+        self.raw = 0;
     }
 }
 
@@ -1065,7 +1138,12 @@ async fn app_loop(
         let (health_in_tree, stale, listed) = match listed {
             Ok(resource_version) => {
                 let (health_in_tree, listed) = (pass.health_in_tree, pass.listed);
+                let figures = ListFigures {
+                    items: pass.listed,
+                    unchanged: pass.unchanged,
+                };
                 let stale = shared.finish_list(pass, &resource_version);
+                shared.status.send_modify(|s| s.last_app_list = figures);
                 shared.record_ok(&loop_name);
                 list_backoff.reset();
                 last_rv = Some(resource_version).filter(|rv| !rv.is_empty());

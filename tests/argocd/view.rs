@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use argocd_gateway::argocd::model::{HealthStatusCode, decode_application};
-use argocd_gateway::argocd::{AppKey, Application, View, ViewEvent, ViewHandle, ViewOptions};
+use argocd_gateway::argocd::{AppKey, Application, ListFigures, View, ViewEvent, ViewHandle, ViewOptions};
 use argocd_gateway::simulator::{SimHandle, SimTls, TokenSpec};
 use serde_json::json;
 use tokio::sync::broadcast;
@@ -86,6 +86,8 @@ async fn view_syncs_and_emits_only_real_changes() {
     let lists = list_count(&env.sim);
     eventually("three more re-lists", || list_count(&env.sim) >= lists + 3).await;
     assert_eq!(drain(&mut rx), vec![], "re-lists of unchanged state emit nothing");
+    // And decode nothing again: every item is byte for byte what the view last decoded.
+    assert_eq!(view.status().last_app_list, ListFigures { items: 5, unchanged: 5 });
 
     env.sim.delete_app("argocd", "app-00001");
     eventually("delete seen", || {
@@ -124,6 +126,13 @@ async fn three_x_relists_keep_resource_health() {
     let evs = drain(&mut rx);
     assert_eq!(evs.len(), 1, "only the watch change, no flapping on re-list: {evs:?}");
     assert_eq!(seen(&view), truth(&env.sim));
+    // Unchanged items are not decoded again, and skipping them keeps the health the list lacks.
+    eventually("a re-list that decodes nothing", || {
+        view.status().last_app_list == ListFigures { items: 3, unchanged: 3 }
+    })
+    .await;
+    assert_eq!(seen(&view), truth(&env.sim));
+    assert_eq!(drain(&mut rx), vec![]);
     cancel.cancel();
 }
 
