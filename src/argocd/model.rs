@@ -910,6 +910,72 @@ impl ListKind for Clusters {
     }
 }
 
+/// The key of an application's raw JSON, read from the first fields of its `metadata` only
+/// (Argo CD writes `metadata` first, with `name` and `namespace` at its start), so finding it
+/// costs a small fraction of a parse. Only a hint for a lookup: whatever it returns, the caller
+/// still compares the whole item's bytes. `None` when it cannot be read.
+pub fn quick_app_key(raw: &[u8]) -> Option<AppKey> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+    use std::borrow::Cow;
+
+    #[derive(Default)]
+    struct Found {
+        name: Option<String>,
+        namespace: Option<String>,
+    }
+    struct Top<'a>(&'a mut Found);
+    struct Meta<'a>(&'a mut Found);
+    impl<'de> Visitor<'de> for Top<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                if k == "metadata" {
+                    // Stopping here leaves the rest unread: the parse ends in an error that the
+                    // caller ignores, having what it came for.
+                    return map.next_value_seed(Meta(self.0));
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Meta<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Meta<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("metadata")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                match &*k {
+                    "name" => self.0.name = Some(map.next_value()?),
+                    "namespace" => self.0.namespace = Some(map.next_value()?),
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                if self.0.name.is_some() && self.0.namespace.is_some() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut found = Found::default();
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let _ = de.deserialize_map(Top(&mut found));
+    let name = found.name.filter(|n| !n.is_empty())?;
+    Some(AppKey::new(found.namespace.unwrap_or_default(), name))
+}
+
 /// Decodes the `index`th element of a list; one that does not decode is logged and skipped, so
 /// one odd object never fails the list.
 pub fn decode_list_item<K: ListKind>(raw: &[u8], index: usize) -> ListItem<K::Item> {
@@ -1562,6 +1628,40 @@ pub fn decode_watch_result(json: &str) -> Result<WatchEvent, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quick_key_reads_only_what_it_needs() {
+        let key = |s: &str| quick_app_key(s.as_bytes());
+        assert_eq!(
+            key(r#"{"metadata":{"name":"a","namespace":"ns","uid":"u"},"status":{"x":[1,2]}}"#),
+            Some(AppKey::new("ns", "a"))
+        );
+        // Found before what follows is read, so a broken tail does not matter.
+        assert_eq!(
+            key(r#"{"metadata":{"namespace":"ns","name":"a",BROKEN"#),
+            Some(AppKey::new("ns", "a"))
+        );
+        // Metadata after other fields; namespace absent.
+        assert_eq!(
+            key(r#"{"spec":{"project":"p"},"metadata":{"labels":{"x":"y"},"name":"b"}}"#),
+            Some(AppKey::new("", "b"))
+        );
+        for bad in [
+            "[]",
+            "{}",
+            r#"{"metadata":{"name":""}}"#,
+            r#"{"metadata":{"name":7}}"#,
+            r#"{"metadata":"x"}"#,
+            "not json",
+        ] {
+            assert_eq!(key(bad), None, "{bad}");
+        }
+        // A real item: the same key as the full decode.
+        let raw =
+            std::fs::read_to_string("tests/fixtures/argocd/controller__appcontroller_test.go__fakeApp.json").unwrap();
+        let decoded = decode_application(&raw).unwrap();
+        assert_eq!(quick_app_key(raw.as_bytes()), Some(decoded.app.key()));
+    }
 
     #[test]
     fn tolerant_of_nulls_unknown_fields_and_values() {

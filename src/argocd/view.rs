@@ -38,8 +38,8 @@ use tokio_util::task::TaskTracker;
 use super::client::{AppQuery, AppRef, Client, ListSink};
 use super::error::ArgoCdError;
 use super::model::{
-    AppKey, Application, ApplicationSet, Applications, Cluster, DecodedApp, DecodedAppSet, ListItem, ListKind,
-    ObjectId, Project, Skipped, WatchEventType,
+    AppKey, Application, ApplicationSet, Cluster, DecodedApp, DecodedAppSet, ListItem, ObjectId, Project, Skipped,
+    WatchEventType, quick_app_key,
 };
 use crate::util::Backoff;
 
@@ -893,10 +893,9 @@ impl ListSink<DecodedApp> for ListPass {
         // Never 0, which marks an entry without one.
         let hash = std::hash::BuildHasher::hash_one(&shared.raw_hasher, raw) | 1;
         self.raw = hash;
-        let Some(id) = Applications::identify(raw) else {
+        let Some(key) = quick_app_key(raw) else {
             return false;
         };
-        let key = AppKey::new(&id.namespace, &id.name);
         let mut st = shared.write();
         let Some(e) = st.apps.get_mut(&key) else {
             return false;

@@ -166,8 +166,11 @@ pub enum ReplayError {
 
 /// Queued publications before publishers wait for the recorder.
 const QUEUE: usize = 1024;
-/// Live events buffered per subscriber before it has to catch up from the store.
-const LIVE_BUFFER: usize = 4096;
+/// Live events buffered before a slow subscriber has to catch up from the store. The ring
+/// keeps every slot filled (each event with its full and summary JSON and the item, about
+/// 13 KB for a real-sized application), so 4,096 held some 50 MB on a busy hub; 1,024 is four
+/// recorder batches, and a subscriber that falls further behind loses nothing (it replays).
+const LIVE_BUFFER: usize = 1024;
 /// Publications the recorder writes in one transaction at most.
 const BATCH: usize = 256;
 
