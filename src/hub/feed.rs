@@ -130,6 +130,16 @@ pub struct AppChange {
     pub after: Option<Arc<Application>>,
 }
 
+impl Input {
+    /// Events it makes at most.
+    fn len(&self) -> usize {
+        match self {
+            Input::Apps { changes, .. } => changes.len(),
+            Input::Gateway { .. } => 1,
+        }
+    }
+}
+
 enum Input {
     Apps {
         gateway_id: String,
@@ -392,16 +402,19 @@ impl Feed {
     }
 
     /// Publishes application changes of a gateway (in the order they were applied).
-    pub async fn applications(&self, gateway_id: &str, changes: Vec<AppChange>) {
-        if changes.is_empty() {
-            return;
+    pub async fn applications(&self, gateway_id: &str, mut changes: Vec<AppChange>) {
+        let at_ms = now_ms();
+        // In pieces of at most one batch: a snapshot of 10,000 applications written as one
+        // batch held all their event JSON at once (about 100 MB), which glibc then kept.
+        while !changes.is_empty() {
+            let rest = changes.split_off(changes.len().min(BATCH));
+            self.publish(Input::Apps {
+                gateway_id: gateway_id.to_owned(),
+                at_ms,
+                changes: std::mem::replace(&mut changes, rest),
+            })
+            .await;
         }
-        self.publish(Input::Apps {
-            gateway_id: gateway_id.to_owned(),
-            at_ms: now_ms(),
-            changes,
-        })
-        .await;
     }
 
     async fn gateway(&self, gateway_id: &str, kind: EventKind, body: Value) {
@@ -640,10 +653,15 @@ impl Recorder {
                     continue;
                 }
             };
+            // At most about one batch of events per write (an input holds up to a batch).
+            let mut events = first.len();
             let mut batch = vec![first];
-            while batch.len() < BATCH {
+            while events < BATCH {
                 match self.rx.try_recv() {
-                    Ok(i) => batch.push(i),
+                    Ok(i) => {
+                        events += i.len();
+                        batch.push(i);
+                    }
                     Err(_) => break,
                 }
             }
@@ -683,8 +701,12 @@ impl Recorder {
         if pending.is_empty() && points.is_empty() {
             return None;
         }
-        // Shared, so a retry after a failed write costs no copy of a large batch.
-        let stored: Arc<Vec<NewFeedEvent>> = Arc::new(pending.iter().map(|p| p.stored.clone()).collect());
+        // Moved out and shared, so neither the write nor a retry copies the events' JSON.
+        let (stored, pending): (Vec<NewFeedEvent>, Vec<Pending>) = pending
+            .into_iter()
+            .map(|mut p| (std::mem::take(&mut p.stored), p))
+            .unzip();
+        let stored = Arc::new(stored);
         let points = Arc::new(points);
         let mut failures = 0u32;
         let ids = loop {
@@ -710,12 +732,12 @@ impl Recorder {
         if !self.broadcast {
             return last;
         }
-        for (p, id) in pending.into_iter().zip(ids) {
+        for ((p, id), stored) in pending.into_iter().zip(ids).zip(stored.iter()) {
             let event = Event {
                 id,
                 kind: p.kind,
-                gateway_id: p.stored.gateway_id,
-                full: with_id(id, &p.stored.json),
+                gateway_id: stored.gateway_id.clone(),
+                full: with_id(id, &stored.json),
                 summary: with_id(id, &p.summary),
                 app: p.app,
                 previous: p.previous,

@@ -1355,7 +1355,7 @@ mod lifecycle_tests {
 
 /// A change-feed event to append: when it happened (Unix ms), its type, its gateway and its JSON
 /// (everything but the id, which the store assigns).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewFeedEvent {
     /// When, Unix milliseconds.
     pub at_ms: i64,
