@@ -8,7 +8,7 @@
 //! A change counts as arrived when the hub's change feed shows it, which happens after the hub
 //! stored it and acknowledged it to the gateway.
 //!
-//! `cargo bench --bench relay` (optionally `-- APPS`, default 10000).
+//! `cargo bench --bench relay` (optionally `-- APPS RESYNC_SECONDS`, default 10000 and 30).
 
 mod support;
 
@@ -124,6 +124,50 @@ async fn arrived(arrivals: &Arrivals, made: &[(String, Instant)], limit: Duratio
     seen()
 }
 
+/// The hub's relay-lag histogram (from the gateway seeing a change to the hub receiving its
+/// delta) as (upper bound, cumulative count) pairs: it tells a wait at the gateway from one after.
+async fn lag_buckets(http: &reqwest::Client, api: &str, admin: &str) -> Vec<(f64, f64)> {
+    let text = match http.get(format!("{api}/metrics")).bearer_auth(admin).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .filter_map(|l| l.strip_prefix("argocd_gateway_hub_relay_lag_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once('"')?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The bucket bound under which fraction `p` of the deltas observed between two scrapes fell.
+fn lag_quantile(before: &[(f64, f64)], after: &[(f64, f64)], p: f64) -> f64 {
+    let count = |v: &[(f64, f64)], le: f64| v.iter().find(|(b, _)| *b == le).map_or(0.0, |(_, c)| *c);
+    let total = after.last().map_or(0.0, |(le, c)| c - count(before, *le));
+    after
+        .iter()
+        .find(|(le, c)| total > 0.0 && c - count(before, *le) >= p * total)
+        .map_or(f64::NAN, |(le, _)| *le)
+}
+
+/// CPU seconds of the gateway process and of this process (the hub, the simulator and the
+/// feed reader) since `since`.
+fn cpu_since(pid: u32, since: (Duration, Duration)) -> (Duration, Duration) {
+    let now = (support::process_cpu(pid), support::process_cpu(std::process::id()));
+    (now.0.saturating_sub(since.0), now.1.saturating_sub(since.1))
+}
+
+fn print_cpu(what: &str, pid: u32, since: (Duration, Duration), wall: Duration) {
+    let (gw, here) = cpu_since(pid, since);
+    println!(
+        "CPU {what:<41}: gateway {:.2} s, hub + simulator + feed reader {:.2} s, over {:.2} s",
+        gw.as_secs_f64(),
+        here.as_secs_f64(),
+        wall.as_secs_f64()
+    );
+}
+
 async fn metric(http: &reqwest::Client, admin_addr: std::net::SocketAddr, name_and_labels: &str) -> f64 {
     let text = match http.get(format!("http://{admin_addr}/metrics")).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
@@ -137,7 +181,12 @@ async fn metric(http: &reqwest::Client, admin_addr: std::net::SocketAddr, name_a
 
 #[tokio::main]
 async fn main() {
-    let apps: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(10_000);
+    let numbers: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let apps = numbers.first().map_or(10_000, |n| *n as usize);
+    // The gateway re-lists every 5 minutes by default; the bench re-lists every 30 s so that
+    // three re-lists are measured in minutes, and starts the churn right after one so that the
+    // churn measures changes in steady state (how many re-lists overlapped it is printed).
+    let resync = numbers.get(1).copied().unwrap_or(30);
     argocd_gateway::tls::install_crypto_provider();
     let dir = tempfile::tempdir().expect("temp dir");
     let hub = hub::start(ServeArgs {
@@ -196,8 +245,7 @@ async fn main() {
         .arg(&token_file)
         .args(["--admin-addr", &admin_addr.to_string()])
         .args(["--log-format", "text"])
-        // Re-lists come often enough to be measured; churn is compared with them too.
-        .args(["--resync-interval", "8s"])
+        .args(["--resync-interval", &format!("{resync}s")])
         .env("RUST_LOG", "info")
         // As the container image runs it (see Dockerfile).
         .env("MALLOC_ARENA_MAX", "2")
@@ -229,12 +277,21 @@ async fn main() {
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     print_memory("idle, connected", memory(pid), 16.0, None);
+    println!(
+        "  of which anonymous {:.1} MiB, file-backed (the binary's pages) {:.1} MiB",
+        status_mib(pid, "RssAnon:"),
+        status_mib(pid, "RssFile:")
+    );
 
     let fixtures = support::fixtures();
-    for i in 0..apps {
-        sim.upsert_app(support::real_sized_app(&fixtures, i, "argocd", 14));
-    }
+    let made: Vec<serde_json::Value> = (0..apps)
+        .map(|i| support::real_sized_app(&fixtures, i, "argocd", 14))
+        .collect();
+    // The gateway is watching: the applications reach it as Argo CD's watch events.
     let started = Instant::now();
+    for app in made {
+        sim.upsert_app(app);
+    }
     let count = || async {
         http.get(format!("{api}/api/v1/gateways/{gateway_id}"))
             .bearer_auth(&admin)
@@ -250,13 +307,13 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(
-        "{apps} real-sized applications → all at the hub: {:.2} s",
+        "{apps} real-sized applications added → all at the hub: {:.2} s",
         started.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    print_memory(&format!("after the first list ({apps})"), memory(pid), 64.0, Some(80.0));
+    print_memory(&format!("with {apps} applications"), memory(pid), 64.0, Some(80.0));
 
-    // Three re-lists (the resync interval is 8 s): each compares everything and sends nothing.
+    // Three re-lists: each compares everything and sends nothing.
     let lists = "argocd_gateway_argocd_responses_total{method=\"GET\",endpoint=\"/api/v1/applications\"";
     let before = metric(&http, admin_addr, lists).await;
     while metric(&http, admin_addr, lists).await < before + 3.0 {
@@ -270,6 +327,17 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Churn at 500 changes/s: latency of each change until the hub has it.
+    // Right after a re-list, so that the churn measures changes in steady state.
+    let lists_before = metric(&http, admin_addr, lists).await;
+    while metric(&http, admin_addr, lists).await < lists_before + 1.0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Argo CD 3.x: after the list, the watch replays every application first.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let lists_before = metric(&http, admin_addr, lists).await;
+    let cpu0 = (support::process_cpu(pid), support::process_cpu(std::process::id()));
+    let lag0 = lag_buckets(&http, &api, &admin).await;
+    let t0 = Instant::now();
     let made = churn(&sim, apps, "paced", 10_000, 500).await;
     let mut latencies = arrived(&arrivals, &made, Duration::from_secs(30)).await;
     latencies.sort();
@@ -281,10 +349,22 @@ async fn main() {
         latencies.len(),
         made.len()
     );
+    println!(
+        "  re-lists during the churn: {} (every {resync} s; `-- {apps} SECONDS` to change)",
+        metric(&http, admin_addr, lists).await - lists_before
+    );
+    print_cpu("during churn at 500 changes/s", pid, cpu0, t0.elapsed());
+    let lag1 = lag_buckets(&http, &api, &admin).await;
+    println!(
+        "  of which waiting at the gateway (hub's relay lag): p50 <= {} s, p99 <= {} s",
+        lag_quantile(&lag0, &lag1, 0.5),
+        lag_quantile(&lag0, &lag1, 0.99)
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     print_memory("after churn of 10,000 changes", memory(pid), 64.0, Some(80.0));
 
     // As fast as the simulator takes changes: how many per second reach the hub.
+    let cpu0 = (support::process_cpu(pid), support::process_cpu(std::process::id()));
     let t0 = Instant::now();
     let made = churn(&sim, apps, "burst", 10_000, 0).await;
     let issued = t0.elapsed();
@@ -301,6 +381,7 @@ async fn main() {
         took.as_secs_f64(),
         seen.len()
     );
+    print_cpu("during the burst", pid, cpu0, t0.elapsed());
     feed.abort();
     let _ = gateway.kill().await;
     hub.shutdown().await;

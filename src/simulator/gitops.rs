@@ -371,13 +371,15 @@ impl SimHandle {
         if !st.repos.contains_key(&key) {
             return false;
         }
-        let Some(mut app) = st.apps.remove(&key) else {
+        let Some(app) = st.apps.remove(&key) else {
             return false;
         };
+        let mut app = Arc::unwrap_or_clone(app);
         if let Some(repo) = st.repos.get_mut(&key) {
             f(&mut app, repo);
         }
         self.bump(&mut st, &mut app);
+        let app = Arc::new(app);
         self.broadcast(&mut st, "MODIFIED", &app);
         st.apps.insert(key, app);
         true
@@ -677,7 +679,7 @@ pub(super) fn sync_simulated(
     req: &Value,
     initiated_by: Value,
 ) -> Result<(), (u16, String)> {
-    let (Some(app), Some(repo)) = (st.apps.get_mut(key), st.repos.get_mut(key)) else {
+    let (Some(app), Some(repo)) = (st.apps.get_mut(key).map(Arc::make_mut), st.repos.get_mut(key)) else {
         return Err((404, format!("applications.argoproj.io \"{}\" not found", key.1)));
     };
     if repo.op.is_some() {
@@ -767,7 +769,7 @@ pub(super) fn rollback_simulated(
     req: &Value,
     initiated_by: Value,
 ) -> Result<(), (u16, String)> {
-    let (Some(app), Some(repo)) = (st.apps.get_mut(key), st.repos.get_mut(key)) else {
+    let (Some(app), Some(repo)) = (st.apps.get_mut(key).map(Arc::make_mut), st.repos.get_mut(key)) else {
         return Err((404, format!("applications.argoproj.io \"{}\" not found", key.1)));
     };
     let entry = rollback_checks(app, id)?;

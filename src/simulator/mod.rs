@@ -252,7 +252,8 @@ impl WatchGeneration {
 }
 
 struct State {
-    apps: BTreeMap<(String, String), Value>,
+    /// Shared with the watch events and lists that carry them, so neither copies an object.
+    apps: BTreeMap<(String, String), Arc<Value>>,
     appsets: BTreeMap<(String, String), Value>,
     projects: BTreeMap<String, Value>,
     accounts: HashMap<String, Account>,
@@ -568,15 +569,12 @@ impl SimHandle {
         st.rv
     }
 
-    fn broadcast(&self, st: &mut State, kind: &'static str, obj: &Value) {
+    fn broadcast(&self, st: &mut State, kind: &'static str, obj: &Arc<Value>) {
         if st.faults.drop_events > 0 {
             st.faults.drop_events -= 1;
             return;
         }
-        let _ = self.inner.events.send(WatchMsg {
-            kind,
-            app: Arc::new(obj.clone()),
-        });
+        let _ = self.inner.events.send(WatchMsg { kind, app: obj.clone() });
     }
 
     /// Adds or replaces an application object (namespace defaults to the control-plane one).
@@ -595,6 +593,7 @@ impl SimHandle {
         } else {
             "ADDED"
         };
+        let app = Arc::new(app);
         self.broadcast(&mut st, kind, &app);
         st.apps.insert(key.clone(), app);
         key
@@ -613,9 +612,10 @@ impl SimHandle {
         let mut st = self.lock();
         st.repos.remove(&(namespace.to_owned(), name.to_owned()));
         match st.apps.remove(&(namespace.to_owned(), name.to_owned())) {
-            Some(mut app) => {
+            Some(app) => {
+                let mut app = Arc::unwrap_or_clone(app);
                 self.bump(&mut st, &mut app);
-                self.broadcast(&mut st, "DELETED", &app);
+                self.broadcast(&mut st, "DELETED", &Arc::new(app));
                 true
             }
             None => false,
@@ -624,8 +624,10 @@ impl SimHandle {
 
     /// Emits MODIFIED for an application changed in place under the lock.
     fn modified_locked(&self, st: &mut State, key: &(String, String)) {
-        if let Some(mut app) = st.apps.remove(key) {
+        if let Some(app) = st.apps.remove(key) {
+            let mut app = Arc::unwrap_or_clone(app);
             self.bump(st, &mut app);
+            let app = Arc::new(app);
             self.broadcast(st, "MODIFIED", &app);
             st.apps.insert(key.clone(), app);
         }
@@ -635,11 +637,14 @@ impl SimHandle {
     pub fn modify_app(&self, namespace: &str, name: &str, f: impl FnOnce(&mut Value)) -> bool {
         let mut st = self.lock();
         let key = (namespace.to_owned(), name.to_owned());
-        let Some(mut app) = st.apps.remove(&key) else {
+        let Some(app) = st.apps.remove(&key) else {
             return false;
         };
+        // A copy only while an earlier event still holds this version.
+        let mut app = Arc::unwrap_or_clone(app);
         f(&mut app);
         self.bump(&mut st, &mut app);
+        let app = Arc::new(app);
         self.broadcast(&mut st, "MODIFIED", &app);
         st.apps.insert(key, app);
         true
@@ -761,6 +766,15 @@ impl SimHandle {
     /// The current resourceVersion counter.
     pub fn resource_version(&self) -> u64 {
         self.lock().rv
+    }
+
+    /// A stored object shaped for output as it is serialized, without a copy.
+    fn presented<'a>(&self, app: &'a Value, for_list: bool) -> objects::Presented<'a> {
+        objects::Presented {
+            app,
+            v3: self.major() >= 3,
+            for_list,
+        }
     }
 
     /// Shapes a stored object for output: 3.x marks health as tree-sourced, and lists omit it.

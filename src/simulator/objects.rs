@@ -2,7 +2,8 @@
 //! objects in `../shared/argocd/` plus the always-present structs the live API adds
 //! (`status.sync.comparedTo`, `status.summary`, `status.sourceHydrator`, history, resources).
 
-use serde_json::{Value, json};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::{Map, Value, json};
 
 /// The projects synthetic applications are spread over.
 pub const SYNTHETIC_PROJECTS: [&str; 3] = ["default", "team-a", "team-b"];
@@ -208,4 +209,141 @@ pub fn appset(name: &str, namespace: &str, elements: &[&str], steps: usize) -> V
 pub fn appset_owner(name: &str) -> Value {
     json!([{"apiVersion": "argoproj.io/v1alpha1", "kind": "ApplicationSet", "name": name,
             "uid": format!("uid-{name}"), "controller": true, "blockOwnerDeletion": true}])
+}
+
+/// An application as argocd-server shapes it for output, serialized straight from the stored
+/// object: a list of 10,000 real-sized applications is 100 MB, and a copy of each object to
+/// reshape it cost the simulator seconds of CPU per list (time the benches' churn waited for).
+/// 3.x marks resource health as tree-sourced (`status.resourceHealthSource: appTree`) and its
+/// lists omit the per-resource health.
+pub(crate) struct Presented<'a> {
+    /// The stored object.
+    pub app: &'a Value,
+    /// Whether the simulated Argo CD is 3.x.
+    pub v3: bool,
+    /// Whether the object is a list item.
+    pub for_list: bool,
+}
+
+impl Serialize for Presented<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Some(obj) = self.app.as_object().filter(|_| self.v3) else {
+            return self.app.serialize(s);
+        };
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in obj {
+            if k == "status" {
+                continue;
+            }
+            map.serialize_entry(k, v)?;
+        }
+        let empty = Map::new();
+        let status = obj.get("status").and_then(Value::as_object).unwrap_or(&empty);
+        map.serialize_entry(
+            "status",
+            &Status {
+                status,
+                for_list: self.for_list,
+            },
+        )?;
+        map.end()
+    }
+}
+
+/// `status` with `resourceHealthSource` set, and in lists without per-resource health.
+struct Status<'a> {
+    status: &'a Map<String, Value>,
+    for_list: bool,
+}
+
+impl Serialize for Status<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in self.status {
+            match (k.as_str(), v) {
+                ("resourceHealthSource", _) => {}
+                ("resources", Value::Array(items)) if self.for_list => {
+                    map.serialize_entry(k, &WithoutHealth(items))?;
+                }
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.serialize_entry("resourceHealthSource", "appTree")?;
+        map.end()
+    }
+}
+
+/// Resource entries without their `health`.
+struct WithoutHealth<'a>(&'a [Value]);
+
+impl Serialize for WithoutHealth<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for item in self.0 {
+            match item.as_object() {
+                Some(o) => seq.serialize_element(&Fields(o, "health"))?,
+                None => seq.serialize_element(item)?,
+            }
+        }
+        seq.end()
+    }
+}
+
+/// An object's fields but one.
+struct Fields<'a>(&'a Map<String, Value>, &'static str);
+
+impl Serialize for Fields<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in self.0.iter().filter(|(k, _)| k.as_str() != self.1) {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod presented_tests {
+    use super::*;
+
+    fn app() -> Value {
+        json!({
+            "metadata": {"name": "a", "namespace": "argocd"},
+            "spec": {"project": "default"},
+            "status": {
+                "health": {"status": "Healthy"},
+                "resources": [
+                    {"kind": "Service", "name": "s", "health": {"status": "Healthy"}},
+                    {"kind": "ConfigMap", "name": "c"}
+                ]
+            }
+        })
+    }
+
+    fn shaped(app: &Value, v3: bool, for_list: bool) -> Value {
+        serde_json::to_value(Presented { app, v3, for_list }).expect("serializes")
+    }
+
+    #[test]
+    fn two_x_objects_are_served_as_stored() {
+        assert_eq!(shaped(&app(), false, true), app());
+        assert_eq!(shaped(&app(), false, false), app());
+    }
+
+    #[test]
+    fn three_x_marks_tree_sourced_health_and_lists_drop_resource_health() {
+        let mut want = app();
+        want["status"]["resourceHealthSource"] = json!("appTree");
+        assert_eq!(shaped(&app(), true, false), want);
+        if let Some(r) = want["status"]["resources"][0].as_object_mut() {
+            r.remove("health");
+        }
+        assert_eq!(shaped(&app(), true, true), want);
+        // Without a status (a just-created object) the marker still appears.
+        let bare = json!({"metadata": {"name": "b"}});
+        assert_eq!(
+            shaped(&bare, true, true),
+            json!({"metadata": {"name": "b"}, "status": {"resourceHealthSource": "appTree"}})
+        );
+    }
 }
