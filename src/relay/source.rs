@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::engine::{Dirty, Source};
-use super::{Entity, EntityKey, Hash, Kind};
+use super::{Entity, EntityKey, Hash, Kind, model_hash};
 use crate::argocd::model::{AppKey, Application, ApplicationSet, Cluster, Project};
 use crate::argocd::view::{Snapshot, ViewEvent, ViewHandle};
 use crate::shutdown::Tree;
@@ -71,23 +71,24 @@ enum Stored {
 
 impl Stored {
     fn app(app: Arc<Application>) -> (EntityKey, Self) {
-        let e = app_entity(&app);
-        ((e.kind, e.key), Self::App(app, e.hash))
+        let hash = model_hash(Kind::Application, app.as_ref());
+        ((Kind::Application, app_key(&app.key())), Self::App(app, hash))
     }
 
     fn cluster(cluster: Arc<Cluster>) -> (EntityKey, Self) {
-        let e = cluster_entity(&cluster);
-        ((e.kind, e.key), Self::Cluster(cluster, e.hash))
+        let hash = model_hash(Kind::Cluster, cluster.as_ref());
+        ((Kind::Cluster, cluster.server.clone()), Self::Cluster(cluster, hash))
     }
 
     fn appset(appset: Arc<ApplicationSet>) -> (EntityKey, Self) {
-        let e = appset_entity(&appset);
-        ((e.kind, e.key), Self::AppSet(appset, e.hash))
+        let hash = model_hash(Kind::ApplicationSet, appset.as_ref());
+        let key = format!("{}/{}", appset.namespace, appset.name);
+        ((Kind::ApplicationSet, key), Self::AppSet(appset, hash))
     }
 
     fn project(project: Arc<Project>) -> (EntityKey, Self) {
-        let e = project_entity(&project);
-        ((e.kind, e.key), Self::Project(project, e.hash))
+        let hash = model_hash(Kind::Project, project.as_ref());
+        ((Kind::Project, project.name.clone()), Self::Project(project, hash))
     }
 
     /// The entity as sent: the JSON is made now, the hash was made when the object changed.
@@ -311,5 +312,39 @@ impl ViewSource {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use super::*;
+
+    /// The hash made when a change reaches the view is the one the wire has always carried
+    /// (the hub compares digests made of it across versions).
+    #[test]
+    fn the_view_hash_equals_the_entity_hash() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/argocd");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).expect("fixtures") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let Ok(decoded) = crate::argocd::model::decode_application(&text) else {
+                continue;
+            };
+            let app = Arc::new(decoded.app);
+            let entity = app_entity(&app);
+            let (key, stored) = Stored::app(app);
+            let Stored::App(_, hash) = stored else {
+                panic!("an application is stored as one")
+            };
+            assert_eq!(
+                (key, hash),
+                ((entity.kind, entity.key), entity.hash),
+                "{}",
+                path.display()
+            );
+            checked += 1;
+        }
+        assert!(checked >= 5, "only {checked} fixtures were applications");
     }
 }
