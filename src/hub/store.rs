@@ -582,43 +582,6 @@ fn gateway_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GatewayRecord> {
 
 const GATEWAY_COLUMNS: &str = "id, name, environments, argocd_web_url, created_at, last_seen_at, version, protocol_version, certificate_expires_at";
 
-/// How often the WAL is copied into the database, off the write path.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// WAL pages after which a commit checkpoints by itself anyway (SQLite's default is 1,000): a
-/// backstop, should the background checkpoints fall behind.
-const WAL_BACKSTOP_PAGES: u32 = 16_000;
-
-/// Copies the WAL into the database from a connection of its own, every [`CHECKPOINT_EVERY`],
-/// until the store is dropped; returns whether it started. Left to itself SQLite checkpoints
-/// inside the commit that takes the WAL past 1,000 pages (about 4 MB: every few hundred
-/// changes at 500 changes/s), and every write and read waits on the store's one connection
-/// meanwhile. A passive checkpoint waits for nobody and nobody waits for it.
-fn checkpoint_in_background(path: &Path, store: std::sync::Weak<Mutex<Connection>>) -> bool {
-    let path = path.to_owned();
-    let conn = match Connection::open(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, path = %path.display(), "could not open a second SQLite connection for checkpoints; commits checkpoint by themselves");
-            return false;
-        }
-    };
-    std::thread::Builder::new()
-        .name("sqlite-checkpoint".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                if store.strong_count() == 0 {
-                    return;
-                }
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::debug!(error = %e, "SQLite checkpoint failed; the next one retries");
-                }
-            }
-        })
-        .is_ok()
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, readable by this user only: it
     /// holds gateway records and token hashes.
@@ -637,12 +600,9 @@ impl SqliteStore {
                 private_file(&p)?;
             }
         }
-        let conn = Arc::new(Mutex::new(conn));
-        if checkpoint_in_background(path, Arc::downgrade(&conn)) {
-            let guard = conn.lock().map_err(|_| StoreError::Poisoned)?;
-            guard.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)?;
-        }
-        Ok(Self { conn })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
@@ -1832,44 +1792,5 @@ impl SqliteStore {
             Ok(())
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod checkpoint_tests {
-    use super::*;
-
-    /// What is committed reaches the database file itself without any commit checkpointing
-    /// (the WAL is far below the backstop): the background checkpoints copy it there.
-    #[tokio::test]
-    async fn committed_rows_reach_the_database_file_in_the_background() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("hub.db");
-        let store = SqliteStore::open(&path).expect("store");
-        let record = TokenRecord {
-            id: "tok-1".into(),
-            name: "gw".into(),
-            environments: vec![],
-            created_at: 1,
-            expires_at: 2,
-            used_at: None,
-            gateway_id: None,
-        };
-        store.insert_token(record, vec![7]).await.expect("insert");
-        // A copy of the database file alone (no WAL) shows the row once it was checkpointed.
-        let copy = dir.path().join("copy.db");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let found = loop {
-            std::fs::copy(&path, &copy).expect("copy");
-            let n: i64 = Connection::open(&copy)
-                .and_then(|c| c.query_row("SELECT count(*) FROM registration_tokens", [], |r| r.get(0)))
-                .unwrap_or(0);
-            if n == 1 || std::time::Instant::now() > deadline {
-                break n == 1;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        };
-        assert!(found, "the row never reached the database file");
-        drop(store);
     }
 }
