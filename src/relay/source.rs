@@ -38,28 +38,6 @@ pub fn app_entity(app: &Application) -> Entity {
     Entity::from_value(Kind::Application, app_key(&app.key()), &value)
 }
 
-/// The entity of a cluster.
-pub fn cluster_entity(cluster: &Cluster) -> Entity {
-    let value = serde_json::to_value(cluster).unwrap_or_default();
-    Entity::from_value(Kind::Cluster, cluster.server.clone(), &value)
-}
-
-/// The entity of an ApplicationSet.
-pub fn appset_entity(appset: &ApplicationSet) -> Entity {
-    let value = serde_json::to_value(appset).unwrap_or_default();
-    Entity::from_value(
-        Kind::ApplicationSet,
-        format!("{}/{}", appset.namespace, appset.name),
-        &value,
-    )
-}
-
-/// The entity of a project.
-pub fn project_entity(project: &Project) -> Entity {
-    let value = serde_json::to_value(project).unwrap_or_default();
-    Entity::from_value(Kind::Project, project.name.clone(), &value)
-}
-
 /// A view object and its significance hash.
 #[derive(Clone)]
 enum Stored {

@@ -777,20 +777,10 @@ impl SimHandle {
         }
     }
 
-    /// Shapes a stored object for output: 3.x marks health as tree-sourced, and lists omit it.
+    /// A stored object shaped for output, as a value (for answers that are not printed
+    /// straight away); the shape is [`objects::Presented`]'s.
     fn present(&self, app: &Value, for_list: bool) -> Value {
-        let mut out = app.clone();
-        if self.major() >= 3 {
-            out["status"]["resourceHealthSource"] = json!("appTree");
-            if for_list && let Some(Value::Array(rs)) = out["status"].get_mut("resources") {
-                for r in rs {
-                    if let Some(o) = r.as_object_mut() {
-                        o.remove("health");
-                    }
-                }
-            }
-        }
-        out
+        serde_json::to_value(self.presented(app, for_list)).unwrap_or_else(|_| app.clone())
     }
 
     // ---- ApplicationSets and projects ---------------------------------------------------------
