@@ -293,6 +293,23 @@ async fn all_back(
     }
 }
 
+/// When the first and when the last gateway of the swarm reported its session up, counted from
+/// `since` (gives up after 120 s, returning what it saw).
+async fn connection_timeline(statuses: Vec<watch::Receiver<TunnelStatus>>, since: Instant) -> (Duration, Duration) {
+    let mut first = None;
+    while since.elapsed() < Duration::from_secs(120) {
+        let connected = statuses.iter().filter(|s| s.borrow().connected).count();
+        if connected > 0 && first.is_none() {
+            first = Some(since.elapsed());
+        }
+        if connected == statuses.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (first.unwrap_or_default(), since.elapsed())
+}
+
 fn snapshots(swarm: &[Gateway]) -> u64 {
     swarm.iter().map(|g| g.counters.snapshots.get()).sum()
 }
@@ -347,7 +364,13 @@ async fn swarm_phase(http: &reqwest::Client, dir: &Path, gateways: usize, per_ga
     }
     hub.spawn();
     let restarted = Instant::now();
+    // Where the time goes: the hub's own start, the gateways' return, then consistency.
+    let timeline = tokio::spawn(connection_timeline(
+        swarm.iter().map(|g| g.status.clone()).collect(),
+        restarted,
+    ));
     let admin = hub.ready(http).await;
+    let ready_after = restarted.elapsed();
     let back = all_back(http, &hub, &admin, &swarm, total, Duration::from_secs(120)).await;
     let cpu = hub.cpu();
     match back {
@@ -356,6 +379,14 @@ async fn swarm_phase(http: &reqwest::Client, dir: &Path, gateways: usize, per_ga
             restarted.elapsed().as_secs_f64()
         ),
         None => println!("{gateways} gateways not all back within 120 s of a hub kill"),
+    }
+    if let Ok((first, all)) = timeline.await {
+        println!(
+            "  the hub's API answered after {:.2} s; first gateway connected after {:.2} s, all {gateways} after {:.2} s",
+            ready_after.as_secs_f64(),
+            first.as_secs_f64(),
+            all.as_secs_f64()
+        );
     }
     println!(
         "snapshots resent after the hub restart          : {:6} (target 0)",

@@ -31,7 +31,8 @@ pub struct Limits {
     /// seconds; tunnels always present a certificate where the hub terminates TLS).
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_ANONYMOUS_CONNECTION_TTL", default_value = "60s", value_parser = crate::util::parse_duration)]
     pub anonymous_connection_ttl: Duration,
-    /// Session opens handled at once; gateways beyond it are told how long to wait.
+    /// Session opens handled at once; gateways beyond it wait up to 2 s for a turn, then are told
+    /// how long to wait.
     #[arg(long, env = "ARGOCD_GATEWAY_HUB_MAX_CONCURRENT_OPENS", default_value_t = 256)]
     pub max_concurrent_opens: usize,
     /// Connections to the HTTP listener at once; more are closed at once.

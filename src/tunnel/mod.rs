@@ -405,6 +405,12 @@ pub async fn run_with(
 /// The retry delay range after the hub could not be reached at all: cheap for the hub.
 const QUICK_RETRY: (Duration, Duration) = (Duration::from_millis(400), Duration::from_millis(1500));
 
+/// The interval between probes of a hub that refuses connections (see [`wait_until_back`]).
+const PROBE_WHILE_DOWN: (Duration, Duration) = (Duration::from_millis(200), Duration::from_millis(400));
+
+/// The interval between probes of a hub that accepts while this gateway must still wait.
+const PROBE_WHILE_UP: (Duration, Duration) = (Duration::from_millis(700), Duration::from_millis(1300));
+
 /// A session at least this long means the hub accepted and kept it.
 const STABLE_SESSION: Duration = Duration::from_secs(5);
 
@@ -423,25 +429,30 @@ enum Wait {
     },
 }
 
-/// Waits up to `at_most`, probing the hub's port about once a second (a TCP connect costs the
-/// hub nothing), and returns as soon as it accepts again after having refused, so a gateway
-/// rejoins a restarted hub within seconds whatever its backoff grew to. Returns false on
-/// shutdown. Through a proxy nothing is probed: the proxy, not the hub, would answer.
+/// Waits up to `at_most`, probing the hub's port (a TCP connect costs the hub nothing), and
+/// returns as soon as it accepts again after having refused, so a gateway rejoins a restarted
+/// hub within a second whatever its backoff grew to. Returns false on shutdown. Through a proxy
+/// nothing is probed: the proxy, not the hub, would answer.
+///
+/// Probes are frequent (every 200–400 ms) while the port refuses: a refused connect is answered
+/// by the hub's kernel, not the hub, and how soon a restarted hub's fleet is back is bounded by
+/// its slowest prober. A hub that accepts while this gateway must still wait out its backoff is
+/// probed about once a second, so a fleet that cannot stay connected does not load it.
 async fn wait_until_back(cfg: &RunConfig, shutdown: &CancellationToken, at_most: Duration, early: bool) -> bool {
     let deadline = Instant::now() + at_most;
     if crate::uplink::dial::proxy_configured(&cfg.hub.endpoint) {
         return pause(shutdown, at_most).await;
     }
     let mut seen_down = false;
+    // Until a probe found the hub accepting, it is presumed down: the session just ended.
+    let mut seen_up = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return true;
         }
-        let step = left.min(crate::util::jitter(
-            Duration::from_millis(700),
-            Duration::from_millis(1300),
-        ));
+        let (lo, hi) = if seen_up { PROBE_WHILE_UP } else { PROBE_WHILE_DOWN };
+        let step = left.min(crate::util::jitter(lo, hi));
         if !pause(shutdown, step).await {
             return false;
         }
@@ -452,6 +463,7 @@ async fn wait_until_back(cfg: &RunConfig, shutdown: &CancellationToken, at_most:
         let up = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(target))
             .await
             .is_ok_and(|r| r.is_ok());
+        seen_up = up;
         if !up {
             seen_down = true;
         } else if seen_down || early {
