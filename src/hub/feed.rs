@@ -729,6 +729,8 @@ impl Recorder {
             }
         };
         let last = ids.last().copied();
+        // Each batch builds and frees its events' JSON: freed heap goes back once the hub is quiet.
+        crate::util::heap::churned();
         if !self.broadcast {
             return last;
         }

@@ -482,6 +482,8 @@ pub async fn start(args: ServeArgs) -> Result<Hub, HubError> {
     let tree = Tree::new();
     let recorder_stop = tree.token().clone();
     tree.spawn_critical("hub change-feed recorder", recorder.run(recorder_stop));
+    // The recorder notes each batch it wrote; the heap it freed goes back once the hub is quiet.
+    tree.spawn(crate::util::heap::trim_after_bursts(tree.token().clone()));
     if let (Some(cluster), Some(listener), Some((_, cert, key))) = (&state.cluster, peer_listener, &replica_tls) {
         spawn_cluster(
             &tree,
