@@ -1601,19 +1601,61 @@ pub fn decode_watch_line(line: &str) -> Result<StreamChunk<WatchEvent>, DecodeEr
     }
 }
 
-impl From<WireWatchResult> for WatchEvent {
-    fn from(w: WireWatchResult) -> Self {
-        let kind = match w.kind.as_str() {
+impl WatchEventType {
+    fn from_wire(kind: &str) -> Self {
+        match kind {
             "ADDED" => WatchEventType::Added,
             "MODIFIED" => WatchEventType::Modified,
             "DELETED" => WatchEventType::Deleted,
             other => WatchEventType::Other(other.to_owned()),
-        };
+        }
+    }
+}
+
+impl From<WireWatchResult> for WatchEvent {
+    fn from(w: WireWatchResult) -> Self {
         WatchEvent {
-            kind,
+            kind: WatchEventType::from_wire(&w.kind),
             app: w.application.into(),
         }
     }
+}
+
+/// Reads an application watch line only as far as its event type and the application's raw
+/// JSON (skipped over, not decoded), so a receiver can tell an application it already holds
+/// byte for byte from a change before paying for a decode. `None` when the line is not a
+/// well-formed event; [`decode_watch_line`] then says what it is.
+pub fn peek_watch_line(line: &str) -> Option<(WatchEventType, &str)> {
+    #[derive(Deserialize)]
+    struct Peek<'a> {
+        #[serde(borrow)]
+        result: PeekResult<'a>,
+        #[serde(default)]
+        error: Option<serde::de::IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    struct PeekResult<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        application: &'a RawValue,
+    }
+    let peek: Peek<'_> = serde_json::from_str(line).ok()?;
+    if peek.error.is_some() {
+        return None;
+    }
+    Some((
+        WatchEventType::from_wire(&peek.result.kind),
+        peek.result.application.get(),
+    ))
+}
+
+/// Decodes the application JSON of a peeked watch line ([`peek_watch_line`]) as
+/// [`decode_watch_line`] would have decoded the whole line; `None` when it does not decode
+/// (the whole line's decode then reports why).
+pub fn decode_watch_application(kind: WatchEventType, application: &str) -> Option<WatchEvent> {
+    let app: WireApplication = serde_json::from_str(application).ok()?;
+    Some(WatchEvent { kind, app: app.into() })
 }
 
 /// Decodes the `result` of an application watch chunk.
@@ -1735,6 +1777,43 @@ mod tests {
         assert!(matches!(both, Ok(StreamChunk::Error(_))));
         assert!(decode_watch_line(r#"{"result":{"type":"ADDED","application":{"metadata":{"name":7}}}}"#).is_err());
         assert!(decode_watch_line("{").is_err());
+    }
+
+    #[test]
+    fn a_peeked_watch_line_decodes_as_the_whole_line_does() {
+        for name in [
+            "controller__appcontroller_test.go__fakeApp.json",
+            "controller__appcontroller_test.go__fakeMultiSourceApp.json",
+            "gitops-engine__pkg__health__testdata__application-degraded.json",
+        ] {
+            let app = std::fs::read_to_string(format!("tests/fixtures/argocd/{name}")).unwrap();
+            let app: serde_json::Value = serde_json::from_str(&app).unwrap();
+            let line = serde_json::json!({"result": {"type": "MODIFIED", "application": app}}).to_string();
+            let (kind, raw) = peek_watch_line(&line).expect(name);
+            assert_eq!(kind, WatchEventType::Modified);
+            // The application's bytes exactly as they are in the line: what a receiver hashes.
+            assert!(line.contains(raw), "{name}");
+            assert_eq!(serde_json::from_str::<serde_json::Value>(raw).unwrap(), app);
+            let whole = match decode_watch_line(&line).unwrap() {
+                StreamChunk::Result(ev) => ev,
+                StreamChunk::Error(e) => panic!("{name}: {e:?}"),
+            };
+            assert_eq!(decode_watch_application(kind, raw), Some(whole), "{name}");
+        }
+        // Not an event: an error chunk, an event with an error beside it, broken JSON, no
+        // application. The whole line's decode says what they are.
+        for line in [
+            r#"{"error":{"grpc_code":14,"http_code":503,"message":"gone"}}"#,
+            r#"{"result":{"type":"ADDED","application":{}},"error":{"http_code":500}}"#,
+            r#"{"result":{"type":"ADDED","application":{"metadata""#,
+            r#"{"result":{"type":"ADDED"}}"#,
+        ] {
+            assert_eq!(peek_watch_line(line), None, "{line}");
+        }
+        // An application that does not decode is left to the whole line's decode.
+        let (kind, raw) =
+            peek_watch_line(r#"{"result":{"type":"ADDED","application":{"metadata":{"name":7}}}}"#).unwrap();
+        assert_eq!(decode_watch_application(kind, raw), None);
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //! - Argo CD 3.x lists omit per-resource health (`status.resourceHealthSource: appTree`); the
 //!   view keeps the health it learned for such list items instead of erasing it. While watching
 //!   it opens the watch without a resourceVersion so Argo CD replays every app with health
-//!   (twice the data per resync on 3.x, but per-resource health converges too); when polling it
+//!   (twice the data per resync on 3.x, but per-resource health converges too; a replayed app
+//!   whose bytes are those the view last decoded from the watch is not decoded again); when polling it
 //!   fetches, with bounded concurrency, the apps whose resourceVersion changed since their last
 //!   complete object.
 
@@ -35,7 +36,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client::{AppQuery, AppRef, Client, ListSink};
+use super::client::{AppQuery, AppRef, Client, HeldCheck, ListSink, WatchItem};
 use super::error::ArgoCdError;
 use super::model::{
     AppKey, Application, ApplicationSet, Cluster, DecodedApp, DecodedAppSet, ListItem, ObjectId, Project, Skipped,
@@ -169,6 +170,10 @@ struct Entry {
     raw: u64,
     /// That list item came without per-resource health (Argo CD 3.x).
     raw_health_in_tree: bool,
+    /// Hash of the application JSON of the watch event this entry was last decoded from, while
+    /// nothing newer was applied (0: none): Argo CD 3.x replays every application after each
+    /// list, and a replay with the same bytes is not decoded again.
+    watched: u64,
 }
 
 /// A Kubernetes resourceVersion as a number (they are etcd revisions in practice); `None` when
@@ -206,9 +211,11 @@ struct Shared {
     status: watch::Sender<ViewStatus>,
     scope_count: RwLock<usize>,
     filter: Filter,
-    /// Keys for [`Entry::raw`], random per process so that nobody can craft an object whose
-    /// bytes hash like another version's.
+    /// Keys for [`Entry::raw`] and [`Entry::watched`], random per process so that nobody can
+    /// craft an object whose bytes hash like another version's.
     raw_hasher: std::hash::RandomState,
+    /// Watch events not decoded because the view held their application byte for byte.
+    watch_held: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -265,6 +272,7 @@ impl View {
                 app_namespaces: client.config().app_namespaces.clone(),
             },
             raw_hasher: std::hash::RandomState::new(),
+            watch_held: Default::default(),
         });
         let tracker = TaskTracker::new();
         {
@@ -391,6 +399,12 @@ impl ViewHandle {
         let _ = rx.wait_for(|s| s.apps_synced).await;
     }
 
+    /// Application watch events not decoded since the view started, because it held their
+    /// application byte for byte (Argo CD 3.x replays every application after each list).
+    pub fn watch_events_held(&self) -> u64 {
+        self.shared.watch_held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The current status.
     pub fn status(&self) -> ViewStatus {
         self.shared.status.borrow().clone()
@@ -447,8 +461,10 @@ impl Shared {
         match st.apps.get_mut(&key) {
             Some(e) if *e.app == app => {
                 if rv.is_none() || e.rv != rv {
-                    // Another version of the object: the last list item's bytes are not it.
+                    // Another version of the object: the last list item's and watch event's
+                    // bytes are not it.
                     e.raw = 0;
+                    e.watched = 0;
                 }
                 e.scope = scope;
                 e.full_rv = full_rv;
@@ -468,6 +484,7 @@ impl Shared {
                         listed: 0,
                         raw: 0,
                         raw_health_in_tree: false,
+                        watched: 0,
                     },
                 );
                 self.emit(ViewEvent::AppUpsert(app));
@@ -549,9 +566,11 @@ impl Shared {
             Some(e) if e.app.undecodable.as_deref() == Some(reason.as_str()) => {
                 e.scope = scope;
                 e.raw = 0;
+                e.watched = 0;
             }
             Some(e) => {
                 e.raw = 0;
+                e.watched = 0;
                 let mut app = (*e.app).clone();
                 app.undecodable = Some(reason);
                 let app = Arc::new(app);
@@ -578,6 +597,7 @@ impl Shared {
                         listed: 0,
                         raw: 0,
                         raw_health_in_tree: false,
+                        watched: 0,
                     },
                 );
                 self.emit(ViewEvent::AppUpsert(app));
@@ -587,7 +607,8 @@ impl Shared {
 
     /// Applies a watch event, unless it is older than what the view holds: events that arrive
     /// on a watch opened before a list may already be reflected by it.
-    fn apply_watch(&self, scope: usize, scope_name: Option<&str>, kind: WatchEventType, d: DecodedApp) {
+    /// Applies a decoded watch event; `raw` is the hash of its application's JSON (0: unknown).
+    fn apply_watch(&self, scope: usize, scope_name: Option<&str>, kind: WatchEventType, d: DecodedApp, raw: u64) {
         let mut st = self.write();
         let key = d.app.key();
         if let Some(rv) = rv_number(&d.resource_version) {
@@ -603,7 +624,31 @@ impl Shared {
             self.delete_locked(&mut st, scope, &key);
         } else {
             self.upsert_locked(&mut st, scope, d, false);
+            if let Some(e) = st.apps.get_mut(&key) {
+                e.watched = raw;
+            }
         }
+    }
+
+    /// Whether this scope's entry for the application in `raw` was last decoded from a watch
+    /// event with exactly these bytes: `None` if so (applying them again would change nothing),
+    /// else their hash.
+    fn held_from_watch(&self, scope: usize, raw: &[u8]) -> Option<u64> {
+        // Never 0, which marks an entry without one.
+        let hash = std::hash::BuildHasher::hash_one(&self.raw_hasher, raw) | 1;
+        let Some(key) = quick_app_key(raw) else {
+            return Some(hash);
+        };
+        let held = self
+            .read()
+            .apps
+            .get(&key)
+            .is_some_and(|e| e.scope == scope && e.watched == hash);
+        if held {
+            self.watch_held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
+        Some(hash)
     }
 
     /// Applies a complete object fetched with Get.
@@ -1067,16 +1112,28 @@ async fn start_app_loops(
 /// A watch opened on its own task, so it is subscribed (and its events buffered) while the view
 /// lists; dropping it closes the watch.
 struct Feed {
-    rx: tokio::sync::mpsc::Receiver<Result<super::model::WatchEvent, ArgoCdError>>,
+    rx: tokio::sync::mpsc::Receiver<Result<WatchItem, ArgoCdError>>,
     _task: tokio_util::task::AbortOnDropHandle<()>,
 }
 
 impl Feed {
-    fn open(client: &Client, query: &AppQuery, resource_version: Option<String>) -> Self {
+    /// Opens the watch of `scope`; applications its entries hold byte for byte are not decoded.
+    fn open(
+        client: &Client,
+        query: &AppQuery,
+        resource_version: Option<String>,
+        shared: &Arc<Shared>,
+        scope: usize,
+    ) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let (client, query) = (client.clone(), query.clone());
+        let shared = shared.clone();
+        let held: HeldCheck = Arc::new(move |raw: &[u8]| shared.held_from_watch(scope, raw));
         let task = tokio::spawn(async move {
-            let mut stream = match client.watch_applications(&query, resource_version.as_deref()).await {
+            let mut stream = match client
+                .watch_applications_held(&query, resource_version.as_deref(), held)
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
@@ -1124,7 +1181,13 @@ async fn app_loop(
     'outer: loop {
         let watching = client.config().watch;
         let early = if watching && resumable {
-            let feed = Feed::open(&client, &query, Some(last_rv.clone().unwrap_or_else(|| "0".into())));
+            let feed = Feed::open(
+                &client,
+                &query,
+                Some(last_rv.clone().unwrap_or_else(|| "0".into())),
+                &shared,
+                scope,
+            );
             if !pause(&cancel, SUBSCRIBE_SETTLE).await {
                 return;
             }
@@ -1199,7 +1262,7 @@ async fn app_loop(
             // dropped could never be repaired from the list. Watching without a resourceVersion
             // makes Argo CD replay every app (with health) as ADDED first; unchanged ones emit
             // nothing here, changed ones are repaired.
-            _ => Feed::open(&client, &query, None),
+            _ => Feed::open(&client, &query, None, &shared, scope),
         };
         // argocd-server drops watch events for a subscriber whose buffer is full instead of
         // closing its stream, so a burst can lose changes silently. Whether that may have
@@ -1224,9 +1287,12 @@ async fn app_loop(
                     continue 'outer;
                 }
                 ev = feed.rx.recv() => match ev {
-                    Some(Ok(ev)) => {
+                    Some(Ok(item)) => {
                         watch_backoff.reset();
-                        shared.apply_watch(scope, scope_name.as_deref(), ev.kind, ev.app);
+                        if let WatchItem::Event { event, raw } = item {
+                            shared.apply_watch(scope, scope_name.as_deref(), event.kind, event.app, raw);
+                        }
+                        // A held application counts as an event: replays are counted whole.
                         since_list += 1;
                         if since_list >= replayed + BURST_EVENTS {
                             relist_after = Some(Instant::now() + BURST_QUIET);
