@@ -22,9 +22,9 @@
 //!   view keeps the health it learned for such list items instead of erasing it. While watching
 //!   it opens the watch without a resourceVersion so Argo CD replays every app with health
 //!   (twice the data per resync on 3.x, but per-resource health converges too; a replayed app
-//!   whose bytes are those the view last decoded from the watch is not decoded again); when polling it
-//!   fetches, with bounded concurrency, the apps whose resourceVersion changed since their last
-//!   complete object.
+//!   whose bytes are those the view last decoded from the watch is not decoded again); when
+//!   polling it fetches, with bounded concurrency, the apps whose resourceVersion changed since
+//!   their last complete object.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -606,8 +606,8 @@ impl Shared {
     }
 
     /// Applies a watch event, unless it is older than what the view holds: events that arrive
-    /// on a watch opened before a list may already be reflected by it.
-    /// Applies a decoded watch event; `raw` is the hash of its application's JSON (0: unknown).
+    /// on a watch opened before a list may already be reflected by it. `raw` is the hash of the
+    /// event's application JSON (0: unknown), kept so that the same bytes are not decoded again.
     fn apply_watch(&self, scope: usize, scope_name: Option<&str>, kind: WatchEventType, d: DecodedApp, raw: u64) {
         let mut st = self.write();
         let key = d.app.key();

@@ -72,7 +72,7 @@ impl Tunnel for TunnelService {
     async fn open(&self, request: Request<Streaming<GatewayMessage>>) -> Result<Response<Self::OpenStream>, Status> {
         // A reconnecting herd (after a hub restart) is admitted a bounded number at a time. Those
         // beyond it wait their turn for a moment: refusing at once sent them away for 0.5–3 s
-        // each, so 1,000 gateways took 5.5 s to be back where queueing takes 2.9 s. Whoever is
+        // each, so 1,000 gateways took 5.5 s to be back where queueing takes 2.6 s. Whoever is
         // still waiting after that is told when to come back, spread out so they do not return
         // together.
         let opening = match self.state.opens.try_acquire() {
