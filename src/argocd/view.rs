@@ -630,12 +630,17 @@ impl Shared {
         }
     }
 
+    /// The keyed hash of an object's raw JSON, as [`Entry::raw`] and [`Entry::watched`] keep it:
+    /// never 0, which marks an entry without one.
+    fn raw_hash(&self, raw: &[u8]) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.raw_hasher, raw) | 1
+    }
+
     /// Whether this scope's entry for the application in `raw` was last decoded from a watch
     /// event with exactly these bytes: `None` if so (applying them again would change nothing),
     /// else their hash.
     fn held_from_watch(&self, scope: usize, raw: &[u8]) -> Option<u64> {
-        // Never 0, which marks an entry without one.
-        let hash = std::hash::BuildHasher::hash_one(&self.raw_hasher, raw) | 1;
+        let hash = self.raw_hash(raw);
         let Some(key) = quick_app_key(raw) else {
             return Some(hash);
         };
@@ -938,8 +943,7 @@ struct ListPass {
 impl ListSink<DecodedApp> for ListPass {
     fn known(&mut self, raw: &[u8]) -> bool {
         let shared = &self.shared;
-        // Never 0, which marks an entry without one.
-        let hash = std::hash::BuildHasher::hash_one(&shared.raw_hasher, raw) | 1;
+        let hash = shared.raw_hash(raw);
         self.raw = hash;
         let Some(key) = quick_app_key(raw) else {
             return false;

@@ -76,13 +76,13 @@ impl Tunnel for TunnelService {
         // still waiting after that is told when to come back, spread out so they do not return
         // together.
         let opening = match self.state.opens.try_acquire() {
-            Ok(permit) => Ok(permit),
+            Ok(permit) => Some(permit),
             Err(_) => tokio::time::timeout(OPEN_QUEUE_WAIT, self.state.opens.acquire())
                 .await
-                .map_err(|_| ())
-                .and_then(|r| r.map_err(|_| ())),
+                .ok()
+                .and_then(Result::ok),
         };
-        let Ok(_opening) = opening else {
+        let Some(_opening) = opening else {
             self.state.metrics.session_refused("overloaded");
             let wait = crate::util::jitter(Duration::from_millis(500), Duration::from_millis(3000));
             let mut status = wire::ErrorCode::Overloaded.status(
